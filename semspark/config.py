@@ -1,0 +1,159 @@
+"""Typed configuration loaded from YAML in conf/.
+
+Every section is a frozen dataclass. Loading validates as it goes: an unknown key, or a value of the
+wrong type, raises :class:`ConfigError` naming the key path (``ingest.image_size``), so a typo in a
+config file fails before any Spark job starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_PATH = PROJECT_ROOT / "conf" / "semspark.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration file or value that cannot be used; the message names the key."""
+
+
+@dataclass(frozen=True)
+class CatalogConfig:
+    database: str = "sem"
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    app_name: str = "semspark"
+    # Used only when no master is given by spark-submit or the environment.
+    local_master: str = "local[*]"
+    shuffle_partitions: int = 8
+    ui_enabled: bool = False
+    driver_memory: str = "4g"
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    image_size: int = 299
+    max_pixels: int = 150_000_000
+    max_file_bytes: int = 1 << 30
+    image_extensions: tuple[str, ...] = ("tif", "tiff", "png", "jpg", "jpeg", "bmp")
+    sidecar_extensions: tuple[str, ...] = ("txt",)
+    files_per_task: int = 64
+    ocr_batch_size: int = 48
+    metadata_tolerance: float = 0.05
+    tesseract_cmd: str = "tesseract"
+    dataset_dir: str = "datasets/images"
+    row_group_size_mb: int = 32
+
+    def __post_init__(self) -> None:
+        _require(self.image_size >= 16, "ingest.image_size must be at least 16")
+        _require(self.max_pixels > 0 and self.max_file_bytes > 0, "ingest limits must be positive")
+        _require(self.files_per_task > 0, "ingest.files_per_task must be positive")
+        _require(1 <= self.ocr_batch_size <= 500, "ingest.ocr_batch_size must be within 1..500")
+        _require(0 < self.metadata_tolerance < 1, "ingest.metadata_tolerance must be within (0, 1)")
+        _require(not Path(self.dataset_dir).is_absolute() and ".." not in Path(self.dataset_dir).parts,
+                 "ingest.dataset_dir must be a relative path inside SEMSPARK_HOME")
+
+
+@dataclass(frozen=True)
+class Config:
+    catalog: CatalogConfig = field(default_factory=CatalogConfig)
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def load_config(path: str | os.PathLike | None = None) -> Config:
+    """Load and validate a YAML config; with no path, ``$SEMSPARK_CONF`` or ``conf/semspark.yaml``.
+
+    A missing default file gives the built-in defaults; a missing file that was asked for is an error.
+    """
+    explicit = path is not None or "SEMSPARK_CONF" in os.environ
+    chosen = Path(path or os.environ.get("SEMSPARK_CONF") or DEFAULT_CONFIG_PATH)
+    if not chosen.exists():
+        if explicit:
+            raise ConfigError(f"config file {chosen} does not exist")
+        return Config()
+    try:
+        raw = yaml.safe_load(chosen.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {chosen} is not valid YAML: {exc}") from exc
+    return config_from_mapping(raw, source=str(chosen))
+
+
+def config_from_mapping(raw: Any, source: str = "<config>") -> Config:
+    return _build(Config, raw, prefix="", source=source)
+
+
+def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
+    if not isinstance(raw, Mapping):
+        where = prefix.rstrip(".") or "the top level"
+        raise ConfigError(f"{source}: {where} must be a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key {prefix}{unknown[0]!s}; known keys here: {', '.join(sorted(known))}"
+        )
+    values = {name: _coerce(hints[name], raw[name], f"{prefix}{name}", source) for name in raw}
+    return cls(**values)
+
+
+def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, prefix=key + ".", source=source)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, key, source)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: {key} must be a list, got {value!r}")
+        item = typing.get_args(tp)[0]
+        return tuple(_coerce(item, v, f"{key}[{i}]", source) for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{source}: {key} must be a mapping, got {value!r}")
+        return {str(k): str(v) for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: {key} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: {key} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{source}: {key} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{source}: {key} must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"{source}: {key} has an unsupported type {tp!r}")  # pragma: no cover
+
+
+def semspark_home() -> Path:
+    """The one working directory for warehouse, metastore, datasets and models.
+
+    ``$SEMSPARK_HOME``, or ``var/`` in the project checkout.
+    """
+    return Path(os.environ.get("SEMSPARK_HOME") or PROJECT_ROOT / "var").resolve()

@@ -1,0 +1,92 @@
+"""The one place a SparkSession is built.
+
+Embedded default (``semspark <command>`` or ``python jobs/x.py``): ``local[*]``, Hive catalog on an
+embedded Derby metastore, warehouse and metastore under ``$SEMSPARK_HOME``.
+
+Under spark-submit the master and the catalog come from Spark's own configuration (``--master``,
+``--conf``, ``spark-defaults.conf``, ``hive-site.xml``); semspark only enables the Hive catalog and
+leaves everything the operator set alone. ``semspark spark-conf`` prints the ``--conf`` flags that
+point a spark-submit run at the same embedded catalog as the CLI.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from semspark.config import Config, semspark_home
+
+log = logging.getLogger(__name__)
+
+
+def _under_spark_submit() -> bool:
+    # spark-submit starts the JVM first and hands the Python driver its gateway through these.
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def embedded_catalog_conf(home: Path | None = None) -> dict[str, str]:
+    """Spark conf that puts warehouse, Derby metastore and scratch space under SEMSPARK_HOME."""
+    home = home or semspark_home()
+    metastore = home / "metastore"
+    return {
+        "spark.sql.catalogImplementation": "hive",
+        "spark.sql.warehouse.dir": str(home / "warehouse"),
+        "spark.hadoop.javax.jdo.option.ConnectionURL":
+            f"jdbc:derby:;databaseName={metastore / 'metastore_db'};create=true",
+        "spark.hadoop.hive.exec.scratchdir": str(home / "tmp" / "hive"),
+        "spark.driver.extraJavaOptions":
+            f"-Dderby.system.home={metastore} -Dderby.stream.error.file={metastore / 'derby.log'}",
+    }
+
+
+def build_session(config: Config, app_name: str | None = None, extra: dict[str, str] | None = None):
+    """Create (or join) the SparkSession for a semspark command.
+
+    ``extra`` is applied last in the embedded default (tests use it for ``local[2]`` and temporary
+    folders); under spark-submit it fills in only what the operator did not set.
+    """
+    from pyspark import SparkContext
+    from pyspark.sql import SparkSession
+
+    home = semspark_home()
+    submitted = _under_spark_submit()
+    builder = SparkSession.builder.appName(app_name or config.spark.app_name).enableHiveSupport()
+
+    if submitted:
+        SparkContext._ensure_initialized()
+        given = SparkContext._jvm.org.apache.spark.SparkConf(True)  # what spark-submit was told
+        for key, value in (extra or {}).items():
+            if not given.contains(key):
+                builder = builder.config(key, value)
+        log.info("spark-submit run: master and catalog from Spark's configuration")
+    else:
+        for sub in ("warehouse", "metastore", "tmp"):
+            (home / sub).mkdir(parents=True, exist_ok=True)
+        settings: dict[str, str] = {
+            "spark.master": os.environ.get("SEMSPARK_MASTER", config.spark.local_master),
+            "spark.driver.memory": config.spark.driver_memory,
+            "spark.sql.shuffle.partitions": str(config.spark.shuffle_partitions),
+            "spark.ui.enabled": str(config.spark.ui_enabled).lower(),
+            "spark.local.dir": str(home / "tmp" / "spark"),
+            "spark.sql.session.timeZone": "UTC",
+            # Arrow makes the pandas UDFs of ingest and infer fast.
+            "spark.sql.execution.arrow.pyspark.enabled": "true",
+        }
+        settings.update(embedded_catalog_conf(home))
+        settings.update(config.spark.extra)
+        settings.update(extra or {})
+        for key, value in settings.items():
+            builder = builder.config(key, value)
+        log.info("embedded Spark: %s, catalog under %s", settings["spark.master"], home)
+
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    return spark
+
+
+def spark_submit_flags(home: Path | None = None) -> list[str]:
+    """``--conf k=v`` arguments that give a spark-submit run the embedded catalog."""
+    flags: list[str] = []
+    for key, value in embedded_catalog_conf(home).items():
+        flags += ["--conf", f"{key}={value}"]
+    return flags
