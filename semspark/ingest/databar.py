@@ -18,9 +18,13 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-# Pixels at or beyond these values count as "saturated" graphics.
+# Pixels at or beyond these values count as "saturated" graphics. The loose pair finds the band
+# through JPEG ringing around text; the strict pair finds its first row, which is a frame line or a
+# clean margin, so that dark, noisy content right above a black databar is not taken for it.
 DARK, LIGHT = 12, 243
+STRICT_DARK, STRICT_LIGHT = 4, 251
 SATURATED_ROW = 0.8        # share of saturated pixels that makes a row look like databar
+PURE_ROW = 0.97
 SEARCH_FROM = 0.5          # databars live in the bottom half
 MIN_BAND = 0.025           # of the image height
 MAX_GAP_ROWS = 3
@@ -74,6 +78,8 @@ def find_databar(gray: np.ndarray) -> Databar | None:
     min_rows = max(6, int(MIN_BAND * height))
     for first, last in reversed(runs):
         top, bottom = first + start, last + start
+        pure = ((gray[top:bottom + 1] <= STRICT_DARK) | (gray[top:bottom + 1] >= STRICT_LIGHT)).mean(axis=1)
+        top += int(np.argmax(pure >= PURE_ROW)) if (pure >= PURE_ROW).any() else 0
         if bottom - top + 1 < min_rows or bottom < 0.85 * height:
             continue
         band = gray[top:bottom + 1]
@@ -134,9 +140,12 @@ def label_crop(gray: np.ndarray, databar: Databar, bar: ScaleBar) -> LabelCrop |
     band = gray[databar.top:databar.bottom + 1].copy()
     ink = _ink_mask(gray, databar)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(ink, connectivity=8)
-    bar_top, bar_bottom = bar.top - databar.top, bar.bottom - databar.top
-    bar_label = labels[bar_top, int(round((bar.x0 + bar.x1) / 2))]
+    stroke_row = bar.top - databar.top
+    bar_label = labels[stroke_row, int(round((bar.x0 + bar.x1) / 2))]
     band[labels == bar_label] = 255 if databar.bright else 0  # the bar is not text
+    # Distances count from the whole bar, ticks included: Zeiss puts the label on the tick tops.
+    bar_top = int(stats[bar_label][1])
+    bar_bottom = bar_top + int(stats[bar_label][3]) - 1
     glyphs = [tuple(int(v) for v in stats[i][:4]) for i in range(1, count)
               if i != bar_label and 3 <= stats[i][3] <= 0.7 * band.shape[0] and stats[i][2] <= 0.3 * gray.shape[1]]
     if not glyphs:
@@ -164,5 +173,5 @@ def label_crop(gray: np.ndarray, databar: Databar, bar: ScaleBar) -> LabelCrop |
     pad = LABEL_TEXT_HEIGHT // 2
     crop = cv2.copyMakeBorder(crop, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=255)
     bar_x = ((bar.x0 + bar.x1) / 2 - x0) * scale + pad
-    bar_y = ((bar_top + bar_bottom) / 2 - y0) * scale + pad
+    bar_y = (stroke_row - y0) * scale + pad
     return LabelCrop(image=crop, bar_x=bar_x, bar_y=bar_y)

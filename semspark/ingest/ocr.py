@@ -10,6 +10,7 @@ a descender in the unit's word settles micro whatever the letters say.
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 
@@ -20,8 +21,14 @@ from semspark.ingest.databar import LabelCrop
 
 GAP = 24  # white rows between stacked crops
 
-# A number, then a unit that ends in a lowercase m: nm, mm, or micro in any of its OCR spellings.
-LABEL_PATTERN = re.compile(r"(?<![\d.,])(\d+(?:[.,]\d+)?)\s?([^\s\d=:]{0,3}?m)(?![A-Za-z])")
+# A number, then nm, mm, or micro in one of its OCR spellings (µ, μ, u, y, yu, j, p, H, w, e, or lost).
+# The number may carry digit look-alikes (l, I, | for 1; O, o for 0), which Tesseract produces
+# when a "1" sits next to the µ ("1 µm" -> "lum"). A number glued to a letter ("x300", "MMD7.6")
+# is another field, never a scale label.
+UNIT_SPELLINGS = r"nm|mm|[uµμyjpHwe]{1,2}m|m"
+LABEL_PATTERN = re.compile(
+    r"(?<![\w.,])([\dlI|Oo]+(?:[.,][\dOo]+)?)\s?[-–—~]?\s?(" + UNIT_SPELLINGS + r")(?![A-Za-z])")
+DIGIT_LOOKALIKES = str.maketrans({"l": "1", "I": "1", "|": "1", "O": "0", "o": "0", ",": "."})
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,9 @@ def read_labels(crops: list[LabelCrop | None], tesseract_cmd: str = "tesseract",
 def _read_batch(crops: list[LabelCrop], tesseract_cmd: str) -> list[LabelReading | None]:
     import pytesseract
 
+    # One thread per Tesseract: a Spark task owns one core, and Tesseract's OpenMP threads spin
+    # against each other (5x slower on 2 cores, measured by bench/ingest_bench.py).
+    os.environ.setdefault("OMP_THREAD_LIMIT", "1")
     pytesseract.pytesseract.tesseract_cmd = tesseract_cmd
     width = max(crop.image.shape[1] for crop in crops)
     offsets, pages = [], []
@@ -94,7 +104,13 @@ def parse_label(words: list[_Word], crop: LabelCrop) -> LabelReading | None:
             spans.append((len(text), len(text) + len(word.text), word))
             text += word.text
         for match in LABEL_PATTERN.finditer(text):
-            value = float(match.group(1).replace(",", "."))
+            number = match.group(1)
+            if not any(c.isdigit() for c in number) and match.group(2) == "m":
+                continue  # "Im", "lm": too little evidence that this is a number at all
+            try:
+                value = float(number.translate(DIGIT_LOOKALIKES))
+            except ValueError:
+                continue
             used = [w for a, b, w in spans if a < match.end() and b > match.start()]
             unit_words = [w for a, b, w in spans if a < match.end(2) and b > match.start(2)]
             unit = _unit(match.group(2), crop, unit_words)
@@ -117,10 +133,8 @@ def _unit(spelling: str, crop: LabelCrop, unit_words: list[_Word]) -> str | None
         return "nm"
     if letters == "mm":
         return "mm"
-    if letters == "pm" or len(letters) <= 3:
-        # µ read as u, y, j, p, H, yu, ... or dropped ("1m"): a 1 m or 1 pm bar is not SEM.
-        return "um"
-    return None
+    # µ read as u, y, j, p, H, yu, ... or dropped ("1m"): a 1 m or 1 pm bar is not SEM.
+    return "um"
 
 
 def _has_descender(image: np.ndarray, word: _Word) -> bool:
