@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
+import sys
 from pathlib import Path
 
 from semspark.config import Config, semspark_home
@@ -60,6 +62,12 @@ def build_session(config: Config, app_name: str | None = None, extra: dict[str, 
                 builder = builder.config(key, value)
         log.info("spark-submit run: master and catalog from Spark's configuration")
     else:
+        # Workers run the driver's interpreter (the project's .venv), not whatever python3 is first
+        # on PATH; pyspark reads this variable when the SparkContext starts.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        # petastorm 0.13 still calls pyarrow APIs deprecated since 2.0: one warning per file, noise.
+        os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
+        warnings.filterwarnings("ignore", category=FutureWarning)
         for sub in ("warehouse", "metastore", "tmp"):
             (home / sub).mkdir(parents=True, exist_ok=True)
         settings: dict[str, str] = {

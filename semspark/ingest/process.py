@@ -30,6 +30,7 @@ class RawFile:
     data: bytes | None             # None when the file could not be read
     sidecar_text: str | None = None
     read_error: str | None = None
+    read_stage: str = "read"         # "limits" when the file was refused unread for its size
 
 
 @dataclass
@@ -77,7 +78,7 @@ def _analyse(raw: RawFile, config: IngestConfig) -> _Work:
     work = _Work(raw=raw)
     try:
         if raw.data is None:
-            raise BadImage("read", raw.read_error or "file could not be read")
+            raise BadImage(raw.read_stage, raw.read_error or "file could not be read")
         work.sha256 = hashlib.sha256(raw.data).hexdigest()
         if len(raw.data) == 0:
             raise BadImage("read", "empty file (0 bytes)")

@@ -1,0 +1,5 @@
+import sys
+
+from semspark.cli import main
+
+sys.exit(main())

@@ -1,0 +1,80 @@
+"""The Spark catalog: creating semspark's tables, and running users' SQL."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from datetime import date, datetime
+from decimal import Decimal
+
+from semspark.schema import TableSpec
+
+log = logging.getLogger(__name__)
+
+
+def qualified(database: str, table: TableSpec | str) -> str:
+    return f"{database}.{table.name if isinstance(table, TableSpec) else table}"
+
+
+def ensure_tables(spark, database: str, tables: tuple[TableSpec, ...]) -> None:
+    """Create the database and the tables if missing (Parquet, partitioned as declared)."""
+    spark.sql(f"CREATE DATABASE IF NOT EXISTS {database}")
+    for table in tables:
+        columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in table.schema.fields)
+        partition = f" PARTITIONED BY ({', '.join(table.partition_by)})" if table.partition_by else ""
+        comment = table.comment.replace("'", "\\'")
+        spark.sql(f"CREATE TABLE IF NOT EXISTS {qualified(database, table)} ({columns}) USING parquet"
+                  f"{partition} COMMENT '{comment}'")
+
+
+def insert(df, database: str, table: TableSpec) -> None:
+    """Append rows, columns matched by name (insertInto itself matches by position)."""
+    df.select(*table.columns).write.insertInto(qualified(database, table))
+
+
+def run_sql(spark, query: str, limit: int = 10_000):
+    """Run one statement; return (column names, rows as tuples, truncated?)."""
+    df = spark.sql(query)
+    columns = df.columns
+    if not columns:  # DDL and DML return nothing
+        return [], [], False
+    rows = df.limit(limit + 1).collect()
+    truncated = len(rows) > limit
+    return columns, [tuple(r) for r in rows[:limit]], truncated
+
+
+def _plain(value):
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, (bytes, bytearray)):
+        return f"<{len(value)} bytes>"
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if hasattr(value, "asDict"):
+        return {k: _plain(v) for k, v in value.asDict().items()}
+    return value
+
+
+def format_result(columns: list[str], rows: list[tuple], fmt: str) -> str:
+    """Render rows as an aligned table, CSV, or JSON (one object a line)."""
+    if fmt == "json":
+        return "\n".join(json.dumps({c: _plain(v) for c, v in zip(columns, row)}, ensure_ascii=False)
+                         for row in rows)
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow(["" if v is None else _plain(v) for v in row])
+        return out.getvalue().rstrip("\n")
+    if fmt != "table":
+        raise ValueError(f"unknown format {fmt!r}: use table, csv or json")
+    cells = [[("NULL" if v is None else str(_plain(v))) for v in row] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    line = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+    header = "|" + "|".join(f" {c:<{w}} " for c, w in zip(columns, widths)) + "|"
+    body = ["|" + "|".join(f" {v:<{w}} " for v, w in zip(r, widths)) + "|" for r in cells]
+    return "\n".join([line, header, line, *body, line])

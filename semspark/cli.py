@@ -1,0 +1,183 @@
+"""``semspark <command>``: the one command line for people; ``jobs/*.py`` call the same commands.
+
+Commands: synth, ingest, sql, scale, spark-conf, demo. Each parses its arguments, loads the
+config, builds the SparkSession if it needs one, calls one library function and prints a result.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+log = logging.getLogger("semspark")
+
+
+class UserError(Exception):
+    """A problem the user can fix; printed without a traceback."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="semspark", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="YAML config (default: $SEMSPARK_CONF or conf/semspark.yaml)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+
+    p = sub.add_parser("synth", help="write a synthetic SEM data set with a manifest of the truth")
+    p.add_argument("--out", required=True, help="output folder (one sub-folder per category)")
+    p.add_argument("--n", type=int, required=True, help="number of images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--width", type=int, default=512, help="image width in pixels (default 512)")
+    p.add_argument("--height", type=int, default=384, help="height of the image above the databar")
+
+    p = sub.add_parser("ingest", help="ingest raw SEM files into the dataset and the catalog")
+    add_ingest_arguments(p)
+
+    p = sub.add_parser("sql", help="run SQL on the catalog and print the result")
+    p.add_argument("query")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.add_argument("--limit", type=int, default=10_000, help="print at most this many rows")
+
+    p = sub.add_parser("scale", help="read the scale of image files (no Spark), one JSON line each")
+    p.add_argument("files", nargs="+")
+
+    sub.add_parser("spark-conf", help="print spark-submit --conf flags for the embedded catalog")
+
+    p = sub.add_parser("demo", help="generate a demo data set, ingest it, and show what is in the catalog")
+    p.add_argument("--n", type=int, default=200, help="synthetic images (default 200)")
+    p.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def add_ingest_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input", required=True, help="folder of raw files: a path or file://, hdfs://, s3a:// URI")
+    p.add_argument("--labels", help="'folders' (category = top folder) or a CSV with path,label or image_id,label")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("py4j", "matplotlib", "PIL", "petastorm"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as exc:
+        print(f"semspark {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        message = _explain(exc)
+        if message is None:
+            raise
+        print(f"semspark {args.command}: {message}", file=sys.stderr)
+        return 2
+
+
+def _explain(exc: Exception) -> str | None:
+    """A clear message for the errors users cause; None for bugs (which keep their traceback)."""
+    from semspark.config import ConfigError
+    from semspark.ingest.job import IngestError
+
+    if isinstance(exc, (ConfigError, IngestError)):
+        return str(exc)
+    text = str(exc)
+    if "Another instance of Derby" in text or "Failed to start database" in text:
+        from semspark.config import semspark_home
+        return (f"the embedded catalog under {semspark_home()} is in use by another semspark process "
+                "(Derby admits one at a time); wait for it to finish, or use an external metastore")
+    try:
+        from pyspark.errors import AnalysisException, ParseException
+    except ImportError:  # pragma: no cover
+        return None
+    if isinstance(exc, (AnalysisException, ParseException)):
+        return text.split("\n")[0] if text else type(exc).__name__
+    return None
+
+
+def _config(args):
+    from semspark.config import load_config
+    return load_config(args.config)
+
+
+def _session(config, app: str):
+    from semspark.session import build_session
+    return build_session(config, app_name=f"semspark-{app}",
+                         extra={"spark.ui.showConsoleProgress": "true"})
+
+
+def cmd_synth(args) -> int:
+    from semspark.synth.generate import generate
+
+    if args.n < 1:
+        raise UserError("--n must be at least 1")
+    records = generate(args.out, args.n, seed=args.seed, width=args.width, height=args.height)
+    print(f"wrote {len(records)} images and manifest.csv to {args.out}")
+    return 0
+
+
+def cmd_ingest(args) -> int:
+    from semspark.ingest.job import run_ingest
+
+    config = _config(args)
+    spark = _session(config, "ingest")
+    try:
+        summary = run_ingest(spark, config, args.input, labels=args.labels)
+    finally:
+        spark.stop()
+    print("\n".join(summary.lines()))
+    return 0
+
+
+def cmd_sql(args) -> int:
+    from semspark.catalog import format_result, run_sql
+
+    config = _config(args)
+    spark = _session(config, "sql")
+    try:
+        spark.sql(f"CREATE DATABASE IF NOT EXISTS {config.catalog.database}")
+        columns, rows, truncated = run_sql(spark, args.query, limit=args.limit)
+    finally:
+        spark.stop()
+    if columns:
+        print(format_result(columns, rows, args.format))
+    if truncated:
+        print(f"(only the first {args.limit} rows; raise --limit for more)", file=sys.stderr)
+    return 0
+
+
+def cmd_scale(args) -> int:
+    from semspark.ingest.process import read_scale_files
+
+    config = _config(args)
+    for outcome in read_scale_files(args.files, config.ingest):
+        row = {"file": outcome.path, "ok": outcome.ok}
+        if outcome.ok:
+            row.update(outcome.scale.as_dict())
+            row["databar_px"] = outcome.databar_px
+        else:
+            row.update(stage=outcome.stage, reason=outcome.reason)
+        print(json.dumps(row, ensure_ascii=False))
+    return 0
+
+
+def cmd_spark_conf(args) -> int:
+    from semspark.session import spark_submit_flags
+
+    print(" ".join(shlex.quote(f) for f in spark_submit_flags()))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from semspark.demo import run_demo
+
+    return run_demo(_config(args), n=args.n, seed=args.seed)
+
+
+COMMANDS = {"synth": cmd_synth, "ingest": cmd_ingest, "sql": cmd_sql, "scale": cmd_scale,
+            "spark-conf": cmd_spark_conf, "demo": cmd_demo}
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

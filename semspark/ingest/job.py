@@ -1,0 +1,336 @@
+"""The ingest stage: a folder (any Hadoop path) of raw SEM files -> Petastorm dataset + catalog tables.
+
+Every listed file ends in exactly one place: ``sem.files`` (an image, or the sidecar of one) or
+``sem.quarantine`` (with the stage and the reason). A file is known by (path, size, modification
+time): a rerun over the same input does nothing, a grown folder adds only the new files, and a
+file rewritten in place is ingested again.
+
+Crash safety: the work is computed into a staging folder, then written in this order, each write
+keeping only what is not there yet: dataset -> sem.images -> sem.quarantine -> sem.files. A run
+killed at any point leaves files that are not in sem.files or sem.quarantine, so the next run
+redoes them and writes only what is missing.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from semspark.catalog import ensure_tables, insert, qualified
+from semspark.config import Config
+from semspark.schema import FILES, IMAGES, INGEST_TABLES, PROCESSED, QUARANTINE, image_unischema
+from semspark.storage import home_path
+
+log = logging.getLogger(__name__)
+
+
+class IngestError(RuntimeError):
+    """The ingest cannot start (bad input path, bad label file); the message says what to do."""
+
+
+@dataclass
+class IngestSummary:
+    run_id: str
+    listed: int = 0
+    already_known: int = 0
+    new_images: int = 0
+    duplicate_files: int = 0
+    sidecars: int = 0
+    quarantined: dict[str, int] = field(default_factory=dict)
+    new_by_scale_bin: dict[str, int] = field(default_factory=dict)
+    dataset_url: str = ""
+
+    def lines(self) -> list[str]:
+        out = [f"ingest run {self.run_id}",
+               f"  files listed:           {self.listed}",
+               f"  already ingested:       {self.already_known}",
+               f"  new images:             {self.new_images}",
+               f"  duplicates (same bytes): {self.duplicate_files}",
+               f"  sidecar files:          {self.sidecars}",
+               f"  quarantined:            {sum(self.quarantined.values())}"]
+        out += [f"    {stage:<22}{n}" for stage, n in sorted(self.quarantined.items())]
+        if self.new_by_scale_bin:
+            out.append("  new images per scale bin:")
+            out += [f"    {b:<22}{n}" for b, n in sorted(self.new_by_scale_bin.items(), key=lambda kv: -kv[1])]
+        out.append(f"  dataset: {self.dataset_url}")
+        return out
+
+
+def dataset_url(config: Config) -> str:
+    return home_path(config.ingest.dataset_dir).as_uri()
+
+
+def run_ingest(spark, config: Config, input_path: str, labels: str | None = None) -> IngestSummary:
+    """Ingest everything new under ``input_path``; ``labels`` is None, 'folders' or a CSV path."""
+    from pyspark.sql import functions as F
+
+    db = config.catalog.database
+    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
+    started = datetime.now(timezone.utc).replace(tzinfo=None)
+    summary = IngestSummary(run_id=run_id, dataset_url=dataset_url(config))
+    root = _qualified_root(spark, input_path)
+    ensure_tables(spark, db, INGEST_TABLES)
+
+    listing = (spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(root)
+               .select(F.col("path"), F.col("length").alias("size"),
+                       F.col("modificationTime").alias("modification_time"))
+               .withColumn("ext", F.lower(F.regexp_extract("path", r"\.([^./]+)$", 1)))
+               .withColumn("stem", F.regexp_replace("path", r"\.[^./]+$", ""))
+               .withColumn("rel", F.expr(f"substring(path, {len(root) + 2})")))
+    listing = listing.persist()
+    summary.listed = listing.count()
+    log.info("listed %d files under %s", summary.listed, root)
+
+    sidecar_exts = list(config.ingest.sidecar_extensions)
+    image_side = listing.filter(~F.col("ext").isin(sidecar_exts))
+    attached = (listing.filter(F.col("ext").isin(sidecar_exts))
+                .join(image_side.select("stem").distinct(), "stem", "left_semi"))
+    candidates = listing.join(attached.select("path"), "path", "left_anti")  # images, orphan .txt, junk
+
+    known = (spark.table(qualified(db, FILES)).select("path", "size", "modification_time")
+             .unionByName(spark.table(qualified(db, QUARANTINE)).select("path", "size", "modification_time")))
+    key = ["path", "size", "modification_time"]
+    pending = candidates.join(known, key, "left_anti")
+    pending_sidecars = attached.join(known, key, "left_anti")
+
+    pending = pending.join(
+        attached.select("stem", F.col("path").alias("sidecar_path")).dropDuplicates(["stem"]), "stem", "left")
+    pending = _with_folder_labels(pending) if labels == "folders" else pending.withColumn("label", F.lit(None).cast("string"))
+    if labels not in (None, "folders"):
+        pending = _with_csv_path_labels(spark, pending, labels, root)
+
+    pending = pending.persist()
+    n_pending = pending.count()
+    summary.already_known = summary.listed - n_pending - pending_sidecars.count()
+    log.info("%d files to process (%d already ingested)", n_pending, summary.already_known)
+    if n_pending == 0 and pending_sidecars.count() == 0:
+        listing.unpersist()
+        pending.unpersist()
+        return summary
+
+    staging = home_path(f"staging/ingest-{run_id}")
+    # Big enough batches for OCR, but never fewer tasks than cores while there is work for them.
+    tasks = max(math.ceil(n_pending / config.ingest.files_per_task),
+                min(n_pending, spark.sparkContext.defaultParallelism), 1)
+    worker = _make_worker(config)
+    processed = (pending.select("path", "size", "modification_time", "sidecar_path", "label")
+                 .repartition(tasks, "path")
+                 .mapInPandas(worker, schema=PROCESSED))
+    log.info("processing %d files in %d tasks", n_pending, tasks)
+    processed.write.mode("overwrite").parquet((staging / "processed").as_uri())
+    staged = spark.read.parquet((staging / "processed").as_uri())
+    if labels not in (None, "folders"):
+        staged = _with_csv_id_labels(spark, staged, labels)
+
+    stamp = F.lit(started).cast("timestamp")
+    run = F.lit(run_id)
+    good = staged.filter(F.col("outcome") == "image")
+    existing_ids = spark.table(qualified(db, IMAGES)).select("image_id")
+    first_paths = good.groupBy(F.col("sha256").alias("image_id")).agg(F.min("path").alias("path"))
+    # Materialised, not cached: inserting into sem.images would invalidate a cache that reads it.
+    (good.withColumnRenamed("sha256", "image_id")
+     .join(first_paths, ["image_id", "path"], "left_semi")
+     .join(existing_ids, "image_id", "left_anti")
+     .withColumn("ingested_at", stamp).withColumn("ingest_run", run)
+     .write.mode("overwrite").parquet((staging / "new_images").as_uri()))
+    new_images = spark.read.parquet((staging / "new_images").as_uri())
+
+    _write_dataset(spark, config, new_images, summary.dataset_url)
+    insert(new_images, db, IMAGES)
+
+    bad = staged.filter(F.col("outcome") == "quarantine")
+    sidecar_rows, orphan_sidecars = _sidecar_rows(spark, db, pending_sidecars, good)
+    quarantine_rows = (bad.select("path", "sha256", "size", "modification_time", "stage", "reason")
+                       .unionByName(orphan_sidecars)
+                       .join(spark.table(qualified(db, QUARANTINE)).select(*key), key, "left_anti")
+                       .withColumn("ingested_at", stamp).withColumn("ingest_run", run))
+    insert(quarantine_rows, db, QUARANTINE)
+
+    file_rows = (good.select("path", F.col("sha256").alias("image_id"), "size", "modification_time")
+                 .withColumn("role", F.lit("image"))
+                 .unionByName(sidecar_rows)
+                 .join(spark.table(qualified(db, FILES)).select(*key), key, "left_anti")
+                 .withColumn("ingested_at", stamp).withColumn("ingest_run", run))
+    insert(file_rows, db, FILES)
+
+    # The summary counts what this run wrote (small aggregates only).
+    written = {r["outcome"]: r["count"] for r in staged.groupBy("outcome").count().collect()}
+    summary.new_by_scale_bin = _counts(spark.table(qualified(db, IMAGES)).filter(F.col("ingest_run") == run_id),
+                                       "scale_bin")
+    summary.new_images = sum(summary.new_by_scale_bin.values())
+    summary.duplicate_files = written.get("image", 0) - summary.new_images
+    summary.quarantined = _counts(spark.table(qualified(db, QUARANTINE)).filter(F.col("ingest_run") == run_id),
+                                  "stage")
+    summary.sidecars = _counts(spark.table(qualified(db, FILES)).filter(F.col("ingest_run") == run_id),
+                               "role").get("sidecar", 0)
+    pending.unpersist()
+    listing.unpersist()
+    shutil.rmtree(staging, ignore_errors=True)
+    return summary
+
+
+def _counts(df, column: str) -> dict[str, int]:
+    return {r[column]: r["count"] for r in df.groupBy(column).count().collect()}
+
+
+def _qualified_root(spark, input_path: str) -> str:
+    jvm = spark.sparkContext._jvm
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    path = jvm.org.apache.hadoop.fs.Path(input_path)
+    try:
+        fs = path.getFileSystem(conf)
+        qualified_path = fs.makeQualified(path)
+        exists = fs.exists(qualified_path)
+    except Exception as exc:
+        raise IngestError(f"cannot open input {input_path!r}: {exc}") from exc
+    if not exists:
+        raise IngestError(f"input {input_path!r} does not exist; give a folder of SEM images "
+                          f"(a local path, or file://, hdfs://, s3a:// URI)")
+    return qualified_path.toString().rstrip("/")
+
+
+def _with_folder_labels(df):
+    from pyspark.sql import functions as F
+
+    # The top folder under the input root names the category (the published SEM data set's layout);
+    # files directly in the root have no label.
+    top = F.regexp_extract("rel", r"^([^/]+)/", 1)
+    return df.withColumn("label", F.when(top == "", F.lit(None)).otherwise(top))
+
+
+def _read_label_csv(spark, labels_path: str):
+    from pathlib import Path
+
+    from pyspark.sql import functions as F
+
+    if not Path(labels_path).exists() and "://" not in labels_path:
+        raise IngestError(f"label file {labels_path!r} does not exist; --labels takes 'folders' or a CSV "
+                          "with a header: path,label or image_id,label")
+    table = spark.read.option("header", True).csv(labels_path)
+    columns = set(table.columns)
+    if "label" not in columns or not ({"path", "image_id"} & columns):
+        raise IngestError(f"label file {labels_path} needs a header with 'label' and 'path' or 'image_id'; "
+                          f"it has {sorted(columns)}")
+    return table.filter(F.col("label").isNotNull() & (F.trim("label") != ""))
+
+
+def _with_csv_path_labels(spark, pending, labels_path: str, root: str):
+    from pyspark.sql import functions as F
+
+    table = _read_label_csv(spark, labels_path)
+    if "path" not in table.columns:
+        return pending
+    # A relative path is relative to the input root; an absolute one is made a file: URI.
+    uri = (F.when(F.col("path").rlike(r"^[a-zA-Z][a-zA-Z0-9+.-]*:"), F.col("path"))
+           .when(F.col("path").startswith("/"), F.concat(F.lit("file:"), F.col("path")))
+           .otherwise(F.concat(F.lit(root + "/"), F.col("path"))))
+    mapping = table.select(uri.alias("path"), F.col("label").alias("csv_label")).dropDuplicates(["path"])
+    return (pending.join(mapping, "path", "left")
+            .withColumn("label", F.coalesce("csv_label", "label")).drop("csv_label"))
+
+
+def _with_csv_id_labels(spark, staged, labels_path: str):
+    from pyspark.sql import functions as F
+
+    table = _read_label_csv(spark, labels_path)
+    if "image_id" not in table.columns:
+        return staged
+    mapping = table.select(F.lower("image_id").alias("sha256"), F.col("label").alias("id_label")) \
+        .dropDuplicates(["sha256"])
+    return (staged.join(mapping, "sha256", "left")
+            .withColumn("label", F.coalesce("id_label", "label")).drop("id_label"))
+
+
+def _sidecar_rows(spark, db, pending_sidecars, good):
+    """sem.files rows for sidecars whose image is ingested; quarantine rows for the others."""
+    from pyspark.sql import functions as F
+
+    images_by_stem = (good.select(F.regexp_replace("path", r"\.[^./]+$", "").alias("stem"),
+                                  F.col("sha256").alias("image_id"))
+                      .unionByName(spark.table(qualified(db, FILES)).filter(F.col("role") == "image")
+                                   .select(F.regexp_replace("path", r"\.[^./]+$", "").alias("stem"), "image_id"))
+                      .dropDuplicates(["stem"]))
+    with_image = pending_sidecars.join(images_by_stem, "stem", "left")
+    rows = (with_image.filter(F.col("image_id").isNotNull())
+            .select("path", "image_id", "size", "modification_time").withColumn("role", F.lit("sidecar")))
+    orphans = (with_image.filter(F.col("image_id").isNull())
+               .select("path", F.lit(None).cast("string").alias("sha256"), "size", "modification_time",
+                       F.lit("sidecar").alias("stage"),
+                       F.lit("metadata sidecar whose image was quarantined").alias("reason")))
+    return rows, orphans
+
+
+def _write_dataset(spark, config: Config, new_images, url: str) -> None:
+    """Append the new images to the Petastorm dataset (partitioned by scale_bin)."""
+    from pathlib import Path
+
+    from petastorm.etl.dataset_metadata import materialize_dataset
+    from pyspark.sql import functions as F
+
+    schema = image_unischema(config.ingest.image_size)
+    rows = new_images.select(*[F.col(name) for name in ("image_id", "label", "scale_bin", "nm_per_px", "image")])
+    local = Path(url[len("file://"):]) if url.startswith("file://") else None
+    if local is not None and local.exists() and any(local.glob("scale_bin=*/*.parquet")):
+        present = spark.read.parquet(url).select("image_id")
+        rows = rows.join(present, "image_id", "left_anti")  # a rerun after a crash writes nothing twice
+    with materialize_dataset(spark, url, schema, config.ingest.row_group_size_mb):
+        rows.write.mode("append").partitionBy("scale_bin").parquet(url)
+
+
+def _make_worker(config: Config):
+    """The function each Spark task runs over its batch of files (mapInPandas)."""
+    ingest_config = config.ingest
+
+    def process_partition(batches):
+        import pandas as pd
+
+        from semspark.ingest.process import RawFile, process_files
+        from semspark.storage import decode_text, read_bytes
+
+        schema = image_unischema(ingest_config.image_size)
+        codec_field = schema.image
+
+        def encode(image):
+            return bytes(codec_field.codec.encode(codec_field, image))
+
+        for frame in batches:
+            raws, meta = [], []
+            for row in frame.itertuples(index=False):
+                raw = RawFile(row.path, None)
+                if int(row.size) > ingest_config.max_file_bytes:
+                    raw.read_stage = "limits"
+                    raw.read_error = (f"file of {int(row.size)} bytes is over the limit of "
+                                      f"{ingest_config.max_file_bytes} (ingest.max_file_bytes)")
+                else:
+                    try:
+                        raw.data = read_bytes(row.path)
+                    except OSError as exc:
+                        raw.read_error = f"could not read: {exc}"
+                if isinstance(row.sidecar_path, str):
+                    try:
+                        raw.sidecar_text = decode_text(read_bytes(row.sidecar_path))
+                    except OSError as exc:  # the image is still worth ingesting without it
+                        log.warning("unreadable sidecar %s: %s", row.sidecar_path, exc)
+                raws.append(raw)
+                meta.append(row)
+            outcomes = process_files(raws, ingest_config, encode=encode)
+            records = []
+            for row, out in zip(meta, outcomes):
+                record = {"outcome": "image" if out.ok else "quarantine", "path": row.path,
+                          "sha256": out.sha256, "size": int(row.size),
+                          "modification_time": row.modification_time, "stage": out.stage,
+                          "reason": out.reason, "format": out.format, "width": out.width,
+                          "height": out.height, "bit_depth": out.bit_depth, "color": out.color,
+                          "databar_px": out.databar_px, "label": row.label if isinstance(row.label, str) else None,
+                          "image": out.image_png}
+                scale = out.scale.as_dict() if out.scale is not None else {}
+                for key in ("scale_value", "scale_unit", "scale_bar_px", "nm_per_px", "scale_source",
+                            "scale_mismatch", "metadata_nm_per_px", "scale_label_text", "scale_bin"):
+                    record[key] = scale.get(key)
+                records.append(record)
+            yield pd.DataFrame.from_records(records, columns=PROCESSED.fieldNames())
+
+    return process_partition

@@ -1,0 +1,95 @@
+"""Schemas declared once: the catalog tables and the Petastorm image dataset.
+
+Code refers to columns through these definitions; ``catalog.ensure_tables`` creates the tables
+from them, so a table's DDL and the rows written into it cannot drift apart.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from pyspark.sql.types import (BinaryType, BooleanType, DoubleType, IntegerType, LongType, StringType,
+                               StructField, StructType, TimestampType)
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str                       # without the database
+    schema: StructType              # every column, partition columns last
+    partition_by: tuple[str, ...] = ()
+    comment: str = ""
+
+    @property
+    def columns(self) -> list[str]:
+        return [f.name for f in self.schema.fields]
+
+
+def _fields(*spec: tuple[str, object]) -> StructType:
+    return StructType([StructField(name, dtype, True) for name, dtype in spec])
+
+
+IMAGES = TableSpec(
+    name="images",
+    schema=_fields(
+        ("image_id", StringType()), ("path", StringType()), ("format", StringType()),
+        ("width", IntegerType()), ("height", IntegerType()), ("bit_depth", IntegerType()),
+        ("color", StringType()), ("scale_value", DoubleType()), ("scale_unit", StringType()),
+        ("scale_bar_px", DoubleType()), ("nm_per_px", DoubleType()), ("scale_source", StringType()),
+        ("scale_mismatch", BooleanType()), ("metadata_nm_per_px", DoubleType()),
+        ("scale_label_text", StringType()), ("databar_px", IntegerType()), ("label", StringType()),
+        ("ingested_at", TimestampType()), ("ingest_run", StringType()), ("scale_bin", StringType()),
+    ),
+    partition_by=("scale_bin",),
+    comment="One row per distinct image (SHA-256 of its bytes), with its scale and label.",
+)
+
+FILES = TableSpec(
+    name="files",
+    schema=_fields(
+        ("path", StringType()), ("image_id", StringType()), ("role", StringType()),
+        ("size", LongType()), ("modification_time", TimestampType()),
+        ("ingested_at", TimestampType()), ("ingest_run", StringType()),
+    ),
+    comment="One row per ingested file path (role image, or sidecar of an image).",
+)
+
+QUARANTINE = TableSpec(
+    name="quarantine",
+    schema=_fields(
+        ("path", StringType()), ("sha256", StringType()), ("size", LongType()),
+        ("modification_time", TimestampType()), ("stage", StringType()), ("reason", StringType()),
+        ("ingested_at", TimestampType()), ("ingest_run", StringType()),
+    ),
+    comment="One row per file that could not be ingested, with the stage and the reason.",
+)
+
+INGEST_TABLES = (IMAGES, FILES, QUARANTINE)
+
+# What a Spark task returns for each file it processed: an image or a quarantine outcome.
+PROCESSED = _fields(
+    ("outcome", StringType()), ("path", StringType()), ("sha256", StringType()), ("size", LongType()),
+    ("modification_time", TimestampType()), ("stage", StringType()), ("reason", StringType()),
+    ("format", StringType()), ("width", IntegerType()), ("height", IntegerType()),
+    ("bit_depth", IntegerType()), ("color", StringType()), ("scale_value", DoubleType()),
+    ("scale_unit", StringType()), ("scale_bar_px", DoubleType()), ("nm_per_px", DoubleType()),
+    ("scale_source", StringType()), ("scale_mismatch", BooleanType()),
+    ("metadata_nm_per_px", DoubleType()), ("scale_label_text", StringType()),
+    ("scale_bin", StringType()), ("databar_px", IntegerType()), ("label", StringType()),
+    ("image", BinaryType()),
+)
+
+
+@lru_cache(maxsize=8)
+def image_unischema(size: int):
+    """The Petastorm dataset of stored images: grayscale ``size`` x ``size``, PNG in Parquet."""
+    import numpy as np
+    from petastorm.codecs import CompressedImageCodec, ScalarCodec
+    from petastorm.unischema import Unischema, UnischemaField
+
+    return Unischema("SemImage", [
+        UnischemaField("image_id", np.str_, (), ScalarCodec(StringType()), False),
+        UnischemaField("label", np.str_, (), ScalarCodec(StringType()), True),
+        UnischemaField("scale_bin", np.str_, (), ScalarCodec(StringType()), False),
+        UnischemaField("nm_per_px", np.float64, (), ScalarCodec(DoubleType()), True),
+        UnischemaField("image", np.uint8, (size, size), CompressedImageCodec("png"), False),
+    ])

@@ -1,0 +1,51 @@
+"""Reading file bytes on executors, and paths inside SEMSPARK_HOME.
+
+Spark lists files (any Hadoop filesystem); executors read each file's bytes themselves, locally
+for ``file:`` URIs and through fsspec for the others (``hdfs://`` needs libhdfs, ``s3a://`` needs
+s3fs on the executors), so that a nightly run reads only the files it has not seen before.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from semspark.config import semspark_home
+
+
+def local_path(uri: str) -> str | None:
+    """The local filesystem path of a ``file:`` URI (or a plain path), else None."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        return unquote(parsed.path) if parsed.scheme else uri
+    return None
+
+
+def read_bytes(uri: str) -> bytes:
+    path = local_path(uri)
+    if path is not None:
+        with open(path, "rb") as fh:
+            return fh.read()
+    import fsspec
+
+    scheme = urlparse(uri).scheme
+    if scheme == "s3a":  # Hadoop's name for S3; fsspec's is s3
+        uri = "s3" + uri[3:]
+    with fsspec.open(uri, "rb") as fh:
+        return fh.read()
+
+
+def decode_text(data: bytes) -> str:
+    """Sidecar text: UTF-8, or Latin-1 as older JEOL and Hitachi software write (µ is 0xB5 there)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+def home_path(relative: str) -> Path:
+    """A path inside SEMSPARK_HOME; refuses anything that would leave it."""
+    home = semspark_home()
+    path = (home / relative).resolve()
+    if home != path and home not in path.parents:
+        raise ValueError(f"{relative!r} leaves SEMSPARK_HOME ({home})")
+    return path
