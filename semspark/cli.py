@@ -102,9 +102,8 @@ def _config(args):
 
 
 def _session(config, app: str):
-    from semspark.session import build_session
-    return build_session(config, app_name=f"semspark-{app}",
-                         extra={"spark.ui.showConsoleProgress": "true"})
+    from semspark.session import session_scope
+    return session_scope(config, app_name=f"semspark-{app}", extra={"spark.ui.showConsoleProgress": "true"})
 
 
 def cmd_synth(args) -> int:
@@ -121,11 +120,8 @@ def cmd_ingest(args) -> int:
     from semspark.ingest.job import run_ingest
 
     config = _config(args)
-    spark = _session(config, "ingest")
-    try:
+    with _session(config, "ingest") as spark:
         summary = run_ingest(spark, config, args.input, labels=args.labels)
-    finally:
-        spark.stop()
     print("\n".join(summary.lines()))
     return 0
 
@@ -134,12 +130,9 @@ def cmd_sql(args) -> int:
     from semspark.catalog import format_result, run_sql
 
     config = _config(args)
-    spark = _session(config, "sql")
-    try:
+    with _session(config, "sql") as spark:
         spark.sql(f"CREATE DATABASE IF NOT EXISTS {config.catalog.database}")
         columns, rows, truncated = run_sql(spark, args.query, limit=args.limit)
-    finally:
-        spark.stop()
     if columns:
         print(format_result(columns, rows, args.format))
     if truncated:

@@ -13,7 +13,7 @@ from pathlib import Path
 from semspark.catalog import format_result, run_sql
 from semspark.config import PROJECT_ROOT, Config, semspark_home
 from semspark.ingest.job import run_ingest
-from semspark.session import build_session
+from semspark.session import session_scope
 from semspark.synth.generate import MANIFEST, generate, read_manifest
 
 REAL_SAMPLES = PROJECT_ROOT.parent / "shared" / "samples" / "real"
@@ -44,9 +44,8 @@ def run_demo(config: Config, n: int = 200, seed: int = 0) -> int:
     home = semspark_home()
     raw = prepare_demo_input(home / "demo" / "raw", n, seed)
     print(f"demo input: {raw} ({n} synthetic images, real samples, 3 broken files)")
-    spark = build_session(config, app_name="semspark-demo", extra={"spark.ui.showConsoleProgress": "true"})
     db = config.catalog.database
-    try:
+    with session_scope(config, app_name="semspark-demo", extra={"spark.ui.showConsoleProgress": "true"}) as spark:
         summary = run_ingest(spark, config, str(raw), labels="folders")
         print("\n".join(summary.lines()))
         again = run_ingest(spark, config, str(raw), labels="folders")
@@ -69,8 +68,6 @@ def run_demo(config: Config, n: int = 200, seed: int = 0) -> int:
             print(f"\n{title}:\n  semspark sql \"{query}\"")
             print(format_result(columns, rows, "table"))
         print("\n" + _accuracy(spark, db, raw))
-    finally:
-        spark.stop()
     return 0
 
 

@@ -11,6 +11,7 @@ point a spark-submit run at the same embedded catalog as the CLI.
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 import os
 import warnings
 import sys
@@ -98,3 +99,20 @@ def spark_submit_flags(home: Path | None = None) -> list[str]:
     for key, value in embedded_catalog_conf(home).items():
         flags += ["--conf", f"{key}={value}"]
     return flags
+
+
+@contextmanager
+def session_scope(config: Config, app_name: str | None = None, extra: dict[str, str] | None = None):
+    """A session for one command: stopped at the end only if this command started it.
+
+    A session that was already running (a notebook, the test suite) is left running.
+    """
+    from pyspark.sql import SparkSession
+
+    existing = SparkSession.getActiveSession()
+    spark = existing or build_session(config, app_name=app_name, extra=extra)
+    try:
+        yield spark
+    finally:
+        if existing is None:
+            spark.stop()

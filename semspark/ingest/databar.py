@@ -23,7 +23,8 @@ import numpy as np
 # clean margin, so that dark, noisy content right above a black databar is not taken for it.
 DARK, LIGHT = 12, 243
 STRICT_DARK, STRICT_LIGHT = 4, 251
-SATURATED_ROW = 0.8        # share of saturated pixels that makes a row look like databar
+SATURATED_ROW = 0.8        # share of saturated pixels that starts a databar run
+CONTINUE_ROW = 0.5         # share that keeps a run going (rows of text)
 PURE_ROW = 0.97
 SEARCH_FROM = 0.5          # databars live in the bottom half
 MIN_BAND = 0.025           # of the image height
@@ -63,18 +64,23 @@ def find_databar(gray: np.ndarray) -> Databar | None:
     height = gray.shape[0]
     start = int(height * SEARCH_FROM)
     rows = gray[start:]
-    saturated = ((rows <= DARK) | (rows >= LIGHT)).mean(axis=1) >= SATURATED_ROW
+    share = ((rows <= DARK) | (rows >= LIGHT)).mean(axis=1)
+    # Hysteresis: a run starts on a clearly graphic row and goes on through rows dense with text
+    # (anti-aliased glyphs lower the share), bridging a few rows below even that.
     runs: list[list[int]] = []
-    run_start = None
-    for index, flag in enumerate(np.append(saturated, False)):
-        if flag and run_start is None:
-            run_start = index
-        elif not flag and run_start is not None:
-            if runs and run_start - runs[-1][1] <= MAX_GAP_ROWS + 1:
-                runs[-1][1] = index - 1
-            else:
-                runs.append([run_start, index - 1])
-            run_start = None
+    in_run, gap = False, 0
+    for index, value in enumerate(share):
+        if not in_run:
+            if value >= SATURATED_ROW:
+                runs.append([index, index])
+                in_run, gap = True, 0
+        elif value >= CONTINUE_ROW:
+            runs[-1][1] = index
+            gap = 0
+        else:
+            gap += 1
+            if gap > MAX_GAP_ROWS:
+                in_run = False
     min_rows = max(6, int(MIN_BAND * height))
     for first, last in reversed(runs):
         top, bottom = first + start, last + start

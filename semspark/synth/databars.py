@@ -41,7 +41,7 @@ def _font(size: int) -> ImageFont.FreeTypeFont:
 def draw(layout: str, content: np.ndarray, label: str, bar_px: int, rng: np.random.Generator,
          micro: str = "µ") -> DrawnDatabar:
     height, width = content.shape
-    font_px = max(13, int(round(width * 0.03)))
+    font_px = max(16, int(round(width * 0.03)))  # instruments draw 14-20 px text; OCR needs >= 15
     painter = {"zeiss": _zeiss, "fei": _fei, "tabletop": _tabletop}[layout]
     return painter(content, label.replace("µ", micro), bar_px, font_px, rng)
 

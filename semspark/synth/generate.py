@@ -57,9 +57,11 @@ def generate(out: str | Path, n: int, seed: int = 0, width: int = 512, height: i
     for i in range(n):
         rng = np.random.default_rng([seed, i])
         category = CATEGORIES[i % len(CATEGORIES)]
-        layout = LAYOUTS[i % len(LAYOUTS)]
-        # The first images walk through every scale and format, so small sets cover them all.
-        scale_index = i % len(SCALES) if i < 3 * len(SCALES) else rng.choice(len(SCALES), p=weights / weights.sum())
+        # The first len(SCALES) x len(LAYOUTS) images walk through every scale in every layout, so
+        # small sets cover them all; after that scales follow their weights.
+        layout = LAYOUTS[(i // len(SCALES)) % len(LAYOUTS)]
+        cover = len(SCALES) * len(LAYOUTS)
+        scale_index = i % len(SCALES) if i < cover else rng.choice(len(SCALES), p=weights / weights.sum())
         value, unit, _ = SCALES[scale_index]
         fmt = FORMATS[(i // len(CATEGORIES) + i) % len(FORMATS)]
         records.append(_one(out, i, rng, category, layout, value, unit, fmt, width, height,
