@@ -90,7 +90,20 @@ def build_session(config: Config, app_name: str | None = None, extra: dict[str, 
 
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
+    _quiet_hive(spark)
     return spark
+
+
+def _quiet_hive(spark) -> None:
+    """Hive's metastore client warns on every partition it adds and on Spark's own settings."""
+    try:
+        jvm = spark.sparkContext._jvm
+        level = jvm.org.apache.logging.log4j.Level.ERROR
+        for name in ("hive.log", "org.apache.hadoop.hive.conf.HiveConf", "org.apache.hadoop.hive.metastore",
+                     "org.apache.hadoop.hive.ql.session.SessionState"):
+            jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(name, level)
+    except Exception:  # logging is a nicety; never fail a job over it
+        log.debug("could not lower Hive's log level", exc_info=True)
 
 
 def spark_submit_flags(home: Path | None = None) -> list[str]:

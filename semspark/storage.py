@@ -7,17 +7,30 @@ s3fs on the executors), so that a nightly run reads only the files it has not se
 from __future__ import annotations
 
 from pathlib import Path
+import re
 from urllib.parse import unquote, urlparse
 
 from semspark.config import semspark_home
 
 
-def local_path(uri: str) -> str | None:
-    """The local filesystem path of a ``file:`` URI (or a plain path), else None."""
-    parsed = urlparse(uri)
-    if parsed.scheme in ("", "file"):
-        return unquote(parsed.path) if parsed.scheme else uri
-    return None
+def local_path(path: str) -> str | None:
+    """The local filesystem path of a ``file:`` path as Spark lists it, or of a plain path; else None.
+
+    Spark gives Hadoop path strings, not URIs: ``file:/data/a b#1.tif`` is a file named ``a b#1.tif``,
+    so nothing here is percent-decoded or split at ``#``.
+    """
+    if path.startswith("file:"):
+        rest = path[len("file:"):]
+        return "/" + rest.lstrip("/") if rest.startswith("//") else rest
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", path):
+        return None
+    return path
+
+
+def from_index_uri(uri: str) -> str:
+    """A percent-encoded URI from Spark's file index (``inputFiles``) as the scan names the file."""
+    plain = unquote(uri)
+    return "file:/" + plain[len("file:///"):] if plain.startswith("file:///") else plain
 
 
 def read_bytes(uri: str) -> bytes:

@@ -105,7 +105,7 @@ def _ink_mask(gray: np.ndarray, bar: Databar) -> np.ndarray:
 def find_scale_bar(gray: np.ndarray, databar: Databar) -> ScaleBar | None:
     width = gray.shape[1]
     ink = _ink_mask(gray, databar)
-    min_len = max(12, int(width * 0.02))
+    min_len = max(12, int(width * 0.02)) | 1  # odd: an even kernel shifts the opened stroke by a pixel
     strokes = cv2.morphologyEx(ink, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (min_len, 1)))
     count, _, stats, _ = cv2.connectedComponentsWithStats(strokes, connectivity=8)
     best = None
@@ -117,10 +117,22 @@ def find_scale_bar(gray: np.ndarray, databar: Databar) -> ScaleBar | None:
     if best is None:
         return None
     x, y, w, h = best
+    x, w = _extend_stroke(ink, x, y, w, h)
     left, right = _tick_centre(ink, x, y, h, side=-1), _tick_centre(ink, x + w - 1, y, h, side=+1)
     ticks = left is not None and right is not None
     x0, x1 = (left, right) if ticks else (float(x), float(x + w))
     return ScaleBar(x0=x0, x1=x1, top=databar.top + y, bottom=databar.top + y + h - 1, ticks=ticks)
+
+
+def _extend_stroke(ink: np.ndarray, x: int, y: int, w: int, h: int) -> tuple[int, int]:
+    """The stroke's true ends on the ink mask (opening can trim a pixel at either end)."""
+    row = ink[y + h // 2]
+    left, right = x, x + w - 1
+    while left > 0 and row[left - 1]:
+        left -= 1
+    while right < len(row) - 1 and row[right + 1]:
+        right += 1
+    return left, right - left + 1
 
 
 def _tick_centre(ink: np.ndarray, end_col: int, top: int, thickness: int, side: int) -> float | None:

@@ -174,7 +174,7 @@ def _decode_cv2(data: bytes, fmt: str) -> tuple[np.ndarray, int, str]:
     color = "gray"
     if fmt == "png" and data[25] == 3:
         color = "palette"
-    elif fmt == "bmp" and struct.unpack("<H", data[28:30])[0] <= 8:
+    elif fmt == "bmp" and struct.unpack("<H", data[28:30])[0] <= 8 and not _bmp_gray_table(data):
         color = "palette"
     if pixels.ndim == 3:
         if color == "gray":
@@ -184,6 +184,17 @@ def _decode_cv2(data: bytes, fmt: str) -> tuple[np.ndarray, int, str]:
     else:
         unit = _to_unit(pixels, bits)
     return _to_uint8_unit(unit), bits, color
+
+
+def _bmp_gray_table(data: bytes) -> bool:
+    """8-bit BMPs always carry a colour table; one whose entries all have B == G == R is gray."""
+    header_size, = struct.unpack("<I", data[14:18])
+    bits, = struct.unpack("<H", data[28:30])
+    used, = struct.unpack("<I", data[46:50]) if header_size >= 40 else (0,)
+    entries = used or (1 << bits)
+    table = np.frombuffer(data[14 + header_size:14 + header_size + 4 * entries], dtype=np.uint8)
+    table = table[: len(table) // 4 * 4].reshape(-1, 4)
+    return bool(len(table)) and bool((table[:, 0] == table[:, 1]).all() and (table[:, 1] == table[:, 2]).all())
 
 
 def _to_unit(pixels: np.ndarray, bits: int) -> np.ndarray:

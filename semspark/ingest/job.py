@@ -74,9 +74,7 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
     root = _qualified_root(spark, input_path)
     ensure_tables(spark, db, INGEST_TABLES)
 
-    listing = (spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(root)
-               .select(F.col("path"), F.col("length").alias("size"),
-                       F.col("modificationTime").alias("modification_time"))
+    listing = (_list_files(spark, root)
                .withColumn("ext", F.lower(F.regexp_extract("path", r"\.([^./]+)$", 1)))
                .withColumn("stem", F.regexp_replace("path", r"\.[^./]+$", ""))
                .withColumn("rel", F.expr(f"substring(path, {len(root) + 2})")))
@@ -174,6 +172,34 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
 
 def _counts(df, column: str) -> dict[str, int]:
     return {r[column]: r["count"] for r in df.groupBy(column).count().collect()}
+
+
+def _list_files(spark, root: str):
+    """(path, size, modification_time) of every file under root, empty files included.
+
+    Spark's file scan gives the first two without reading content, but a zero-length file has no
+    split and yields no row; the file index still holds it, so the difference is stat'ed here.
+    """
+    from pyspark.sql import functions as F
+
+    from semspark.storage import from_index_uri
+
+    scan = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(root)
+    listed = scan.select("path", F.col("length").alias("size"), F.col("modificationTime").alias("modification_time"))
+    indexed = spark.createDataFrame([(from_index_uri(u),) for u in scan.inputFiles()], "path string")
+    missing = [r["path"] for r in indexed.join(listed, "path", "left_anti").collect()]
+    if not missing:
+        return listed
+    jvm = spark.sparkContext._jvm
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    rows = []
+    for path in missing:
+        status = jvm.org.apache.hadoop.fs.Path(path)
+        status = status.getFileSystem(conf).getFileStatus(status)
+        rows.append((path, int(status.getLen()), int(status.getModificationTime())))
+    extra = (spark.createDataFrame(rows, "path string, size long, mtime_ms long")
+             .select("path", "size", (F.col("mtime_ms") / 1000).cast("timestamp").alias("modification_time")))
+    return listed.unionByName(extra)
 
 
 def _qualified_root(spark, input_path: str) -> str:

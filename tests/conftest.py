@@ -1,0 +1,59 @@
+"""Shared fixtures: one SparkSession for the whole run (local[2], its own SEMSPARK_HOME), and
+synthetic data sets generated once per run with their manifest of truth."""
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+REAL_SAMPLES = PROJECT_ROOT.parent / "shared" / "samples" / "real"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "spark: needs the shared SparkSession")
+
+
+@pytest.fixture(scope="session")
+def semspark_home(tmp_path_factory) -> Path:
+    home = tmp_path_factory.mktemp("semspark_home")
+    os.environ["SEMSPARK_HOME"] = str(home)
+    return home
+
+
+@pytest.fixture(scope="session")
+def spark(semspark_home):
+    from semspark.config import Config
+    from semspark.session import build_session
+
+    session = build_session(Config(), app_name="semspark-tests", extra={
+        "spark.master": "local[2]",
+        "spark.sql.shuffle.partitions": "4",
+        "spark.default.parallelism": "2",
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+    })
+    try:
+        yield session
+    finally:
+        session.stop()
+
+
+@pytest.fixture(scope="session")
+def real_manifest() -> list[dict]:
+    if not REAL_SAMPLES.is_dir():
+        pytest.fail(f"the real SEM samples are missing: expected them in {REAL_SAMPLES}")
+    with open(REAL_SAMPLES / "manifest.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="session")
+def synthetic_set(tmp_path_factory):
+    """27 images: every scale in every layout (the generator walks them first), 384 px wide."""
+    from semspark.synth.generate import generate
+
+    folder = tmp_path_factory.mktemp("synthetic")
+    records = generate(folder, 27, seed=11, width=384, height=288)
+    return folder, records

@@ -1,0 +1,85 @@
+"""The command line and the spark-submit entry point, run for real."""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from semspark.catalog import format_result
+from semspark.cli import main
+from semspark.synth.generate import generate
+
+from .conftest import PROJECT_ROOT, REAL_SAMPLES
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def test_format_result_by_hand():
+    columns, rows = ["bin", "n"], [("1um", 3), (None, 12)]
+    assert format_result(columns, rows, "csv") == "bin,n\n1um,3\n,12"
+    assert format_result(columns, rows, "json") == '{"bin": "1um", "n": 3}\n{"bin": null, "n": 12}'
+    assert format_result(columns, rows, "table").splitlines() == [
+        "+------+----+", "| bin  | n  |", "+------+----+", "| 1um  | 3  |", "| NULL | 12 |", "+------+----+"]
+
+
+@pytest.mark.spark
+def test_sql_command_on_the_catalog(spark, capsys):
+    spark.sql("CREATE DATABASE IF NOT EXISTS clitest")
+    spark.sql("CREATE TABLE IF NOT EXISTS clitest.t (bin string, n int) USING parquet")
+    spark.sql("INSERT OVERWRITE clitest.t VALUES ('1um', 3), ('2um', 5)")
+    assert main(["sql", "SELECT bin, n FROM clitest.t ORDER BY bin", "--format", "json"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert [json.loads(line) for line in out] == [{"bin": "1um", "n": 3}, {"bin": "2um", "n": 5}]
+    assert main(["sql", "SELECT sum(n) AS total FROM clitest.t", "--format", "csv"]) == 0
+    assert capsys.readouterr().out.strip() == "total\n8"
+    assert not spark.sparkContext._jsc.sc().isStopped()  # the command left the running session alone
+
+
+@pytest.mark.spark
+def test_sql_errors_are_one_clear_line(spark, capsys):
+    assert main(["sql", "SELECT * FROM clitest.no_such_table"]) == 2
+    err = capsys.readouterr().err
+    assert "no_such_table" in err and "Traceback" not in err
+
+
+def test_scale_command_prints_json_lines(capsys):
+    assert main(["scale", str(REAL_SAMPLES / "zeiss_auriga_2um_tagged.tif"),
+                 str(REAL_SAMPLES / "no_databar_rgb.tif")]) == 0
+    first, second = (json.loads(line) for line in capsys.readouterr().out.strip().splitlines())
+    assert (first["scale_value"], first["scale_unit"], first["scale_source"], first["nm_per_px"]) == (2.0, "um", "CZ_SEM", 22.33)
+    assert second["scale_bin"] == "unknown"
+
+
+def test_config_errors_name_the_key(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("ingest:\n  image_sise: 64\n")
+    assert main(["--config", str(bad), "scale", str(REAL_SAMPLES / "no_databar_rgb.tif")]) == 2
+    assert "ingest.image_sise" in capsys.readouterr().err
+
+
+def test_spark_submit_runs_the_ingest_job(tmp_path):
+    """jobs/ingest.py under spark-submit: master from --master, catalog from the --conf flags
+    that `semspark spark-conf` prints; a separate JVM with its own SEMSPARK_HOME."""
+    home = tmp_path / "home"
+    generate(tmp_path / "in", 4, seed=3, width=384, height=288)
+    env = dict(os.environ, SEMSPARK_HOME=str(home), PYSPARK_PYTHON=sys.executable,
+               PYSPARK_DRIVER_PYTHON=sys.executable)
+    flags = subprocess.run([str(VENV_BIN / "semspark"), "spark-conf"], env=env, check=True,
+                           capture_output=True, text=True).stdout
+    assert str(home) in flags
+    command = [str(VENV_BIN / "spark-submit"), "--master", "local[2]", "--conf", "spark.ui.enabled=false",
+               *shlex.split(flags), str(PROJECT_ROOT / "jobs" / "ingest.py"),
+               "--input", str(tmp_path / "in"), "--labels", "folders"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "new images:             4" in done.stdout
+    images = pq.read_table(home / "warehouse" / "sem.db" / "images")
+    assert images.num_rows == 4
+    assert sorted(images.column("label").to_pylist()) == sorted(
+        p.parent.name for p in (tmp_path / "in").rglob("*") if p.suffix in (".tif", ".png", ".jpg"))

@@ -1,0 +1,56 @@
+import pytest
+
+from semspark.config import DEFAULT_CONFIG_PATH, Config, ConfigError, IngestConfig, load_config
+
+
+def write(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_shipped_config_is_the_documented_defaults():
+    # conf/semspark.yaml and the dataclass defaults must not drift apart.
+    assert load_config(DEFAULT_CONFIG_PATH) == Config()
+
+
+def test_values_are_read_and_typed(tmp_path):
+    config = load_config(write(tmp_path, "ingest:\n  image_size: 128\n  metadata_tolerance: 0.1\n"
+                                         "  image_extensions: [tif]\ncatalog:\n  database: lab\n"))
+    assert config.ingest.image_size == 128
+    assert config.ingest.metadata_tolerance == 0.1
+    assert config.ingest.image_extensions == ("tif",)
+    assert config.catalog.database == "lab"
+    assert config.spark == Config().spark
+
+
+def test_unknown_key_is_an_error_naming_it(tmp_path):
+    with pytest.raises(ConfigError, match=r"ingest\.imge_size"):
+        load_config(write(tmp_path, "ingest:\n  imge_size: 128\n"))
+    with pytest.raises(ConfigError, match=r"unknown key trainning"):
+        load_config(write(tmp_path, "trainning: {}\n"))
+
+
+@pytest.mark.parametrize("text, key, kind", [
+    ("ingest:\n  image_size: big\n", "ingest.image_size", "integer"),
+    ("ingest:\n  image_size: 12.5\n", "ingest.image_size", "integer"),
+    ("spark:\n  ui_enabled: 'yes'\n", "spark.ui_enabled", "true or false"),
+    ("ingest:\n  image_extensions: tif\n", "ingest.image_extensions", "list"),
+    ("catalog: [sem]\n", "catalog", "mapping"),
+])
+def test_ill_typed_value_is_an_error_naming_it(tmp_path, text, key, kind):
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text))
+    assert key in str(info.value) and kind in str(info.value)
+
+
+def test_out_of_range_values_are_refused():
+    with pytest.raises(ConfigError, match="metadata_tolerance"):
+        IngestConfig(metadata_tolerance=1.5)
+    with pytest.raises(ConfigError, match="dataset_dir"):
+        IngestConfig(dataset_dir="../../etc")
+
+
+def test_missing_explicit_file_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")

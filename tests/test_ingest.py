@@ -1,0 +1,259 @@
+"""Ingest on local[2] with real Spark, real Tesseract and the real samples: tables, counts,
+partitions, labels, duplicates, bad files, incremental reruns and recovery after a crash."""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import dataclasses
+
+from semspark.config import CatalogConfig, Config, IngestConfig
+from semspark.ingest.job import IngestError, dataset_url, run_ingest
+from semspark.synth.generate import generate
+
+from .conftest import REAL_SAMPLES
+from .test_formats import png_header_only
+
+pytestmark = pytest.mark.spark
+
+CONFIG = Config(ingest=IngestConfig(image_size=64, max_file_bytes=5_000_000, files_per_task=16))
+BAD_FILES = {  # name -> (stage, words the reason must contain)
+    "broken/empty.tif": ("read", "empty"),
+    "broken/truncated.jpg": ("decode", "truncated"),
+    "broken/notes.txt": ("decode", "not an image"),
+    "broken/bomb.png": ("limits", "pixels is over the limit"),
+    "broken/huge.bin": ("limits", "over the limit"),
+}
+
+
+def uri(path: Path) -> str:
+    return "file:" + str(path)
+
+
+def listed(root: Path) -> set[str]:
+    """What the listing must find: every file, as Spark names it (hidden files excluded)."""
+    return {uri(p) for p in root.rglob("*") if p.is_file() and not p.name.startswith((".", "_"))}
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory, synthetic_set):
+    """The synthetic set in its category folders, the real samples, a duplicate and bad files."""
+    folder, records = synthetic_set
+    root = tmp_path_factory.mktemp("raw")
+    for entry in folder.iterdir():
+        if entry.is_dir():
+            shutil.copytree(entry, root / entry.name)
+    for sample in REAL_SAMPLES.glob("*.tif"):
+        shutil.copy(sample, root / sample.name)
+    first = records[0]
+    shutil.copy(folder / first.file, root / "Powder" / ("zz_copy_of_" + Path(first.file).name))
+    # A name with a space and a '#': Spark's paths are not URIs and must not be parsed as such.
+    odd = records[1]
+    (root / odd.file).rename((root / odd.file).with_name("odd name #1" + Path(odd.file).suffix))
+    (root / "broken").mkdir()
+    (root / "broken/empty.tif").write_bytes(b"")
+    jpeg = next(r for r in records if r.format == "jpeg")
+    data = (folder / jpeg.file).read_bytes()
+    (root / "broken/truncated.jpg").write_bytes(data[: len(data) // 2])
+    (root / "broken/notes.txt").write_text("lab notes, not an image\n")
+    (root / "broken/bomb.png").write_bytes(png_header_only(60_000, 60_000))
+    (root / "broken/huge.bin").write_bytes(os.urandom(6_000_000))
+    return root, records
+
+
+def where(root: Path, record) -> Path:
+    """Where a synthetic record's file is in the raw folder (one was renamed)."""
+    path = root / record.file
+    return path if path.exists() else path.with_name("odd name #1" + path.suffix)
+
+
+@pytest.fixture(scope="module")
+def first_run(spark, raw):
+    root, _ = raw
+    return run_ingest(spark, CONFIG, str(root), labels="folders")
+
+
+def table(spark, name):
+    return spark.table(f"sem.{name}")
+
+
+def test_every_file_ends_in_exactly_one_place(spark, raw, first_run):
+    root, _ = raw
+    files = [r["path"] for r in table(spark, "files").select("path").collect()]
+    quarantine = [r["path"] for r in table(spark, "quarantine").select("path").collect()]
+    assert len(files) == len(set(files)) and len(quarantine) == len(set(quarantine))
+    assert not set(files) & set(quarantine)
+    assert set(files) | set(quarantine) == listed(root)
+    assert first_run.listed == len(listed(root))
+
+
+def test_one_image_row_per_distinct_content(spark, raw, first_run):
+    root, records = raw
+    images = table(spark, "images").toPandas()
+    expected = {hashlib.sha256(where(root, r).read_bytes()).hexdigest() for r in records}
+    expected |= {hashlib.sha256(p.read_bytes()).hexdigest() for p in root.glob("*.tif")}
+    assert set(images["image_id"]) == expected and len(images) == len(expected)
+    assert first_run.new_images == len(expected) and first_run.duplicate_files == 1
+
+
+def test_the_same_bytes_under_two_paths_is_one_image(spark, raw, first_run):
+    root, records = raw
+    original = root / records[0].file
+    copy = root / "Powder" / ("zz_copy_of_" + original.name)
+    image_id = hashlib.sha256(original.read_bytes()).hexdigest()
+    rows = table(spark, "files").filter(f"image_id = '{image_id}' AND role = 'image'").collect()
+    assert sorted(r["path"] for r in rows) == sorted([uri(original), uri(copy)])
+    image = table(spark, "images").filter(f"image_id = '{image_id}'").collect()
+    assert len(image) == 1 and image[0]["path"] == min(uri(original), uri(copy))
+
+
+def test_labels_from_folders_and_none_for_the_root(spark, raw, first_run):
+    root, records = raw
+    by_path = {r["path"]: r["label"] for r in table(spark, "images").select("path", "label").collect()}
+    for record in records:
+        assert by_path[uri(where(root, record))] == record.category
+    for sample in root.glob("*.tif"):
+        assert by_path[uri(sample)] is None
+
+
+def test_scales_and_bins_match_the_truth(spark, raw, real_manifest, first_run):
+    root, records = raw
+    rows = {r["path"]: r for r in table(spark, "images").collect()}
+    right = sum(rows[uri(where(root, rec))]["scale_bin"] == rec.scale_bin for rec in records)
+    assert right >= len(records) - 1
+    for rec in records:
+        row = rows[uri(where(root, rec))]
+        assert row["format"] == {"tiff8": "tiff", "tiff16": "tiff"}.get(rec.format, rec.format)
+        assert row["bit_depth"] == rec.bit_depth and row["width"] == rec.width
+        if row["scale_bin"] == rec.scale_bin:
+            assert row["scale_mismatch"] == rec.stale_metadata
+    for sample in real_manifest:
+        value, unit = sample["scale_label_value"], sample["scale_label_unit"]
+        expected = f"{float(value):g}{unit}" if value else "unknown"
+        assert rows[uri(root / sample["file"])]["scale_bin"] == expected, sample["file"]
+
+
+def test_bad_files_are_quarantined_with_their_reason(spark, raw, first_run):
+    root, _ = raw
+    rows = {r["path"]: r for r in table(spark, "quarantine").collect()}
+    for name, (stage, words) in BAD_FILES.items():
+        row = rows[uri(root / name)]
+        assert row["stage"] == stage and words in row["reason"], (name, row["reason"])
+    assert rows[uri(root / "broken/huge.bin")]["sha256"] is None  # refused unread
+    assert rows[uri(root / "broken/empty.tif")]["sha256"] == hashlib.sha256(b"").hexdigest()
+    assert sum(first_run.quarantined.values()) == len(BAD_FILES)
+
+
+def test_sidecars_are_files_of_their_image(spark, raw, first_run):
+    root, records = raw
+    sidecars = {uri(p) for p in root.rglob("*.txt") if p.parent.name != "broken"}
+    assert sidecars, "the synthetic set should hold Hitachi or JEOL sidecars"
+    rows = table(spark, "files").filter("role = 'sidecar'").collect()
+    assert {r["path"] for r in rows} == sidecars
+    image_ids = {r["image_id"] for r in table(spark, "images").select("image_id").collect()}
+    assert all(r["image_id"] in image_ids for r in rows)
+    by_path = {uri(where(root, r)): r for r in records}
+    for row in table(spark, "images").filter("scale_source IN ('Hitachi', 'JEOL')").collect():
+        assert by_path[row["path"]].metadata == row["scale_source"]
+
+
+def test_the_petastorm_dataset_is_partitioned_by_scale_bin_and_readable(spark, first_run):
+    from petastorm import make_reader
+
+    images = {r["image_id"]: r for r in table(spark, "images").collect()}
+    url = dataset_url(CONFIG)
+    folder = Path(url[len("file://"):])
+    assert {p.name for p in folder.glob("scale_bin=*")} == {f"scale_bin={r['scale_bin']}" for r in images.values()}
+    seen = []
+    with make_reader(url, num_epochs=1, workers_count=1, shuffle_row_groups=False) as reader:
+        for row in reader:
+            seen.append(row.image_id)
+            assert row.image.shape == (64, 64) and row.image.dtype == np.uint8
+            assert row.scale_bin == images[row.image_id]["scale_bin"]
+            assert row.label == images[row.image_id]["label"]
+    assert sorted(seen) == sorted(images)
+
+
+def test_images_table_is_partitioned_by_scale_bin(spark, first_run):
+    partitions = {r[0] for r in spark.sql("SHOW PARTITIONS sem.images").collect()}
+    bins = {r[0] for r in spark.sql("SELECT DISTINCT scale_bin FROM sem.images").collect()}
+    assert partitions == {f"scale_bin={b}" for b in bins}
+
+
+def snapshot(spark):
+    return {name: sorted(tuple(r) for r in table(spark, name).drop("ingested_at", "ingest_run").collect())
+            for name in ("images", "files", "quarantine")}
+
+
+def dataset_ids(spark):
+    return sorted(r[0] for r in spark.read.parquet(dataset_url(CONFIG)).select("image_id").collect())
+
+
+def test_rerun_adds_nothing(spark, raw, first_run):
+    root, _ = raw
+    before, ids = snapshot(spark), dataset_ids(spark)
+    again = run_ingest(spark, CONFIG, str(root), labels="folders")
+    assert (again.new_images, again.already_known, again.listed) == (0, first_run.listed, first_run.listed)
+    assert snapshot(spark) == before and dataset_ids(spark) == ids
+
+
+def test_a_grown_folder_adds_only_the_new_files(spark, raw, first_run, tmp_path):
+    root, _ = raw
+    before = snapshot(spark)
+    generate(tmp_path, 3, seed=12345, width=384, height=288)
+    new = []
+    for i, src in enumerate(sorted(p for p in tmp_path.rglob("*") if p.suffix in (".tif", ".png", ".jpg"))):
+        target = root / "Fibres" / f"new_{i}{src.suffix}"
+        shutil.copy(src, target)
+        new.append(target)
+    summary = run_ingest(spark, CONFIG, str(root), labels="folders")
+    assert summary.new_images == 3 and summary.already_known == first_run.listed
+    after = snapshot(spark)
+    assert len(after["images"]) == len(before["images"]) + 3
+    assert len(after["files"]) == len(before["files"]) + 3
+    assert after["quarantine"] == before["quarantine"]
+    labels = {r["path"]: r["label"] for r in table(spark, "images").collect()}
+    assert all(labels[uri(p)] == "Fibres" for p in new)
+
+
+def test_rerun_after_a_crash_before_the_files_table_converges(spark, raw, first_run):
+    """A run killed after writing the dataset and sem.images, before sem.files: simulated by
+    emptying sem.files. The rerun must redo the work and duplicate nothing."""
+    root, _ = raw
+    before, ids = snapshot(spark), dataset_ids(spark)
+    spark.sql("TRUNCATE TABLE sem.files")
+    summary = run_ingest(spark, CONFIG, str(root), labels="folders")
+    assert summary.new_images == 0
+    assert snapshot(spark) == before and dataset_ids(spark) == ids
+
+
+def test_labels_from_a_csv_by_path_and_by_image_id(spark, tmp_path):
+    generate(tmp_path / "in", 3, seed=77, width=384, height=288)
+    images = sorted(p for p in (tmp_path / "in").rglob("*") if p.suffix in (".tif", ".png", ".jpg"))
+    digest = hashlib.sha256(images[2].read_bytes()).hexdigest()
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label\n"
+                      f"{images[0].relative_to(tmp_path / 'in')},Tips\n"
+                      f"{images[1]},Nanowires\n")
+    by_id = tmp_path / "by_id.csv"
+    by_id.write_text(f"image_id,label\n{digest.upper()},Powder\n")
+    config = Config(catalog=CatalogConfig(database="csvlabels"),
+                    ingest=dataclasses.replace(CONFIG.ingest, dataset_dir="datasets/csvlabels"))
+    run_ingest(spark, config, str(tmp_path / "in"), labels=str(labels))
+    got = {r["path"]: r["label"] for r in spark.table("csvlabels.images").collect()}
+    assert got[uri(images[0])] == "Tips" and got[uri(images[1])] == "Nanowires" and got[uri(images[2])] is None
+    shutil.copy(images[2], tmp_path / "in" / "again.tif")  # new path, known bytes: no new image
+    bad = tmp_path / "bad.csv"
+    bad.write_text("file,category\nx,y\n")
+    with pytest.raises(IngestError, match="needs a header"):
+        run_ingest(spark, config, str(tmp_path / "in"), labels=str(bad))
+
+
+def test_a_missing_input_is_a_clear_error(spark, tmp_path):
+    with pytest.raises(IngestError, match="does not exist"):
+        run_ingest(spark, CONFIG, str(tmp_path / "nowhere"))

@@ -1,0 +1,67 @@
+"""Vendor metadata: each format with a hand-computed pixel size, and the real Zeiss tag."""
+import numpy as np
+import pytest
+import tifffile
+
+from semspark.ingest.metadata import scale_from_sidecar, scale_from_tiff
+from semspark.storage import decode_text
+
+from .conftest import REAL_SAMPLES
+
+IMAGE = np.full((20, 30), 128, np.uint8)
+
+
+def write_tiff(tmp_path, **kwargs):
+    path = tmp_path / "m.tif"
+    tifffile.imwrite(path, IMAGE, **kwargs)
+    return path.read_bytes()
+
+
+def test_fei_pixel_width_in_metres(tmp_path):
+    text = "[User]\nDate=01/02/2024\n[Scan]\nPixelWidth=2.5e-08\nPixelHeight=2.5e-08\n"
+    found = scale_from_tiff(write_tiff(tmp_path, extratags=[(34682, "s", 0, text, True)]))
+    assert found.source == "FEI" and found.nm_per_px == pytest.approx(25.0)
+
+
+def test_tescan_pixel_size_in_metres(tmp_path):
+    text = b"[MAIN]\r\nDevice=VEGA3\r\nPixelSizeX=7.8125e-009\r\nPixelSizeY=7.8125e-009\r\n"
+    found = scale_from_tiff(write_tiff(tmp_path, extratags=[(50431, "B", 0, text, True)]))
+    assert found.source == "Tescan" and found.nm_per_px == pytest.approx(7.8125)
+
+
+@pytest.mark.parametrize("unit, px_per_unit, nm", [("um", 2.0, 500.0), ("nm", 0.1, 10.0), ("mm", 400.0, 2500.0)])
+def test_imagej_calibration(tmp_path, unit, px_per_unit, nm):
+    data = write_tiff(tmp_path, imagej=True, resolution=(px_per_unit, px_per_unit), metadata={"unit": unit})
+    found = scale_from_tiff(data)
+    assert found.source == "ImageJ" and found.nm_per_px == pytest.approx(nm)
+
+
+def test_plain_tiff_resolution_is_not_a_scale(tmp_path):
+    # 187 dpi (like tabletop_300um_b.tif) says nothing about the specimen.
+    assert scale_from_tiff(write_tiff(tmp_path, resolution=(187, 187), resolutionunit="INCH")) is None
+
+
+def test_real_zeiss_cz_sem_tag():
+    found = scale_from_tiff((REAL_SAMPLES / "zeiss_auriga_2um_tagged.tif").read_bytes())
+    assert found.source == "CZ_SEM" and found.nm_per_px == pytest.approx(22.33)
+
+
+def test_hitachi_sidecar_pixel_size_in_nm():
+    found = scale_from_sidecar("[SemImageFile]\nInstructName=S-4800\nPixelSize=12.5\nMagnification=10000\n")
+    assert found.source == "Hitachi" and found.nm_per_px == pytest.approx(12.5)
+
+
+def test_jeol_sidecar_bar_and_marker_also_give_the_label():
+    found = scale_from_sidecar("$CM_FORMAT JEOL/SEM\n$$SM_MICRON_BAR 160\n$$SM_MICRON_MARKER 5um\n")
+    assert found.source == "JEOL" and found.nm_per_px == pytest.approx(5000 / 160)
+    assert (found.label_value, found.label_unit, found.bar_px) == (5.0, "um", 160.0)
+
+
+def test_jeol_sidecar_in_latin_1_with_a_micro_sign():
+    text = decode_text("$$SM_MICRON_BAR 100\n$$SM_MICRON_MARKER 2\xb5m\n".encode("latin-1"))
+    found = scale_from_sidecar(text)
+    assert found.nm_per_px == pytest.approx(20.0) and found.label_unit == "um"
+
+
+def test_unrelated_text_is_no_scale():
+    assert scale_from_sidecar("hello\nthis is a lab note\n") is None
