@@ -27,6 +27,9 @@ from semspark.storage import home_path
 log = logging.getLogger(__name__)
 
 
+IMAGES_PER_FILE = 2000  # ~100 MB of 299x299 PNGs
+
+
 class IngestError(RuntimeError):
     """The ingest cannot start (bad input path, bad label file); the message says what to do."""
 
@@ -302,8 +305,12 @@ def _write_dataset(spark, config: Config, new_images, url: str) -> None:
     if local is not None and local.exists() and any(local.glob("scale_bin=*/*.parquet")):
         present = spark.read.parquet(url).select("image_id")
         rows = rows.join(present, "image_id", "left_anti")  # a rerun after a crash writes nothing twice
+    # About IMAGES_PER_FILE images per Parquet file in each scale bin, not one small file per task
+    # and bin: readers (and Petastorm's row-group bookkeeping) cope badly with many tiny files.
+    buckets = F.pmod(F.hash("image_id"), F.lit(max(1, rows.count() // IMAGES_PER_FILE)))
     with materialize_dataset(spark, url, schema, config.ingest.row_group_size_mb):
-        rows.write.mode("append").partitionBy("scale_bin").parquet(url)
+        (rows.repartition("scale_bin", buckets).write.mode("append")
+         .partitionBy("scale_bin").parquet(url))
 
 
 def _make_worker(config: Config):

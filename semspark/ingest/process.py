@@ -63,15 +63,15 @@ class _Work:
     failure: tuple[str, str] | None = None
 
 
-def process_files(files: list[RawFile], config: IngestConfig, encode=None) -> list[FileOutcome]:
+def process_files(files: list[RawFile], config: IngestConfig, encode=None, store: bool = True) -> list[FileOutcome]:
     """Turn a batch of raw files into outcomes, one per file, in order.
 
     ``encode`` turns the stored uint8 image into bytes (the Petastorm codec in the ingest job);
-    by default PNG through OpenCV.
+    by default PNG through OpenCV. With ``store=False`` only the scale is read (benchmarks).
     """
     works = [_analyse(f, config) for f in files]
     readings = read_labels([w.crop for w in works], config.tesseract_cmd, config.ocr_batch_size)
-    return [_finish(w, reading, config, encode or _png) for w, reading in zip(works, readings)]
+    return [_finish(w, reading, config, encode or _png, store) for w, reading in zip(works, readings)]
 
 
 def _analyse(raw: RawFile, config: IngestConfig) -> _Work:
@@ -104,7 +104,7 @@ def _analyse(raw: RawFile, config: IngestConfig) -> _Work:
     return work
 
 
-def _finish(work: _Work, reading, config: IngestConfig, encode) -> FileOutcome:
+def _finish(work: _Work, reading, config: IngestConfig, encode, store: bool = True) -> FileOutcome:
     raw = work.raw
     if work.failure is not None:
         stage, reason = work.failure
@@ -114,13 +114,14 @@ def _finish(work: _Work, reading, config: IngestConfig, encode) -> FileOutcome:
         scale = combine(work.metadata, reading, work.bar.length_px if work.bar else None,
                         decoded.width, config.metadata_tolerance)
         content_rows = work.databar.top if work.databar is not None else decoded.height
-        content = decoded.gray[:content_rows]
-        size = config.image_size
-        resized = cv2.resize(content, (size, size), interpolation=cv2.INTER_AREA)
+        stored = None
+        if store:
+            size = config.image_size
+            stored = encode(cv2.resize(decoded.gray[:content_rows], (size, size), interpolation=cv2.INTER_AREA))
         return FileOutcome(
             path=raw.path, sha256=work.sha256, ok=True, format=decoded.format, width=decoded.width,
             height=decoded.height, bit_depth=decoded.bit_depth, color=decoded.color,
-            databar_px=decoded.height - content_rows, scale=scale, image_png=encode(resized))
+            databar_px=decoded.height - content_rows, scale=scale, image_png=stored)
     except Exception as exc:
         log.warning("storing %s failed: %r", raw.path, exc)
         return FileOutcome(path=raw.path, sha256=work.sha256, ok=False, stage="store",

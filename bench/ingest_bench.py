@@ -1,0 +1,163 @@
+"""Benchmark of scale extraction, the costly part of ingest. Prints one JSON document.
+
+    .venv/bin/python bench/ingest_bench.py [--n 240] [--seed 0] [--width 1024]
+
+Mixed set: synthetic SEM images (3 databar layouts, 4 formats, some with vendor tags or sidecars)
+plus the real samples of ../shared/samples/real. Everything runs in this one process on one core
+(Tesseract with one thread, OpenCV with one thread), so rates are per core.
+
+- metadata path: the pixel size from TIFF tags or a sidecar, for files that carry them, without
+  decoding pixels;
+- OCR path: decode, find the databar and the bar, read the label with Tesseract in batches,
+  combine, for files whose scale comes from the databar;
+- baseline (the same run, the same files): the same decode and databar detection, then one
+  pytesseract call per image on the whole databar, as a naive reader would.
+
+Machines here are noisy: compare the ratio to the baseline, not absolute times across runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ["OMP_THREAD_LIMIT"] = "1"  # one core for Tesseract, as in a Spark task
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from semspark.config import IngestConfig  # noqa: E402
+from semspark.ingest import databar  # noqa: E402
+from semspark.ingest.formats import decode_gray, sniff_format  # noqa: E402
+from semspark.ingest.metadata import scale_from_sidecar, scale_from_tiff  # noqa: E402
+from semspark.ingest.ocr import LABEL_PATTERN  # noqa: E402
+from semspark.ingest.process import RawFile, process_files  # noqa: E402
+from semspark.synth.generate import generate  # noqa: E402
+
+REAL = ROOT.parent / "shared" / "samples" / "real"
+TARGETS = {"ocr_images_per_s_per_core": 25.0, "ocr_speedup_vs_baseline": 5.0,
+           "metadata_images_per_s_per_core": 200.0}
+
+
+def load_set(folder: Path, n: int, seed: int, width: int):
+    records = generate(folder, n, seed=seed, width=width, height=width * 3 // 4)
+    files, truth = [], []
+    for r in records:
+        path = folder / r.file
+        sidecar = path.with_suffix(".txt")
+        files.append(RawFile(str(path), path.read_bytes(), sidecar.read_text() if sidecar.exists() else None))
+        truth.append((r.scale_value, r.scale_unit))
+    if REAL.is_dir():
+        import csv
+        rows = {row["file"]: row for row in csv.DictReader(open(REAL / "manifest.csv"))}
+        for name, row in sorted(rows.items()):
+            files.append(RawFile(str(REAL / name), (REAL / name).read_bytes()))
+            value = row["scale_label_value"]
+            truth.append((float(value), row["scale_label_unit"]) if value else (None, None))
+    return files, truth
+
+
+def metadata_path(files: list[RawFile]):
+    tagged = []
+    started = time.perf_counter()
+    for f in files:
+        found = scale_from_tiff(f.data) if sniff_format(f.data) == "tiff" else None
+        if found is None and f.sidecar_text:
+            found = scale_from_sidecar(f.sidecar_text)
+        if found is not None:
+            tagged.append(f)
+    elapsed = time.perf_counter() - started
+    # Time again on the tagged files alone: the rate of the path itself.
+    started = time.perf_counter()
+    for f in tagged:
+        if sniff_format(f.data) == "tiff":
+            scale_from_tiff(f.data)
+        if f.sidecar_text:
+            scale_from_sidecar(f.sidecar_text)
+    tagged_elapsed = time.perf_counter() - started
+    return len(tagged), tagged_elapsed, elapsed
+
+
+def ocr_path(files, truth, config):
+    started = time.perf_counter()
+    outcomes = process_files(files, config, store=False)
+    elapsed = time.perf_counter() - started
+    right = sum(o.ok and (o.scale.scale_value, o.scale.scale_unit) == t for o, t in zip(outcomes, truth))
+    from_ocr = sum(o.ok and o.scale.scale_label_text is not None for o in outcomes)
+    return elapsed, right, from_ocr
+
+
+def baseline(files, truth, config):
+    import pytesseract
+
+    right = 0
+    started = time.perf_counter()
+    for f, t in zip(files, truth):
+        decoded = decode_gray(f.data, sniff_format(f.data), config.max_pixels)
+        bar = databar.find_databar(decoded.gray)
+        value = unit = None
+        if bar is not None:
+            text = pytesseract.image_to_string(decoded.gray[bar.top:bar.bottom + 1], config="--psm 6")
+            match = LABEL_PATTERN.search(text)
+            if match:
+                value = float(match.group(1).replace(",", ".")) if match.group(1)[0].isdigit() else None
+                unit = {"nm": "nm", "mm": "mm"}.get(match.group(2), "um")
+        right += (value, unit) == t
+    return time.perf_counter() - started, right
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=240, help="synthetic images (default 240)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--width", type=int, default=1024, help="synthetic image width (default 1024, like SEM)")
+    args = parser.parse_args()
+    cv2.setNumThreads(1)
+    config = IngestConfig()
+    folder = Path(tempfile.mkdtemp(prefix="semspark-bench-"))
+    try:
+        files, truth = load_set(folder, args.n, args.seed, args.width)
+        process_files(files[:4], config, store=False)  # warm up imports and Tesseract's disk cache
+        n_tagged, tagged_s, scan_s = metadata_path(files)
+        ocr_s, ocr_right, from_ocr = ocr_path(files, truth, config)
+        base_s, base_right = baseline(files, truth, config)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    n = len(files)
+    ocr_rate, base_rate = n / ocr_s, n / base_s
+    result = {
+        "benchmark": "ingest scale extraction",
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                    "python": platform.python_version()},
+        "set": {"images": n, "synthetic": args.n, "real_samples": n - args.n, "width": args.width,
+                "with_vendor_metadata": n_tagged, "label_read_from_databar": from_ocr},
+        "metadata_path": {"images": n_tagged, "seconds": round(tagged_s, 4),
+                          "images_per_s_per_core": round(n_tagged / tagged_s, 1) if tagged_s else None,
+                          "scan_all_files_seconds": round(scan_s, 4)},
+        "ocr_path": {"seconds": round(ocr_s, 3), "images_per_s_per_core": round(ocr_rate, 1),
+                     "labels_right": ocr_right, "accuracy": round(ocr_right / n, 4)},
+        "baseline_one_tesseract_call_per_databar": {
+            "seconds": round(base_s, 3), "images_per_s_per_core": round(base_rate, 1),
+            "labels_right": base_right, "accuracy": round(base_right / n, 4)},
+        "ocr_speedup_vs_baseline": round(ocr_rate / base_rate, 2),
+    }
+    result["targets"] = {
+        "ocr_images_per_s_per_core >= 25": result["ocr_path"]["images_per_s_per_core"] >= TARGETS["ocr_images_per_s_per_core"],
+        "ocr_speedup_vs_baseline >= 5": result["ocr_speedup_vs_baseline"] >= TARGETS["ocr_speedup_vs_baseline"],
+        "metadata_images_per_s_per_core >= 200": (result["metadata_path"]["images_per_s_per_core"] or 0)
+        >= TARGETS["metadata_images_per_s_per_core"],
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
