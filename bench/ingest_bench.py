@@ -48,6 +48,16 @@ TARGETS = {"ocr_images_per_s_per_core": 25.0, "ocr_speedup_vs_baseline": 5.0,
            "metadata_images_per_s_per_core": 200.0}
 
 
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def load_set(folder: Path, n: int, seed: int, width: int):
     records = generate(folder, n, seed=seed, width=width, height=width * 3 // 4)
     files, truth = [], []
@@ -136,7 +146,7 @@ def main() -> None:
     ocr_rate, base_rate = n / ocr_s, n / base_s
     result = {
         "benchmark": "ingest scale extraction",
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
                     "python": platform.python_version()},
         "set": {"images": n, "synthetic": args.n, "real_samples": n - args.n, "width": args.width,
                 "with_vendor_metadata": n_tagged, "label_read_from_databar": from_ocr},
