@@ -18,19 +18,30 @@ def qualified(database: str, table: TableSpec | str) -> str:
 
 
 def ensure_tables(spark, database: str, tables: tuple[TableSpec, ...]) -> None:
-    """Create the database and the tables if missing (Parquet, partitioned as declared)."""
+    """Create the database and the tables if missing (Parquet, partitioned as declared); add the
+    columns a newer semspark declares to tables an older one created (additive migration)."""
     spark.sql(f"CREATE DATABASE IF NOT EXISTS {database}")
     for table in tables:
+        name = qualified(database, table)
+        if spark.catalog.tableExists(name):
+            present = set(spark.table(name).columns)
+            missing = [f for f in table.schema.fields if f.name not in present]
+            if missing:
+                added = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in missing)
+                spark.sql(f"ALTER TABLE {name} ADD COLUMNS ({added})")
+                log.info("added columns %s to %s", [f.name for f in missing], name)
+            continue
         columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in table.schema.fields)
         partition = f" PARTITIONED BY ({', '.join(table.partition_by)})" if table.partition_by else ""
         comment = table.comment.replace("'", "\\'")
-        spark.sql(f"CREATE TABLE IF NOT EXISTS {qualified(database, table)} ({columns}) USING parquet"
-                  f"{partition} COMMENT '{comment}'")
+        spark.sql(f"CREATE TABLE IF NOT EXISTS {name} ({columns}) USING parquet{partition} COMMENT '{comment}'")
 
 
 def insert(df, database: str, table: TableSpec) -> None:
-    """Append rows, columns matched by name (insertInto itself matches by position)."""
-    df.select(*table.columns).write.insertInto(qualified(database, table))
+    """Append rows, columns matched by name: insertInto matches by position, and a migrated table
+    has its added columns after the older ones."""
+    name = qualified(database, table)
+    df.select(*df.sparkSession.table(name).columns).write.insertInto(name)
 
 
 def run_sql(spark, query: str, limit: int = 10_000):

@@ -36,8 +36,9 @@ IMAGES = TableSpec(
         ("color", StringType()), ("scale_value", DoubleType()), ("scale_unit", StringType()),
         ("scale_bar_px", DoubleType()), ("nm_per_px", DoubleType()), ("scale_source", StringType()),
         ("scale_mismatch", BooleanType()), ("metadata_nm_per_px", DoubleType()),
-        ("scale_label_text", StringType()), ("databar_px", IntegerType()), ("label", StringType()),
-        ("ingested_at", TimestampType()), ("ingest_run", StringType()), ("scale_bin", StringType()),
+        ("scale_label_text", StringType()), ("databar_px", IntegerType()), ("phash", StringType()),
+        ("label", StringType()), ("ingested_at", TimestampType()), ("ingest_run", StringType()),
+        ("scale_bin", StringType()),
     ),
     partition_by=("scale_bin",),
     comment="One row per distinct image (SHA-256 of its bytes), with its scale and label.",
@@ -74,8 +75,8 @@ PROCESSED = _fields(
     ("scale_unit", StringType()), ("scale_bar_px", DoubleType()), ("nm_per_px", DoubleType()),
     ("scale_source", StringType()), ("scale_mismatch", BooleanType()),
     ("metadata_nm_per_px", DoubleType()), ("scale_label_text", StringType()),
-    ("scale_bin", StringType()), ("databar_px", IntegerType()), ("label", StringType()),
-    ("image", BinaryType()),
+    ("scale_bin", StringType()), ("databar_px", IntegerType()), ("phash", StringType()),
+    ("label", StringType()), ("image", BinaryType()),
 )
 
 

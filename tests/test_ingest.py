@@ -98,6 +98,7 @@ def test_one_image_row_per_distinct_content(spark, raw, first_run):
     expected = {hashlib.sha256(where(root, r).read_bytes()).hexdigest() for r in records}
     expected |= {hashlib.sha256(p.read_bytes()).hexdigest() for p in root.glob("*.tif")}
     assert set(images["image_id"]) == expected and len(images) == len(expected)
+    assert images["phash"].str.fullmatch("[0-9a-f]{16}").all()
     assert first_run.new_images == len(expected) and first_run.duplicate_files == 1
 
 
@@ -259,3 +260,34 @@ def test_labels_from_a_csv_by_path_and_by_image_id(spark, tmp_path):
 def test_a_missing_input_is_a_clear_error(spark, tmp_path):
     with pytest.raises(IngestError, match="does not exist"):
         run_ingest(spark, CONFIG, str(tmp_path / "nowhere"))
+
+
+def test_only_bad_files_and_an_empty_folder(spark, tmp_path):
+    config = Config(catalog=CatalogConfig(database="badonly"),
+                    ingest=dataclasses.replace(CONFIG.ingest, dataset_dir="datasets/badonly"))
+    (tmp_path / "empty").mkdir()
+    summary = run_ingest(spark, config, str(tmp_path / "empty"))
+    assert (summary.listed, summary.new_images) == (0, 0)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "a.tif").write_bytes(b"II*\x00garbage")
+    (tmp_path / "bad" / "b.png").write_bytes(b"")
+    summary = run_ingest(spark, config, str(tmp_path / "bad"))
+    assert summary.new_images == 0 and sum(summary.quarantined.values()) == 2
+    assert spark.table("badonly.quarantine").count() == 2 and spark.table("badonly.images").count() == 0
+
+
+def test_tables_made_by_an_older_version_gain_new_columns(spark):
+    from semspark.catalog import ensure_tables, insert
+    from semspark.schema import IMAGES
+
+    spark.sql("CREATE DATABASE IF NOT EXISTS migrate")
+    old = [f for f in IMAGES.schema.fields if f.name != "phash"]  # sem.images before phash existed
+    columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in old)
+    spark.sql(f"CREATE TABLE migrate.images ({columns}) USING parquet PARTITIONED BY (scale_bin)")
+    ensure_tables(spark, "migrate", (IMAGES,))
+    assert "phash" in spark.table("migrate.images").columns
+    row = {f.name: None for f in IMAGES.schema.fields}
+    row.update(image_id="abc", phash="00ff00ff00ff00ff", scale_bin="1um", width=7)
+    insert(spark.createDataFrame([row], IMAGES.schema), "migrate", IMAGES)
+    got = spark.table("migrate.images").collect()[0]
+    assert (got["image_id"], got["phash"], got["scale_bin"], got["width"]) == ("abc", "00ff00ff00ff00ff", "1um", 7)

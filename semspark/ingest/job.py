@@ -305,9 +305,12 @@ def _write_dataset(spark, config: Config, new_images, url: str) -> None:
     if local is not None and local.exists() and any(local.glob("scale_bin=*/*.parquet")):
         present = spark.read.parquet(url).select("image_id")
         rows = rows.join(present, "image_id", "left_anti")  # a rerun after a crash writes nothing twice
+    count = rows.count()
+    if count == 0:  # nothing new (or only bad files): leave the dataset as it is
+        return
     # About IMAGES_PER_FILE images per Parquet file in each scale bin, not one small file per task
     # and bin: readers (and Petastorm's row-group bookkeeping) cope badly with many tiny files.
-    buckets = F.pmod(F.hash("image_id"), F.lit(max(1, rows.count() // IMAGES_PER_FILE)))
+    buckets = F.pmod(F.hash("image_id"), F.lit(max(1, count // IMAGES_PER_FILE)))
     with materialize_dataset(spark, url, schema, config.ingest.row_group_size_mb):
         (rows.repartition("scale_bin", buckets).write.mode("append")
          .partitionBy("scale_bin").parquet(url))
@@ -357,7 +360,8 @@ def _make_worker(config: Config):
                           "modification_time": row.modification_time, "stage": out.stage,
                           "reason": out.reason, "format": out.format, "width": out.width,
                           "height": out.height, "bit_depth": out.bit_depth, "color": out.color,
-                          "databar_px": out.databar_px, "label": row.label if isinstance(row.label, str) else None,
+                          "databar_px": out.databar_px, "phash": out.phash,
+                          "label": row.label if isinstance(row.label, str) else None,
                           "image": out.image_png}
                 scale = out.scale.as_dict() if out.scale is not None else {}
                 for key in ("scale_value", "scale_unit", "scale_bar_px", "nm_per_px", "scale_source",

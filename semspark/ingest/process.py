@@ -20,6 +20,7 @@ from semspark.ingest.formats import BadImage, DecodedImage, decode_gray, sniff_f
 from semspark.ingest.metadata import MetadataScale, scale_from_sidecar, scale_from_tiff
 from semspark.ingest.ocr import read_labels
 from semspark.ingest.scale import ScaleReading, combine
+from semspark.phash import hash_hex, perceptual_hash
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class FileOutcome:
     databar_px: int | None = None
     scale: ScaleReading | None = None
     image_png: bytes | None = None  # the content area resized to image_size, PNG-encoded
+    phash: str | None = None        # perceptual hash of the content area, 16 hex digits
     extra: dict = field(default_factory=dict)
 
 
@@ -114,14 +116,16 @@ def _finish(work: _Work, reading, config: IngestConfig, encode, store: bool = Tr
         scale = combine(work.metadata, reading, work.bar.length_px if work.bar else None,
                         decoded.width, config.metadata_tolerance)
         content_rows = work.databar.top if work.databar is not None else decoded.height
+        content = decoded.gray[:content_rows]
         stored = None
         if store:
             size = config.image_size
-            stored = encode(cv2.resize(decoded.gray[:content_rows], (size, size), interpolation=cv2.INTER_AREA))
+            stored = encode(cv2.resize(content, (size, size), interpolation=cv2.INTER_AREA))
         return FileOutcome(
             path=raw.path, sha256=work.sha256, ok=True, format=decoded.format, width=decoded.width,
             height=decoded.height, bit_depth=decoded.bit_depth, color=decoded.color,
-            databar_px=decoded.height - content_rows, scale=scale, image_png=stored)
+            databar_px=decoded.height - content_rows, scale=scale, image_png=stored,
+            phash=hash_hex(perceptual_hash(content)))
     except Exception as exc:
         log.warning("storing %s failed: %r", raw.path, exc)
         return FileOutcome(path=raw.path, sha256=work.sha256, ok=False, stage="store",

@@ -51,6 +51,14 @@ def _text_size(draw: ImageDraw.ImageDraw, text: str, font) -> tuple[int, int]:
     return right - left, bottom - top
 
 
+def _canvas(content: np.ndarray, strip_px: int, background: int):
+    """The content with an empty strip of ``strip_px`` rows below it, and a pen to draw the strip."""
+    h, w = content.shape
+    canvas = Image.new("L", (w, h + strip_px), background)
+    canvas.paste(Image.fromarray(content), (0, 0))
+    return canvas, ImageDraw.Draw(canvas)
+
+
 def _mag(rng) -> str:
     return f"{rng.choice([1.0, 2.5, 5.0, 10.0, 25.0, 50.0]):.2f} K X"
 
@@ -58,9 +66,7 @@ def _mag(rng) -> str:
 def _zeiss(content, label, bar_px, font_px, rng) -> DrawnDatabar:
     h, w = content.shape
     bar_h = int(font_px * 4.2)
-    canvas = Image.new("L", (w, h + bar_h), 0)
-    canvas.paste(Image.fromarray(content), (0, 0))
-    d = ImageDraw.Draw(canvas)
+    canvas, d = _canvas(content, bar_h, 0)
     top = h
     d.rectangle([0, top, w - 1, top + bar_h - 1], fill=255, outline=0)
     font = _font(font_px)
@@ -85,9 +91,7 @@ def _zeiss(content, label, bar_px, font_px, rng) -> DrawnDatabar:
 def _fei(content, label, bar_px, font_px, rng) -> DrawnDatabar:
     h, w = content.shape
     bar_h = int(font_px * 3.6)
-    canvas = Image.new("L", (w, h + bar_h), 0)
-    canvas.paste(Image.fromarray(content), (0, 0))
-    d = ImageDraw.Draw(canvas)
+    canvas, d = _canvas(content, bar_h, 0)
     top = h
     font = _font(font_px)
     label_w, _ = _text_size(d, label, font)
@@ -113,9 +117,7 @@ def _fei(content, label, bar_px, font_px, rng) -> DrawnDatabar:
 def _tabletop(content, label, bar_px, font_px, rng) -> DrawnDatabar:
     h, w = content.shape
     bar_h = int(font_px * 4.0)
-    canvas = Image.new("L", (w, h + bar_h), 255)
-    canvas.paste(Image.fromarray(content), (0, 0))
-    d = ImageDraw.Draw(canvas)
+    canvas, d = _canvas(content, bar_h, 255)
     top = h
     font = _font(font_px)
     x_end = w - font_px
