@@ -1,0 +1,228 @@
+"""The paper's CNNs (Section 2), their training modes and initialisations, in tf.keras (Keras 2).
+
+Architectures:
+- ``alexnet``: Krizhevsky, Sutskever and Hinton 2012, written here (batch normalisation in place
+  of local response normalisation, as modern re-implementations do);
+- ``inception_v3``: Szegedy et al. 2016 (CVPR), from tf.keras.applications;
+- ``inception_v4``: Szegedy, Ioffe, Vanhoucke and Alemi 2017 (AAAI), "Inception-v4,
+  Inception-ResNet and the Impact of Residual Connections on Learning", Figures 3 to 9, written here;
+- ``inception_resnet_v2``: the same paper, from tf.keras.applications.
+
+Every model takes one grayscale channel (0..255), scales it to [-1, 1] (Inception's convention),
+augments it while training (flips, 90-degree rotations, crops, brightness and contrast: an SEM
+image has no up or down), replicates it to three channels, and ends with a named ``embedding``
+(the penultimate layer, e.g. Inception-v3's 2048-d average pool) and ``logits`` (one per class)
+before the softmax: the inference stage reads both.
+
+Modes (Section 2): ``scratch`` trains everything from the initialisation; ``feature_extraction``
+resets the last layer and trains only it; ``fine_tuning`` resets the last layer and trains all.
+Initialisations: ``random``, ``imagenet:PATH`` (a local Keras weights file: nothing is
+downloaded), ``model:NAME/VERSION`` (an earlier semspark model, as the paper fine-tunes its own
+from-scratch SEM checkpoint).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import tensorflow as tf
+
+layers = tf.keras.layers
+
+ARCHITECTURES = ("alexnet", "inception_v3", "inception_v4", "inception_resnet_v2")
+MODES = ("scratch", "feature_extraction", "fine_tuning")
+MIN_INPUT_SIZE = 75
+BACKBONE = "backbone"
+
+
+class ModelError(ValueError):
+    """An architecture, mode or initialisation that cannot be used; the message says why."""
+
+
+@tf.keras.utils.register_keras_serializable(package="semspark")
+class GrayToRGB(layers.Layer):
+    """One grayscale channel to the three channels the ImageNet architectures expect."""
+
+    def call(self, inputs):
+        return tf.repeat(inputs, 3, axis=-1)
+
+
+@tf.keras.utils.register_keras_serializable(package="semspark")
+class RandomRot90(layers.Layer):
+    """A random multiple of 90 degrees per image while training (square inputs)."""
+
+    def call(self, inputs, training=None):
+        if not training:
+            return inputs
+        turns = tf.random.uniform([tf.shape(inputs)[0]], 0, 4, dtype=tf.int32)
+        rotations = tf.stack([tf.image.rot90(inputs, k) for k in range(4)], axis=1)  # (B, 4, H, W, C)
+        return tf.gather(rotations, turns, axis=1, batch_dims=1)
+
+
+def _conv(x, filters, kernel, strides=1, padding="same", name=None):
+    x = layers.Conv2D(filters, kernel, strides=strides, padding=padding, use_bias=False, name=name)(x)
+    x = layers.BatchNormalization(scale=False, name=None if name is None else name + "_bn")(x)
+    return layers.Activation("relu", name=None if name is None else name + "_relu")(x)
+
+
+def _alexnet(inputs, fc_width: int = 4096):
+    x = _conv(inputs, 96, 11, strides=4, padding="valid")
+    x = layers.MaxPooling2D(3, 2)(x)
+    x = _conv(x, 256, 5)
+    x = layers.MaxPooling2D(3, 2)(x)
+    x = _conv(x, 384, 3)
+    x = _conv(x, 384, 3)
+    x = _conv(x, 256, 3)
+    x = layers.MaxPooling2D(3, 2)(x)
+    x = layers.Flatten()(x)
+    x = layers.Dense(fc_width, activation="relu")(x)
+    x = layers.Dropout(0.5)(x)
+    return layers.Dense(fc_width, activation="relu")(x)
+
+
+def _inception_v4(inputs):
+    # Stem (Figure 3): 299x299x3 -> 35x35x384
+    x = _conv(inputs, 32, 3, strides=2, padding="valid")
+    x = _conv(x, 32, 3, padding="valid")
+    x = _conv(x, 64, 3)
+    x = layers.Concatenate()([layers.MaxPooling2D(3, 2)(x), _conv(x, 96, 3, strides=2, padding="valid")])
+    a = _conv(_conv(x, 64, 1), 96, 3, padding="valid")
+    b = _conv(x, 64, 1)
+    b = _conv(_conv(_conv(b, 64, (7, 1)), 64, (1, 7)), 96, 3, padding="valid")
+    x = layers.Concatenate()([a, b])
+    x = layers.Concatenate()([_conv(x, 192, 3, strides=2, padding="valid"), layers.MaxPooling2D(3, 2)(x)])
+    for _ in range(4):  # Inception-A (Figure 4)
+        x = layers.Concatenate()([
+            _conv(layers.AveragePooling2D(3, 1, padding="same")(x), 96, 1),
+            _conv(x, 96, 1),
+            _conv(_conv(x, 64, 1), 96, 3),
+            _conv(_conv(_conv(x, 64, 1), 96, 3), 96, 3),
+        ])
+    # Reduction-A (Figure 7; k, l, m, n = 192, 224, 256, 384): -> 17x17x1024
+    x = layers.Concatenate()([
+        layers.MaxPooling2D(3, 2)(x),
+        _conv(x, 384, 3, strides=2, padding="valid"),
+        _conv(_conv(_conv(x, 192, 1), 224, 3), 256, 3, strides=2, padding="valid"),
+    ])
+    for _ in range(7):  # Inception-B (Figure 5)
+        x = layers.Concatenate()([
+            _conv(layers.AveragePooling2D(3, 1, padding="same")(x), 128, 1),
+            _conv(x, 384, 1),
+            _conv(_conv(_conv(x, 192, 1), 224, (1, 7)), 256, (7, 1)),
+            _conv(_conv(_conv(_conv(_conv(x, 192, 1), 192, (1, 7)), 224, (7, 1)), 224, (1, 7)), 256, (7, 1)),
+        ])
+    # Reduction-B (Figure 8): -> 8x8x1536
+    x = layers.Concatenate()([
+        layers.MaxPooling2D(3, 2)(x),
+        _conv(_conv(x, 192, 1), 192, 3, strides=2, padding="valid"),
+        _conv(_conv(_conv(_conv(x, 256, 1), 256, (1, 7)), 320, (7, 1)), 320, 3, strides=2, padding="valid"),
+    ])
+    for _ in range(3):  # Inception-C (Figure 6)
+        b3 = _conv(x, 384, 1)
+        b4 = _conv(_conv(_conv(x, 384, 1), 448, (1, 3)), 512, (3, 1))
+        x = layers.Concatenate()([
+            _conv(layers.AveragePooling2D(3, 1, padding="same")(x), 256, 1),
+            _conv(x, 256, 1),
+            _conv(b3, 256, (1, 3)), _conv(b3, 256, (3, 1)),
+            _conv(b4, 256, (1, 3)), _conv(b4, 256, (3, 1)),
+        ])
+    return layers.GlobalAveragePooling2D()(x)
+
+
+def build_backbone(arch: str, input_size: int) -> tf.keras.Model:
+    """The architecture without its classifier: (S, S, 3) in [-1, 1] -> a feature vector."""
+    if arch not in ARCHITECTURES:
+        raise ModelError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+    if input_size < MIN_INPUT_SIZE:
+        raise ModelError(f"input size {input_size} is below the minimum of {MIN_INPUT_SIZE} for {arch}")
+    shape = (input_size, input_size, 3)
+    if arch == "inception_v3":
+        model = tf.keras.applications.InceptionV3(include_top=False, weights=None, input_shape=shape, pooling="avg")
+    elif arch == "inception_resnet_v2":
+        model = tf.keras.applications.InceptionResNetV2(include_top=False, weights=None, input_shape=shape,
+                                                        pooling="avg")
+    else:
+        inputs = layers.Input(shape)
+        outputs = _alexnet(inputs) if arch == "alexnet" else _inception_v4(inputs)
+        model = tf.keras.Model(inputs, outputs)
+    # One name for every architecture, so weights move between models of the same architecture.
+    model._name = BACKBONE
+    return model
+
+
+def build_model(arch: str, num_classes: int, input_size: int, dropout: float = 0.2,
+                augment: bool = True) -> tf.keras.Model:
+    """Grayscale image (S, S, 1), values 0..255 -> class probabilities; named embedding and logits."""
+    if num_classes < 2:
+        raise ModelError(f"need at least two classes to train, got {num_classes}")
+    inputs = layers.Input((input_size, input_size, 1), name="image")
+    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="to_unit_range")(inputs)
+    if augment:
+        x = layers.RandomFlip("horizontal_and_vertical", name="flip")(x)
+        x = RandomRot90(name="rot90")(x)
+        x = layers.RandomZoom((-0.15, 0.0), fill_mode="reflect", name="crop")(x)  # zoom in = random crop
+        x = layers.RandomBrightness(0.1, value_range=(-1.0, 1.0), name="brightness")(x)
+        x = layers.RandomContrast(0.15, name="contrast")(x)
+    x = GrayToRGB(name="gray_to_rgb")(x)
+    features = build_backbone(arch, input_size)(x)
+    embedding = layers.Activation("linear", name="embedding")(features)
+    logits = layers.Dense(num_classes, name="logits")(layers.Dropout(dropout, name="head_dropout")(embedding))
+    probabilities = layers.Softmax(name="probabilities")(logits)
+    return tf.keras.Model(inputs, probabilities, name=f"semspark_{arch}")
+
+
+def apply_mode(model: tf.keras.Model, mode: str) -> None:
+    """Freeze what the mode does not train. The classifier is new in every mode."""
+    if mode not in MODES:
+        raise ModelError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    # Frozen batch normalisation also runs in inference mode (Keras 2 semantics), as it should
+    # for feature extraction.
+    model.get_layer(BACKBONE).trainable = mode != "feature_extraction"
+
+
+@dataclass(frozen=True)
+class Init:
+    kind: str          # random | imagenet | model
+    value: str = ""    # the weights file, or NAME/VERSION
+
+    def __str__(self) -> str:
+        return self.kind if self.kind == "random" else f"{self.kind}:{self.value}"
+
+
+def parse_init(text: str) -> Init:
+    kind, _, value = text.partition(":")
+    if kind == "random" and not value:
+        return Init("random")
+    if kind in ("imagenet", "model") and value:
+        return Init(kind, value)
+    raise ModelError(f"--init {text!r}: use random, imagenet:PATH (a local Keras weights file) "
+                     "or model:NAME/VERSION")
+
+
+def load_backbone_weights(model: tf.keras.Model, path: str) -> int:
+    """Load a Keras weights file (e.g. keras.applications' ``..._notop.h5``) into the backbone.
+
+    Loaded by topology, layer after layer, as Keras loads its own ImageNet files (layer names are
+    generated per process and do not match). Returns how many weight tensors changed."""
+    from pathlib import Path
+
+    if not Path(path).is_file():
+        raise ModelError(f"weights file {path} does not exist; download it where the network is allowed "
+                         "and give its local path (semspark never downloads weights)")
+    backbone = model.get_layer(BACKBONE)
+    before = [w.numpy().copy() for w in backbone.weights]
+    try:
+        backbone.load_weights(path)
+    except Exception as exc:
+        raise ModelError(f"weights file {path} does not fit this architecture: {exc}") from exc
+    changed = sum(not (b == a.numpy()).all() for b, a in zip(before, backbone.weights))
+    if changed == 0:
+        raise ModelError(f"no layer of weights file {path} matches the {model.name} backbone")
+    return changed
+
+
+def copy_backbone(source: tf.keras.Model, target: tf.keras.Model) -> None:
+    """Start ``target`` from the backbone of an earlier model of the same architecture."""
+    try:
+        target.get_layer(BACKBONE).set_weights(source.get_layer(BACKBONE).get_weights())
+    except (ValueError, KeyError) as exc:
+        raise ModelError(f"cannot start a {target.name} from {source.name}: {exc}") from exc

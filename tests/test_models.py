@@ -1,0 +1,96 @@
+"""The paper's CNNs: every architecture in every mode trains a step; the modes freeze what they
+should; initialisations really start from the weights they name."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from semspark.train.models import (ARCHITECTURES, BACKBONE, MODES, ModelError, apply_mode, build_model,
+                                   copy_backbone, load_backbone_weights, parse_init)
+
+SIZE = 75  # the smallest input all four accept
+
+
+def batch(n=4, classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, SIZE, SIZE, 1)).astype("float32"), rng.integers(0, classes, n)
+
+
+def weights_of(layer):
+    return [w.numpy().copy() for w in layer.trainable_weights] or [w.numpy().copy() for w in layer.weights]
+
+
+@pytest.fixture(scope="module", params=ARCHITECTURES)
+def arch(request):
+    return request.param
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_architecture_trains_a_step_in_every_mode(arch, mode):
+    tf.keras.utils.set_random_seed(0)
+    model = build_model(arch, 3, SIZE)
+    apply_mode(model, mode)
+    model.compile(optimizer=tf.keras.optimizers.SGD(0.05), loss="sparse_categorical_crossentropy")
+    backbone = model.get_layer(BACKBONE)
+    kernels = [w for w in backbone.weights if "kernel" in w.name]
+    before_backbone = [w.numpy().copy() for w in kernels]
+    before_head = model.get_layer("logits").kernel.numpy().copy()
+    x, y = batch()
+    history = model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    assert not np.allclose(model.get_layer("logits").kernel.numpy(), before_head)  # the head always learns
+    changed = [not np.array_equal(b, w.numpy()) for b, w in zip(before_backbone, kernels)]
+    if mode == "feature_extraction":
+        assert not any(changed), "feature extraction must leave the backbone untouched"
+        assert len(model.trainable_weights) == 2  # logits kernel and bias
+    else:
+        assert np.mean(changed) > 0.9, f"only {np.mean(changed):.0%} of the backbone's kernels moved"
+    outputs = tf.keras.Model(model.input, [model.get_layer("embedding").output, model.get_layer("logits").output])(x)
+    assert outputs[1].shape == (4, 3) and outputs[0].shape[0] == 4
+
+
+def test_a_weights_file_initialises_the_backbone(tmp_path):
+    tf.keras.utils.set_random_seed(1)
+    source = build_model("inception_v3", 5, SIZE)
+    path = str(tmp_path / "inception_v3_notop.h5")
+    source.get_layer(BACKBONE).save_weights(path)  # the shape of keras.applications' ImageNet file
+    tf.keras.utils.set_random_seed(2)
+    target = build_model("inception_v3", 3, SIZE)
+    assert load_backbone_weights(target, path) > 50
+    for a, b in zip(source.get_layer(BACKBONE).weights, target.get_layer(BACKBONE).weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_a_weights_file_of_another_architecture_is_refused(tmp_path):
+    path = str(tmp_path / "alexnet.h5")
+    build_model("alexnet", 3, SIZE).get_layer(BACKBONE).save_weights(path)
+    with pytest.raises(ModelError):
+        load_backbone_weights(build_model("inception_v3", 3, SIZE), path)
+    with pytest.raises(ModelError, match="never downloads"):
+        load_backbone_weights(build_model("alexnet", 3, SIZE), str(tmp_path / "missing.h5"))
+
+
+def test_an_earlier_model_initialises_the_backbone():
+    tf.keras.utils.set_random_seed(3)
+    earlier = build_model("alexnet", 10, SIZE)
+    later = build_model("alexnet", 4, SIZE)
+    copy_backbone(earlier, later)
+    for a, b in zip(earlier.get_layer(BACKBONE).weights, later.get_layer(BACKBONE).weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert later.get_layer("logits").kernel.shape == (4096, 4)  # a new, reset classifier
+    with pytest.raises(ModelError):
+        copy_backbone(earlier, build_model("inception_v4", 4, SIZE))
+
+
+def test_init_strings_and_bad_requests():
+    assert str(parse_init("random")) == "random"
+    assert parse_init("imagenet:/w/x.h5").value == "/w/x.h5"
+    assert parse_init("model:sem/3").kind == "model"
+    for bad in ("imagenet", "model:", "resnet:x", "random:x"):
+        with pytest.raises(ModelError):
+            parse_init(bad)
+    with pytest.raises(ModelError, match="unknown architecture"):
+        build_model("vgg16", 3, SIZE)
+    with pytest.raises(ModelError, match="minimum"):
+        build_model("alexnet", 3, 32)
+    with pytest.raises(ModelError, match="unknown mode"):
+        apply_mode(build_model("alexnet", 3, SIZE), "transfer")
