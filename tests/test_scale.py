@@ -1,4 +1,6 @@
 """The scale reader: label parsing, the metadata/bar rules, real SEM files and synthetic ones."""
+import shutil
+
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
@@ -127,3 +129,26 @@ def test_synthetic_images_of_every_layout_and_scale(synthetic_set):
             right += 1
     assert not wrong_values, f"labels read as a wrong value: {wrong_values}"  # unknown is honest; wrong is not
     assert right >= 26, f"only {right}/27 labels read"
+
+
+def test_a_failing_tesseract_batch_costs_only_the_bad_label(tmp_path, caplog):
+    """A Tesseract that dies on one crop: the batch is read again one by one."""
+    import stat
+
+    import pytesseract
+
+    real = shutil.which("tesseract")
+    wrapper = tmp_path / "tesseract"
+    # Fails on any page taller than one crop: the batch fails, single crops succeed.
+    wrapper.write_text(f"""#!/bin/sh
+h=$(python3 -c "import sys,struct; d=open(sys.argv[1],'rb').read(); print(struct.unpack('>I', d[20:24])[0])" "$1" 2>/dev/null || echo 0)
+if [ "$h" -gt 100 ]; then echo "simulated crash" >&2; exit 1; fi
+exec {real} "$@"
+""")
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
+    crops = [rendered_label("2 µm"), rendered_label("500 nm")]
+    got = read_labels(crops, tesseract_cmd=str(wrapper), batch_size=48)
+    assert [(r.value, r.unit) for r in got] == [(2.0, "um"), (500.0, "nm")]
+    assert "reading them one by one" in caplog.text  # the batch did fail and was retried
+    with pytest.raises(pytesseract.TesseractNotFoundError):
+        read_labels(crops, tesseract_cmd=str(tmp_path / "no-such-tesseract"))

@@ -10,6 +10,7 @@ a descender in the unit's word settles micro whatever the letters say.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ import cv2
 import numpy as np
 
 from semspark.ingest.databar import LabelCrop
+
+log = logging.getLogger(__name__)
 
 GAP = 24  # white rows between stacked crops
 
@@ -49,19 +52,43 @@ class _Word:
 
 
 def read_labels(crops: list[LabelCrop | None], tesseract_cmd: str = "tesseract",
-                batch_size: int = 48) -> list[LabelReading | None]:
-    """One LabelReading (or None) per crop, in order, with one Tesseract call per batch."""
+                batch_size: int = 48, timeout_s: float = 120.0) -> list[LabelReading | None]:
+    """One LabelReading (or None) per crop, in order, with one Tesseract call per batch.
+
+    A batch that Tesseract fails on (or that runs past ``timeout_s``) is read again one crop at a
+    time, so one bad crop costs only its own label. A missing Tesseract is raised: nothing works.
+    """
+    import pytesseract
+
     results: list[LabelReading | None] = [None] * len(crops)
     present = [i for i, crop in enumerate(crops) if crop is not None]
     for start in range(0, len(present), batch_size):
         chunk = present[start:start + batch_size]
-        readings = _read_batch([crops[i] for i in chunk], tesseract_cmd)
+        try:
+            readings = _read_batch([crops[i] for i in chunk], tesseract_cmd, timeout_s)
+        except pytesseract.TesseractNotFoundError:
+            raise
+        except (pytesseract.TesseractError, RuntimeError, OSError) as exc:
+            log.warning("Tesseract failed on a batch of %d labels (%s); reading them one by one", len(chunk), exc)
+            readings = [_read_one(crops[i], tesseract_cmd, timeout_s) for i in chunk]
         for index, reading in zip(chunk, readings):
             results[index] = reading
     return results
 
 
-def _read_batch(crops: list[LabelCrop], tesseract_cmd: str) -> list[LabelReading | None]:
+def _read_one(crop: LabelCrop, tesseract_cmd: str, timeout_s: float) -> LabelReading | None:
+    import pytesseract
+
+    try:
+        return _read_batch([crop], tesseract_cmd, timeout_s)[0]
+    except pytesseract.TesseractNotFoundError:
+        raise
+    except (pytesseract.TesseractError, RuntimeError, OSError) as exc:
+        log.warning("Tesseract failed on one label (%s); its scale stays unread", exc)
+        return None
+
+
+def _read_batch(crops: list[LabelCrop], tesseract_cmd: str, timeout_s: float = 120.0) -> list[LabelReading | None]:
     import pytesseract
 
     # One thread per Tesseract: a Spark task owns one core, and Tesseract's OpenMP threads spin
@@ -77,7 +104,8 @@ def _read_batch(crops: list[LabelCrop], tesseract_cmd: str) -> list[LabelReading
         pages.append(np.pad(crop.image, ((0, GAP), (0, width - w)), constant_values=255))
         y += h + GAP
     page = np.vstack(pages)
-    data = pytesseract.image_to_data(page, config="--psm 6", output_type=pytesseract.Output.DICT)
+    data = pytesseract.image_to_data(page, config="--psm 6", output_type=pytesseract.Output.DICT,
+                                     timeout=timeout_s)
     per_crop: list[list[_Word]] = [[] for _ in crops]
     bounds = offsets + [y]
     for i, text in enumerate(data["text"]):

@@ -72,7 +72,8 @@ def process_files(files: list[RawFile], config: IngestConfig, encode=None, store
     by default PNG through OpenCV. With ``store=False`` only the scale is read (benchmarks).
     """
     works = [_analyse(f, config) for f in files]
-    readings = read_labels([w.crop for w in works], config.tesseract_cmd, config.ocr_batch_size)
+    readings = read_labels([w.crop for w in works], config.tesseract_cmd, config.ocr_batch_size,
+                           config.ocr_timeout_s)
     return [_finish(w, reading, config, encode or _png, store) for w, reading in zip(works, readings)]
 
 
