@@ -1,6 +1,6 @@
 """``semspark <command>``: the one command line for people; ``jobs/*.py`` call the same commands.
 
-Commands: synth, ingest, sql, scale, spark-conf, demo. Each parses its arguments, loads the
+Commands: synth, ingest, train, sql, scale, spark-conf, demo. Each parses its arguments, loads the
 config, builds the SparkSession if it needs one, calls one library function and prints a result.
 """
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -35,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ingest", help="ingest raw SEM files into the dataset and the catalog")
     add_ingest_arguments(p)
 
+    p = sub.add_parser("train", help="train a CNN with Horovod on Spark over the ingested images")
+    add_train_arguments(p)
+
     p = sub.add_parser("sql", help="run SQL on the catalog and print the result")
     p.add_argument("query")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
@@ -46,8 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("spark-conf", help="print spark-submit --conf flags for the embedded catalog")
 
     p = sub.add_parser("demo", help="generate a demo data set, ingest it, and show what is in the catalog")
-    p.add_argument("--n", type=int, default=200, help="synthetic images (default 200)")
+    p.add_argument("--n", type=int, default=600, help="synthetic images (default 600)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-train", action="store_true", help="stop after ingest")
     return parser
 
 
@@ -56,7 +61,32 @@ def add_ingest_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", help="'folders' (category = top folder) or a CSV with path,label or image_id,label")
 
 
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    from semspark.train.job import TrainRequest
+    from semspark.train.spec import ARCHITECTURES, MODES
+
+    d = TrainRequest()
+    p.add_argument("--arch", choices=ARCHITECTURES, default=d.arch)
+    p.add_argument("--mode", choices=MODES, default=d.mode,
+                   help="scratch; feature_extraction (train the last layer only); fine_tuning (train all)")
+    p.add_argument("--init", default=d.init, help="random | imagenet:PATH (local Keras weights file) | model:NAME/VERSION")
+    p.add_argument("--name", default=d.name, help="model name; every run makes a new version NAME/N")
+    p.add_argument("--run-id", help="resume this interrupted run (printed when a run fails)")
+    p.add_argument("--scale-bins", default="", help="comma-separated scale bins to train on (default: all)")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="per rank")
+    p.add_argument("--learning-rate", type=float, default=d.learning_rate, help="per rank; scaled by --num-proc")
+    p.add_argument("--optimizer", choices=("sgd", "adam"), default=d.optimizer)
+    p.add_argument("--num-proc", type=int, default=d.num_proc, help="Horovod ranks (Spark tasks)")
+    p.add_argument("--input-size", type=int, default=d.input_size)
+    p.add_argument("--seed", type=int, default=d.seed, help="split and initialisation seed")
+    p.add_argument("--patience", type=int, default=d.patience, help="early stopping on validation accuracy")
+    p.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs)
+    p.add_argument("--mixed-precision", action="store_true", help="float16 compute (GPU executors)")
+
+
 def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -79,8 +109,11 @@ def _explain(exc: Exception) -> str | None:
     """A clear message for the errors users cause; None for bugs (which keep their traceback)."""
     from semspark.config import ConfigError
     from semspark.ingest.job import IngestError
+    from semspark.train.job import TrainError
+    from semspark.train.spec import ModelError
+    from semspark.train.registry import RegistryError
 
-    if isinstance(exc, (ConfigError, IngestError)):
+    if isinstance(exc, (ConfigError, IngestError, TrainError, ModelError, RegistryError)):
         return str(exc)
     text = str(exc)
     if "Another instance of Derby" in text or "Failed to start database" in text:
@@ -126,6 +159,23 @@ def cmd_ingest(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from semspark.train.job import TrainRequest, run_training
+
+    request = TrainRequest(
+        arch=args.arch, mode=args.mode, init=args.init, name=args.name, run_id=args.run_id,
+        scale_bins=tuple(b for b in args.scale_bins.split(",") if b), epochs=args.epochs,
+        batch_size=args.batch_size, learning_rate=args.learning_rate, optimizer=args.optimizer,
+        num_proc=args.num_proc, input_size=args.input_size, seed=args.seed, patience=args.patience,
+        warmup_epochs=args.warmup_epochs, mixed_precision=args.mixed_precision)
+    request.check()
+    config = _config(args)
+    with _session(config, "train") as spark:
+        result = run_training(spark, config, request)
+    print("\n".join(result.lines()))
+    return 0
+
+
 def cmd_sql(args) -> int:
     from semspark.catalog import format_result, run_sql
 
@@ -165,10 +215,10 @@ def cmd_spark_conf(args) -> int:
 def cmd_demo(args) -> int:
     from semspark.demo import run_demo
 
-    return run_demo(_config(args), n=args.n, seed=args.seed)
+    return run_demo(_config(args), n=args.n, seed=args.seed, train=not args.no_train)
 
 
-COMMANDS = {"synth": cmd_synth, "ingest": cmd_ingest, "sql": cmd_sql, "scale": cmd_scale,
+COMMANDS = {"synth": cmd_synth, "ingest": cmd_ingest, "train": cmd_train, "sql": cmd_sql, "scale": cmd_scale,
             "spark-conf": cmd_spark_conf, "demo": cmd_demo}
 
 

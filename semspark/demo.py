@@ -3,7 +3,8 @@
 Today: generate a synthetic SEM data set (plus the real samples from ../shared/samples/real when
 present, and a few broken files to show the quarantine), ingest it twice (the second run must add
 nothing), print the summary, a few SQL answers, and how well the scale reader did against the
-generator's truth. Later stages add their steps here.
+generator's truth; then train a small AlexNet with two Horovod ranks on the labelled images and
+show its test accuracy. Later stages add their steps here.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from semspark.config import PROJECT_ROOT, Config, semspark_home
 from semspark.ingest.job import run_ingest
 from semspark.session import session_scope
 from semspark.synth.generate import MANIFEST, generate, read_manifest
+from semspark.train.job import TrainRequest, run_training
 
 REAL_SAMPLES = PROJECT_ROOT.parent / "shared" / "samples" / "real"
 
@@ -40,7 +42,11 @@ def prepare_demo_input(folder: Path, n: int, seed: int) -> Path:
     return folder
 
 
-def run_demo(config: Config, n: int = 200, seed: int = 0) -> int:
+DEMO_TRAINING = TrainRequest(arch="alexnet", input_size=75, epochs=15, batch_size=16, num_proc=2,
+                             optimizer="adam", learning_rate=1e-4, name="demo", patience=100)
+
+
+def run_demo(config: Config, n: int = 600, seed: int = 0, train: bool = True) -> int:
     home = semspark_home()
     raw = prepare_demo_input(home / "demo" / "raw", n, seed)
     print(f"demo input: {raw} ({n} synthetic images, real samples, 3 broken files)")
@@ -68,6 +74,17 @@ def run_demo(config: Config, n: int = 200, seed: int = 0) -> int:
             print(f"\n{title}:\n  semspark sql \"{query}\"")
             print(format_result(columns, rows, "table"))
         print("\n" + _accuracy(spark, db, raw))
+        if train:
+            print(f"\ntraining {DEMO_TRAINING.arch} at {DEMO_TRAINING.input_size} px with "
+                  f"{DEMO_TRAINING.num_proc} Horovod ranks for {DEMO_TRAINING.epochs} epochs "
+                  "(chance is 0.10 for ten categories):")
+            result = run_training(spark, config, DEMO_TRAINING)
+            print("\n".join(result.lines()))
+            query = (f"SELECT model_version, arch, mode, train_images, best_epoch, "
+                     f"round(test_accuracy, 3) AS test_accuracy FROM {db}.models ORDER BY trained_at")
+            columns, rows, _ = run_sql(spark, query)
+            print(f"\nmodels:\n  semspark sql \"{query}\"")
+            print(format_result(columns, rows, "table"))
     return 0
 
 

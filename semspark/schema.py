@@ -66,6 +66,31 @@ QUARANTINE = TableSpec(
 
 INGEST_TABLES = (IMAGES, FILES, QUARANTINE)
 
+MODELS = TableSpec(
+    name="models",
+    schema=_fields(
+        ("model_version", StringType()), ("name", StringType()), ("version", IntegerType()),
+        ("arch", StringType()), ("mode", StringType()), ("init", StringType()),
+        ("input_size", IntegerType()), ("classes", StringType()), ("scale_bins", StringType()),
+        ("train_images", IntegerType()), ("validation_images", IntegerType()), ("test_images", IntegerType()),
+        ("best_epoch", IntegerType()), ("validation_accuracy", DoubleType()), ("test_accuracy", DoubleType()),
+        ("num_proc", IntegerType()), ("run_id", StringType()), ("path", StringType()),
+        ("model_sha256", StringType()), ("git_commit", StringType()), ("trained_at", TimestampType()),
+    ),
+    comment="One row per trained model version (NAME/N).",
+)
+
+TRAINING_HISTORY = TableSpec(
+    name="training_history",
+    schema=_fields(
+        ("model_version", StringType()), ("epoch", IntegerType()), ("loss", DoubleType()),
+        ("accuracy", DoubleType()), ("val_accuracy", DoubleType()), ("test_accuracy", DoubleType()),
+    ),
+    comment="Per-epoch metrics of every model version.",
+)
+
+TRAIN_TABLES = (MODELS, TRAINING_HISTORY)
+
 # What a Spark task returns for each file it processed: an image or a quarantine outcome.
 PROCESSED = _fields(
     ("outcome", StringType()), ("path", StringType()), ("sha256", StringType()), ("size", LongType()),

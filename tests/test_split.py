@@ -31,6 +31,7 @@ def test_groups_are_transitive_by_hand():
     far = (1 << 64) - 1
     assert group_near_duplicates([0b000, 0b001, 0b011, far], max_distance=1) == [0, 0, 0, 3]
     assert group_near_duplicates([0b000, 0b011], max_distance=1) == [0, 1]
+    assert group_near_duplicates([None, None, 0, 0], max_distance=1) == [0, 1, 2, 2]  # unknown: alone
 
 
 def test_split_is_deterministic_stratified_and_keeps_near_duplicates_together():

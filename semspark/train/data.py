@@ -22,7 +22,7 @@ READER_POOL = "dummy"
 class LabelledImages:
     image_ids: list[str]
     labels: list[str]
-    phashes: list[int]
+    phashes: list[int | None]
 
     @property
     def class_names(self) -> list[str]:
@@ -33,12 +33,16 @@ def labelled_images(spark, database: str, scale_bins: list[str] | None = None) -
     """Every labelled image in sem.images (optionally only some scale bins), metadata only."""
     from pyspark.sql import functions as F
 
+    from semspark.catalog import ensure_tables
+    from semspark.schema import INGEST_TABLES
+
+    ensure_tables(spark, database, INGEST_TABLES)  # a catalog from an older semspark gains phash
     rows = spark.table(qualified(database, IMAGES)).filter(F.col("label").isNotNull())
     if scale_bins:
         rows = rows.filter(F.col("scale_bin").isin(scale_bins))
     rows = rows.select("image_id", "label", "phash").orderBy("image_id").collect()
     return LabelledImages(image_ids=[r["image_id"] for r in rows], labels=[r["label"] for r in rows],
-                          phashes=[int(r["phash"], 16) if r["phash"] else 0 for r in rows])
+                          phashes=[int(r["phash"], 16) if r["phash"] else None for r in rows])
 
 
 def make_split(images: LabelledImages, seed: int, validation: float = 0.1, test: float = 0.2) -> Split:

@@ -22,20 +22,13 @@ from-scratch SEM checkpoint).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import tensorflow as tf
+
+from semspark.train.spec import ARCHITECTURES, MIN_INPUT_SIZE, MODES, ModelError, parse_init  # noqa: F401
 
 layers = tf.keras.layers
 
-ARCHITECTURES = ("alexnet", "inception_v3", "inception_v4", "inception_resnet_v2")
-MODES = ("scratch", "feature_extraction", "fine_tuning")
-MIN_INPUT_SIZE = 75
 BACKBONE = "backbone"
-
-
-class ModelError(ValueError):
-    """An architecture, mode or initialisation that cannot be used; the message says why."""
 
 
 @tf.keras.utils.register_keras_serializable(package="semspark")
@@ -60,7 +53,9 @@ class RandomRot90(layers.Layer):
 
 def _conv(x, filters, kernel, strides=1, padding="same", name=None):
     x = layers.Conv2D(filters, kernel, strides=strides, padding=padding, use_bias=False, name=name)(x)
-    x = layers.BatchNormalization(scale=False, name=None if name is None else name + "_bn")(x)
+    # momentum 0.9: moving statistics settle within tens of steps, not hundreds (Keras' 0.99), so
+    # evaluation is meaningful early in a run and on small data sets.
+    x = layers.BatchNormalization(scale=False, momentum=0.9, name=None if name is None else name + "_bn")(x)
     return layers.Activation("relu", name=None if name is None else name + "_relu")(x)
 
 
@@ -179,25 +174,6 @@ def apply_mode(model: tf.keras.Model, mode: str) -> None:
     model.get_layer(BACKBONE).trainable = mode != "feature_extraction"
 
 
-@dataclass(frozen=True)
-class Init:
-    kind: str          # random | imagenet | model
-    value: str = ""    # the weights file, or NAME/VERSION
-
-    def __str__(self) -> str:
-        return self.kind if self.kind == "random" else f"{self.kind}:{self.value}"
-
-
-def parse_init(text: str) -> Init:
-    kind, _, value = text.partition(":")
-    if kind == "random" and not value:
-        return Init("random")
-    if kind in ("imagenet", "model") and value:
-        return Init(kind, value)
-    raise ModelError(f"--init {text!r}: use random, imagenet:PATH (a local Keras weights file) "
-                     "or model:NAME/VERSION")
-
-
 def load_backbone_weights(model: tf.keras.Model, path: str) -> int:
     """Load a Keras weights file (e.g. keras.applications' ``..._notop.h5``) into the backbone.
 
@@ -218,6 +194,15 @@ def load_backbone_weights(model: tf.keras.Model, path: str) -> int:
     if changed == 0:
         raise ModelError(f"no layer of weights file {path} matches the {model.name} backbone")
     return changed
+
+
+def load_saved_model(path) -> tf.keras.Model:
+    """A semspark model from disk, for prediction or as an initialisation.
+
+    Importing this module registers semspark's own layers (GrayToRGB, RandomRot90), which Keras
+    needs to rebuild the model; safe mode refuses arbitrary code in the file, and the optimizer
+    (Horovod's wrapper) is not restored."""
+    return tf.keras.models.load_model(str(path), compile=False, safe_mode=True)
 
 
 def copy_backbone(source: tf.keras.Model, target: tf.keras.Model) -> None:

@@ -6,8 +6,9 @@ a random split had a near-duplicate in training. Images are grouped by a percept
 content area (the stored image, databar cropped off): two images whose 64-bit DCT hashes differ in
 at most ``max_distance`` bits are in one group, transitively. Groups, not images, are then assigned
 to a side: within each label, groups are ordered by a hash of (seed, group) and the first ones fill
-the test share, the next the validation share, so every label gets its share exactly (to within
-one group) and the split is the same every time for the same images and seed. The split is
+the test share, the next the validation share (at least one image each when the label has three),
+so every label gets its share to within one group, and the split is the same every time for the
+same images and seed. The split is
 recorded with each model, so later evaluations use the same test images.
 """
 from __future__ import annotations
@@ -21,8 +22,9 @@ import numpy as np
 from semspark.phash import HASH_BITS, hamming
 
 
-def group_near_duplicates(hashes: list[int], max_distance: int = 6) -> list[int]:
+def group_near_duplicates(hashes: list[int | None], max_distance: int = 6) -> list[int]:
     """A group index per hash: equal for hashes within ``max_distance`` bits, transitively.
+    A missing hash (an image ingested before semspark computed them) is a group of its own.
 
     Multi-index hashing: split the 64 bits into max_distance + 1 bands; two hashes within the
     distance agree exactly on at least one band (pigeonhole), so only hashes that share a band are
@@ -43,7 +45,8 @@ def group_near_duplicates(hashes: list[int], max_distance: int = 6) -> list[int]
         mask = (1 << (hi - lo)) - 1
         buckets: dict[int, list[int]] = defaultdict(list)
         for index, value in enumerate(hashes):
-            buckets[(value >> lo) & mask].append(index)
+            if value is not None:
+                buckets[(value >> lo) & mask].append(index)
         for members in buckets.values():
             for a_pos, a in enumerate(members):
                 for b in members[a_pos + 1:]:
@@ -64,7 +67,7 @@ class Split:
         return sorted(i for i, s in self.side.items() if s == side)
 
 
-def split_images(image_ids: list[str], labels: list[str], hashes: list[int], seed: int,
+def split_images(image_ids: list[str], labels: list[str], hashes: list[int | None], seed: int,
                  validation: float = 0.1, test: float = 0.2, max_distance: int = 6) -> Split:
     """Assign every image to train, validation or test, whole near-duplicate groups at a time,
     stratified by label (a group takes its most common label)."""
@@ -89,13 +92,19 @@ def split_images(image_ids: list[str], labels: list[str], hashes: list[int], see
     for label, groups in by_label.items():
         groups.sort()
         total = sum(len(g) for _, g in groups)
-        taken = 0
+        # Shares rounded, and at least one image on each held-out side when the label has three.
+        want_test = max(round(test * total), 1 if total >= 3 else 0)
+        want_validation = max(round(validation * total), 1 if total >= 3 else 0)
+        counts = {"test": 0, "validation": 0}
         for _, indices in groups:
-            # Fill test first, then validation, then train, by images within this label.
-            position = taken / total
-            name = "test" if position < test else "validation" if position < test + validation else "train"
+            if counts["test"] < want_test:
+                name = "test"
+            elif counts["validation"] < want_validation:
+                name = "validation"
+            else:
+                name = "train"
+            counts[name] = counts.get(name, 0) + len(indices)
             for i in indices:
                 side[image_ids[i]] = name
-            taken += len(indices)
     merged = [g for g in members.values() if len(g) > 1]
     return Split(side=side, groups_merged=len(merged), images_in_merged_groups=sum(len(g) for g in merged))

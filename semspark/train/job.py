@@ -1,0 +1,262 @@
+"""The train stage: Horovod on Spark over the ingest stage's Petastorm dataset.
+
+The driver picks the labelled images (metadata only), splits them once per run (recorded in the
+run folder, so a resumed run and every later evaluation use the same test images), starts
+``num_proc`` Horovod ranks with horovod.spark.run (Gloo on CPU, NCCL on GPU builds), and, when
+they are done, registers the best checkpoint as a new model version with its metadata, history,
+figures, and rows in sem.models and sem.training_history.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import shutil
+import subprocess
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from semspark.catalog import ensure_tables, insert, qualified
+from semspark.config import PROJECT_ROOT, Config
+from semspark.ingest.job import dataset_url
+from semspark.schema import MODELS, TRAIN_TABLES, TRAINING_HISTORY
+from semspark.train import registry
+from semspark.train.data import labelled_images, make_split
+from semspark.train.spec import ARCHITECTURES, MIN_INPUT_SIZE, MODES, ModelError, parse_init
+
+log = logging.getLogger(__name__)
+
+
+class TrainError(RuntimeError):
+    """Training could not start or did not finish; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    arch: str = "inception_v3"
+    mode: str = "scratch"
+    init: str = "random"
+    name: str = "sem"
+    run_id: str | None = None
+    scale_bins: tuple[str, ...] = ()
+    epochs: int = 10
+    batch_size: int = 32
+    learning_rate: float = 0.01
+    optimizer: str = "sgd"                 # sgd (momentum 0.9) | adam
+    num_proc: int = 1
+    input_size: int = 299
+    seed: int = 0
+    validation: float = 0.1
+    test: float = 0.2
+    warmup_epochs: int = 1
+    patience: int = 5
+    mixed_precision: bool = False
+    stop_after_epoch: int | None = None   # tests only: the ranks exit after this epoch
+
+    def check(self) -> None:
+        problems = []
+        if self.arch not in ARCHITECTURES:
+            problems.append(f"--arch must be one of {', '.join(ARCHITECTURES)}")
+        if self.mode not in MODES:
+            problems.append(f"--mode must be one of {', '.join(MODES)}")
+        if self.mode != "scratch" and self.init == "random":
+            problems.append(f"--mode {self.mode} starts from a trained network: give --init imagenet:PATH "
+                            "or model:NAME/VERSION")
+        if self.input_size < MIN_INPUT_SIZE:
+            problems.append(f"--input-size must be at least {MIN_INPUT_SIZE}")
+        for flag, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size), ("--num-proc", self.num_proc)):
+            if value < 1:
+                problems.append(f"{flag} must be at least 1")
+        if not self.learning_rate > 0:
+            problems.append("--learning-rate must be positive")
+        if self.optimizer not in ("sgd", "adam"):
+            problems.append("--optimizer must be sgd or adam")
+        try:
+            parse_init(self.init)
+            registry.check_name(self.name)
+            if self.run_id:
+                registry.check_name(self.run_id, "run id")
+        except (ModelError, registry.RegistryError) as exc:
+            problems.append(str(exc))
+        if problems:
+            raise TrainError("; ".join(problems))
+
+
+@dataclass
+class TrainResult:
+    model_version: str
+    run_id: str
+    path: str
+    best_epoch: int
+    test_accuracy: float
+    per_category_accuracy: dict[str, float]
+    train_images: int
+    groups_merged: int
+
+    def lines(self) -> list[str]:
+        out = [f"model {self.model_version} (run {self.run_id})", f"  saved in {self.path}",
+               f"  training images: {self.train_images} (near-duplicate groups kept together: {self.groups_merged})",
+               f"  best epoch: {self.best_epoch}", f"  test accuracy: {self.test_accuracy:.3f}"]
+        out += [f"    {name:<30}{acc:.3f}" for name, acc in sorted(self.per_category_accuracy.items())]
+        return out
+
+
+def run_training(spark, config: Config, request: TrainRequest) -> TrainResult:
+    import horovod.spark
+
+    request.check()
+    db = config.catalog.database
+    ensure_tables(spark, db, TRAIN_TABLES)
+    run_id = request.run_id or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
+    run = registry.run_dir(run_id)
+    saved = registry.read_json(run / "request.json")
+    if saved is not None:
+        # Resuming: the run's own request and split win, whatever else was passed.
+        request = dataclasses.replace(TrainRequest(**{**saved, "scale_bins": tuple(saved["scale_bins"])}),
+                                      run_id=run_id, stop_after_epoch=request.stop_after_epoch)
+        split = registry.read_json(run / "split.json")
+        log.info("resuming run %s after epoch %s", run_id,
+                 (registry.read_json(run / "state.json") or {}).get("completed_epochs", 0))
+    else:
+        images = labelled_images(spark, db, list(request.scale_bins) or None)
+        if len(set(images.labels)) < 2:
+            raise TrainError(f"training needs labelled images of at least two categories in {db}.images "
+                             f"(found {len(images.image_ids)} labelled images); ingest with --labels")
+        parts = make_split(images, seed=request.seed, validation=request.validation, test=request.test)
+        if not parts.ids("validation") or not parts.ids("test") or not parts.ids("train"):
+            raise TrainError(f"{len(images.image_ids)} labelled images are too few to hold out validation and "
+                             "test images: give each category at least three labelled images")
+        split = {"class_names": images.class_names, "train": parts.ids("train"),
+                 "validation": parts.ids("validation"), "test": parts.ids("test"),
+                 "groups_merged": parts.groups_merged, "images_in_merged_groups": parts.images_in_merged_groups}
+        run.mkdir(parents=True, exist_ok=True)
+        registry.write_json(run / "split.json", split)
+        registry.write_json(run / "request.json", {**dataclasses.asdict(request), "run_id": run_id,
+                                                   "stop_after_epoch": None})
+    init = parse_init(request.init)
+    init_value = init.value
+    if init.kind == "model":
+        _, _, folder = registry.resolve(init.value)
+        init_value = str(folder / "model.keras")
+
+    payload = {**dataclasses.asdict(request), "run_dir": str(run), "dataset_url": dataset_url(config),
+               "image_size": config.ingest.image_size, "class_names": split["class_names"],
+               "train_ids": split["train"], "validation_ids": split["validation"], "test_ids": split["test"],
+               "init_kind": init.kind, "init_value": init_value}
+    log.info("training %s (%s, init %s) on %d images with %d Horovod ranks", request.arch, request.mode,
+             request.init, len(split["train"]), request.num_proc)
+    try:
+        results = horovod.spark.run(_train, args=(payload,), num_proc=request.num_proc,
+                                    use_gloo=True, verbose=1)
+    except Exception as exc:
+        state = registry.read_json(run / "state.json") or {}
+        raise TrainError(f"training failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                         f"{state.get('completed_epochs', 0)} epochs are checkpointed: rerun with "
+                         f"--run-id {run_id} to resume") from exc
+    outcome = next(r for r in results if r is not None)
+    return _register(spark, db, request, run_id, run, split, outcome)
+
+
+def _train(payload):
+    from semspark.train.rank import train_on_rank
+    return train_on_rank(payload)
+
+
+def _register(spark, db, request, run_id, run, split, outcome) -> TrainResult:
+    import numpy as np
+
+    classes = split["class_names"]
+    confusion = np.array(outcome["confusion"])
+    per_class = {c: float(confusion[i, i] / confusion[i].sum()) if confusion[i].sum() else float("nan")
+                 for i, c in enumerate(classes)}
+    test_accuracy = float(np.trace(confusion) / max(confusion.sum(), 1))
+    version, folder = registry.new_version(request.name)
+    shutil.copy(run / "best.keras", folder / "model.keras")
+    model_version = f"{request.name}/{version}"
+    history = outcome["history"]
+    best = next(h for h in history if h["epoch"] == outcome["best_epoch"])
+    train_hash = hashlib.sha256("\n".join(split["train"]).encode()).hexdigest()
+    metadata = {
+        "model_version": model_version, "architecture": request.arch, "mode": request.mode,
+        "init": request.init, "class_names": classes, "input_size": request.input_size,
+        "scale_bins": list(request.scale_bins), "split_seed": request.seed, "run_id": run_id,
+        "train_images": len(split["train"]), "validation_images": len(split["validation"]),
+        "test_images": len(split["test"]), "train_image_ids_sha256": train_hash,
+        "near_duplicate_groups_merged": split["groups_merged"],
+        "best_epoch": outcome["best_epoch"], "validation_accuracy": best["val_accuracy"],
+        "test_accuracy": test_accuracy, "per_category_test_accuracy": per_class,
+        "confusion_matrix": confusion.tolist(), "num_proc": request.num_proc,
+        "model_sha256": registry.file_sha256(folder / "model.keras"), "git_commit": _git_commit(),
+        "trained_at": datetime.now(timezone.utc).isoformat(),
+    }
+    registry.write_json(folder / "metadata.json", metadata)
+    _write_history(folder / "history.csv", history)
+    _figures(folder, history, confusion, classes, model_version)
+
+    row = {"model_version": model_version, "name": request.name, "version": version, "arch": request.arch,
+           "mode": request.mode, "init": request.init, "input_size": request.input_size,
+           "classes": ",".join(classes), "scale_bins": ",".join(request.scale_bins),
+           "train_images": len(split["train"]), "validation_images": len(split["validation"]),
+           "test_images": len(split["test"]), "best_epoch": outcome["best_epoch"],
+           "validation_accuracy": float(best["val_accuracy"]), "test_accuracy": test_accuracy,
+           "num_proc": request.num_proc, "run_id": run_id, "path": str(folder),
+           "model_sha256": metadata["model_sha256"], "git_commit": metadata["git_commit"],
+           "trained_at": datetime.now(timezone.utc).replace(tzinfo=None)}
+    insert(spark.createDataFrame([row], MODELS.schema), db, MODELS)
+    rows = [{"model_version": model_version, "epoch": h["epoch"], "loss": h.get("loss"),
+             "accuracy": h.get("accuracy"), "val_accuracy": h.get("val_accuracy"),
+             "test_accuracy": h.get("test_accuracy")} for h in history]
+    insert(spark.createDataFrame(rows, TRAINING_HISTORY.schema), db, TRAINING_HISTORY)
+    return TrainResult(model_version=model_version, run_id=run_id, path=str(folder),
+                       best_epoch=outcome["best_epoch"], test_accuracy=test_accuracy,
+                       per_category_accuracy=per_class, train_images=len(split["train"]),
+                       groups_merged=split["groups_merged"])
+
+
+def _write_history(path, history) -> None:
+    import csv
+
+    keys = ["epoch", "loss", "accuracy", "val_accuracy", "test_accuracy"]
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def _figures(folder, history, confusion, classes, title) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, label in (("accuracy", "training"), ("val_accuracy", "validation"), ("test_accuracy", "test")):
+        ax.plot(epochs, [h.get(key) for h in history], marker="o", label=label)
+    ax.set(xlabel="epoch", ylabel="accuracy", title=f"{title}: accuracy per epoch", ylim=(0, 1))
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(folder / "accuracy.png", dpi=110)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 6))
+    ax.imshow(confusion, cmap="Blues")
+    ax.set_xticks(range(len(classes)), classes, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(classes)), classes, fontsize=7)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, int(confusion[i, j]), ha="center", va="center", fontsize=7)
+    ax.set(xlabel="predicted", ylabel="true", title=f"{title}: test confusion matrix")
+    fig.tight_layout()
+    fig.savefig(folder / "confusion.png", dpi=110)
+    plt.close(fig)
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+                              text=True, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None

@@ -1,0 +1,86 @@
+"""Where models and training runs live under SEMSPARK_HOME.
+
+    models/NAME/VERSION/   model.keras, metadata.json, history.csv, accuracy.png, confusion.png
+    runs/RUN_ID/           request.json, split.json, state.json, last.keras, best.keras
+
+A run holds what an interrupted training needs to resume (same --run-id); a model version is what a
+finished run leaves behind. Every training run makes a new version NAME/N.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+from semspark.storage import home_path
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class RegistryError(ValueError):
+    """A model or run that does not exist or cannot be named so; the message says what to do."""
+
+
+def check_name(name: str, what: str = "model name") -> str:
+    if not NAME_PATTERN.match(name):
+        raise RegistryError(f"{what} {name!r}: use letters, digits, '.', '_' or '-' (at most 64), "
+                            "starting with a letter or digit")
+    return name
+
+
+def models_root() -> Path:
+    return home_path("models")
+
+
+def run_dir(run_id: str) -> Path:
+    return home_path(f"runs/{check_name(run_id, 'run id')}")
+
+
+def versions(name: str) -> list[int]:
+    folder = models_root() / check_name(name)
+    if not folder.is_dir():
+        return []
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and (p / "metadata.json").exists())
+
+
+def resolve(spec: str) -> tuple[str, int, Path]:
+    """NAME/VERSION or NAME/latest -> (name, version, folder)."""
+    name, _, version = spec.partition("/")
+    check_name(name)
+    known = versions(name)
+    if not known:
+        raise RegistryError(f"no model named {name!r} under {models_root()}; train one first")
+    if version in ("", "latest"):
+        number = known[-1]
+    elif version.isdigit() and int(version) in known:
+        number = int(version)
+    else:
+        raise RegistryError(f"model {name} has versions {known}, not {version!r}")
+    return name, number, models_root() / name / str(number)
+
+
+def new_version(name: str) -> tuple[int, Path]:
+    number = (versions(name) or [0])[-1] + 1
+    folder = models_root() / check_name(name) / str(number)
+    folder.mkdir(parents=True, exist_ok=False)
+    return number, folder
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_json(path: Path, default=None):
+    return json.loads(path.read_text()) if path.exists() else default
+
+
+def write_json(path: Path, value) -> None:
+    """Written to a temporary file and renamed: a reader never sees half a file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2, sort_keys=True))
+    tmp.replace(path)
