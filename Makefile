@@ -13,6 +13,7 @@ test: env
 
 bench: env
 	.venv/bin/python bench/ingest_bench.py
+	.venv/bin/python bench/train_bench.py
 
 clean-var:
 	rm -rf var

@@ -68,12 +68,15 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     d = TrainRequest()
     p.add_argument("--arch", choices=ARCHITECTURES, default=d.arch)
     p.add_argument("--mode", choices=MODES, default=d.mode,
-                   help="scratch; feature_extraction (train the last layer only); fine_tuning (train all)")
+                   help="scratch; feature_extraction (train the last layer only); fine_tuning (train all); "
+                        "feature_extraction_then_fine_tuning (--epochs of the first, --fine-tune-epochs of the second)")
     p.add_argument("--init", default=d.init, help="random | imagenet:PATH (local Keras weights file) | model:NAME/VERSION")
     p.add_argument("--name", default=d.name, help="model name; every run makes a new version NAME/N")
     p.add_argument("--run-id", help="resume this interrupted run (printed when a run fails)")
     p.add_argument("--scale-bins", default="", help="comma-separated scale bins to train on (default: all)")
     p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--fine-tune-epochs", type=int, default=d.fine_tune_epochs,
+                   help="with --mode feature_extraction_then_fine_tuning: epochs of the fine-tuning phase")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="per rank")
     p.add_argument("--learning-rate", type=float, default=d.learning_rate, help="per rank; scaled by --num-proc")
     p.add_argument("--optimizer", choices=("sgd", "adam"), default=d.optimizer)
@@ -165,6 +168,7 @@ def cmd_train(args) -> int:
     request = TrainRequest(
         arch=args.arch, mode=args.mode, init=args.init, name=args.name, run_id=args.run_id,
         scale_bins=tuple(b for b in args.scale_bins.split(",") if b), epochs=args.epochs,
+        fine_tune_epochs=args.fine_tune_epochs,
         batch_size=args.batch_size, learning_rate=args.learning_rate, optimizer=args.optimizer,
         num_proc=args.num_proc, input_size=args.input_size, seed=args.seed, patience=args.patience,
         warmup_epochs=args.warmup_epochs, mixed_precision=args.mixed_precision)

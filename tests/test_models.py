@@ -24,7 +24,9 @@ def arch(request):
     return request.param
 
 
-@pytest.mark.parametrize("mode", MODES)
+# feature_extraction_then_fine_tuning starts as feature_extraction; its switch is the training
+# job's (tests/test_train.py).
+@pytest.mark.parametrize("mode", ["scratch", "feature_extraction", "fine_tuning"])
 def test_every_architecture_trains_a_step_in_every_mode(arch, mode):
     tf.keras.utils.set_random_seed(0)
     model = build_model(arch, 3, SIZE)
@@ -94,3 +96,6 @@ def test_init_strings_and_bad_requests():
         build_model("alexnet", 3, 32)
     with pytest.raises(ModelError, match="unknown mode"):
         apply_mode(build_model("alexnet", 3, SIZE), "transfer")
+    combined = build_model("alexnet", 3, SIZE)
+    apply_mode(combined, MODES[-1])
+    assert not combined.get_layer(BACKBONE).trainable  # its first phase is feature extraction

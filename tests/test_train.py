@@ -40,8 +40,18 @@ def test_requests_are_checked_before_anything_runs():
             dataclasses.replace(FAST, **bad).check()
 
 
-def test_two_ranks_learn_the_categories_and_register_the_model(spark, catalog):
-    result = run_training(spark, CONFIG, dataclasses.replace(FAST, name="learn", epochs=20))
+@pytest.fixture(scope="module")
+def learned(spark, catalog):
+    return run_training(spark, CONFIG, dataclasses.replace(FAST, name="learn", epochs=20))
+
+
+def backbone_weights(path):
+    from semspark.train.models import BACKBONE, load_saved_model
+    return [w.numpy() for w in load_saved_model(path).get_layer(BACKBONE).weights]
+
+
+def test_two_ranks_learn_the_categories_and_register_the_model(spark, learned):
+    result = learned
     # Measured here: 0.4 to 0.5 test accuracy after 20 epochs; three times chance is the bar.
     assert result.test_accuracy >= 3 * CHANCE, result.lines()
     assert result.model_version == "learn/1"
@@ -64,6 +74,34 @@ def test_two_ranks_learn_the_categories_and_register_the_model(spark, catalog):
     from semspark.train.models import load_saved_model
     model = load_saved_model(folder / "model.keras")
     assert model.get_layer("logits").output.shape[-1] == 10
+
+
+def test_feature_extraction_from_an_earlier_model_keeps_its_backbone(spark, learned):
+    import numpy as np
+
+    result = run_training(spark, CONFIG, dataclasses.replace(
+        FAST, name="fe", mode="feature_extraction", init=f"model:{learned.model_version}", epochs=1))
+    source = backbone_weights(registry.models_root() / "learn" / "1" / "model.keras")
+    target = backbone_weights(registry.models_root() / "fe" / "1" / "model.keras")
+    assert len(source) == len(target) > 10
+    for a, b in zip(source, target):
+        np.testing.assert_array_equal(a, b)
+    assert result.model_version == "fe/1"
+
+
+def test_feature_extraction_then_fine_tuning_moves_the_backbone_in_its_second_phase(spark, learned):
+    result = run_training(spark, CONFIG, dataclasses.replace(
+        FAST, name="fe-ft", mode="feature_extraction_then_fine_tuning", init=f"model:{learned.model_version}",
+        epochs=1, fine_tune_epochs=1, run_id="fe-then-ft"))
+    run = registry.run_dir("fe-then-ft")
+    assert [h["epoch"] for h in json.loads((run / "state.json").read_text())["history"]] == [1, 2]
+    source = backbone_weights(registry.models_root() / "learn" / "1" / "model.keras")
+    last = backbone_weights(run / "last.keras")  # after the fine-tuning epoch
+    moved = [not (a == b).all() for a, b in zip(source, last)]
+    assert sum(moved) > 0.5 * len(moved)
+    assert json.loads((registry.models_root() / "fe-ft" / "1" / "metadata.json").read_text())["mode"] == \
+        "feature_extraction_then_fine_tuning"
+    assert result.model_version == "fe-ft/1"
 
 
 def test_an_interrupted_run_resumes_from_its_last_epoch(spark, catalog):

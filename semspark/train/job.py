@@ -41,6 +41,7 @@ class TrainRequest:
     run_id: str | None = None
     scale_bins: tuple[str, ...] = ()
     epochs: int = 10
+    fine_tune_epochs: int = 0              # feature_extraction_then_fine_tuning: the second phase
     batch_size: int = 32
     learning_rate: float = 0.01
     optimizer: str = "sgd"                 # sgd (momentum 0.9) | adam
@@ -68,6 +69,8 @@ class TrainRequest:
         for flag, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size), ("--num-proc", self.num_proc)):
             if value < 1:
                 problems.append(f"{flag} must be at least 1")
+        if self.mode == "feature_extraction_then_fine_tuning" and self.fine_tune_epochs < 1:
+            problems.append("--mode feature_extraction_then_fine_tuning needs --fine-tune-epochs (at least 1)")
         if not self.learning_rate > 0:
             problems.append("--learning-rate must be positive")
         if self.optimizer not in ("sgd", "adam"):

@@ -166,9 +166,14 @@ def build_model(arch: str, num_classes: int, input_size: int, dropout: float = 0
 
 
 def apply_mode(model: tf.keras.Model, mode: str) -> None:
-    """Freeze what the mode does not train. The classifier is new in every mode."""
+    """Freeze what the mode does not train. The classifier is new in every mode.
+
+    ``feature_extraction_then_fine_tuning`` starts as feature extraction; the training job
+    switches to fine tuning for its second phase (Section 4 of the paper)."""
     if mode not in MODES:
         raise ModelError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    if mode == "feature_extraction_then_fine_tuning":
+        mode = "feature_extraction"
     # Frozen batch normalisation also runs in inference mode (Keras 2 semantics), as it should
     # for feature extraction.
     model.get_layer(BACKBONE).trainable = mode != "feature_extraction"

@@ -35,7 +35,6 @@ def train_on_rank(payload: dict) -> dict | None:
     state = read_json(run / "state.json", {"completed_epochs": 0, "history": [], "best": None})
     classes = payload["class_names"]
     model = build_model(payload["arch"], len(classes), payload["input_size"])
-    apply_mode(model, payload["mode"])
     if state["completed_epochs"] > 0:
         model.load_weights(str(run / "last.keras"))  # resume: every rank reads the same checkpoint
     elif rank == 0 and payload["init_kind"] == "imagenet":
@@ -45,13 +44,13 @@ def train_on_rank(payload: dict) -> dict | None:
         copy_backbone(earlier, model)
 
     lr = payload["learning_rate"] * size
-    # Legacy optimizers: Horovod 0.28's DistributedOptimizer wraps those in TF >= 2.11.
-    base = (tf.keras.optimizers.legacy.Adam(lr) if payload["optimizer"] == "adam"
-            else tf.keras.optimizers.legacy.SGD(lr, momentum=0.9))
-    optimizer = hvd.DistributedOptimizer(base)
-    model.compile(optimizer=optimizer, loss=tf.keras.losses.SparseCategoricalCrossentropy(),
-                  metrics=["accuracy"])
 
+    def compile_for(phase_lr):
+        # Legacy optimizers: Horovod 0.28's DistributedOptimizer wraps those in TF >= 2.11.
+        base = (tf.keras.optimizers.legacy.Adam(phase_lr) if payload["optimizer"] == "adam"
+                else tf.keras.optimizers.legacy.SGD(phase_lr, momentum=0.9))
+        model.compile(optimizer=hvd.DistributedOptimizer(base),
+                      loss=tf.keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
     url, image_size, input_size, batch = (payload["dataset_url"], payload["image_size"],
                                           payload["input_size"], payload["batch_size"])
     train_ids = set(payload["train_ids"])
@@ -82,23 +81,35 @@ def train_on_rank(payload: dict) -> dict | None:
                     model.save(str(run / "best.keras"))
                     state["best"] = {"epoch": epoch + 1, "val_accuracy": logs["val_accuracy"]}
                 model.save(str(run / "last.keras"))
-                state["completed_epochs"] = epoch + 1
+            # Every rank counts epochs (the next phase starts from here); only rank 0 records them.
+            state["completed_epochs"] = epoch + 1
+            if rank == 0:
                 write_json(run / "state.json", state)  # after the checkpoint: resume never outruns it
             if payload.get("stop_after_epoch") == epoch + 1:  # tests: a run killed mid-training
                 os._exit(3)
 
-    warmup = min(payload["warmup_epochs"], max(payload["epochs"] - 1, 0))
-    callbacks = [
-        hvd.callbacks.BroadcastGlobalVariablesCallback(0),
-        hvd.callbacks.MetricAverageCallback(),
-        EpochEnd(),
-        tf.keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=payload["patience"]),
-    ]
-    if warmup and state["completed_epochs"] < warmup:
-        callbacks.insert(2, hvd.callbacks.LearningRateWarmupCallback(
-            initial_lr=lr, warmup_epochs=warmup, steps_per_epoch=steps, verbose=0))
-    if state["completed_epochs"] < payload["epochs"]:
-        model.fit(train, steps_per_epoch=steps, epochs=payload["epochs"], initial_epoch=state["completed_epochs"],
+    # Phases: one, or feature extraction then fine tuning (Section 4) at a tenth of the rate, so
+    # that the trained classifier is not wrecked by the first large updates of the backbone.
+    phases = [(payload["mode"], payload["epochs"], lr)]
+    if payload["mode"] == "feature_extraction_then_fine_tuning":
+        phases = [("feature_extraction", payload["epochs"], lr),
+                  ("fine_tuning", payload["epochs"] + payload["fine_tune_epochs"], lr / 10)]
+    for phase_mode, until, phase_lr in phases:
+        if state["completed_epochs"] >= until:
+            continue
+        apply_mode(model, phase_mode)
+        compile_for(phase_lr)
+        warmup = min(payload["warmup_epochs"], max(until - state["completed_epochs"] - 1, 0))
+        callbacks = [
+            hvd.callbacks.BroadcastGlobalVariablesCallback(0),
+            hvd.callbacks.MetricAverageCallback(),
+            EpochEnd(),
+            tf.keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=payload["patience"]),
+        ]
+        if warmup:
+            callbacks.insert(2, hvd.callbacks.LearningRateWarmupCallback(
+                initial_lr=phase_lr, warmup_epochs=warmup, steps_per_epoch=steps, verbose=0))
+        model.fit(train, steps_per_epoch=steps, epochs=until, initial_epoch=state["completed_epochs"],
                   callbacks=callbacks, verbose=2 if rank == 0 else 0)
     if rank != 0:
         return None

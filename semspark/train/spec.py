@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 ARCHITECTURES = ("alexnet", "inception_v3", "inception_v4", "inception_resnet_v2")
-MODES = ("scratch", "feature_extraction", "fine_tuning")
+MODES = ("scratch", "feature_extraction", "fine_tuning", "feature_extraction_then_fine_tuning")
 MIN_INPUT_SIZE = 75
 
 
