@@ -83,3 +83,15 @@ def test_spark_submit_runs_the_ingest_job(tmp_path):
     assert images.num_rows == 4
     assert sorted(images.column("label").to_pylist()) == sorted(
         p.parent.name for p in (tmp_path / "in").rglob("*") if p.suffix in (".tif", ".png", ".jpg"))
+
+
+@pytest.mark.spark
+def test_train_command_says_what_is_missing(spark, capsys):
+    spark.sql("CREATE DATABASE IF NOT EXISTS emptycat")
+    config = Path(spark.conf.get("spark.local.dir")).parent / "emptycat.yaml"
+    config.write_text("catalog:\n  database: emptycat\n")
+    code = main(["--config", str(config), "train", "--arch", "alexnet", "--input-size", "75", "--epochs", "1"])
+    assert code == 2
+    assert "--labels" in capsys.readouterr().err
+    assert main(["train", "--mode", "fine_tuning"]) == 2
+    assert "--init" in capsys.readouterr().err
