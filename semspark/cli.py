@@ -91,10 +91,11 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    # semspark's own progress at INFO; other libraries (py4j, Horovod's rendezvous, petastorm) log
+    # routine chatter on the root logger, so the root stays at WARNING unless --verbose.
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("py4j", "matplotlib", "PIL", "petastorm"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("semspark").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return COMMANDS[args.command](args)
     except UserError as exc:
