@@ -9,7 +9,6 @@ import argparse
 import json
 import logging
 import os
-import shlex
 import sys
 from pathlib import Path
 
@@ -213,7 +212,9 @@ def cmd_scale(args) -> int:
 def cmd_spark_conf(args) -> int:
     from semspark.session import spark_submit_flags
 
-    print(" ".join(shlex.quote(f) for f in spark_submit_flags()))
+    # Unquoted, for `spark-submit $(semspark spark-conf) ...`: the shell splits the words on white
+    # space and would keep quotes literally; no value holds white space (SEMSPARK_HOME must not).
+    print(" ".join(spark_submit_flags()))
     return 0
 
 

@@ -37,8 +37,9 @@ def embedded_catalog_conf(home: Path | None = None) -> dict[str, str]:
         "spark.hadoop.javax.jdo.option.ConnectionURL":
             f"jdbc:derby:;databaseName={metastore / 'metastore_db'};create=true",
         "spark.hadoop.hive.exec.scratchdir": str(home / "tmp" / "hive"),
-        "spark.driver.extraJavaOptions":
-            f"-Dderby.system.home={metastore} -Dderby.stream.error.file={metastore / 'derby.log'}",
+        # One option, no spaces: `spark-submit $(semspark spark-conf)` must split into clean words.
+        # Derby writes derby.log into its system home.
+        "spark.driver.extraJavaOptions": f"-Dderby.system.home={metastore}",
     }
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -73,8 +72,9 @@ def test_spark_submit_runs_the_ingest_job(tmp_path):
     flags = subprocess.run([str(VENV_BIN / "semspark"), "spark-conf"], env=env, check=True,
                            capture_output=True, text=True).stdout
     assert str(home) in flags
+    # Split as a shell splits an unquoted $(semspark spark-conf): on white space, no quote removal.
     command = [str(VENV_BIN / "spark-submit"), "--master", "local[2]", "--conf", "spark.ui.enabled=false",
-               *shlex.split(flags), str(PROJECT_ROOT / "jobs" / "ingest.py"),
+               *flags.split(), str(PROJECT_ROOT / "jobs" / "ingest.py"),
                "--input", str(tmp_path / "in"), "--labels", "folders"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

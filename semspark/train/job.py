@@ -143,8 +143,9 @@ def run_training(spark, config: Config, request: TrainRequest) -> TrainResult:
         _, _, folder = registry.resolve(init.value)
         init_value = str(folder / "model.keras")
 
-    payload = {**dataclasses.asdict(request), "run_dir": str(run), "dataset_url": dataset_url(config),
-               "image_size": config.ingest.image_size, "class_names": split["class_names"],
+    url = dataset_url(config)
+    payload = {**dataclasses.asdict(request), "run_dir": str(run), "dataset_url": url,
+               "image_size": _stored_image_size(url), "class_names": split["class_names"],
                "train_ids": split["train"], "validation_ids": split["validation"], "test_ids": split["test"],
                "init_kind": init.kind, "init_value": init_value}
     log.info("training %s (%s, init %s) on %d images with %d Horovod ranks", request.arch, request.mode,
@@ -159,6 +160,17 @@ def run_training(spark, config: Config, request: TrainRequest) -> TrainResult:
                          f"--run-id {run_id} to resume") from exc
     outcome = next(r for r in results if r is not None)
     return _register(spark, db, request, run_id, run, split, outcome)
+
+
+def _stored_image_size(url: str) -> int:
+    """The side of the stored images, from the dataset's own schema: the config may have changed
+    since the images were ingested."""
+    from petastorm.etl.dataset_metadata import get_schema_from_dataset_url
+
+    try:
+        return int(get_schema_from_dataset_url(url).fields["image"].shape[0])
+    except Exception as exc:
+        raise TrainError(f"no readable image dataset at {url}: run semspark ingest first ({exc})") from exc
 
 
 def _train(payload):
