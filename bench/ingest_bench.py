@@ -30,7 +30,6 @@ from pathlib import Path
 os.environ["OMP_THREAD_LIMIT"] = "1"  # one core for Tesseract, as in a Spark task
 
 import cv2  # noqa: E402
-import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))

@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import sys
-from pathlib import Path
 
 log = logging.getLogger("semspark")
 

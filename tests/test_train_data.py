@@ -2,7 +2,6 @@
 reading their own Petastorm shard, together covering the training images exactly once."""
 from __future__ import annotations
 
-import dataclasses
 
 import pytest
 

@@ -105,9 +105,10 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
 
     pending = pending.persist()
     n_pending = pending.count()
-    summary.already_known = summary.listed - n_pending - pending_sidecars.count()
+    n_sidecars = pending_sidecars.count()
+    summary.already_known = summary.listed - n_pending - n_sidecars
     log.info("%d files to process (%d already ingested)", n_pending, summary.already_known)
-    if n_pending == 0 and pending_sidecars.count() == 0:
+    if n_pending == 0 and n_sidecars == 0:
         listing.unpersist()
         pending.unpersist()
         return summary

@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from semspark.catalog import ensure_tables, insert, qualified
+from semspark.catalog import ensure_tables, insert
 from semspark.config import PROJECT_ROOT, Config
 from semspark.ingest.job import dataset_url
 from semspark.schema import MODELS, TRAIN_TABLES, TRAINING_HISTORY

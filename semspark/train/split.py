@@ -79,7 +79,7 @@ def split_images(image_ids: list[str], labels: list[str], hashes: list[int | Non
         members[group].append(index)
 
     by_label: dict[str, list[tuple[str, list[int]]]] = defaultdict(list)
-    for group, indices in members.items():
+    for indices in members.values():
         counts: dict[str, int] = defaultdict(int)
         for i in indices:
             counts[labels[i]] += 1
@@ -89,7 +89,7 @@ def split_images(image_ids: list[str], labels: list[str], hashes: list[int | Non
         by_label[label].append((order, indices))
 
     side: dict[str, str] = {}
-    for label, groups in by_label.items():
+    for groups in by_label.values():
         groups.sort()
         total = sum(len(g) for _, g in groups)
         # Shares rounded, and at least one image on each held-out side when the label has three.
