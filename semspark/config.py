@@ -67,10 +67,23 @@ class IngestConfig:
 
 
 @dataclass(frozen=True)
+class InferConfig:
+    batch_size: int = 64            # images per model call in a Spark task
+    images_per_task: int = 1000     # at most this many images per Spark task (more tasks, more cores)
+    threads_per_task: int = 0       # TensorFlow threads per task on CPU; 0 = spark.task.cpus
+
+    def __post_init__(self) -> None:
+        _require(1 <= self.batch_size <= 4096, "infer.batch_size must be within 1..4096")
+        _require(self.images_per_task >= 1, "infer.images_per_task must be positive")
+        _require(self.threads_per_task >= 0, "infer.threads_per_task must be 0 or more")
+
+
+@dataclass(frozen=True)
 class Config:
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
 
 
 def _require(condition: bool, message: str) -> None:

@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from pyspark.sql.types import (BinaryType, BooleanType, DoubleType, IntegerType, LongType, StringType,
-                               StructField, StructType, TimestampType)
+from pyspark.sql.types import (ArrayType, BinaryType, BooleanType, DoubleType, FloatType, IntegerType, LongType,
+                               StringType, StructField, StructType, TimestampType)
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,46 @@ TRAINING_HISTORY = TableSpec(
 )
 
 TRAIN_TABLES = (MODELS, TRAINING_HISTORY)
+
+PREDICTIONS = TableSpec(
+    name="predictions",
+    schema=_fields(
+        ("image_id", StringType()), ("category", StringType()), ("confidence", DoubleType()),
+        ("probabilities", ArrayType(FloatType())), ("logits", ArrayType(FloatType())),
+        ("embedding", ArrayType(FloatType())), ("predicted_at", TimestampType()), ("infer_run", StringType()),
+        ("model_version", StringType()),
+    ),
+    partition_by=("model_version",),
+    comment="One row per image and model version that scored it: category, probabilities, logits, embedding.",
+)
+
+PROMOTIONS = TableSpec(
+    name="promotions",
+    schema=_fields(("model_version", StringType()), ("stage", StringType()), ("promoted_at", TimestampType())),
+    comment="Every promotion of a model version; the latest one of stage production is the production model.",
+)
+
+RUNS = TableSpec(
+    name="runs",
+    schema=_fields(
+        ("run_id", StringType()), ("kind", StringType()), ("input", StringType()), ("status", StringType()),
+        ("started_at", TimestampType()), ("ended_at", TimestampType()), ("files_listed", LongType()),
+        ("already_known", LongType()), ("new_images", LongType()), ("duplicate_files", LongType()),
+        ("sidecars", LongType()), ("quarantined", LongType()), ("model_version", StringType()),
+        ("scored", LongType()), ("score_failures", LongType()), ("message", StringType()),
+    ),
+    comment="One row per nightly run: when, what it found (counts per outcome), and how it ended.",
+)
+
+INFER_TABLES = (PREDICTIONS, PROMOTIONS)
+
+# What the prediction UDF returns for each image (error is set, and the rest empty, when the stored
+# image could not be decoded).
+PREDICTION = StructType([
+    StructField("category", StringType(), True), StructField("confidence", DoubleType(), True),
+    StructField("probabilities", ArrayType(FloatType()), True), StructField("logits", ArrayType(FloatType()), True),
+    StructField("embedding", ArrayType(FloatType()), True), StructField("error", StringType(), True),
+])
 
 # What a Spark task returns for each file it processed: an image or a quarantine outcome.
 PROCESSED = _fields(

@@ -69,6 +69,8 @@ def build_session(config: Config, app_name: str | None = None, extra: dict[str, 
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         # petastorm 0.13 still calls pyarrow APIs deprecated since 2.0: one warning per file, noise.
         os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
+        # TensorFlow's start-up banners, once per Python worker that loads a model, are noise.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         warnings.filterwarnings("ignore", category=FutureWarning)
         for sub in ("warehouse", "metastore", "tmp"):
             (home / sub).mkdir(parents=True, exist_ok=True)

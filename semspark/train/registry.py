@@ -60,6 +60,23 @@ def resolve(spec: str) -> tuple[str, int, Path]:
     return name, number, models_root() / name / str(number)
 
 
+def verified_model(spec: str) -> tuple[str, Path, dict]:
+    """A registered model ready to load: (NAME/N, model file, metadata), its file checked against
+    the SHA-256 recorded when it was registered, so a model changed on disk is never used."""
+    name, number, folder = resolve(spec)
+    metadata = read_json(folder / "metadata.json") or {}
+    path = folder / "model.keras"
+    if not path.exists():
+        raise RegistryError(f"model {name}/{number} has no model.keras in {folder}")
+    recorded = metadata.get("model_sha256")
+    actual = file_sha256(path)
+    if recorded != actual:
+        raise RegistryError(f"model {name}/{number}: {path} has SHA-256 {actual[:12]}..., not the "
+                            f"{str(recorded)[:12]}... recorded at registration; it was changed or replaced "
+                            "on disk; retrain it or restore the original file")
+    return f"{name}/{number}", path, metadata
+
+
 def new_version(name: str) -> tuple[int, Path]:
     number = (versions(name) or [0])[-1] + 1
     folder = models_root() / check_name(name) / str(number)

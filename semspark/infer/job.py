@@ -1,0 +1,208 @@
+"""The infer stage: score with Spark every image a model version has not scored yet.
+
+The images to score are the rows of sem.images (optionally some scale bins) without a row of
+sem.predictions for this model version; their pixels come from the ingest stage's Petastorm
+dataset (plain Parquet to Spark: PNG bytes per row). ``predict_batch_udf`` runs the model once per
+Python worker on numpy batches; results are staged to Parquet once (the model runs once per image)
+and appended to sem.predictions, partitioned by model version, leaving out anything already there.
+So a rerun, or a run after a crash at any point, scores nothing twice and duplicates no row.
+
+``promote`` marks a model version as production and points the view sem.latest_predictions at it.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from semspark.catalog import ensure_tables, insert, qualified
+from semspark.config import Config
+from semspark.ingest.job import dataset_url
+from semspark.schema import IMAGES, INFER_TABLES, INGEST_TABLES, PREDICTION, PREDICTIONS, PROMOTIONS
+from semspark.storage import home_path
+from semspark.train import registry
+
+log = logging.getLogger(__name__)
+
+PRODUCTION = "production"
+LATEST_VIEW = "latest_predictions"
+FAILURES_SHOWN = 10
+
+
+class InferError(RuntimeError):
+    """Scoring could not start or did not finish; the message says what to do."""
+
+
+@dataclass
+class InferSummary:
+    model_version: str
+    run_id: str
+    candidates: int = 0               # images in the chosen scale bins
+    already_scored: int = 0
+    scored: int = 0
+    missing_pixels: int = 0           # in sem.images but not in the dataset (reported, retried next run)
+    failures: int = 0                 # stored image could not be decoded (reported, retried next run)
+    failure_examples: list[tuple[str, str]] = field(default_factory=list)
+    by_category: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def lines(self) -> list[str]:
+        rate = f" ({self.scored / self.seconds:.1f} images/s)" if self.scored and self.seconds else ""
+        out = [f"infer with {self.model_version} (run {self.run_id})",
+               f"  images in scope: {self.candidates}, already scored by this version: {self.already_scored}",
+               f"  scored now: {self.scored} in {self.seconds:.1f} s{rate}"]
+        out += [f"    {name:<30}{n}" for name, n in sorted(self.by_category.items(), key=lambda kv: -kv[1])]
+        if self.missing_pixels:
+            out.append(f"  {self.missing_pixels} images have no stored pixels in the dataset: rerun semspark ingest")
+        if self.failures:
+            out.append(f"  {self.failures} stored images could not be decoded (not written; retried next run):")
+            out += [f"    {image_id}: {reason}" for image_id, reason in self.failure_examples]
+        return out
+
+
+def production_model(spark, database: str) -> str | None:
+    """The model version most recently promoted to production, or None."""
+    name = qualified(database, PROMOTIONS)
+    if not spark.catalog.tableExists(name):
+        return None
+    rows = (spark.table(name).filter(f"stage = '{PRODUCTION}'")
+            .orderBy("promoted_at", ascending=False).limit(1).collect())
+    return rows[0]["model_version"] if rows else None
+
+
+def promote(spark, config: Config, spec: str) -> str:
+    """Mark NAME/VERSION (or NAME/latest) as the production model; returns NAME/N."""
+    model_version, _, _ = registry.verified_model(spec)
+    db = config.catalog.database
+    ensure_tables(spark, db, INGEST_TABLES + INFER_TABLES)
+    row = {"model_version": model_version, "stage": PRODUCTION,
+           "promoted_at": datetime.now(timezone.utc).replace(tzinfo=None)}
+    insert(spark.createDataFrame([row], PROMOTIONS.schema), db, PROMOTIONS)
+    create_latest_view(spark, db, model_version)
+    log.info("%s is the production model", model_version)
+    return model_version
+
+
+def create_latest_view(spark, database: str, model_version: str) -> None:
+    """sem.latest_predictions: every image, with the production model's prediction where it has one.
+
+    The version is written into the view as a literal (registry names cannot hold a quote), so a
+    query on the view reads one partition of sem.predictions."""
+    registry.check_name(model_version.split("/")[0])
+    images, predictions = qualified(database, IMAGES), qualified(database, PREDICTIONS)
+    spark.sql(f"""
+        CREATE OR REPLACE VIEW {qualified(database, LATEST_VIEW)}
+        COMMENT 'Every image with the prediction of the production model ({model_version})'
+        AS SELECT i.image_id, i.path, i.format, i.width, i.height, i.scale_bin, i.scale_value, i.scale_unit,
+                  i.nm_per_px, i.label, i.ingested_at, p.model_version, p.category, p.confidence,
+                  p.probabilities, p.logits, p.embedding, p.predicted_at
+        FROM {images} i LEFT JOIN {predictions} p
+          ON p.image_id = i.image_id AND p.model_version = '{model_version}'""")
+
+
+def run_inference(spark, config: Config, model: str | None = None,
+                  scale_bins: list[str] | None = None) -> InferSummary:
+    """Score every image in scope that ``model`` (NAME/VERSION, NAME/latest, or None for the
+    production model) has not scored yet."""
+    from pyspark.ml.functions import predict_batch_udf
+    from pyspark.sql import functions as F
+
+    from semspark.infer.predictor import ModelPayload, make_predict_fn
+
+    started = time.monotonic()
+    db = config.catalog.database
+    if not spark.catalog.tableExists(qualified(db, IMAGES)):
+        raise InferError(f"there is no table {qualified(db, IMAGES)}: run semspark ingest first")
+    ensure_tables(spark, db, INGEST_TABLES + INFER_TABLES)
+    if model is None:
+        model = production_model(spark, db)
+        if model is None:
+            raise InferError("no model is marked as production: give --model NAME/VERSION, or run "
+                             "semspark promote NAME/VERSION first")
+    model_version, model_path, metadata = registry.verified_model(model)
+    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
+    summary = InferSummary(model_version=model_version, run_id=run_id)
+
+    images = spark.table(qualified(db, IMAGES)).select("image_id", "scale_bin")
+    if scale_bins:
+        images = images.filter(F.col("scale_bin").isin(scale_bins))
+    scored = (spark.table(qualified(db, PREDICTIONS)).filter(F.col("model_version") == model_version)
+              .select("image_id"))
+    pending = images.join(scored, "image_id", "left_anti").select("image_id").distinct()
+    summary.candidates = images.count()
+    n_pending = pending.count()
+    summary.already_scored = summary.candidates - n_pending
+    log.info("%s: %d of %d images to score", model_version, n_pending, summary.candidates)
+    if n_pending == 0:
+        summary.seconds = time.monotonic() - started
+        return summary
+
+    url = dataset_url(config)
+    try:
+        stored = spark.read.parquet(url)
+    except Exception as exc:
+        raise InferError(f"no readable image dataset at {url}: run semspark ingest first ({exc})") from exc
+    if scale_bins:
+        stored = stored.filter(F.col("scale_bin").isin(scale_bins))  # reads only those partitions
+    pixels = stored.select("image_id", "image").join(pending, "image_id", "left_semi")
+    summary.missing_pixels = pending.join(stored.select("image_id"), "image_id", "left_anti").count()
+    if summary.missing_pixels:
+        log.warning("%d images of %s have no stored pixels in %s; they are left for the next run",
+                    summary.missing_pixels, qualified(db, IMAGES), url)
+
+    threads = config.infer.threads_per_task
+    payload = ModelPayload(model_version=model_version, sha256=metadata["model_sha256"],
+                           class_names=tuple(metadata["class_names"]), input_size=int(metadata["input_size"]),
+                           threads=threads)
+    model_bytes = spark.sparkContext.broadcast(Path(model_path).read_bytes())
+    predict = predict_batch_udf(make_predict_fn(payload, model_bytes), return_type=PREDICTION,
+                                batch_size=config.infer.batch_size)
+    to_score = n_pending - summary.missing_pixels
+    tasks = max(1, min(to_score, max(math.ceil(to_score / config.infer.images_per_task),
+                                     spark.sparkContext.defaultParallelism)))
+    staging = home_path(f"staging/infer-{run_id}")
+    stamp = datetime.now(timezone.utc).replace(tzinfo=None)
+    log.info("scoring %d images with %s in %d tasks", to_score, model_version, tasks)
+    try:
+        (pixels.repartition(tasks, "image_id")
+         .withColumn("p", predict(F.col("image")))
+         .select("image_id", "p.*")
+         .withColumn("predicted_at", F.lit(stamp).cast("timestamp"))
+         .withColumn("infer_run", F.lit(run_id))
+         .withColumn("model_version", F.lit(model_version))
+         .write.mode("overwrite").parquet((staging / "scored").as_uri()))
+    except Exception as exc:
+        raise InferError(f"scoring with {model_version} failed ({_first_line(exc)}); nothing was written "
+                         "to the predictions table, rerun to try again") from exc
+    finally:
+        model_bytes.unpersist()
+    staged = spark.read.parquet((staging / "scored").as_uri())
+    failed = staged.filter(F.col("error").isNotNull())
+    summary.failures = failed.count()
+    summary.failure_examples = [(r["image_id"], r["error"]) for r in
+                                failed.select("image_id", "error").limit(FAILURES_SHOWN).collect()]
+    good = (staged.filter(F.col("error").isNull()).drop("error").dropDuplicates(["image_id"])
+            .join(spark.table(qualified(db, PREDICTIONS)).filter(F.col("model_version") == model_version)
+                  .select("image_id"), "image_id", "left_anti"))
+    insert(good, db, PREDICTIONS)
+    summary.by_category = {r["category"]: r["count"] for r in
+                           spark.table(qualified(db, PREDICTIONS))
+                           .filter((F.col("model_version") == model_version) & (F.col("infer_run") == run_id))
+                           .groupBy("category").count().collect()}
+    summary.scored = sum(summary.by_category.values())
+    shutil.rmtree(staging, ignore_errors=True)
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    # A Python worker's error arrives inside a long Java trace; its last line names the cause.
+    lines = [line for line in text.splitlines() if line.strip()]
+    cause = next((line for line in reversed(lines) if "Error:" in line or "Exception:" in line), None)
+    return f"{type(exc).__name__}: {(cause or (lines[0] if lines else '')).strip()[:300]}"

@@ -1,0 +1,152 @@
+"""What runs inside a Spark task at inference: one model per Python worker, numpy batches in.
+
+``make_predict_fn`` is handed to ``pyspark.ml.functions.predict_batch_udf``, which calls it once per
+Python worker (Spark reuses workers, and the UDF caches the function), so the model is loaded once
+and then fed batches of stored images (PNG bytes from the ingest dataset). The model's bytes travel
+as a Spark broadcast, so executors need no shared file system, and they are checked against the
+SHA-256 recorded in the registry before Keras (in safe mode) sees them.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelPayload:
+    """What a worker needs to rebuild the model: small fields plus the broadcast file bytes."""
+    model_version: str
+    sha256: str
+    class_names: tuple[str, ...]
+    input_size: int
+    threads: int                  # TensorFlow intra-op threads on CPU; 0 = the task's cpus
+
+
+def decode_png_batch(images) -> tuple[np.ndarray, list[str | None]]:
+    """PNG bytes -> (N, S, S) uint8 stack; an undecodable or odd-sized image gives zeros and an error."""
+    import cv2
+
+    decoded: list[np.ndarray | None] = []
+    errors: list[str | None] = []
+    for data in images:
+        image = None
+        if isinstance(data, (bytes, bytearray, memoryview)) and len(data):
+            image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+        decoded.append(image)
+        errors.append(None if image is not None else "stored image could not be decoded")
+    shapes = {d.shape for d in decoded if d is not None}
+    if len(shapes) > 1:  # one dataset has one image size; anything else is damage
+        common = max(shapes, key=lambda s: sum(d is not None and d.shape == s for d in decoded))
+        for i, d in enumerate(decoded):
+            if d is not None and d.shape != common:
+                decoded[i], errors[i] = None, f"stored image is {d.shape}, not {common} like the others"
+        shapes = {common}
+    shape = shapes.pop() if shapes else (1, 1)
+    stack = np.zeros((len(decoded), *shape), np.uint8)
+    for i, d in enumerate(decoded):
+        if d is not None:
+            stack[i] = d
+    return stack, errors
+
+
+def _task_cpus() -> int:
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    try:
+        return max(1, int(context.cpus())) if context is not None else 1
+    except Exception:
+        return 1
+
+
+def _configure_tensorflow(tf, threads: int) -> None:
+    """Use the GPU Spark assigned to this task if there is one; on CPU, stay within the task's cores
+    (two tasks each using every core would slow both down)."""
+    from pyspark import TaskContext
+
+    try:
+        gpus = tf.config.list_physical_devices("GPU")
+        context = TaskContext.get()
+        assigned = context.resources().get("gpu") if context is not None else None
+        if gpus:
+            index = int(assigned.addresses[0]) if assigned is not None and assigned.addresses else 0
+            tf.config.experimental.set_memory_growth(gpus[index], True)
+            tf.config.set_visible_devices(gpus[index], "GPU")
+        else:
+            count = threads or _task_cpus()
+            tf.config.threading.set_intra_op_parallelism_threads(count)
+            tf.config.threading.set_inter_op_parallelism_threads(min(2, count))
+    except RuntimeError:  # TensorFlow already initialised in this worker: keep its settings
+        log.debug("TensorFlow was already initialised; device and thread settings kept")
+
+
+def materialise_model(data: bytes, sha256: str) -> Path:
+    """The model's bytes as a local .keras file (Keras loads from paths), after checking them."""
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != sha256:
+        raise ValueError(f"model bytes have SHA-256 {actual}, not the registered {sha256}")
+    folder = Path(tempfile.gettempdir()) / f"semspark-models-{os.getuid()}"
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = folder / f"{sha256}.keras"
+    if not path.exists():
+        partial = folder / f"{sha256}.{os.getpid()}.tmp"
+        partial.write_bytes(data)
+        partial.replace(path)  # atomic: two workers writing at once both end with a whole file
+    return path
+
+
+def build_predictor(model, payload: ModelPayload):
+    """numpy batch of PNG bytes -> dict of columns (the PREDICTION struct)."""
+    import tensorflow as tf
+
+    heads = tf.keras.Model(model.inputs, [model.get_layer("embedding").output,
+                                          model.get_layer("logits").output, model.output])
+    size = payload.input_size
+    classes = np.array(payload.class_names, dtype=object)
+
+    def forward(stack: np.ndarray):
+        x = tf.cast(tf.constant(stack), tf.float32)[..., None]
+        if stack.shape[1:] != (size, size):  # the same resize as training (train.data.tf_dataset)
+            x = tf.image.resize(x, (size, size), antialias=True)
+        # predict_on_batch runs Keras's compiled predict function: one graph, any batch size.
+        return heads.predict_on_batch(x)
+
+    def predict(images: np.ndarray) -> dict[str, np.ndarray]:
+        stack, errors = decode_png_batch(images)
+        embedding, logits, probabilities = forward(stack)
+        best = probabilities.argmax(axis=1)
+        failed = np.array([e is not None for e in errors])
+        category = classes[best].copy()
+        category[failed] = None
+        confidence = probabilities.max(axis=1).astype(np.float64)
+        confidence[failed] = np.nan
+        return {"category": category, "confidence": confidence,
+                "probabilities": probabilities.astype(np.float32), "logits": logits.astype(np.float32),
+                "embedding": embedding.reshape(len(stack), -1).astype(np.float32),
+                "error": np.array(errors, dtype=object)}
+
+    return predict
+
+
+def make_predict_fn(payload: ModelPayload, model_bytes):
+    """For predict_batch_udf: ``model_bytes`` is a Spark broadcast of the .keras file."""
+
+    def make():
+        import tensorflow as tf
+
+        _configure_tensorflow(tf, payload.threads)
+        from semspark.train.models import load_saved_model
+
+        path = materialise_model(model_bytes.value, payload.sha256)
+        log.info("loaded %s in worker %d", payload.model_version, os.getpid())
+        return build_predictor(load_saved_model(path), payload)
+
+    return make
