@@ -1,6 +1,6 @@
 """``semspark <command>``: the one command line for people; ``jobs/*.py`` call the same commands.
 
-Commands: synth, ingest, train, sql, scale, spark-conf, demo. Each parses its arguments, loads the
+Commands: synth, ingest, train, infer, promote, nightly, sql, sql-server, scale, spark-conf, demo. Each parses its arguments, loads the
 config, builds the SparkSession if it needs one, calls one library function and prints a result.
 """
 from __future__ import annotations
@@ -37,10 +37,24 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a CNN with Horovod on Spark over the ingested images")
     add_train_arguments(p)
 
+    p = sub.add_parser("infer", help="score every image a model version has not scored yet")
+    add_infer_arguments(p)
+
+    p = sub.add_parser("promote", help="mark a model version as production (sem.latest_predictions)")
+    p.add_argument("model", help="NAME/VERSION or NAME/latest")
+
+    p = sub.add_parser("nightly", help="ingest what is new and score it with the production model")
+    add_ingest_arguments(p)
+
     p = sub.add_parser("sql", help="run SQL on the catalog and print the result")
     p.add_argument("query")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
     p.add_argument("--limit", type=int, default=10_000, help="print at most this many rows")
+
+    p = sub.add_parser("sql-server", help="serve the catalog over JDBC/ODBC (Spark's Thrift server) for beeline and BI tools")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=10000)
+    p.add_argument("--master", help="Spark master for the server's queries (default: the embedded local[*])")
 
     p = sub.add_parser("scale", help="read the scale of image files (no Spark), one JSON line each")
     p.add_argument("files", nargs="+")
@@ -57,6 +71,11 @@ def _parser() -> argparse.ArgumentParser:
 def add_ingest_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", required=True, help="folder of raw files: a path or file://, hdfs://, s3a:// URI")
     p.add_argument("--labels", help="'folders' (category = top folder) or a CSV with path,label or image_id,label")
+
+
+def add_infer_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="NAME/VERSION or NAME/latest (default: the production model)")
+    p.add_argument("--scale-bins", default="", help="comma-separated scale bins to score (default: all)")
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -110,12 +129,14 @@ def main(argv: list[str] | None = None) -> int:
 def _explain(exc: Exception) -> str | None:
     """A clear message for the errors users cause; None for bugs (which keep their traceback)."""
     from semspark.config import ConfigError
+    from semspark.infer.job import InferError
     from semspark.ingest.job import IngestError
+    from semspark.nightly import NightlyError
     from semspark.train.job import TrainError
     from semspark.train.spec import ModelError
     from semspark.train.registry import RegistryError
 
-    if isinstance(exc, (ConfigError, IngestError, TrainError, ModelError, RegistryError)):
+    if isinstance(exc, (ConfigError, IngestError, TrainError, ModelError, RegistryError, InferError, NightlyError)):
         return str(exc)
     text = str(exc)
     if "Another instance of Derby" in text or "Failed to start database" in text:
@@ -179,6 +200,66 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_infer(args) -> int:
+    from semspark.infer.job import run_inference
+
+    config = _config(args)
+    with _session(config, "infer") as spark:
+        summary = run_inference(spark, config, args.model,
+                                scale_bins=[b for b in args.scale_bins.split(",") if b] or None)
+    print("\n".join(summary.lines()))
+    return 0
+
+
+def cmd_promote(args) -> int:
+    from semspark.infer.job import LATEST_VIEW, promote
+
+    config = _config(args)
+    with _session(config, "promote") as spark:
+        model_version = promote(spark, config, args.model)
+    print(f"{model_version} is the production model; {config.catalog.database}.{LATEST_VIEW} shows its predictions")
+    return 0
+
+
+def cmd_nightly(args) -> int:
+    from semspark.nightly import run_nightly
+
+    config = _config(args)
+    with _session(config, "nightly") as spark:
+        result = run_nightly(spark, config, args.input, labels=args.labels)
+    print("\n".join(result.lines()))
+    return 0
+
+
+def cmd_sql_server(args) -> int:
+    import ipaddress
+    import socket
+
+    from semspark.sqlserver import beeline_url, launcher_env, thrift_server_command
+
+    config = _config(args)
+    if not 0 < args.port < 65536:
+        raise UserError("--port must be within 1..65535")
+    with socket.socket() as probe:
+        try:
+            probe.bind((args.host, args.port))
+        except OSError as exc:
+            raise UserError(f"cannot listen on {args.host}:{args.port} ({exc.strerror}); choose another --port") from exc
+    try:
+        loopback = ipaddress.ip_address(socket.gethostbyname(args.host)).is_loopback
+    except (OSError, ValueError):
+        loopback = False
+    if not loopback:
+        log.warning("the SQL server has no authentication and will accept anyone who reaches %s:%d",
+                    args.host, args.port)
+    command = thrift_server_command(config, args.host, args.port, master=args.master)
+    print(f"starting Spark's Thrift server on {args.host}:{args.port} (Ctrl-C stops it); connect with\n"
+          f"  beeline -u {beeline_url(args.host, args.port, config.catalog.database)}", file=sys.stderr)
+    sys.stderr.flush()
+    os.execvpe(command[0], command, launcher_env())  # the server replaces this process: signals reach it
+    return 0  # pragma: no cover
+
+
 def cmd_sql(args) -> int:
     from semspark.catalog import format_result, run_sql
 
@@ -223,8 +304,9 @@ def cmd_demo(args) -> int:
     return run_demo(_config(args), n=args.n, seed=args.seed, train=not args.no_train)
 
 
-COMMANDS = {"synth": cmd_synth, "ingest": cmd_ingest, "train": cmd_train, "sql": cmd_sql, "scale": cmd_scale,
-            "spark-conf": cmd_spark_conf, "demo": cmd_demo}
+COMMANDS = {"synth": cmd_synth, "ingest": cmd_ingest, "train": cmd_train, "infer": cmd_infer,
+            "promote": cmd_promote, "nightly": cmd_nightly, "sql": cmd_sql, "sql-server": cmd_sql_server,
+            "scale": cmd_scale, "spark-conf": cmd_spark_conf, "demo": cmd_demo}
 
 
 if __name__ == "__main__":  # pragma: no cover

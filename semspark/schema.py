@@ -109,16 +109,18 @@ PROMOTIONS = TableSpec(
     comment="Every promotion of a model version; the latest one of stage production is the production model.",
 )
 
-RUNS = TableSpec(
-    name="runs",
+RUN_EVENTS = TableSpec(
+    name="run_events",
     schema=_fields(
         ("run_id", StringType()), ("kind", StringType()), ("input", StringType()), ("status", StringType()),
         ("started_at", TimestampType()), ("ended_at", TimestampType()), ("files_listed", LongType()),
         ("already_known", LongType()), ("new_images", LongType()), ("duplicate_files", LongType()),
         ("sidecars", LongType()), ("quarantined", LongType()), ("model_version", StringType()),
         ("scored", LongType()), ("score_failures", LongType()), ("message", StringType()),
+        ("recorded_at", TimestampType()),
     ),
-    comment="One row per nightly run: when, what it found (counts per outcome), and how it ended.",
+    comment="Append-only log of nightly runs (one row when a run starts, one when it ends); "
+            "the view runs shows the latest row of each run.",
 )
 
 INFER_TABLES = (PREDICTIONS, PROMOTIONS)

@@ -57,3 +57,26 @@ def synthetic_set(tmp_path_factory):
     folder = tmp_path_factory.mktemp("synthetic")
     records = generate(folder, 27, seed=11, width=384, height=288)
     return folder, records
+
+
+@pytest.fixture(scope="session")
+def scoring(spark, tmp_path_factory):
+    """A small ingested catalog (database `scoring`) and a small model trained on it, for the infer
+    and nightly tests. The model is not meant to be good: scoring must agree with it, whatever it says."""
+    from types import SimpleNamespace
+
+    from semspark.config import CatalogConfig, Config, InferConfig, IngestConfig
+    from semspark.ingest.job import run_ingest
+    from semspark.synth.generate import generate
+    from semspark.train.job import TrainRequest, run_training
+
+    config = Config(catalog=CatalogConfig(database="scoring"),
+                    ingest=IngestConfig(image_size=96, dataset_dir="datasets/scoring", files_per_task=32),
+                    infer=InferConfig(batch_size=16, images_per_task=20))
+    first = tmp_path_factory.mktemp("scoring_first")
+    records = generate(first, 40, seed=21, width=384, height=288)
+    run_ingest(spark, config, str(first), labels="folders")
+    model = run_training(spark, config, TrainRequest(arch="alexnet", input_size=75, epochs=2, batch_size=8,
+                                                     num_proc=1, name="scorer", optimizer="adam",
+                                                     learning_rate=1e-4, patience=100))
+    return SimpleNamespace(config=config, first=first, records=records, model=model)

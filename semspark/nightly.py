@@ -1,0 +1,139 @@
+"""The nightly job: ingest what is new, score what is new with the production model, record the run.
+
+Safe to run twice and to rerun after a kill at any point, because each step is: ingest keeps only
+what sem.files / sem.quarantine / sem.images do not hold yet, and infer only what sem.predictions
+does not hold for the production model. The run log is append-only (a row when a run starts, a
+row when it ends), so a killed run can never damage it: the next run marks a run that never ended
+as ``interrupted``. The view sem.runs shows the latest row of each run.
+
+One nightly at a time per catalog: the schedulers in deploy/ forbid overlapping runs, and the
+embedded Derby catalog admits one process anyway.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from semspark.catalog import ensure_tables, insert, qualified
+from semspark.config import Config
+from semspark.infer.job import production_model, run_inference
+from semspark.ingest.job import run_ingest
+from semspark.schema import INFER_TABLES, INGEST_TABLES, RUN_EVENTS
+from semspark.storage import home_path
+
+log = logging.getLogger(__name__)
+
+RUNS_VIEW = "runs"
+STALE_STAGING_S = 24 * 3600
+
+
+class NightlyError(RuntimeError):
+    """A step of the nightly run failed; the message names the step and what to do."""
+
+
+@dataclass
+class NightlyResult:
+    run_id: str
+    status: str
+    record: dict
+    lines_: list[str]
+
+    def lines(self) -> list[str]:
+        return self.lines_
+
+
+def _now():
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def ensure_run_log(spark, database: str) -> None:
+    ensure_tables(spark, database, (RUN_EVENTS,))
+    spark.sql(f"""
+        CREATE OR REPLACE VIEW {qualified(database, RUNS_VIEW)}
+        COMMENT 'One row per nightly run: its latest state (running, succeeded, failed, interrupted)'
+        AS SELECT {', '.join(c for c in RUN_EVENTS.columns if c != 'recorded_at')}
+        FROM (SELECT *, row_number() OVER (PARTITION BY run_id ORDER BY recorded_at DESC) AS latest
+              FROM {qualified(database, RUN_EVENTS)})
+        WHERE latest = 1""")
+
+
+def _log_event(spark, database: str, record: dict) -> None:
+    insert(spark.createDataFrame([{**record, "recorded_at": _now()}], RUN_EVENTS.schema), database, RUN_EVENTS)
+
+
+def _close_interrupted(spark, database: str) -> list[str]:
+    """Runs whose latest row says running were killed: record them as interrupted."""
+    rows = spark.table(qualified(database, RUNS_VIEW)).filter("status = 'running'").collect()
+    for row in rows:
+        record = row.asDict()
+        record.update(status="interrupted", ended_at=None,
+                      message="the run stopped without recording an end (killed?); a later run took over")
+        _log_event(spark, database, record)
+    return [r["run_id"] for r in rows]
+
+
+def _remove_stale_staging() -> None:
+    """Staging folders a killed ingest or infer left behind (live ones are minutes old)."""
+    root = home_path("staging")
+    if not root.is_dir():
+        return
+    cutoff = time.time() - STALE_STAGING_S
+    for folder in root.iterdir():
+        if folder.is_dir() and folder.stat().st_mtime < cutoff:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def run_nightly(spark, config: Config, input_path: str, labels: str | None = None) -> NightlyResult:
+    db = config.catalog.database
+    ensure_tables(spark, db, INGEST_TABLES + INFER_TABLES)
+    ensure_run_log(spark, db)
+    interrupted = _close_interrupted(spark, db)
+    _remove_stale_staging()
+    run_id = "nightly-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
+    record = {name: None for name in RUN_EVENTS.columns}
+    record.update(run_id=run_id, kind="nightly", input=input_path, status="running", started_at=_now())
+    _log_event(spark, db, record)
+    lines = [f"nightly run {run_id}"]
+    if interrupted:
+        lines.append(f"  earlier runs that never finished, now marked interrupted: {', '.join(interrupted)}")
+
+    def fail(step: str, exc: Exception) -> NightlyError:
+        record.update(status="failed", ended_at=_now(), message=f"{step} failed: {exc}"[:2000])
+        try:
+            _log_event(spark, db, record)
+        except Exception:  # Spark itself may be what failed; the next run marks this one interrupted
+            log.warning("could not record the failure of %s", run_id, exc_info=True)
+        return NightlyError(f"{step} failed: {exc}; the tables hold everything finished before it; "
+                            f"fix the cause and rerun (the run is recorded as {run_id} in {db}.{RUNS_VIEW})")
+
+    log.info("nightly %s: ingest %s", run_id, input_path)
+    try:
+        ingest = run_ingest(spark, config, input_path, labels=labels)
+    except Exception as exc:
+        raise fail("ingest", exc) from exc
+    record.update(files_listed=ingest.listed, already_known=ingest.already_known, new_images=ingest.new_images,
+                  duplicate_files=ingest.duplicate_files, sidecars=ingest.sidecars,
+                  quarantined=sum(ingest.quarantined.values()))
+    lines += ingest.lines()
+
+    model = production_model(spark, db)
+    if model is None:
+        record["message"] = "no production model: nothing scored (semspark promote NAME/VERSION)"
+        lines.append("no production model, so nothing was scored: run semspark promote NAME/VERSION")
+    else:
+        log.info("nightly %s: scoring with %s", run_id, model)
+        try:
+            scored = run_inference(spark, config, model)
+        except Exception as exc:
+            raise fail(f"scoring with {model}", exc) from exc
+        record.update(model_version=scored.model_version, scored=scored.scored, score_failures=scored.failures)
+        lines += scored.lines()
+    record.update(status="succeeded", ended_at=_now())
+    _log_event(spark, db, record)
+    seconds = (record["ended_at"] - record["started_at"]).total_seconds()
+    lines.append(f"nightly run {run_id} succeeded in {seconds:.0f} s")
+    return NightlyResult(run_id=run_id, status="succeeded", record=record, lines_=lines)

@@ -1,0 +1,158 @@
+"""The infer stage for real: predict_batch_udf on local[2] over the ingested dataset, checked
+against the same model run directly in the test; incremental reruns; promotion and the view."""
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from semspark.infer.job import InferError, production_model, promote, run_inference
+from semspark.synth.generate import generate
+from semspark.train import registry
+
+pytestmark = pytest.mark.spark
+
+ALEXNET_EMBEDDING = 4096   # AlexNet's fc7, the penultimate layer (Krizhevsky et al. 2012)
+CATEGORIES = 10            # the synthetic generator's categories, all present in 40 images
+
+
+def distinct_images(folder: Path) -> set[str]:
+    """SHA-256 of every image file the generator wrote: what sem.images must hold."""
+    return {hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*")
+            if p.is_file() and p.suffix.lower() in (".tif", ".tiff", ".png", ".jpg", ".jpeg")}
+
+
+@pytest.fixture(scope="module")
+def first_scoring(spark, scoring):
+    return run_inference(spark, scoring.config, scoring.model.model_version)
+
+
+def predictions(spark, scoring, version=None):
+    version = version or scoring.model.model_version
+    return spark.sql(f"SELECT * FROM scoring.predictions WHERE model_version = '{version}'").toPandas()
+
+
+def test_every_image_is_scored_once_with_arrays_of_the_right_length(spark, scoring, first_scoring):
+    expected = distinct_images(scoring.first)
+    assert first_scoring.scored == len(expected) and first_scoring.failures == 0
+    rows = predictions(spark, scoring)
+    assert sorted(rows["image_id"]) == sorted(expected)
+    metadata = registry.read_json(Path(scoring.model.path) / "metadata.json")
+    classes = metadata["class_names"]
+    assert len(classes) == CATEGORIES
+    for row in rows.itertuples():
+        assert len(row.probabilities) == len(row.logits) == CATEGORIES
+        assert len(row.embedding) == ALEXNET_EMBEDDING
+        assert row.category in classes
+        assert row.category == classes[int(np.argmax(row.probabilities))]
+        assert row.confidence == pytest.approx(max(row.probabilities), abs=1e-6)
+        assert sum(row.probabilities) == pytest.approx(1.0, abs=1e-4)
+        # softmax of the logits is the probabilities: logits really are the layer before softmax
+        exp = np.exp(np.array(row.logits) - max(row.logits))
+        assert np.allclose(exp / exp.sum(), row.probabilities, atol=1e-5)
+
+
+def test_predictions_agree_with_the_model_run_directly(spark, scoring, first_scoring):
+    import cv2
+    import pyarrow.parquet as pq
+    import tensorflow as tf
+
+    import semspark.train.models  # noqa: F401  registers semspark's layers with Keras
+    from semspark.ingest.job import dataset_url
+
+    stored = pq.read_table(dataset_url(scoring.config)[len("file://"):], columns=["image_id", "image"]).to_pydict()
+    ids = stored["image_id"]
+    images = np.stack([cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_GRAYSCALE) for b in stored["image"]])
+    assert images.shape[1:] == (96, 96)
+    x = tf.image.resize(tf.constant(images[..., None], tf.float32), (75, 75), antialias=True)
+    model = tf.keras.models.load_model(str(Path(scoring.model.path) / "model.keras"), compile=False)
+    direct = model.predict(x, verbose=0)
+    probe = tf.keras.Model(model.inputs, model.get_layer("embedding").output)
+    embedding = probe.predict(x, verbose=0)
+    classes = registry.read_json(Path(scoring.model.path) / "metadata.json")["class_names"]
+
+    rows = predictions(spark, scoring).set_index("image_id")
+    for i, image_id in enumerate(ids):
+        row = rows.loc[image_id]
+        assert row["category"] == classes[int(np.argmax(direct[i]))]
+        assert np.allclose(row["probabilities"], direct[i], atol=1e-4)
+        assert np.allclose(row["embedding"], embedding[i], rtol=1e-3, atol=1e-3)
+
+
+def test_a_rerun_scores_only_new_images(spark, scoring, first_scoring, tmp_path):
+    from semspark.ingest.job import run_ingest
+
+    before = distinct_images(scoring.first)
+    again = run_inference(spark, scoring.config, scoring.model.model_version)
+    assert (again.scored, again.already_scored) == (0, len(before))
+
+    more = tmp_path / "more"
+    generate(more, 12, seed=22, width=384, height=288)
+    run_ingest(spark, scoring.config, str(more), labels="folders")
+    new = distinct_images(more) - before
+    assert new
+    added = run_inference(spark, scoring.config, scoring.model.model_version)
+    assert added.scored == len(new)
+    rows = predictions(spark, scoring)
+    assert len(rows) == rows["image_id"].nunique() == len(before | new)
+    latest_run = rows[rows["infer_run"] == added.run_id]
+    assert set(latest_run["image_id"]) == new
+
+
+def test_scale_bins_limit_what_is_scored(spark, scoring, first_scoring):
+    import dataclasses
+
+    # A second version of the same model: a copy registered under another name.
+    source = Path(scoring.model.path)
+    version, folder = registry.new_version("scorer-bins")
+    for name in ("model.keras", "metadata.json"):
+        shutil.copy(source / name, folder / name)
+    spec = f"scorer-bins/{version}"
+    bins = ["1um", "2um"]
+    in_bins = spark.sql("SELECT count(*) FROM scoring.images WHERE scale_bin IN ('1um', '2um')").first()[0]
+    assert in_bins > 0
+    summary = run_inference(spark, dataclasses.replace(scoring.config), spec, scale_bins=bins)
+    assert summary.scored == summary.candidates == in_bins
+    scored_bins = spark.sql(f"SELECT DISTINCT i.scale_bin FROM scoring.predictions p JOIN scoring.images i "
+                            f"USING (image_id) WHERE p.model_version = '{spec}'").toPandas()
+    assert set(scored_bins["scale_bin"]) <= set(bins)
+
+
+def test_promotion_points_the_view_at_the_production_model(spark, scoring, first_scoring):
+    config = scoring.config
+    assert production_model(spark, "scoring") is None
+    with pytest.raises(InferError, match="semspark promote"):
+        run_inference(spark, config, None)  # no --model and no production model
+    assert promote(spark, config, "scorer/latest") == scoring.model.model_version
+    assert production_model(spark, "scoring") == scoring.model.model_version
+    view = spark.sql("SELECT image_id, category, model_version FROM scoring.latest_predictions").toPandas()
+    images = spark.sql("SELECT count(*) FROM scoring.images").first()[0]
+    assert len(view) == images
+    assert view["category"].notna().all()
+    assert set(view["model_version"]) == {scoring.model.model_version}
+
+
+def test_a_model_changed_on_disk_is_refused(scoring):
+    source = Path(scoring.model.path)
+    version, folder = registry.new_version("tampered")
+    shutil.copy(source / "metadata.json", folder / "metadata.json")
+    data = bytearray((source / "model.keras").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (folder / "model.keras").write_bytes(bytes(data))
+    with pytest.raises(registry.RegistryError, match="SHA-256"):
+        registry.verified_model(f"tampered/{version}")
+
+
+def test_a_broken_stored_image_is_reported_not_written(scoring):
+    """The worker's decoder: one undecodable PNG gets an error, the others are scored."""
+    import cv2
+
+    from semspark.infer.predictor import decode_png_batch
+
+    good = cv2.imencode(".png", np.full((8, 8), 7, np.uint8))[1].tobytes()
+    stack, errors = decode_png_batch(np.array([good, b"\x89PNG broken", good], dtype=object))
+    assert stack.shape == (3, 8, 8) and stack[0, 0, 0] == 7 and stack[1].max() == 0
+    assert errors[0] is None and errors[2] is None and "decoded" in errors[1]
