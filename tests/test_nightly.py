@@ -1,0 +1,221 @@
+"""The nightly job: twice in a row leaves the same tables; killed mid-run (SIGKILL, a real separate
+process) and rerun leaves correct tables; failures are recorded and reported. Then the operators'
+SQL paths on that catalog: Spark's Thrift server queried through beeline, and spark-sql."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from semspark.catalog import insert
+from semspark.infer.job import promote
+from semspark.nightly import NightlyError, ensure_run_log, run_nightly
+from semspark.schema import RUN_EVENTS
+from semspark.synth.generate import generate
+
+from .test_infer import distinct_images
+
+pytestmark = pytest.mark.spark
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def snapshot(spark, db: str) -> dict[str, list[tuple]]:
+    """What the nightly job writes, as sorted plain tuples (ingest times and run ids left out)."""
+    queries = {
+        "images": "SELECT image_id, path, scale_bin, label, nm_per_px FROM {db}.images",
+        "files": "SELECT path, image_id, role, size FROM {db}.files",
+        "quarantine": "SELECT path, stage, reason FROM {db}.quarantine",
+        "predictions": "SELECT image_id, model_version, category, confidence FROM {db}.predictions",
+    }
+    return {name: sorted(tuple(str(v) for v in row) for row in spark.sql(q.format(db=db)).collect())
+            for name, q in queries.items()}
+
+
+def add_broken_file(folder: Path) -> None:
+    jpeg = next(folder.rglob("*.jpg"))
+    data = jpeg.read_bytes()
+    (folder / "Particles" / "cut_short.jpg").write_bytes(data[: len(data) // 3])
+
+
+def test_nightly_twice_leaves_the_same_tables(spark, scoring, tmp_path):
+    db = "scoring"
+    promote(spark, scoring.config, scoring.model.model_version)
+    night = tmp_path / "night"
+    generate(night, 8, seed=23, width=384, height=288)
+    generated = distinct_images(night)
+    add_broken_file(night)
+    # A run that was killed earlier: its start is logged, its end never was.
+    ensure_run_log(spark, db)
+    ghost = {name: None for name in RUN_EVENTS.columns}
+    ghost.update(run_id="nightly-ghost", kind="nightly", status="running", started_at=datetime(2026, 1, 1),
+                 recorded_at=datetime(2026, 1, 1))
+    insert(spark.createDataFrame([ghost], RUN_EVENTS.schema), db, RUN_EVENTS)
+
+    known = {r[0] for r in spark.sql(f"SELECT image_id FROM {db}.images").collect()}
+    scored_before = {r[0] for r in spark.sql(f"SELECT image_id FROM {db}.predictions "
+                                             f"WHERE model_version = '{scoring.model.model_version}'").collect()}
+    new = generated - known
+    first = run_nightly(spark, scoring.config, str(night), labels="folders")
+    assert first.status == "succeeded"
+    # quarantined: the cut-short JPEG, and the generator's manifest.csv (not an image)
+    assert first.record["new_images"] == len(new) and first.record["quarantined"] == 2
+    # scored: what the production model had not scored yet, the new images included
+    assert first.record["scored"] == len((known | new) - scored_before)
+    assert any("nightly-ghost" in line for line in first.lines())
+    after_first = snapshot(spark, db)
+
+    second = run_nightly(spark, scoring.config, str(night), labels="folders")
+    assert (second.record["new_images"], second.record["scored"], second.record["quarantined"]) == (0, 0, 0)
+    assert snapshot(spark, db) == after_first
+    ids = [r[0] for r in after_first["predictions"] if r[1] == scoring.model.model_version]
+    assert len(ids) == len(set(ids)) == len(after_first["images"])
+
+    runs = {r["run_id"]: r for r in spark.sql(f"SELECT * FROM {db}.runs").collect()}
+    assert runs["nightly-ghost"]["status"] == "interrupted"
+    assert runs[first.run_id]["status"] == runs[second.run_id]["status"] == "succeeded"
+    assert runs[first.run_id]["new_images"] == len(new) and runs[first.run_id]["ended_at"] is not None
+
+
+def test_a_failed_nightly_says_what_failed_and_is_recorded(spark, scoring, tmp_path):
+    with pytest.raises(NightlyError, match="ingest failed") as caught:
+        run_nightly(spark, scoring.config, str(tmp_path / "no-such-folder"))
+    assert "rerun" in str(caught.value)
+    failed = spark.sql("SELECT status, message FROM scoring.runs WHERE status = 'failed'").collect()
+    assert len(failed) == 1 and "ingest failed" in failed[0]["message"]
+
+
+# ---- separate processes on their own catalog: kill, rerun, then SQL from outside ---------------------
+
+@pytest.fixture(scope="module")
+def ops(scoring, tmp_path_factory):
+    """A second SEMSPARK_HOME, used only by subprocesses (Derby admits one JVM per catalog)."""
+    root = tmp_path_factory.mktemp("ops")
+    home = root / "home"
+    shutil.copytree(Path(scoring.model.path), home / "models" / "scorer" / "1")
+    raw = root / "raw"
+    generate(raw, 24, seed=31, width=384, height=288)
+    images = distinct_images(raw)
+    image_files = len([p for p in raw.rglob("*") if p.suffix in (".tif", ".png", ".jpg")])
+    add_broken_file(raw)
+    conf = root / "semspark.yaml"
+    conf.write_text("ingest:\n  image_size: 96\n  files_per_task: 8\n"
+                    "infer:\n  batch_size: 8\n  images_per_task: 4\n")
+    env = dict(os.environ, SEMSPARK_HOME=str(home), SEMSPARK_CONF=str(conf), SEMSPARK_MASTER="local[2]",
+               PYSPARK_PYTHON=sys.executable, PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    return {"home": home, "raw": raw, "env": env, "images": images, "image_files": image_files}
+
+
+def semspark(ops, *args, timeout=300) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(VENV_BIN / "semspark"), *args], env=ops["env"], capture_output=True, text=True,
+                            timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def sql_json(ops, query: str) -> list[dict]:
+    out = semspark(ops, "sql", "--format", "json", query).stdout
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+@pytest.fixture(scope="module")
+def nightly_killed_and_rerun(ops):
+    semspark(ops, "promote", "scorer/1")
+    process = subprocess.Popen([str(VENV_BIN / "semspark"), "nightly", "--input", str(ops["raw"]),
+                                "--labels", "folders"], env=ops["env"], stderr=subprocess.PIPE,
+                               stdout=subprocess.DEVNULL, text=True, start_new_session=True)
+    seen = []
+    try:
+        deadline = time.monotonic() + 300
+        for line in process.stderr:
+            seen.append(line)
+            if "scoring" in line and "tasks" in line:  # the model is running in the Spark tasks
+                time.sleep(3)
+                break
+            assert time.monotonic() < deadline, "nightly never reached scoring"
+        assert process.poll() is None, "nightly finished before it could be killed:\n" + "".join(seen[-20:])
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=60)
+    rerun = semspark(ops, "nightly", "--input", str(ops["raw"]), "--labels", "folders")
+    return rerun
+
+
+def test_nightly_killed_mid_run_then_rerun_leaves_correct_tables(ops, nightly_killed_and_rerun):
+    assert "marked interrupted" in nightly_killed_and_rerun.stdout
+    images, image_files = ops["images"], ops["image_files"]
+    [counts] = sql_json(ops, """SELECT
+        (SELECT count(*) FROM sem.images) AS images,
+        (SELECT count(DISTINCT image_id) FROM sem.images) AS distinct_images,
+        (SELECT count(*) FROM sem.files WHERE role = 'image') AS image_files,
+        (SELECT count(DISTINCT path) FROM sem.files) AS distinct_files,
+        (SELECT count(*) FROM sem.files) AS files,
+        (SELECT concat_ws(',', sort_array(collect_list(regexp_extract(path, '[^/]+$', 0))))
+           FROM sem.quarantine) AS quarantined,
+        (SELECT count(*) FROM sem.predictions) AS predictions,
+        (SELECT count(DISTINCT image_id) FROM sem.predictions) AS distinct_predictions,
+        (SELECT count(*) FROM sem.latest_predictions WHERE category IS NULL) AS unscored,
+        (SELECT concat_ws(',', sort_array(collect_list(status))) FROM sem.runs) AS statuses""")
+    assert counts["images"] == counts["distinct_images"] == len(images)
+    assert counts["image_files"] == image_files and counts["files"] == counts["distinct_files"]
+    assert counts["quarantined"] == "cut_short.jpg,manifest.csv"
+    assert counts["predictions"] == counts["distinct_predictions"] == len(images)
+    assert counts["unscored"] == 0
+    assert counts["statuses"] == "interrupted,succeeded"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_thrift_server_answers_beeline_on_loopback(ops, nightly_killed_and_rerun):
+    port = free_port()
+    server = subprocess.Popen([str(VENV_BIN / "semspark"), "sql-server", "--port", str(port)], env=ops["env"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, f"the server exited: {server.stderr.read()[-3000:]}"
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the Thrift server did not open its port in 180 s"
+                time.sleep(1)
+        listening = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout
+        assert "127.0.0.1" in listening and "0.0.0.0" not in listening and "*:" not in listening.split()[3]
+        query = ("SELECT count(*) AS scored, count(DISTINCT model_version) AS models "
+                 "FROM sem.latest_predictions WHERE category IS NOT NULL")
+        result = subprocess.run([str(VENV_BIN / "beeline"), "-u", f"jdbc:hive2://127.0.0.1:{port}/sem",
+                                 "--outputformat=csv2", "--silent=true", "-e", query],
+                                env=ops["env"], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr[-2000:]
+        lines = [line for line in result.stdout.splitlines() if line.strip()]
+        assert lines[-2].endswith("scored,models") and lines[-1] == f"{len(ops['images'])},1", result.stdout
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+
+def test_spark_sql_finds_the_same_catalog(ops, nightly_killed_and_rerun):
+    flags = semspark(ops, "spark-conf").stdout.split()
+    result = subprocess.run([str(VENV_BIN / "spark-sql"), *flags, "--master", "local[1]", "-S", "-e",
+                             "SELECT count(*) FROM sem.predictions"], env=ops["env"], capture_output=True,
+                            text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-1] == str(len(ops["images"]))
