@@ -27,6 +27,7 @@ from .test_infer import distinct_images
 pytestmark = pytest.mark.spark
 
 VENV_BIN = Path(sys.executable).parent
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def snapshot(spark, db: str) -> dict[str, list[tuple]]:
@@ -146,7 +147,13 @@ def nightly_killed_and_rerun(ops):
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=60)
-    rerun = semspark(ops, "nightly", "--input", str(ops["raw"]), "--labels", "folders")
+    # The rerun goes the operators' way: deploy/nightly.sh (what cron calls), i.e. spark-submit of
+    # jobs/nightly.py, under its lock.
+    rerun = subprocess.run(["bash", str(PROJECT_ROOT / "deploy" / "nightly.sh"), str(ops["raw"]), "folders"],
+                           env=dict(ops["env"], SPARK_MASTER="local[2]"), capture_output=True, text=True,
+                           timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert (ops["home"] / "nightly.lock").exists()
     return rerun
 
 

@@ -1,0 +1,95 @@
+"""What deploy/ gives operators is well-formed and names things that exist: the Airflow DAG parses
+and submits a job with arguments the CLI accepts; the Kubernetes ScheduledSparkApplication has the
+fields the Spark operator requires; the cron entry calls a script that exists and passes bash -n.
+(deploy/nightly.sh itself runs for real in tests/test_nightly.py.)"""
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from semspark.cli import _parser
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+CRON_FIELD = re.compile(r"^(\*|\d+(-\d+)?(,\d+(-\d+)?)*)(/\d+)?$")
+
+
+def keyword_values(tree: ast.AST, call_name: str) -> dict[str, ast.expr]:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == call_name:
+            return {k.arg: k.value for k in node.keywords}
+    raise AssertionError(f"no call to {call_name}")
+
+
+def test_airflow_dag_parses_and_submits_the_nightly_job():
+    source = (DEPLOY / "airflow" / "semspark_nightly.py").read_text()
+    tree = ast.parse(source)
+    imports = {(n.module, a.name) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+    assert ("airflow.providers.apache.spark.operators.spark_submit", "SparkSubmitOperator") in imports
+    submit = keyword_values(tree, "SparkSubmitOperator")
+    application = submit["application"]
+    assert isinstance(application, ast.JoinedStr)
+    assert application.values[-1].value == "/jobs/nightly.py" and (ROOT / "jobs" / "nightly.py").exists()
+    args = [a.value if isinstance(a, ast.Constant) else "/some/input" for a in submit["application_args"].elts]
+    parsed = _parser().parse_args(["nightly", *args])  # the CLI accepts what the DAG passes
+    assert parsed.input == "/some/input" and parsed.labels == "folders"
+    dag = keyword_values(tree, "DAG")
+    assert ast.literal_eval(dag["max_active_runs"]) == 1 and ast.literal_eval(dag["catchup"]) is False
+    assert all(CRON_FIELD.match(f) for f in ast.literal_eval(dag["schedule"]).split())
+
+
+def test_scheduled_spark_application_has_what_the_operator_requires():
+    manifest = yaml.safe_load((DEPLOY / "kubernetes" / "nightly-scheduled.yaml").read_text())
+    assert manifest["apiVersion"] == "sparkoperator.k8s.io/v1beta2"
+    assert manifest["kind"] == "ScheduledSparkApplication"
+    assert manifest["metadata"]["name"]
+    spec = manifest["spec"]
+    assert spec["concurrencyPolicy"] == "Forbid"
+    assert len(spec["schedule"].split()) == 5 and all(CRON_FIELD.match(f) for f in spec["schedule"].split())
+    template = spec["template"]
+    for key in ("type", "mode", "image", "mainApplicationFile", "sparkVersion", "driver", "executor"):
+        assert template.get(key), key
+    assert template["type"] == "Python" and template["mode"] in ("cluster", "client")
+    lock = (ROOT / "requirements.lock").read_text()
+    assert f"pyspark=={template['sparkVersion']}" in lock  # the operator's Spark is the one we run
+    main = template["mainApplicationFile"]
+    assert main.startswith("local:///opt/semspark/") and (ROOT / main[len("local:///opt/semspark/"):]).exists()
+    parsed = _parser().parse_args(["nightly", *template["arguments"]])
+    assert parsed.input.startswith("s3a://")
+    for role in ("driver", "executor"):
+        mounts = {m["mountPath"] for m in template[role]["volumeMounts"]}
+        env = {e["name"]: e["value"] for e in template[role]["env"]}
+        assert env["SEMSPARK_HOME"] in mounts  # models and staging on the shared volume
+    assert {v["name"] for v in template["volumes"]} >= {m["name"] for m in template["driver"]["volumeMounts"]}
+
+
+def test_cron_entry_calls_the_nightly_script():
+    lines = [line for line in (DEPLOY / "cron" / "semspark-nightly").read_text().splitlines()
+             if line.strip() and not line.startswith("#") and "=" not in line.split()[0]]
+    assert len(lines) == 1
+    fields = lines[0].split()
+    assert all(CRON_FIELD.match(f) for f in fields[:5]), fields[:5]
+    user, command = fields[5], fields[6]
+    assert user == "semspark" and command.endswith("/deploy/nightly.sh")
+    script = DEPLOY / "nightly.sh"
+    assert script.stat().st_mode & 0o111, "deploy/nightly.sh must be executable"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    assert "jobs/nightly.py" in script.read_text() and (ROOT / "jobs" / "nightly.py").exists()
+
+
+def test_nightly_script_refuses_to_overlap_a_running_night(tmp_path):
+    import fcntl
+    import os
+
+    home = tmp_path / "home"
+    home.mkdir()
+    with open(home / "nightly.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a night that is still running
+        result = subprocess.run(["bash", str(DEPLOY / "nightly.sh"), str(tmp_path / "raw")],
+                                env=dict(os.environ, SEMSPARK_HOME=str(home)), capture_output=True, text=True,
+                                timeout=60)
+    assert result.returncode == 75 and "holds" in result.stderr
