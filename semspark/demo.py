@@ -4,7 +4,9 @@ Today: generate a synthetic SEM data set (plus the real samples from ../shared/s
 present, and a few broken files to show the quarantine), ingest it twice (the second run must add
 nothing), print the summary, a few SQL answers, and how well the scale reader did against the
 generator's truth; then train a small AlexNet with two Horovod ranks on the labelled images and
-show its test accuracy. Later stages add their steps here.
+show its test accuracy; promote it to production, run the nightly job on a new night's worth of
+images (it ingests them and scores every image with the production model) and a second time (it
+does nothing), and query the predictions. Later stages add their steps here.
 """
 from __future__ import annotations
 
@@ -13,7 +15,9 @@ from pathlib import Path
 
 from semspark.catalog import format_result, run_sql
 from semspark.config import PROJECT_ROOT, Config, semspark_home
+from semspark.infer.job import promote
 from semspark.ingest.job import run_ingest
+from semspark.nightly import run_nightly
 from semspark.session import session_scope
 from semspark.synth.generate import MANIFEST, generate, read_manifest
 from semspark.train.job import TrainRequest, run_training
@@ -85,7 +89,42 @@ def run_demo(config: Config, n: int = 600, seed: int = 0, train: bool = True) ->
             columns, rows, _ = run_sql(spark, query)
             print(f"\nmodels:\n  semspark sql \"{query}\"")
             print(format_result(columns, rows, "table"))
+            _nightly(spark, config, home, result.model_version, n=max(10, n // 15), seed=seed + 1)
     return 0
+
+
+def _nightly(spark, config: Config, home: Path, model_version: str, n: int, seed: int) -> None:
+    db = config.catalog.database
+    print(f"\n  semspark promote {model_version}")
+    promote(spark, config, model_version)
+    night = home / "demo" / "night"
+    marker = night / f".generated-n{n}-seed{seed}"
+    if not marker.exists():
+        shutil.rmtree(night, ignore_errors=True)
+        generate(night, n, seed=seed)
+        marker.touch()
+    print(f"\na night's new images ({n}) in {night}; the nightly job ingests them and scores every image "
+          f"the production model has not scored yet:\n  semspark nightly --input {night} --labels folders")
+    print("\n".join(run_nightly(spark, config, str(night), labels="folders").lines()))
+    again = run_nightly(spark, config, str(night), labels="folders")
+    print(f"\nthe same nightly again: {again.record['new_images']} new images, {again.record['scored']} scored")
+    queries = [
+        ("nightly runs", f"SELECT run_id, status, new_images, quarantined, model_version, scored FROM {db}.runs "
+                         "ORDER BY started_at"),
+        ("predicted categories per scale bin (production model)",
+         f"SELECT scale_bin, category, count(*) AS images FROM {db}.latest_predictions "
+         "WHERE scale_bin IN ('1um', '2um') GROUP BY scale_bin, category ORDER BY scale_bin, images DESC"),
+        ("agreement of the production model with the labels (training images included), per category",
+         f"SELECT label, count(*) AS images, round(avg(CAST(category = label AS INT)), 2) AS agreement "
+         f"FROM {db}.latest_predictions WHERE label IS NOT NULL GROUP BY label ORDER BY label"),
+        ("least confident predictions (to review)",
+         f"SELECT regexp_extract(path, '[^/]+$', 0) AS file, category, round(confidence, 3) AS confidence "
+         f"FROM {db}.latest_predictions ORDER BY confidence LIMIT 5"),
+    ]
+    for title, query in queries:
+        columns, rows, _ = run_sql(spark, query)
+        print(f"\n{title}:\n  semspark sql \"{query}\"")
+        print(format_result(columns, rows, "table"))
 
 
 def _accuracy(spark, db: str, raw: Path) -> str:

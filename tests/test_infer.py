@@ -153,6 +153,9 @@ def test_a_broken_stored_image_is_reported_not_written(scoring):
     from semspark.infer.predictor import decode_png_batch
 
     good = cv2.imencode(".png", np.full((8, 8), 7, np.uint8))[1].tobytes()
-    stack, errors = decode_png_batch(np.array([good, b"\x89PNG broken", good], dtype=object))
-    assert stack.shape == (3, 8, 8) and stack[0, 0, 0] == 7 and stack[1].max() == 0
+    from semspark.infer.predictor import NO_PIXELS
+
+    stack, errors = decode_png_batch(np.array([good, b"\x89PNG broken", good, None], dtype=object))
+    assert stack.shape == (4, 8, 8) and stack[0, 0, 0] == 7 and stack[1].max() == 0
     assert errors[0] is None and errors[2] is None and "decoded" in errors[1]
+    assert errors[3] == NO_PIXELS  # in sem.images, not in the dataset: a left join gives NULL

@@ -112,7 +112,7 @@ def run_inference(spark, config: Config, model: str | None = None,
     from pyspark.ml.functions import predict_batch_udf
     from pyspark.sql import functions as F
 
-    from semspark.infer.predictor import ModelPayload, make_predict_fn
+    from semspark.infer.predictor import NO_PIXELS, ModelPayload, make_predict_fn
 
     started = time.monotonic()
     db = config.catalog.database
@@ -132,15 +132,17 @@ def run_inference(spark, config: Config, model: str | None = None,
     if scale_bins:
         images = images.filter(F.col("scale_bin").isin(scale_bins))
     scored = (spark.table(qualified(db, PREDICTIONS)).filter(F.col("model_version") == model_version)
-              .select("image_id"))
-    pending = images.join(scored, "image_id", "left_anti").select("image_id").distinct()
-    summary.candidates = images.count()
-    n_pending = pending.count()
-    summary.already_scored = summary.candidates - n_pending
+              .select("image_id", F.lit(True).alias("scored")).distinct())
+    # One pass for both counts: images in scope, and those this version has scored.
+    counts = (images.join(scored, "image_id", "left")
+              .agg(F.count("*").alias("candidates"), F.count("scored").alias("scored")).first())
+    summary.candidates, summary.already_scored = counts["candidates"], counts["scored"]
+    n_pending = summary.candidates - summary.already_scored
     log.info("%s: %d of %d images to score", model_version, n_pending, summary.candidates)
     if n_pending == 0:
         summary.seconds = time.monotonic() - started
         return summary
+    pending = images.join(scored, "image_id", "left_anti").select("image_id").distinct()
 
     url = dataset_url(config)
     try:
@@ -149,25 +151,21 @@ def run_inference(spark, config: Config, model: str | None = None,
         raise InferError(f"no readable image dataset at {url}: run semspark ingest first ({exc})") from exc
     if scale_bins:
         stored = stored.filter(F.col("scale_bin").isin(scale_bins))  # reads only those partitions
-    pixels = stored.select("image_id", "image").join(pending, "image_id", "left_semi")
-    summary.missing_pixels = pending.join(stored.select("image_id"), "image_id", "left_anti").count()
-    if summary.missing_pixels:
-        log.warning("%d images of %s have no stored pixels in %s; they are left for the next run",
-                    summary.missing_pixels, qualified(db, IMAGES), url)
+    # A left join: an image of sem.images without stored pixels reaches the model as NULL and comes
+    # back as an error row (reported, retried next run) instead of vanishing.
+    pixels = pending.join(stored.select("image_id", "image"), "image_id", "left")
 
-    threads = config.infer.threads_per_task
     payload = ModelPayload(model_version=model_version, sha256=metadata["model_sha256"],
                            class_names=tuple(metadata["class_names"]), input_size=int(metadata["input_size"]),
-                           threads=threads)
+                           architecture=metadata.get("architecture"), threads=config.infer.threads_per_task)
     model_bytes = spark.sparkContext.broadcast(Path(model_path).read_bytes())
     predict = predict_batch_udf(make_predict_fn(payload, model_bytes), return_type=PREDICTION,
                                 batch_size=config.infer.batch_size)
-    to_score = n_pending - summary.missing_pixels
-    tasks = max(1, min(to_score, max(math.ceil(to_score / config.infer.images_per_task),
-                                     spark.sparkContext.defaultParallelism)))
+    tasks = max(1, min(n_pending, max(math.ceil(n_pending / config.infer.images_per_task),
+                                      spark.sparkContext.defaultParallelism)))
     staging = home_path(f"staging/infer-{run_id}")
     stamp = datetime.now(timezone.utc).replace(tzinfo=None)
-    log.info("scoring %d images with %s in %d tasks", to_score, model_version, tasks)
+    log.info("scoring %d images with %s in %d tasks", n_pending, model_version, tasks)
     try:
         (pixels.repartition(tasks, "image_id")
          .withColumn("p", predict(F.col("image")))
@@ -182,19 +180,23 @@ def run_inference(spark, config: Config, model: str | None = None,
     finally:
         model_bytes.unpersist()
     staged = spark.read.parquet((staging / "scored").as_uri())
-    failed = staged.filter(F.col("error").isNotNull())
-    summary.failures = failed.count()
-    summary.failure_examples = [(r["image_id"], r["error"]) for r in
-                                failed.select("image_id", "error").limit(FAILURES_SHOWN).collect()]
-    good = (staged.filter(F.col("error").isNull()).drop("error").dropDuplicates(["image_id"])
-            .join(spark.table(qualified(db, PREDICTIONS)).filter(F.col("model_version") == model_version)
-                  .select("image_id"), "image_id", "left_anti"))
-    insert(good, db, PREDICTIONS)
-    summary.by_category = {r["category"]: r["count"] for r in
-                           spark.table(qualified(db, PREDICTIONS))
-                           .filter((F.col("model_version") == model_version) & (F.col("infer_run") == run_id))
-                           .groupBy("category").count().collect()}
+    outcome = {(r["category"], r["error"]): r["count"] for r in staged.groupBy("category", "error").count().collect()}
+    summary.by_category = {c: n for (c, e), n in outcome.items() if e is None}
     summary.scored = sum(summary.by_category.values())
+    summary.missing_pixels = sum(n for (_, e), n in outcome.items() if e == NO_PIXELS)
+    summary.failures = sum(n for (_, e), n in outcome.items() if e is not None and e != NO_PIXELS)
+    if summary.missing_pixels:
+        log.warning("%d images of %s have no stored pixels in %s; they are left for the next run",
+                    summary.missing_pixels, qualified(db, IMAGES), url)
+    if summary.failures:
+        summary.failure_examples = [(r["image_id"], r["error"]) for r in
+                                    staged.filter(F.col("error").isNotNull() & (F.col("error") != NO_PIXELS))
+                                    .select("image_id", "error").limit(FAILURES_SHOWN).collect()]
+    # Appended leaving out what is already there: after a crash in the middle of an earlier insert
+    # the rerun fills in only the rest.
+    good = (staged.filter(F.col("error").isNull()).drop("error").dropDuplicates(["image_id"])
+            .join(scored.select("image_id"), "image_id", "left_anti"))
+    insert(good, db, PREDICTIONS)
     shutil.rmtree(staging, ignore_errors=True)
     summary.seconds = time.monotonic() - started
     return summary

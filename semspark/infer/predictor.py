@@ -19,6 +19,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
+NO_PIXELS = "no stored pixels in the dataset"   # the image is in sem.images but not in the dataset
+
 
 @dataclass(frozen=True)
 class ModelPayload:
@@ -27,6 +29,7 @@ class ModelPayload:
     sha256: str
     class_names: tuple[str, ...]
     input_size: int
+    architecture: str | None      # rebuilt from semspark's code when known (fast, no config parsing)
     threads: int                  # TensorFlow intra-op threads on CPU; 0 = the task's cpus
 
 
@@ -41,7 +44,12 @@ def decode_png_batch(images) -> tuple[np.ndarray, list[str | None]]:
         if isinstance(data, (bytes, bytearray, memoryview)) and len(data):
             image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
         decoded.append(image)
-        errors.append(None if image is not None else "stored image could not be decoded")
+        if image is not None:
+            errors.append(None)
+        elif data is None or (isinstance(data, float) and np.isnan(data)):  # pandas gives NULL as None
+            errors.append(NO_PIXELS)
+        else:
+            errors.append("stored image could not be decoded")
     shapes = {d.shape for d in decoded if d is not None}
     if len(shapes) > 1:  # one dataset has one image size; anything else is damage
         common = max(shapes, key=lambda s: sum(d is not None and d.shape == s for d in decoded))
@@ -143,10 +151,11 @@ def make_predict_fn(payload: ModelPayload, model_bytes):
         import tensorflow as tf
 
         _configure_tensorflow(tf, payload.threads)
-        from semspark.train.models import load_saved_model
+        from semspark.train.models import load_for_inference
 
         path = materialise_model(model_bytes.value, payload.sha256)
+        model = load_for_inference(path, payload.architecture, len(payload.class_names), payload.input_size)
         log.info("loaded %s in worker %d", payload.model_version, os.getpid())
-        return build_predictor(load_saved_model(path), payload)
+        return build_predictor(model, payload)
 
     return make

@@ -1,0 +1,111 @@
+"""Benchmark of the infer stage. Prints one JSON document.
+
+    .venv/bin/python bench/infer_bench.py [--arch inception_v3] [--input-size 299] [--images 720]
+
+Same model (registered in a scratch SEMSPARK_HOME, random weights: speed does not depend on
+them), same stored images, same cores, measured in one run:
+- bare model: the stored images decoded up front into one numpy array, model.predict in this
+  process with TensorFlow's default threads (all cores);
+- Spark path: semspark.infer.job.run_inference on local[N] over sem.images and the Petastorm
+  dataset: planning, predict_batch_udf in N Python workers (model loaded once per worker), staging,
+  the insert into sem.predictions: the whole wall time of the stage.
+A first scoring with another version of the model warms the session (JVM, Python workers) and is
+not timed. Target: Spark path >= 80% of the bare model. Machines here are noisy: compare ratios.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def register(arch: str, classes: list[str], input_size: int, name: str) -> str:
+    from semspark.train import registry
+    from semspark.train.models import build_model
+
+    model = build_model(arch, len(classes), input_size)
+    version, folder = registry.new_version(name)
+    model.save(folder / "model.keras")
+    registry.write_json(folder / "metadata.json", {
+        "model_version": f"{name}/{version}", "architecture": arch, "class_names": classes,
+        "input_size": input_size, "model_sha256": registry.file_sha256(folder / "model.keras")})
+    return f"{name}/{version}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="inception_v3")
+    parser.add_argument("--input-size", type=int, default=299)
+    parser.add_argument("--images", type=int, default=720)
+    parser.add_argument("--cores", type=int, default=os.cpu_count())
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args()
+
+    home = Path(tempfile.mkdtemp(prefix="semspark-infer-bench-"))
+    os.environ["SEMSPARK_HOME"] = str(home)
+    import cv2
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from semspark.config import CatalogConfig, Config, InferConfig, IngestConfig
+    from semspark.infer.job import run_inference
+    from semspark.ingest.job import dataset_url, run_ingest
+    from semspark.session import build_session
+    from semspark.synth.generate import CATEGORIES, generate
+
+    config = Config(catalog=CatalogConfig(database="bench"),
+                    ingest=IngestConfig(image_size=args.input_size, dataset_dir="datasets/bench"),
+                    infer=InferConfig(batch_size=args.batch_size))
+    spark = build_session(config, app_name="infer-bench", extra={
+        "spark.master": f"local[{args.cores}]", "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false"})
+    try:
+        raw = home / "raw"
+        generate(raw, args.images, seed=7, width=512, height=384)
+        run_ingest(spark, config, str(raw))
+        classes = sorted(CATEGORIES)
+        warmup_version = register(args.arch, classes, args.input_size, "warmup")
+        timed_version = register(args.arch, classes, args.input_size, "timed")
+
+        # Bare model: the same stored images, decoded up front.
+        stored = pq.read_table(dataset_url(config)[len("file://"):], columns=["image"]).column("image").to_pylist()
+        images = np.stack([cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_GRAYSCALE) for b in stored])
+        x = images[..., None].astype(np.float32)
+        from semspark.train.models import load_saved_model
+        from semspark.train import registry
+
+        model = load_saved_model(registry.resolve(timed_version)[2] / "model.keras")
+        model.predict(x[: args.batch_size], batch_size=args.batch_size, verbose=0)  # trace, warm up
+        start = time.perf_counter()
+        model.predict(x, batch_size=args.batch_size, verbose=0)
+        bare = len(x) / (time.perf_counter() - start)
+
+        run_inference(spark, config, warmup_version)  # untimed: JVM, Python workers, code paths
+        start = time.perf_counter()
+        summary = run_inference(spark, config, timed_version)
+        spark_rate = summary.scored / (time.perf_counter() - start)
+        print(json.dumps({
+            "benchmark": "infer", "arch": args.arch, "input_size": args.input_size, "images": len(x),
+            "scored": summary.scored, "cores": args.cores, "batch_size": args.batch_size,
+            "bare_model_images_per_s": round(bare, 2), "spark_path_images_per_s": round(spark_rate, 2),
+            "spark_over_bare": round(spark_rate / bare, 3), "target_spark_over_bare": 0.8,
+            "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+                        "python": platform.python_version()},
+        }, indent=2))
+    finally:
+        spark.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
