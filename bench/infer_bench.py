@@ -40,6 +40,7 @@ def register(arch: str, classes: list[str], input_size: int, name: str) -> str:
     registry.write_json(folder / "metadata.json", {
         "model_version": f"{name}/{version}", "architecture": arch, "class_names": classes,
         "input_size": input_size, "model_sha256": registry.file_sha256(folder / "model.keras")})
+    registry.inference_weights(f"{name}/{version}")  # as training's registration does
     return f"{name}/{version}"
 
 

@@ -1,6 +1,6 @@
 """``semspark <command>``: the one command line for people; ``jobs/*.py`` call the same commands.
 
-Commands: synth, ingest, train, infer, promote, nightly, sql, sql-server, scale, spark-conf, demo. Each parses its arguments, loads the
+Commands: synth, ingest, train, infer, promote, nightly, analyze, sql, sql-server, scale, spark-conf, demo. Each parses its arguments, loads the
 config, builds the SparkSession if it needs one, calls one library function and prints a result.
 """
 from __future__ import annotations
@@ -46,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("nightly", help="ingest what is new and score it with the production model")
     add_ingest_arguments(p)
 
+    p = sub.add_parser("analyze", help="the paper's unsupervised study on a model's predictions: "
+                                       "autoencoder, 2-NN, hierarchical clustering, NMI, report")
+    add_analyze_arguments(p)
+
     p = sub.add_parser("sql", help="run SQL on the catalog and print the result")
     p.add_argument("query")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
@@ -76,6 +80,14 @@ def add_ingest_arguments(p: argparse.ArgumentParser) -> None:
 def add_infer_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="NAME/VERSION or NAME/latest (default: the production model)")
     p.add_argument("--scale-bins", default="", help="comma-separated scale bins to score (default: all)")
+
+
+def add_analyze_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="NAME/VERSION or NAME/latest (its predictions must exist)")
+    p.add_argument("--scale-bins", help="comma-separated scale bins, or 'all' (default: analysis.scale_bins, 1um,2um)")
+    p.add_argument("--features", choices=("embedding", "logits"), help="default: analysis.features (embedding)")
+    p.add_argument("--coding-dim", help="autoencoder coding dimension, or 'auto' (default: analysis.coding_dim, 10)")
+    p.add_argument("--within-category", help="analyse only the images predicted as this category")
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -129,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
 def _explain(exc: Exception) -> str | None:
     """A clear message for the errors users cause; None for bugs (which keep their traceback)."""
     from semspark.config import ConfigError
+    from semspark.analysis.hierarchy import AnalysisMemoryError
+    from semspark.analysis.job import AnalysisError
     from semspark.infer.job import InferError
     from semspark.ingest.job import IngestError
     from semspark.nightly import NightlyError
@@ -136,7 +150,8 @@ def _explain(exc: Exception) -> str | None:
     from semspark.train.spec import ModelError
     from semspark.train.registry import RegistryError
 
-    if isinstance(exc, (ConfigError, IngestError, TrainError, ModelError, RegistryError, InferError, NightlyError)):
+    if isinstance(exc, (ConfigError, IngestError, TrainError, ModelError, RegistryError, InferError, NightlyError,
+                        AnalysisError, AnalysisMemoryError)):
         return str(exc)
     text = str(exc)
     if "Another instance of Derby" in text or "Failed to start database" in text:
@@ -260,6 +275,21 @@ def cmd_sql_server(args) -> int:
     return 0  # pragma: no cover
 
 
+def cmd_analyze(args) -> int:
+    from semspark.analysis.job import AnalysisRequest, run_analysis
+
+    bins = None
+    if args.scale_bins is not None:
+        bins = () if args.scale_bins == "all" else tuple(b for b in args.scale_bins.split(",") if b)
+    request = AnalysisRequest(model=args.model, scale_bins=bins, features=args.features,
+                              coding_dim=args.coding_dim, within_category=args.within_category)
+    config = _config(args)
+    with _session(config, "analyze") as spark:
+        summary = run_analysis(spark, config, request)
+    print("\n".join(summary.lines()))
+    return 0
+
+
 def cmd_sql(args) -> int:
     from semspark.catalog import format_result, run_sql
 
@@ -305,7 +335,7 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"synth": cmd_synth, "ingest": cmd_ingest, "train": cmd_train, "infer": cmd_infer,
-            "promote": cmd_promote, "nightly": cmd_nightly, "sql": cmd_sql, "sql-server": cmd_sql_server,
+            "promote": cmd_promote, "nightly": cmd_nightly, "analyze": cmd_analyze, "sql": cmd_sql, "sql-server": cmd_sql_server,
             "scale": cmd_scale, "spark-conf": cmd_spark_conf, "demo": cmd_demo}
 
 

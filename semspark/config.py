@@ -70,7 +70,7 @@ class IngestConfig:
 class InferConfig:
     batch_size: int = 64            # images per model call in a Spark task
     images_per_task: int = 1000     # at most this many images per Spark task (more tasks, more cores)
-    threads_per_task: int = 0       # TensorFlow threads per task on CPU; 0 = spark.task.cpus
+    threads_per_task: int = 0       # TensorFlow threads per task on CPU; 0 = auto (idle cores, up to an executor's)
 
     def __post_init__(self) -> None:
         _require(1 <= self.batch_size <= 4096, "infer.batch_size must be within 1..4096")
@@ -79,11 +79,45 @@ class InferConfig:
 
 
 @dataclass(frozen=True)
+class AnalysisConfig:
+    scale_bins: tuple[str, ...] = ("1um", "2um")   # the paper's subset; [] = every bin
+    features: str = "embedding"                    # embedding (penultimate layer) | logits
+    coding_dim: str = "10"                         # an integer, or auto = rounded 2-NN dimension
+    max_collect_bytes: int = 8_000_000_000         # rows x dimensions x 4 collected to the driver
+    max_condensed_gb: float = 12.0                 # complete linkage's distance matrix
+    heatmap_images: int = 400                      # labelled images of Figures 4 and 5
+    cluster_ks: tuple[int, ...] = (10, 50, 200)    # cuts written to the clusters table
+    id_repetitions: int = 3                        # 2-NN repetitions per subset size (Figure 3)
+    id_max_points: int = 20000                     # the scale analysis starts from at most this many
+    density_neighbours: int = 20                   # density peaks: rho = 1 / distance to this neighbour
+    autoencoder_epochs: int = 60
+    uniform_repetitions: int = 3
+    gallery_method: str = "ward"
+    gallery_k: int = 10
+    gallery_clusters: int = 8                      # the largest clusters at gallery_k
+    gallery_images: int = 8                        # thumbnails per cluster
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.features in ("embedding", "logits"), "analysis.features must be embedding or logits")
+        _require(self.coding_dim == "auto" or (self.coding_dim.isdigit() and int(self.coding_dim) >= 1),
+                 "analysis.coding_dim must be a positive integer or auto")
+        _require(self.max_collect_bytes > 0 and self.max_condensed_gb > 0, "analysis limits must be positive")
+        _require(self.heatmap_images >= 2, "analysis.heatmap_images must be at least 2")
+        _require(all(k >= 2 for k in self.cluster_ks), "analysis.cluster_ks must be at least 2 each")
+        _require(self.id_repetitions >= 1 and self.id_max_points >= 20, "analysis.id_* out of range")
+        _require(self.density_neighbours >= 2, "analysis.density_neighbours must be at least 2")
+        _require(self.gallery_k >= 2 and self.gallery_clusters >= 1 and self.gallery_images >= 1,
+                 "analysis.gallery_* out of range")
+
+
+@dataclass(frozen=True)
 class Config:
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     infer: InferConfig = field(default_factory=InferConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
 
 
 def _require(condition: bool, message: str) -> None:

@@ -6,13 +6,15 @@ nothing), print the summary, a few SQL answers, and how well the scale reader di
 generator's truth; then train a small AlexNet with two Horovod ranks on the labelled images and
 show its test accuracy; promote it to production, run the nightly job on a new night's worth of
 images (it ingests them and scores every image with the production model) and a second time (it
-does nothing), and query the predictions. Later stages add their steps here.
+does nothing), and query the predictions; end with the paper's unsupervised study of the 1um-2um
+images (autoencoder, 2-NN, five hierarchies, NMI) and its HTML report.
 """
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
+from semspark.analysis.job import AnalysisRequest, run_analysis
 from semspark.catalog import format_result, run_sql
 from semspark.config import PROJECT_ROOT, Config, semspark_home
 from semspark.infer.job import promote
@@ -90,6 +92,10 @@ def run_demo(config: Config, n: int = 600, seed: int = 0, train: bool = True) ->
             print(f"\nmodels:\n  semspark sql \"{query}\"")
             print(format_result(columns, rows, "table"))
             _nightly(spark, config, home, result.model_version, n=max(10, n // 15), seed=seed + 1)
+            print(f"\nthe paper's unsupervised study on the 1um-2um images (Section 3):\n"
+                  f"  semspark analyze --model {result.model_version}")
+            summary = run_analysis(spark, config, AnalysisRequest(model=result.model_version))
+            print("\n".join(summary.lines()))
     return 0
 
 

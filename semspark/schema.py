@@ -125,6 +125,33 @@ RUN_EVENTS = TableSpec(
 
 INFER_TABLES = (PREDICTIONS, PROMOTIONS)
 
+CLUSTER_SCORES = TableSpec(
+    name="cluster_scores",
+    schema=_fields(
+        ("model_version", StringType()), ("method", StringType()), ("k", IntegerType()),
+        ("clusters_obtained", IntegerType()), ("nmi", DoubleType()), ("ami", DoubleType()),
+        ("labelled_images", IntegerType()), ("images", IntegerType()), ("analysis_run", StringType()),
+        ("analyzed_at", TimestampType()), ("analysis", StringType()),
+    ),
+    partition_by=("analysis",),
+    comment="NMI (and AMI on a grid of k) of every level of every hierarchy, and of the good and uniform "
+            "scenarios, against the labelled images; one partition per analysis (model, bins, features, "
+            "coding dimension, category), replaced when the same analysis runs again.",
+)
+
+CLUSTERS = TableSpec(
+    name="clusters",
+    schema=_fields(
+        ("image_id", StringType()), ("model_version", StringType()), ("method", StringType()),
+        ("k", IntegerType()), ("cluster", IntegerType()), ("analysis_run", StringType()),
+        ("analysis", StringType()),
+    ),
+    partition_by=("analysis",),
+    comment="Flat clusters of every analysed image for the configured k, per method.",
+)
+
+ANALYSIS_TABLES = (CLUSTER_SCORES, CLUSTERS)
+
 # What the prediction UDF returns for each image (error is set, and the rest empty, when the stored
 # image could not be decoded).
 PREDICTION = StructType([

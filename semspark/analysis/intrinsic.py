@@ -58,15 +58,17 @@ class ScalePoint:
 
 
 def scale_analysis(x: np.ndarray, repetitions: int = 5, min_points: int = 20, seed: int = 0,
-                   max_levels: int = 12) -> list[ScalePoint]:
+                   max_levels: int = 12, max_points: int | None = None,
+                   full: float | None = None) -> list[ScalePoint]:
     """2-NN on nested random subsets of N, N/2, N/4, ... points (Figure 3 of the paper).
 
-    The full set has one estimate (it has no other subset of its size); each smaller size is drawn
-    ``repetitions`` times."""
+    The full set has one estimate (it has no other subset of its size; ``full`` passes one already
+    computed); each smaller size is drawn ``repetitions`` times. ``max_points`` caps the first
+    subset size: the cost is quadratic in the points, and the plateau shows at smaller scales."""
     rng = np.random.default_rng(seed)
     n = len(x)
-    out = [ScalePoint(points=n, dimensions=[two_nn(x)])]
-    size = n // 2
+    out = [ScalePoint(points=n, dimensions=[full if full is not None else two_nn(x)])]
+    size = n // 2 if max_points is None else min(n // 2, max_points)
     while size >= min_points and len(out) < max_levels:
         estimates = [two_nn(x[rng.choice(n, size, replace=False)]) for _ in range(repetitions)]
         out.append(ScalePoint(points=size, dimensions=estimates))

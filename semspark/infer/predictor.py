@@ -3,17 +3,17 @@
 ``make_predict_fn`` is handed to ``pyspark.ml.functions.predict_batch_udf``, which calls it once per
 Python worker (Spark reuses workers, and the UDF caches the function), so the model is loaded once
 and then fed batches of stored images (PNG bytes from the ingest dataset). The model's bytes travel
-as a Spark broadcast, so executors need no shared file system, and they are checked against the
-SHA-256 recorded in the registry before Keras (in safe mode) sees them.
+as a Spark broadcast of an .npz of weight arrays (made once per version from the verified
+model.keras, see registry.inference_weights), so executors need no shared file system; workers
+check its SHA-256, rebuild the architecture from semspark's own code and set the arrays: no model
+config or code from a file is ever deserialised.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -26,10 +26,10 @@ NO_PIXELS = "no stored pixels in the dataset"   # the image is in sem.images but
 class ModelPayload:
     """What a worker needs to rebuild the model: small fields plus the broadcast file bytes."""
     model_version: str
-    sha256: str
+    sha256: str                   # of the broadcast weights (.npz)
     class_names: tuple[str, ...]
     input_size: int
-    architecture: str | None      # rebuilt from semspark's code when known (fast, no config parsing)
+    architecture: str             # rebuilt from semspark's own code, then given the weights
     threads: int                  # TensorFlow intra-op threads on CPU; 0 = the task's cpus
 
 
@@ -96,19 +96,15 @@ def _configure_tensorflow(tf, threads: int) -> None:
         log.debug("TensorFlow was already initialised; device and thread settings kept")
 
 
-def materialise_model(data: bytes, sha256: str) -> Path:
-    """The model's bytes as a local .keras file (Keras loads from paths), after checking them."""
+def weights_from_bytes(data: bytes, sha256: str) -> list[np.ndarray]:
+    """The model's weight arrays from the broadcast .npz, after checking its checksum."""
+    import io
+
     actual = hashlib.sha256(data).hexdigest()
     if actual != sha256:
-        raise ValueError(f"model bytes have SHA-256 {actual}, not the registered {sha256}")
-    folder = Path(tempfile.gettempdir()) / f"semspark-models-{os.getuid()}"
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path = folder / f"{sha256}.keras"
-    if not path.exists():
-        partial = folder / f"{sha256}.{os.getpid()}.tmp"
-        partial.write_bytes(data)
-        partial.replace(path)  # atomic: two workers writing at once both end with a whole file
-    return path
+        raise ValueError(f"model weights have SHA-256 {actual}, not the registered {sha256}")
+    with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+        return [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
 
 
 def build_predictor(model, payload: ModelPayload):
@@ -144,17 +140,20 @@ def build_predictor(model, payload: ModelPayload):
     return predict
 
 
-def make_predict_fn(payload: ModelPayload, model_bytes):
-    """For predict_batch_udf: ``model_bytes`` is a Spark broadcast of the .keras file."""
+def make_predict_fn(payload: ModelPayload, weights_bytes):
+    """For predict_batch_udf: ``weights_bytes`` is a Spark broadcast of the weights (.npz)."""
 
     def make():
         import tensorflow as tf
 
         _configure_tensorflow(tf, payload.threads)
-        from semspark.train.models import load_for_inference
+        from semspark.train.models import build_model
 
-        path = materialise_model(model_bytes.value, payload.sha256)
-        model = load_for_inference(path, payload.architecture, len(payload.class_names), payload.input_size)
+        model = build_model(payload.architecture, len(payload.class_names), payload.input_size)
+        weights = weights_from_bytes(weights_bytes.value, payload.sha256)
+        if [w.shape for w in weights] != [tuple(v.shape) for v in model.weights]:
+            raise ValueError(f"the weights of {payload.model_version} do not fit a {payload.architecture}")
+        model.set_weights(weights)
         log.info("loaded %s in worker %d", payload.model_version, os.getpid())
         return build_predictor(model, payload)
 

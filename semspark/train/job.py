@@ -206,6 +206,7 @@ def _register(spark, db, request, run_id, run, split, outcome) -> TrainResult:
         "trained_at": datetime.now(timezone.utc).isoformat(),
     }
     registry.write_json(folder / "metadata.json", metadata)
+    registry.inference_weights(model_version)  # what scoring broadcasts; made once, here
     _write_history(folder / "history.csv", history)
     _figures(folder, history, confusion, classes, model_version)
 

@@ -77,6 +77,43 @@ def verified_model(spec: str) -> tuple[str, Path, dict]:
     return f"{name}/{number}", path, metadata
 
 
+INFERENCE_WEIGHTS = "inference_weights.npz"
+
+
+def inference_weights(spec: str) -> tuple[str, bytes, dict]:
+    """(NAME/N, the model's weights as an .npz of arrays, metadata) for scoring.
+
+    Made once per version from the verified model.keras (Keras's full load of Inception-v3 takes
+    20 s, far more than the few seconds of a small nightly's scoring) and kept beside it with its
+    SHA-256 in inference_weights.json; both checksums are verified on every use. The arrays are
+    read with allow_pickle=False: data only, never code."""
+    import io
+
+    import numpy as np
+
+    model_version, path, metadata = verified_model(spec)
+    folder = path.parent
+    cache, record = folder / INFERENCE_WEIGHTS, folder / "inference_weights.json"
+    known = read_json(record) or {}
+    if cache.exists() and known.get("model_sha256") == metadata["model_sha256"]:
+        data = cache.read_bytes()
+        if hashlib.sha256(data).hexdigest() == known.get("sha256"):
+            return model_version, data, metadata
+    from semspark.train.models import load_for_inference  # TensorFlow only when the cache is made
+
+    model = load_for_inference(path, metadata.get("architecture"), len(metadata["class_names"]),
+                               int(metadata["input_size"]))
+    buffer = io.BytesIO()
+    np.savez(buffer, *model.get_weights())
+    data = buffer.getvalue()
+    partial = cache.with_suffix(".tmp")
+    partial.write_bytes(data)
+    partial.replace(cache)
+    write_json(record, {"model_sha256": metadata["model_sha256"], "sha256": hashlib.sha256(data).hexdigest(),
+                        "arrays": len(model.get_weights())})
+    return model_version, data, metadata
+
+
 def new_version(name: str) -> tuple[int, Path]:
     number = (versions(name) or [0])[-1] + 1
     folder = models_root() / check_name(name) / str(number)
