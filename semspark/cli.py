@@ -177,6 +177,15 @@ def _session(config, app: str):
     return session_scope(config, app_name=f"semspark-{app}", extra={"spark.ui.showConsoleProgress": "true"})
 
 
+def _run_stage(args, app: str, run) -> int:
+    """Load the config, run ``run(spark, config)`` in a session, print its summary lines."""
+    config = _config(args)
+    with _session(config, app) as spark:
+        result = run(spark, config)
+    print("\n".join(result.lines()))
+    return 0
+
+
 def cmd_synth(args) -> int:
     from semspark.synth.generate import generate
 
@@ -190,11 +199,7 @@ def cmd_synth(args) -> int:
 def cmd_ingest(args) -> int:
     from semspark.ingest.job import run_ingest
 
-    config = _config(args)
-    with _session(config, "ingest") as spark:
-        summary = run_ingest(spark, config, args.input, labels=args.labels)
-    print("\n".join(summary.lines()))
-    return 0
+    return _run_stage(args, "ingest", lambda spark, config: run_ingest(spark, config, args.input, labels=args.labels))
 
 
 def cmd_train(args) -> int:
@@ -208,22 +213,14 @@ def cmd_train(args) -> int:
         num_proc=args.num_proc, input_size=args.input_size, seed=args.seed, patience=args.patience,
         warmup_epochs=args.warmup_epochs, mixed_precision=args.mixed_precision)
     request.check()
-    config = _config(args)
-    with _session(config, "train") as spark:
-        result = run_training(spark, config, request)
-    print("\n".join(result.lines()))
-    return 0
+    return _run_stage(args, "train", lambda spark, config: run_training(spark, config, request))
 
 
 def cmd_infer(args) -> int:
     from semspark.infer.job import run_inference
 
-    config = _config(args)
-    with _session(config, "infer") as spark:
-        summary = run_inference(spark, config, args.model,
-                                scale_bins=[b for b in args.scale_bins.split(",") if b] or None)
-    print("\n".join(summary.lines()))
-    return 0
+    bins = [b for b in args.scale_bins.split(",") if b] or None
+    return _run_stage(args, "infer", lambda spark, config: run_inference(spark, config, args.model, scale_bins=bins))
 
 
 def cmd_promote(args) -> int:
@@ -239,11 +236,7 @@ def cmd_promote(args) -> int:
 def cmd_nightly(args) -> int:
     from semspark.nightly import run_nightly
 
-    config = _config(args)
-    with _session(config, "nightly") as spark:
-        result = run_nightly(spark, config, args.input, labels=args.labels)
-    print("\n".join(result.lines()))
-    return 0
+    return _run_stage(args, "nightly", lambda spark, config: run_nightly(spark, config, args.input, labels=args.labels))
 
 
 def cmd_sql_server(args) -> int:
@@ -283,11 +276,7 @@ def cmd_analyze(args) -> int:
         bins = () if args.scale_bins == "all" else tuple(b for b in args.scale_bins.split(",") if b)
     request = AnalysisRequest(model=args.model, scale_bins=bins, features=args.features,
                               coding_dim=args.coding_dim, within_category=args.within_category)
-    config = _config(args)
-    with _session(config, "analyze") as spark:
-        summary = run_analysis(spark, config, request)
-    print("\n".join(summary.lines()))
-    return 0
+    return _run_stage(args, "analyze", lambda spark, config: run_analysis(spark, config, request))
 
 
 def cmd_sql(args) -> int:
