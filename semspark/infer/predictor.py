@@ -116,12 +116,21 @@ def build_predictor(model, payload: ModelPayload):
     size = payload.input_size
     classes = np.array(payload.class_names, dtype=object)
 
+    graphs = {}
+
     def forward(stack: np.ndarray):
-        x = tf.cast(tf.constant(stack), tf.float32)[..., None]
-        if stack.shape[1:] != (size, size):  # the same resize as training (train.data.tf_dataset)
-            x = tf.image.resize(x, (size, size), antialias=True)
-        # predict_on_batch runs Keras's compiled predict function: one graph, any batch size.
-        return heads.predict_on_batch(x)
+        # One graph per stored image size (a dataset has one), any batch size: cast, the same
+        # resize as training (train.data.tf_dataset), the model; traced once per worker.
+        side = stack.shape[1:]
+        if side not in graphs:
+            @tf.function(input_signature=[tf.TensorSpec((None, *side), tf.uint8)])
+            def graph(images):
+                x = tf.cast(images, tf.float32)[..., None]
+                if side != (size, size):
+                    x = tf.image.resize(x, (size, size), antialias=True)
+                return heads(x, training=False)
+            graphs[side] = graph
+        return [t.numpy() for t in graphs[side](stack)]
 
     def predict(images: np.ndarray) -> dict[str, np.ndarray]:
         stack, errors = decode_png_batch(images)
