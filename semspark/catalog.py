@@ -5,12 +5,23 @@ import csv
 import io
 import json
 import logging
-from datetime import date, datetime
+import uuid
+from datetime import date, datetime, timezone
 from decimal import Decimal
 
 from semspark.schema import TableSpec
 
 log = logging.getLogger(__name__)
+
+
+def utc_now() -> datetime:
+    """Now in UTC, naive: the tables' timestamps (the session time zone is UTC)."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def new_run_id(prefix: str = "") -> str:
+    """A run identifier that sorts by time and does not collide: 20261124T223346Z-a5df16ab."""
+    return prefix + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
 
 
 def qualified(database: str, table: TableSpec | str) -> str:

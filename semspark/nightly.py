@@ -14,11 +14,9 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
-from semspark.catalog import ensure_tables, insert, qualified
+from semspark.catalog import ensure_tables, insert, new_run_id, qualified, utc_now
 from semspark.config import Config
 from semspark.infer.job import production_model, run_inference
 from semspark.ingest.job import run_ingest
@@ -47,7 +45,7 @@ class NightlyResult:
 
 
 def _now():
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return utc_now()
 
 
 def ensure_run_log(spark, database: str) -> None:
@@ -93,7 +91,7 @@ def run_nightly(spark, config: Config, input_path: str, labels: str | None = Non
     ensure_run_log(spark, db)
     interrupted = _close_interrupted(spark, db)
     _remove_stale_staging()
-    run_id = "nightly-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
+    run_id = new_run_id("nightly-")
     record = {name: None for name in RUN_EVENTS.columns}
     record.update(run_id=run_id, kind="nightly", input=input_path, status="running", started_at=_now())
     _log_event(spark, db, record)

@@ -12,13 +12,11 @@ from __future__ import annotations
 import logging
 import re
 import shutil
-import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 import numpy as np
 
-from semspark.catalog import ensure_tables, qualified
+from semspark.catalog import ensure_tables, new_run_id, qualified, utc_now
 from semspark.config import Config
 from semspark.ingest.job import dataset_url
 from semspark.schema import ANALYSIS_TABLES, CLUSTER_SCORES, CLUSTERS, IMAGES, PREDICTIONS
@@ -109,8 +107,8 @@ def run_analysis(spark, config: Config, request: AnalysisRequest) -> AnalysisSum
         raise AnalysisError(f"{scope}: {exc}") from exc
 
     key = analysis_key(model_version, bins, features, coding_dim, request.within_category)
-    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
-    stamp = datetime.now(timezone.utc).replace(tzinfo=None)
+    run_id = new_run_id()
+    stamp = utc_now()
     _write_tables(spark, db, key, run_id, stamp, model_version, result, image_ids, set(settings.cluster_ks))
 
     folder = home_path(f"reports/{key}")

@@ -16,11 +16,9 @@ import logging
 import math
 import shutil
 import time
-import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 
-from semspark.catalog import ensure_tables, insert, qualified
+from semspark.catalog import ensure_tables, insert, new_run_id, qualified, utc_now
 from semspark.config import Config
 from semspark.ingest.job import dataset_url
 from semspark.schema import IMAGES, INFER_TABLES, INGEST_TABLES, PREDICTION, PREDICTIONS, PROMOTIONS
@@ -81,7 +79,7 @@ def promote(spark, config: Config, spec: str) -> str:
     db = config.catalog.database
     ensure_tables(spark, db, INGEST_TABLES + INFER_TABLES)
     row = {"model_version": model_version, "stage": PRODUCTION,
-           "promoted_at": datetime.now(timezone.utc).replace(tzinfo=None)}
+           "promoted_at": utc_now()}
     insert(spark.createDataFrame([row], PROMOTIONS.schema), db, PROMOTIONS)
     create_latest_view(spark, db, model_version)
     log.info("%s is the production model", model_version)
@@ -127,7 +125,7 @@ def run_inference(spark, config: Config, model: str | None = None,
     model_version, _, metadata = registry.verified_model(model)
     if not metadata.get("architecture"):
         raise InferError(f"{model_version} has no architecture in its metadata.json; retrain it with this semspark")
-    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
+    run_id = new_run_id()
     summary = InferSummary(model_version=model_version, run_id=run_id)
 
     images = spark.table(qualified(db, IMAGES)).select("image_id", "scale_bin")
@@ -171,7 +169,7 @@ def run_inference(spark, config: Config, model: str | None = None,
     predict = predict_batch_udf(make_predict_fn(payload, model_bytes), return_type=PREDICTION,
                                 batch_size=config.infer.batch_size)
     staging = home_path(f"staging/infer-{run_id}")
-    stamp = datetime.now(timezone.utc).replace(tzinfo=None)
+    stamp = utc_now()
     log.info("scoring %d images with %s in %d tasks (%d TensorFlow threads each)", n_pending, model_version,
              tasks, threads)
     try:

@@ -15,11 +15,9 @@ from __future__ import annotations
 import logging
 import math
 import shutil
-import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 
-from semspark.catalog import ensure_tables, insert, qualified
+from semspark.catalog import ensure_tables, insert, new_run_id, qualified, utc_now
 from semspark.config import Config
 from semspark.schema import FILES, IMAGES, INGEST_TABLES, PROCESSED, QUARANTINE, image_unischema
 from semspark.storage import home_path
@@ -71,8 +69,8 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
     from pyspark.sql import functions as F
 
     db = config.catalog.database
-    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:8]
-    started = datetime.now(timezone.utc).replace(tzinfo=None)
+    run_id = new_run_id()
+    started = utc_now()
     summary = IngestSummary(run_id=run_id, dataset_url=dataset_url(config))
     root = _qualified_root(spark, input_path)
     ensure_tables(spark, db, INGEST_TABLES)

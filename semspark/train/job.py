@@ -13,11 +13,10 @@ import hashlib
 import logging
 import shutil
 import subprocess
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from semspark.catalog import ensure_tables, insert
+from semspark.catalog import ensure_tables, insert, new_run_id, utc_now
 from semspark.config import PROJECT_ROOT, Config
 from semspark.ingest.job import dataset_url
 from semspark.schema import MODELS, TRAIN_TABLES, TRAINING_HISTORY
@@ -111,7 +110,7 @@ def run_training(spark, config: Config, request: TrainRequest) -> TrainResult:
     request.check()
     db = config.catalog.database
     ensure_tables(spark, db, TRAIN_TABLES)
-    run_id = request.run_id or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
+    run_id = request.run_id or new_run_id()
     run = registry.run_dir(run_id)
     saved = registry.read_json(run / "request.json")
     if saved is not None:
@@ -218,7 +217,7 @@ def _register(spark, db, request, run_id, run, split, outcome) -> TrainResult:
            "validation_accuracy": float(best["val_accuracy"]), "test_accuracy": test_accuracy,
            "num_proc": request.num_proc, "run_id": run_id, "path": str(folder),
            "model_sha256": metadata["model_sha256"], "git_commit": metadata["git_commit"],
-           "trained_at": datetime.now(timezone.utc).replace(tzinfo=None)}
+           "trained_at": utc_now()}
     insert(spark.createDataFrame([row], MODELS.schema), db, MODELS)
     rows = [{"model_version": model_version, "epoch": h["epoch"], "loss": h.get("loss"),
              "accuracy": h.get("accuracy"), "val_accuracy": h.get("val_accuracy"),
