@@ -16,6 +16,7 @@ everything is scored again), reported each and as the median ratio. Target: Spar
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -52,6 +53,10 @@ def main() -> None:
     parser.add_argument("--cores", type=int, default=os.cpu_count())
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3, help="paired bare / Spark timings")
+    parser.add_argument("--images-per-task", type=int, default=1000,
+                        help="infer.images_per_task (360 with 720 images: two tasks)")
+    parser.add_argument("--threads-per-task", type=int, default=0,
+                        help="infer.threads_per_task (0 = auto: idle cores go to TensorFlow)")
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="semspark-infer-bench-"))
@@ -68,7 +73,8 @@ def main() -> None:
 
     config = Config(catalog=CatalogConfig(database="bench"),
                     ingest=IngestConfig(image_size=args.input_size, dataset_dir="datasets/bench"),
-                    infer=InferConfig(batch_size=args.batch_size))
+                    infer=InferConfig(batch_size=args.batch_size, images_per_task=args.images_per_task,
+                                      threads_per_task=args.threads_per_task))
     spark = build_session(config, app_name="infer-bench", extra={
         "spark.master": f"local[{args.cores}]", "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false"})
@@ -86,7 +92,20 @@ def main() -> None:
         from semspark.train import registry
         from semspark.train.models import load_saved_model
 
+        # What a scoring worker spends on the model: Keras's full load of model.keras, against what
+        # semspark's workers do (rebuild the architecture, set the registered weight arrays).
+        start = time.perf_counter()
         model = load_saved_model(registry.resolve(versions[0])[2] / "model.keras")
+        keras_load = time.perf_counter() - start
+        from semspark.infer.predictor import weights_from_bytes
+        from semspark.train.models import build_model
+
+        start = time.perf_counter()
+        _, weights, _ = registry.inference_weights(versions[0])
+        rebuilt = build_model(args.arch, len(classes), args.input_size)
+        rebuilt.set_weights(weights_from_bytes(weights, hashlib.sha256(weights).hexdigest()))
+        rebuild_load = time.perf_counter() - start
+        del rebuilt
         model.predict(x[: args.batch_size], batch_size=args.batch_size, verbose=0)  # trace, warm up
         run_inference(spark, config, versions[0])  # untimed: JVM, Python workers, code paths
 
@@ -105,7 +124,11 @@ def main() -> None:
         ratios = sorted(r["spark_over_bare"] for r in rounds)
         print(json.dumps({
             "benchmark": "infer", "arch": args.arch, "input_size": args.input_size, "images": len(x),
-            "cores": args.cores, "batch_size": args.batch_size, "rounds": rounds,
+            "cores": args.cores, "batch_size": args.batch_size, "images_per_task": args.images_per_task,
+            "threads_per_task": args.threads_per_task,
+            "model_load_seconds": {"keras_full_load": round(keras_load, 2),
+                                   "rebuild_and_set_weights": round(rebuild_load, 2)},
+            "rounds": rounds,
             "median_spark_over_bare": ratios[len(ratios) // 2], "target_spark_over_bare": 0.8,
             "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                         "python": platform.python_version()},

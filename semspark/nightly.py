@@ -44,10 +44,6 @@ class NightlyResult:
         return self.lines_
 
 
-def _now():
-    return utc_now()
-
-
 def ensure_run_log(spark, database: str) -> None:
     ensure_tables(spark, database, (RUN_EVENTS,))
     spark.sql(f"""
@@ -60,7 +56,7 @@ def ensure_run_log(spark, database: str) -> None:
 
 
 def _log_event(spark, database: str, record: dict) -> None:
-    insert(spark.createDataFrame([{**record, "recorded_at": _now()}], RUN_EVENTS.schema), database, RUN_EVENTS)
+    insert(spark.createDataFrame([{**record, "recorded_at": utc_now()}], RUN_EVENTS.schema), database, RUN_EVENTS)
 
 
 def _close_interrupted(spark, database: str) -> list[str]:
@@ -93,14 +89,14 @@ def run_nightly(spark, config: Config, input_path: str, labels: str | None = Non
     _remove_stale_staging()
     run_id = new_run_id("nightly-")
     record = {name: None for name in RUN_EVENTS.columns}
-    record.update(run_id=run_id, kind="nightly", input=input_path, status="running", started_at=_now())
+    record.update(run_id=run_id, kind="nightly", input=input_path, status="running", started_at=utc_now())
     _log_event(spark, db, record)
     lines = [f"nightly run {run_id}"]
     if interrupted:
         lines.append(f"  earlier runs that never finished, now marked interrupted: {', '.join(interrupted)}")
 
     def fail(step: str, exc: Exception) -> NightlyError:
-        record.update(status="failed", ended_at=_now(), message=f"{step} failed: {exc}"[:2000])
+        record.update(status="failed", ended_at=utc_now(), message=f"{step} failed: {exc}"[:2000])
         try:
             _log_event(spark, db, record)
         except Exception:  # Spark itself may be what failed; the next run marks this one interrupted
@@ -130,7 +126,7 @@ def run_nightly(spark, config: Config, input_path: str, labels: str | None = Non
             raise fail(f"scoring with {model}", exc) from exc
         record.update(model_version=scored.model_version, scored=scored.scored, score_failures=scored.failures)
         lines += scored.lines()
-    record.update(status="succeeded", ended_at=_now())
+    record.update(status="succeeded", ended_at=utc_now())
     _log_event(spark, db, record)
     seconds = (record["ended_at"] - record["started_at"]).total_seconds()
     lines.append(f"nightly run {run_id} succeeded in {seconds:.0f} s")

@@ -80,3 +80,16 @@ def scoring(spark, tmp_path_factory):
                                                      num_proc=1, name="scorer", optimizer="adam",
                                                      learning_rate=1e-4, patience=100))
     return SimpleNamespace(config=config, first=first, records=records, model=model)
+
+
+def register_copy(source, name: str) -> str:
+    """Register the model in folder ``source`` again as NAME/N (its file and metadata); returns NAME/N.
+    Tests score with a copy when they must not change what another test counts for the original."""
+    import shutil
+
+    from semspark.train import registry
+
+    version, folder = registry.new_version(name)
+    for file in ("model.keras", "metadata.json"):
+        shutil.copy(Path(source) / file, folder / file)
+    return f"{name}/{version}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -17,7 +16,8 @@ from semspark.analysis.job import AnalysisError, AnalysisRequest, run_analysis
 from semspark.analysis.hierarchy import METHODS
 from semspark.config import AnalysisConfig
 from semspark.infer.job import run_inference
-from semspark.train import registry
+
+from .conftest import register_copy
 
 pytestmark = pytest.mark.spark
 
@@ -29,10 +29,7 @@ SETTINGS = AnalysisConfig(scale_bins=(), heatmap_images=30, cluster_ks=(3, 10), 
 def analyst(spark, scoring):
     """The scoring model registered again as analyst/N and scored with: the infer tests count what
     scorer/1 scores, whatever order the modules run in."""
-    version, folder = registry.new_version("analyst")
-    for name in ("model.keras", "metadata.json"):
-        shutil.copy(Path(scoring.model.path) / name, folder / name)
-    model_version = f"analyst/{version}"
+    model_version = register_copy(scoring.model.path, "analyst")
     run_inference(spark, scoring.config, model_version)
     return model_version
 

@@ -13,6 +13,8 @@ from semspark.infer.job import InferError, production_model, promote, run_infere
 from semspark.synth.generate import generate
 from semspark.train import registry
 
+from .conftest import register_copy
+
 pytestmark = pytest.mark.spark
 
 ALEXNET_EMBEDDING = 4096   # AlexNet's fc7, the penultimate layer (Krizhevsky et al. 2012)
@@ -103,18 +105,11 @@ def test_a_rerun_scores_only_new_images(spark, scoring, first_scoring, tmp_path)
 
 
 def test_scale_bins_limit_what_is_scored(spark, scoring, first_scoring):
-    import dataclasses
-
-    # A second version of the same model: a copy registered under another name.
-    source = Path(scoring.model.path)
-    version, folder = registry.new_version("scorer-bins")
-    for name in ("model.keras", "metadata.json"):
-        shutil.copy(source / name, folder / name)
-    spec = f"scorer-bins/{version}"
+    spec = register_copy(scoring.model.path, "scorer-bins")  # scores of scorer/1 stay as they are
     bins = ["1um", "2um"]
     in_bins = spark.sql("SELECT count(*) FROM scoring.images WHERE scale_bin IN ('1um', '2um')").first()[0]
     assert in_bins > 0
-    summary = run_inference(spark, dataclasses.replace(scoring.config), spec, scale_bins=bins)
+    summary = run_inference(spark, scoring.config, spec, scale_bins=bins)
     assert summary.scored == summary.candidates == in_bins
     scored_bins = spark.sql(f"SELECT DISTINCT i.scale_bin FROM scoring.predictions p JOIN scoring.images i "
                             f"USING (image_id) WHERE p.model_version = '{spec}'").toPandas()

@@ -24,13 +24,13 @@ NO_PIXELS = "no stored pixels in the dataset"   # the image is in sem.images but
 
 @dataclass(frozen=True)
 class ModelPayload:
-    """What a worker needs to rebuild the model: small fields plus the broadcast file bytes."""
+    """What a worker needs to rebuild the model, besides the broadcast weights."""
     model_version: str
     sha256: str                   # of the broadcast weights (.npz)
     class_names: tuple[str, ...]
     input_size: int
     architecture: str             # rebuilt from semspark's own code, then given the weights
-    threads: int                  # TensorFlow intra-op threads on CPU; 0 = the task's cpus
+    threads: int                  # TensorFlow intra-op threads on CPU (chosen by the job)
 
 
 def decode_png_batch(images) -> tuple[np.ndarray, list[str | None]]:
@@ -65,19 +65,9 @@ def decode_png_batch(images) -> tuple[np.ndarray, list[str | None]]:
     return stack, errors
 
 
-def _task_cpus() -> int:
-    from pyspark import TaskContext
-
-    context = TaskContext.get()
-    try:
-        return max(1, int(context.cpus())) if context is not None else 1
-    except Exception:
-        return 1
-
-
 def _configure_tensorflow(tf, threads: int) -> None:
-    """Use the GPU Spark assigned to this task if there is one; on CPU, stay within the task's cores
-    (two tasks each using every core would slow both down)."""
+    """Use the GPU Spark assigned to this task if there is one; on CPU, use the threads the job
+    chose (two tasks each using every core would slow both down)."""
     from pyspark import TaskContext
 
     try:
@@ -89,9 +79,8 @@ def _configure_tensorflow(tf, threads: int) -> None:
             tf.config.experimental.set_memory_growth(gpus[index], True)
             tf.config.set_visible_devices(gpus[index], "GPU")
         else:
-            count = threads or _task_cpus()
-            tf.config.threading.set_intra_op_parallelism_threads(count)
-            tf.config.threading.set_inter_op_parallelism_threads(min(2, count))
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
     except RuntimeError:  # TensorFlow already initialised in this worker: keep its settings
         log.debug("TensorFlow was already initialised; device and thread settings kept")
 
