@@ -5,10 +5,13 @@
 #   deploy/nightly.sh INPUT [LABELS]          LABELS: folders (default), none, or a CSV path
 #
 # Environment:
-#   SPARK_MASTER     spark://host:7077, yarn, k8s://...; default local[*] with the embedded catalog
+#   SPARK_MASTER     spark://host:7077, yarn, k8s://...; default local[*]
+#   SEMSPARK_CATALOG embedded (the Derby catalog under SEMSPARK_HOME; default with local[*]) or
+#                    external (a Hive metastore from Spark's configuration; default otherwise)
 #   SEMSPARK_HOME    working directory (default: var/ in the checkout); holds the lock file
 #   SEMSPARK_CONF    config file (default: conf/semspark.yaml)
-#   SPARK_SUBMIT_OPTS_EXTRA  more spark-submit options, e.g. "--properties-file conf/spark-gpu.conf"
+#   SPARK_SUBMIT_OPTS_EXTRA  more spark-submit options, e.g. "--properties-file conf/spark-gpu.conf";
+#                    on the cluster of deploy/cluster.sh: "--properties-file var/cluster/submit.conf"
 # Exit status: spark-submit's (non-zero with a message naming the failed step), or 75 when another
 # nightly run still holds the lock (overlapping runs are refused, not queued).
 set -euo pipefail
@@ -29,9 +32,15 @@ if ! flock -n 9; then
     exit 75
 fi
 
-flags=()
 case "$master" in
-    local*) read -r -a flags <<< "$(semspark spark-conf)" ;;   # the embedded Derby catalog
+    local*) catalog=${SEMSPARK_CATALOG:-embedded} ;;
+    *) catalog=${SEMSPARK_CATALOG:-external} ;;
+esac
+flags=()
+case "$catalog" in
+    embedded) read -r -a flags <<< "$(semspark spark-conf)" ;;   # the Derby catalog of SEMSPARK_HOME
+    external) ;;
+    *) echo "semspark nightly: SEMSPARK_CATALOG must be embedded or external, not $catalog" >&2; exit 2 ;;
 esac
 label_args=()
 [ "$labels" = none ] || label_args=(--labels "$labels")

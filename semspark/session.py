@@ -59,7 +59,10 @@ def build_session(config: Config, app_name: str | None = None, extra: dict[str, 
     if submitted:
         SparkContext._ensure_initialized()
         given = SparkContext._jvm.org.apache.spark.SparkConf(True)  # what spark-submit was told
-        for key, value in (extra or {}).items():
+        # semspark's SQL settings hold on a cluster too (UTC timestamps, Arrow, few shuffle
+        # partitions for catalog-sized tables), unless the operator set them.
+        defaults = {**_sql_defaults(config), **config.spark.extra, **(extra or {})}
+        for key, value in defaults.items():
             if not given.contains(key):
                 builder = builder.config(key, value)
         log.info("spark-submit run: master and catalog from Spark's configuration")
@@ -77,12 +80,9 @@ def build_session(config: Config, app_name: str | None = None, extra: dict[str, 
         settings: dict[str, str] = {
             "spark.master": os.environ.get("SEMSPARK_MASTER", config.spark.local_master),
             "spark.driver.memory": config.spark.driver_memory,
-            "spark.sql.shuffle.partitions": str(config.spark.shuffle_partitions),
             "spark.ui.enabled": str(config.spark.ui_enabled).lower(),
             "spark.local.dir": str(home / "tmp" / "spark"),
-            "spark.sql.session.timeZone": "UTC",
-            # Arrow makes the pandas UDFs of ingest and infer fast.
-            "spark.sql.execution.arrow.pyspark.enabled": "true",
+            **_sql_defaults(config),
         }
         settings.update(embedded_catalog_conf(home))
         settings.update(config.spark.extra)
@@ -95,6 +95,15 @@ def build_session(config: Config, app_name: str | None = None, extra: dict[str, 
     spark.sparkContext.setLogLevel("WARN")
     _quiet_hive(spark)
     return spark
+
+
+def _sql_defaults(config: Config) -> dict[str, str]:
+    return {
+        "spark.sql.shuffle.partitions": str(config.spark.shuffle_partitions),
+        "spark.sql.session.timeZone": "UTC",
+        # Arrow makes the pandas UDFs of ingest and infer fast.
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+    }
 
 
 def _quiet_hive(spark) -> None:

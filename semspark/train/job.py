@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -151,7 +152,7 @@ def run_training(spark, config: Config, request: TrainRequest) -> TrainResult:
              request.init, len(split["train"]), request.num_proc)
     try:
         results = horovod.spark.run(_train, args=(payload,), num_proc=request.num_proc,
-                                    use_gloo=True, verbose=1)
+                                    use_gloo=True, verbose=1, executable=_executor_python(spark))
     except Exception as exc:
         state = registry.read_json(run / "state.json") or {}
         raise TrainError(f"training failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
@@ -159,6 +160,16 @@ def run_training(spark, config: Config, request: TrainRequest) -> TrainResult:
                          f"--run-id {run_id} to resume") from exc
     outcome = next(r for r in results if r is not None)
     return _register(spark, db, request, run_id, run, split, outcome)
+
+
+def _executor_python(spark) -> str | None:
+    """The interpreter Horovod starts each rank with, inside its Spark task.
+
+    Horovod defaults to the driver's sys.executable, which under spark-submit is the submitting
+    machine's Python (and its checkout); ranks must run the executors' Python instead: the shipped
+    or provisioned environment of spark.pyspark.python (deploy/cluster.sh, conf/spark-gpu.conf).
+    """
+    return spark.sparkContext.getConf().get("spark.pyspark.python", None) or os.environ.get("PYSPARK_PYTHON")
 
 
 def _stored_image_size(url: str) -> int:

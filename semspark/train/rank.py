@@ -78,9 +78,9 @@ def train_on_rank(payload: dict) -> dict | None:
                 state["history"] = [h for h in state["history"] if h["epoch"] < epoch + 1] + [record]
                 best = state["best"]
                 if best is None or logs["val_accuracy"] > best["val_accuracy"]:
-                    model.save(str(run / "best.keras"))
+                    _save_atomically(model, run / "best.keras")
                     state["best"] = {"epoch": epoch + 1, "val_accuracy": logs["val_accuracy"]}
-                model.save(str(run / "last.keras"))
+                _save_atomically(model, run / "last.keras")
             # Every rank counts epochs (the next phase starts from here); only rank 0 records them.
             state["completed_epochs"] = epoch + 1
             if rank == 0:
@@ -125,6 +125,14 @@ def train_on_rank(payload: dict) -> dict | None:
         confusion[t, p] += 1
     return {"history": state["history"], "best_epoch": state["best"]["epoch"],
             "confusion": confusion.tolist(), "test_images": len(truth)}
+
+
+def _save_atomically(model, path: Path) -> None:
+    """A rank killed while saving must not leave a torn checkpoint for the resumed run to load:
+    write beside it (Keras wants the .keras suffix), then rename over it."""
+    partial = path.with_name(path.stem + ".partial.keras")
+    model.save(str(partial))
+    os.replace(partial, path)
 
 
 def _pin_gpu(hvd, tf) -> None:
