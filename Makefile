@@ -1,6 +1,6 @@
 # The two commands of the README. Each first makes sure of the environment (deploy/bootstrap.sh),
 # which takes a second or two when everything is already installed.
-.PHONY: demo test env bench clean-var
+.PHONY: demo test env bench clean-var package cluster-start cluster-stop cluster-status
 
 env:
 	@bash deploy/bootstrap.sh
@@ -17,3 +17,17 @@ bench: env
 
 clean-var:
 	rm -rf var
+
+# The project for spark-submit: wheel + environment archive in dist/ (deploy/package.sh).
+package: env
+	bash deploy/package.sh
+
+# A standalone Spark cluster on this machine (master + 2 workers on 127.0.0.1, authenticated).
+cluster-start: env
+	bash deploy/cluster.sh start
+
+cluster-stop:
+	bash deploy/cluster.sh stop
+
+cluster-status:
+	bash deploy/cluster.sh status

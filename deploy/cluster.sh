@@ -4,7 +4,7 @@
 # on with a secret generated at the first start (kept in DIR, mode 0600), RPC encryption on.
 #
 #   deploy/cluster.sh start  [--dir DIR] [--port 7077] [--webui-port 8080] [--workers 2]
-#                            [--cores 1] [--memory 3g] [--format tar|tar.gz]
+#                            [--cores 1] [--memory 3g] [--format tar|tar.gz] [--gpus-per-worker 0]
 #   deploy/cluster.sh submit [--dir DIR] APP.py [ARGS...]   spark-submit APP.py to the cluster
 #   deploy/cluster.sh status [--dir DIR]
 #   deploy/cluster.sh stop   [--dir DIR]
@@ -35,6 +35,7 @@ workers=2
 cores=1
 memory=3g
 format=tar
+gpus=0
 while (($#)); do
     case "$1" in
         --dir) dir=${2:?}; shift 2 ;;
@@ -44,6 +45,7 @@ while (($#)); do
         --cores) cores=${2:?}; shift 2 ;;
         --memory) memory=${2:?}; shift 2 ;;
         --format) format=${2:?}; shift 2 ;;
+        --gpus-per-worker) gpus=${2:?}; shift 2 ;;
         *) break ;;
     esac
 done
@@ -98,6 +100,12 @@ spark.worker.cleanup.enabled       true
 spark.worker.cleanup.interval      600
 spark.worker.cleanup.appDataTtl    3600
 EOF
+    if ((gpus > 0)); then  # each worker offers its GPUs; applications ask with conf/spark-gpu.conf
+        cat >> "$dir/daemon.conf" <<EOF
+spark.worker.resource.gpu.amount          $gpus
+spark.worker.resource.gpu.discoveryScript $root/conf/gpu-discovery.sh
+EOF
+    fi
     cat > "$dir/submit.conf" <<EOF
 spark.master                       spark://127.0.0.1:$port
 spark.authenticate                 true

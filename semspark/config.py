@@ -203,6 +203,12 @@ def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
 def semspark_home() -> Path:
     """The one working directory for warehouse, metastore, datasets and models.
 
-    ``$SEMSPARK_HOME``, or ``var/`` in the project checkout.
+    ``$SEMSPARK_HOME``, or ``var/`` in the project checkout. Installed from the wheel (a cluster's
+    environment, the Docker image) there is no checkout, and site-packages is no place for data.
     """
-    return Path(os.environ.get("SEMSPARK_HOME") or PROJECT_ROOT / "var").resolve()
+    if os.environ.get("SEMSPARK_HOME"):
+        return Path(os.environ["SEMSPARK_HOME"]).resolve()
+    if not (PROJECT_ROOT / "pyproject.toml").exists():
+        raise ConfigError("SEMSPARK_HOME is not set: set it to semspark's working folder (a volume every "
+                          "driver and executor mounts at the same path)")
+    return (PROJECT_ROOT / "var").resolve()

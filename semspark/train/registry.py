@@ -23,7 +23,7 @@ class RegistryError(ValueError):
 
 
 def check_name(name: str, what: str = "model name") -> str:
-    if not NAME_PATTERN.match(name):
+    if not NAME_PATTERN.fullmatch(name):  # fullmatch: `$` would let a trailing newline through
         raise RegistryError(f"{what} {name!r}: use letters, digits, '.', '_' or '-' (at most 64), "
                             "starting with a letter or digit")
     return name
