@@ -2,19 +2,15 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 
 from semspark.catalog import format_result
 from semspark.cli import main
-from semspark.synth.generate import generate
 
-from .conftest import PROJECT_ROOT, REAL_SAMPLES
+from .conftest import REAL_SAMPLES
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -60,29 +56,6 @@ def test_config_errors_name_the_key(tmp_path, capsys):
     bad.write_text("ingest:\n  image_sise: 64\n")
     assert main(["--config", str(bad), "scale", str(REAL_SAMPLES / "no_databar_rgb.tif")]) == 2
     assert "ingest.image_sise" in capsys.readouterr().err
-
-
-def test_spark_submit_runs_the_ingest_job(tmp_path):
-    """jobs/ingest.py under spark-submit: master from --master, catalog from the --conf flags
-    that `semspark spark-conf` prints; a separate JVM with its own SEMSPARK_HOME."""
-    home = tmp_path / "home"
-    generate(tmp_path / "in", 4, seed=3, width=384, height=288)
-    env = dict(os.environ, SEMSPARK_HOME=str(home), PYSPARK_PYTHON=sys.executable,
-               PYSPARK_DRIVER_PYTHON=sys.executable)
-    flags = subprocess.run([str(VENV_BIN / "semspark"), "spark-conf"], env=env, check=True,
-                           capture_output=True, text=True).stdout
-    assert str(home) in flags
-    # Split as a shell splits an unquoted $(semspark spark-conf): on white space, no quote removal.
-    command = [str(VENV_BIN / "spark-submit"), "--master", "local[2]", "--conf", "spark.ui.enabled=false",
-               *flags.split(), str(PROJECT_ROOT / "jobs" / "ingest.py"),
-               "--input", str(tmp_path / "in"), "--labels", "folders"]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "new images:             4" in done.stdout
-    images = pq.read_table(home / "warehouse" / "sem.db" / "images")
-    assert images.num_rows == 4
-    assert sorted(images.column("label").to_pylist()) == sorted(
-        p.parent.name for p in (tmp_path / "in").rglob("*") if p.suffix in (".tif", ".png", ".jpg"))
 
 
 @pytest.mark.spark

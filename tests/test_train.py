@@ -1,10 +1,10 @@
 """The train stage for real: Horovod on Spark with two Gloo ranks over the ingested Petastorm
-dataset, a model that learns the synthetic categories, what it leaves behind, and resuming."""
+dataset, a model that learns the synthetic categories, and what it leaves behind. (Resuming a run
+whose rank was killed: tests/test_cluster.py.)"""
 from __future__ import annotations
 
 import dataclasses
 import json
-import time
 
 import pytest
 
@@ -104,18 +104,3 @@ def test_feature_extraction_then_fine_tuning_moves_the_backbone_in_its_second_ph
     assert result.model_version == "fe-ft/1"
 
 
-def test_an_interrupted_run_resumes_from_its_last_epoch(spark, catalog):
-    request = dataclasses.replace(FAST, name="resumed", epochs=4, run_id="resume-test", stop_after_epoch=2)
-    with pytest.raises(TrainError, match="--run-id resume-test"):
-        run_training(spark, CONFIG, request)
-    run = registry.run_dir("resume-test")
-    state = json.loads((run / "state.json").read_text())
-    assert state["completed_epochs"] == 2
-    first_two = state["history"]
-    restarted = time.time()
-    result = run_training(spark, CONFIG, dataclasses.replace(request, stop_after_epoch=None))
-    history = json.loads((run / "state.json").read_text())["history"]
-    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
-    assert history[:2] == first_two                       # epochs 1 and 2 were not run again
-    assert all(h["finished_at"] > restarted for h in history[2:])
-    assert result.model_version == "resumed/1"

@@ -53,7 +53,6 @@ class TrainRequest:
     warmup_epochs: int = 1
     patience: int = 5
     mixed_precision: bool = False
-    stop_after_epoch: int | None = None   # tests only: the ranks exit after this epoch
 
     def check(self) -> None:
         problems = []
@@ -116,8 +115,9 @@ def run_training(spark, config: Config, request: TrainRequest) -> TrainResult:
     saved = registry.read_json(run / "request.json")
     if saved is not None:
         # Resuming: the run's own request and split win, whatever else was passed.
-        request = dataclasses.replace(TrainRequest(**{**saved, "scale_bins": tuple(saved["scale_bins"])}),
-                                      run_id=run_id, stop_after_epoch=request.stop_after_epoch)
+        known = {f.name for f in dataclasses.fields(TrainRequest)}  # runs saved by older versions too
+        request = TrainRequest(**{**{k: v for k, v in saved.items() if k in known},
+                                  "scale_bins": tuple(saved["scale_bins"]), "run_id": run_id})
         split = registry.read_json(run / "split.json")
         log.info("resuming run %s after epoch %s", run_id,
                  (registry.read_json(run / "state.json") or {}).get("completed_epochs", 0))
@@ -135,8 +135,7 @@ def run_training(spark, config: Config, request: TrainRequest) -> TrainResult:
                  "groups_merged": parts.groups_merged, "images_in_merged_groups": parts.images_in_merged_groups}
         run.mkdir(parents=True, exist_ok=True)
         registry.write_json(run / "split.json", split)
-        registry.write_json(run / "request.json", {**dataclasses.asdict(request), "run_id": run_id,
-                                                   "stop_after_epoch": None})
+        registry.write_json(run / "request.json", {**dataclasses.asdict(request), "run_id": run_id})
     init = parse_init(request.init)
     init_value = init.value
     if init.kind == "model":
