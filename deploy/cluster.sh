@@ -14,13 +14,16 @@
 # $SEMSPARK_HOME/cluster, i.e. var/cluster) holds:
 #   cluster.env   MASTER_URL, WEBUI_URL, ports (sourced by scripts and tests)
 #   daemon.conf   what master and workers read: the secret, loopback, worker clean-up
-#   submit.conf   what spark-submit reads: the master, the secret, the environment archive for
-#                 executors (--archives ...#environment, spark.pyspark.python=./environment/bin/python)
+#   submit.conf   what spark-submit reads: the master, the secret, and the environment shipped to
+#                 executors (--archives ...#environment, started by executor-python.sh)
+#   submit-provisioned.conf   the same, with executors on env/ instead of a shipped archive
+#   env/          the environment archive unpacked once (what an image or a node provisioning does)
 #   logs/ pids/ work/   daemon logs, pid files, workers' application folders
 #
-# submit runs `spark-submit --properties-file DIR/submit.conf` plus the embedded catalog flags of
-# `semspark spark-conf` (the driver runs here, in client mode, with the Derby catalog of
-# SEMSPARK_HOME). On a real cluster, see README "Running on a cluster".
+# submit runs `spark-submit --properties-file DIR/submit.conf` (SEMSPARK_SHIP=provisioned:
+# submit-provisioned.conf) plus the embedded catalog flags of `semspark spark-conf`: the driver runs
+# here, in client mode, with the Derby catalog of SEMSPARK_HOME. Other spark-submit options go
+# before APP.py. On a real cluster, see README "Running on a cluster".
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -50,7 +53,7 @@ while (($#)); do
     esac
 done
 say() { printf '[cluster] %s\n' "$*" >&2; }
-usage() { sed -n '2,22p' "$0" >&2; exit 2; }
+usage() { sed -n '2,26p' "$0" >&2; exit 2; }
 
 [ -x "$venv/bin/python" ] || { say "no $venv: run deploy/bootstrap.sh (make env) first"; exit 1; }
 export SPARK_HOME="$venv/lib/python3.11/site-packages/pyspark"
