@@ -97,7 +97,7 @@ EOF
     cat > "$dir/daemon.conf" <<EOF
 spark.authenticate                 true
 spark.authenticate.secret          $secret
-spark.network.crypto.enabled       ${SEMSPARK_CLUSTER_CRYPTO:-true}
+spark.network.crypto.enabled       true
 # Workers delete the folders of finished applications (each holds an unpacked environment).
 spark.worker.cleanup.enabled       true
 spark.worker.cleanup.interval      600
@@ -113,7 +113,7 @@ EOF
 spark.master                       spark://127.0.0.1:$port
 spark.authenticate                 true
 spark.authenticate.secret          $secret
-spark.network.crypto.enabled       ${SEMSPARK_CLUSTER_CRYPTO:-true}
+spark.network.crypto.enabled       true
 spark.driver.host                  127.0.0.1
 spark.driver.bindAddress           127.0.0.1
 spark.executor.cores               $cores
@@ -146,6 +146,11 @@ EOF
 }
 
 start() {
+    if alive "$(master_pid_file)" && [ -f "$dir/cluster.env" ] \
+       && [ "$(sed -n 's/^MASTER_PORT=//p' "$dir/cluster.env")" != "$port" ]; then
+        say "a master from $dir already runs on port $(sed -n 's/^MASTER_PORT=//p' "$dir/cluster.env"), not $port: stop it first"
+        exit 1
+    fi
     write_configs
     if alive "$(master_pid_file)"; then
         say "master already running (pid $(cat "$(master_pid_file)"))"
