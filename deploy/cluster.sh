@@ -18,7 +18,7 @@
 #                 executors (--archives ...#environment, started by executor-python.sh)
 #   submit-provisioned.conf   the same, with executors on env/ instead of a shipped archive
 #   env/          the environment archive unpacked once (what an image or a node provisioning does)
-#   logs/ pids/ work/   daemon logs, pid files, workers' application folders
+#   logs/ pids/ work/ local/   daemon logs, pid files, workers' application folders, scratch
 #
 # submit runs `spark-submit --properties-file DIR/submit.conf` (SEMSPARK_SHIP=provisioned:
 # submit-provisioned.conf) plus the embedded catalog flags of `semspark spark-conf`: the driver runs
@@ -77,7 +77,7 @@ wait_for_port() {  # the master accepts connections on its port
 }
 
 write_configs() {
-    mkdir -p "$dir" "$SPARK_PID_DIR" "$SPARK_LOG_DIR" "$dir/work"
+    mkdir -p "$dir" "$SPARK_PID_DIR" "$SPARK_LOG_DIR" "$dir/work" "$dir/local/driver"
     # Files holding the secret are created owner-only before anything is written into them.
     (umask 077 && touch "$dir/secret" "$dir/daemon.conf" "$dir/submit.conf" "$dir/submit-provisioned.conf")
     if [ ! -s "$dir/secret" ]; then
@@ -116,6 +116,7 @@ spark.authenticate.secret          $secret
 spark.network.crypto.enabled       true
 spark.driver.host                  127.0.0.1
 spark.driver.bindAddress           127.0.0.1
+spark.local.dir                    $dir/local/driver
 spark.executor.cores               $cores
 spark.executor.memory              2g
 spark.pyspark.driver.python        $venv/bin/python
@@ -164,7 +165,10 @@ start() {
         if alive "$(worker_pid_file "$i")"; then
             continue
         fi
-        mkdir -p "$dir/work/worker-$i"
+        mkdir -p "$dir/work/worker-$i" "$dir/local/worker-$i"
+        # Scratch (fetched files, shuffle) under DIR too, not /tmp: an executor killed with its worker
+        # leaves its 2 GB fetch of the environment behind, and `stop` + removing DIR clears it.
+        SPARK_LOCAL_DIRS="$dir/local/worker-$i" \
         "$SPARK_HOME/sbin/spark-daemon.sh" start "$worker_class" "$i" --host 127.0.0.1 \
             --cores "$cores" --memory "$memory" --work-dir "$dir/work/worker-$i" \
             --webui-port "$((webui_port + i))" --properties-file "$dir/daemon.conf" \
@@ -227,6 +231,9 @@ submit() {
     local catalog
     export SEMSPARK_HOME="$home"
     read -r -a catalog <<< "$("$venv/bin/semspark" spark-conf)"
+    # The driver JVM (client mode) copies --archives into java.io.tmpdir first: keep that under DIR
+    # as well, or a killed driver leaves 2 GB in /tmp.
+    export SPARK_SUBMIT_OPTS="-Djava.io.tmpdir=$dir/local/driver ${SPARK_SUBMIT_OPTS:-}"
     local conf="$dir/submit.conf"
     [ "${SEMSPARK_SHIP:-archive}" = provisioned ] && conf="$dir/submit-provisioned.conf"
     exec "$SPARK_HOME/bin/spark-submit" --properties-file "$conf" "${catalog[@]}" \

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -172,6 +173,9 @@ def cluster(tmp_path_factory):
         yield cluster
     finally:
         cluster.script("stop")  # again if the last test did: stop is idempotent
+        # Several unpacked copies of the 2 GB environment: not left for pytest's three kept runs.
+        for heavy in ("work", "env", "local"):
+            shutil.rmtree(cluster.dir / heavy, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
