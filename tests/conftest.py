@@ -82,6 +82,15 @@ def scoring(spark, tmp_path_factory):
     return SimpleNamespace(config=config, first=first, records=records, model=model)
 
 
+def free_port() -> int:
+    """A TCP port nobody listens on at 127.0.0.1 right now."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def register_copy(source, name: str) -> str:
     """Register the model in folder ``source`` again as NAME/N (its file and metadata); returns NAME/N.
     Tests score with a copy when they must not change what another test counts for the original."""

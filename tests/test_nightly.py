@@ -22,6 +22,7 @@ from semspark.nightly import NightlyError, ensure_run_log, run_nightly
 from semspark.schema import RUN_EVENTS
 from semspark.synth.generate import generate
 
+from .conftest import free_port
 from .test_infer import distinct_images
 
 pytestmark = pytest.mark.spark
@@ -178,12 +179,6 @@ def test_nightly_killed_mid_run_then_rerun_leaves_correct_tables(ops, nightly_ki
     assert counts["predictions"] == counts["distinct_predictions"] == len(images)
     assert counts["unscored"] == 0
     assert counts["statuses"] == "interrupted,succeeded"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_thrift_server_answers_beeline_on_loopback(ops, nightly_killed_and_rerun):
