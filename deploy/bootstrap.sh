@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make this machine ready to run semspark, idempotently:
-#   Debian packages: tesseract-ocr (OCR of databars), Java 17 (Spark), cmake and g++ (Horovod build);
+#   Debian packages: tesseract-ocr-eng (Tesseract's English model; the engine is the tesserocr wheel's),
+#   Java 17 (Spark), cmake and g++ (Horovod build);
 #   .venv with the locked stack of requirements.lock, Horovod built from source as ../shared/STACK.md shows;
 #   semspark itself installed in .venv in editable mode.
 # When everything is already there it only checks stamps and returns in a second or two.
@@ -15,7 +16,7 @@ say() { printf '[bootstrap] %s\n' "$*" >&2; }
 
 # --- Debian packages -------------------------------------------------------------------------
 missing=()
-command -v tesseract >/dev/null 2>&1 || missing+=(tesseract-ocr)
+ls /usr/share/tesseract-ocr/*/tessdata/eng.traineddata >/dev/null 2>&1 || missing+=(tesseract-ocr-eng)
 command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 command -v g++ >/dev/null 2>&1 || missing+=(g++)

@@ -60,8 +60,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=10000)
     p.add_argument("--master", help="Spark master for the server's queries (default: the embedded local[*])")
 
-    p = sub.add_parser("scale", help="read the scale of image files (no Spark), one JSON line each")
+    p = sub.add_parser("scale", help="read the scale of image files (no Spark): one JSON line each, with "
+                                     "what was read and why")
     p.add_argument("files", nargs="+")
+    p.add_argument("--debug", metavar="DIR", help="also write a picture per file: the band, the bar (and the "
+                                                  "length measured) and the chosen label boxed")
 
     sub.add_parser("spark-conf", help="print spark-submit --conf flags for the embedded catalog")
 
@@ -296,12 +299,23 @@ def cmd_sql(args) -> int:
 def cmd_scale(args) -> int:
     from semspark.ingest.process import read_scale_files
 
+    from semspark.ingest.debug import reading_summary, write_debug_picture
+
     config = _config(args)
-    for outcome in read_scale_files(args.files, config.ingest):
+    for outcome in read_scale_files(args.files, config.ingest, keep_reading=True):
         row = {"file": outcome.path, "ok": outcome.ok}
         if outcome.ok:
             row.update(outcome.scale.as_dict())
             row["databar_px"] = outcome.databar_px
+            reading = outcome.extra["reading"]
+            row.update(reading_summary(reading))
+            if args.debug:
+                s = outcome.scale
+                caption = (f"{s.scale_value:g} {s.scale_unit}" if s.scale_value is not None else "no label") + \
+                          (f", {s.nm_per_px:.4g} nm/px" if s.nm_per_px else "") + f" ({s.scale_source}, " \
+                          f"{s.scale_confidence}); text read: {reading.label_text!r}"
+                row["debug_picture"] = str(write_debug_picture(args.debug, outcome.path, outcome.extra["decoded"],
+                                                               reading, caption))
         else:
             row.update(stage=outcome.stage, reason=outcome.reason)
         print(json.dumps(row, ensure_ascii=False))

@@ -48,10 +48,8 @@ class IngestConfig:
     image_extensions: tuple[str, ...] = ("tif", "tiff", "png", "jpg", "jpeg", "bmp")
     sidecar_extensions: tuple[str, ...] = ("txt",)
     files_per_task: int = 64
-    ocr_batch_size: int = 48
     metadata_tolerance: float = 0.05
-    tesseract_cmd: str = "tesseract"
-    ocr_timeout_s: float = 120.0
+    tessdata_dir: str = ""          # folder of eng.traineddata; "" = $TESSDATA_PREFIX or Debian's
     dataset_dir: str = "datasets/images"
     row_group_size_mb: int = 32
 
@@ -59,9 +57,7 @@ class IngestConfig:
         _require(self.image_size >= 16, "ingest.image_size must be at least 16")
         _require(self.max_pixels > 0 and self.max_file_bytes > 0, "ingest limits must be positive")
         _require(self.files_per_task > 0, "ingest.files_per_task must be positive")
-        _require(1 <= self.ocr_batch_size <= 500, "ingest.ocr_batch_size must be within 1..500")
         _require(0 < self.metadata_tolerance < 1, "ingest.metadata_tolerance must be within (0, 1)")
-        _require(self.ocr_timeout_s > 0, "ingest.ocr_timeout_s must be positive")
         _require(not Path(self.dataset_dir).is_absolute() and ".." not in Path(self.dataset_dir).parts,
                  "ingest.dataset_dir must be a relative path inside SEMSPARK_HOME")
 

@@ -38,6 +38,7 @@ IMAGES = TableSpec(
         ("scale_mismatch", BooleanType()), ("metadata_nm_per_px", DoubleType()),
         ("scale_label_text", StringType()), ("databar_px", IntegerType()), ("phash", StringType()),
         ("label", StringType()), ("ingested_at", TimestampType()), ("ingest_run", StringType()),
+        ("scale_confidence", StringType()), ("scale_reason", StringType()), ("scale_reader", IntegerType()),
         ("scale_bin", StringType()),
     ),
     partition_by=("scale_bin",),
@@ -169,6 +170,7 @@ PROCESSED = _fields(
     ("scale_unit", StringType()), ("scale_bar_px", DoubleType()), ("nm_per_px", DoubleType()),
     ("scale_source", StringType()), ("scale_mismatch", BooleanType()),
     ("metadata_nm_per_px", DoubleType()), ("scale_label_text", StringType()),
+    ("scale_confidence", StringType()), ("scale_reason", StringType()), ("scale_reader", IntegerType()),
     ("scale_bin", StringType()), ("databar_px", IntegerType()), ("phash", StringType()),
     ("label", StringType()), ("image", BinaryType()),
 )

@@ -48,7 +48,19 @@ def read_bytes(uri: str) -> bytes:
 
 
 def decode_text(data: bytes) -> str:
-    """Sidecar text: UTF-8, or Latin-1 as older JEOL and Hitachi software write (µ is 0xB5 there)."""
+    """Sidecar text in whatever encoding the instrument wrote it.
+
+    A byte-order mark names UTF-8 or UTF-16 (Hitachi TM writes UTF-16 LE with one); UTF-16 without
+    one shows as every other byte NUL in ASCII text; else UTF-8, or Latin-1 as older JEOL and Hitachi
+    software write (µ is 0xB5 there).
+    """
+    for bom, codec in ((b"\xef\xbb\xbf", "utf-8"), (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be")):
+        if data.startswith(bom):
+            return data[len(bom):].decode(codec, errors="replace")
+    head = data[:400]
+    if len(head) >= 4 and head.count(0) >= len(head) // 3:
+        odd_zeros = head[1::2].count(0)
+        return data.decode("utf-16-le" if odd_zeros >= head[0::2].count(0) else "utf-16-be", errors="replace")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:

@@ -122,7 +122,7 @@ def test_gpu_dockerfile_builds_what_the_manifests_and_gpu_profile_name():
     assert "pip install -q --no-deps /tmp/wheel/semspark-*.whl" in dockerfile and "-e /src" not in dockerfile
     copied = dict(re.findall(r"^COPY (jobs|conf) (\S+)$", dockerfile, re.M))
     assert copied == {"jobs": "/opt/semspark/jobs", "conf": "/opt/semspark/conf"}
-    for tool in ("tesseract-ocr", "openjdk-17-jre-headless", "python3.11"):
+    for tool in ("tesseract-ocr-eng", "openjdk-17-jre-headless", "python3.11"):
         assert tool in dockerfile
     assert f"semspark-gpu:{project_version()}" in dockerfile
 

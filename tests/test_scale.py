@@ -1,28 +1,30 @@
 """The scale reader: label parsing, the metadata/bar rules, real SEM files and synthetic ones."""
-import shutil
-
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from semspark.ingest.databar import LabelCrop
 from semspark.ingest.metadata import MetadataScale
-from semspark.ingest.ocr import LabelReading, _Word, parse_label, read_labels
+from semspark.ingest.ocr import LabelReading, OcrUnavailable, Word, find_tessdata, parse_label, recognise
 from semspark.ingest.process import read_scale_files
 from semspark.ingest.scale import UNKNOWN_BIN, combine, format_bin, nominal_bin
 from semspark.synth.databars import _font
 
 from .conftest import REAL_SAMPLES
 
-BLANK = LabelCrop(image=np.full((60, 400), 255, np.uint8), bar_x=40.0, bar_y=30.0)
+BLANK = np.full((60, 400), 255, np.uint8)
+BAR_SPAN, BAR_Y = (30.0, 50.0), 30.0
 
 
 def words(*texts, y=20):
     out, x = [], 10
     for text in texts:
-        out.append(_Word(text, x, y, 12 * len(text), 20, (1, 1, 1)))
+        out.append(Word(text, x, y, 12 * len(text), 20, (1, 1, 1)))
         x += 12 * len(text) + 10
     return out
+
+
+def parse(word_list):
+    return parse_label(word_list, BLANK, BAR_SPAN, BAR_Y)
 
 
 @pytest.mark.parametrize("texts, expected", [
@@ -35,34 +37,45 @@ def words(*texts, y=20):
     (["0,5", "μm"], (0.5, "um")),
     (["2—um"], (2.0, "um")),
     (["2017/03/17", "14:14h", "MMD8.1", "x300", "300um"], (300.0, "um")),  # tabletop line
+    (["WD", "4.0", "mm", "500", "µm"], (500.0, "um")),   # an FEI cell's field before the label
 ])
 def test_label_parsing(texts, expected):
-    reading = parse_label(words(*texts), BLANK)
+    reading = parse(words(*texts))
     assert (reading.value, reading.unit) == expected
 
 
-@pytest.mark.parametrize("texts", [["x300"], ["EHT", "=", "5.00", "kV"], ["MMD7.5"], ["Im"], []])
+@pytest.mark.parametrize("texts", [
+    ["x300"], ["EHT", "=", "5.00", "kV"], ["MMD7.5"], ["Im"], [],
+    ["WD", "=", "6.3", "mm"], ["WD:", "10.92", "mm"], ["View", "field:", "21.1", "µm"], ["HFW", "25.6", "µm"],
+    ["Stage", "at", "Z", "=", "46.835", "mm"], ["Aperture", "Size", "=", "30.00", "µm"],
+])
 def test_no_label_is_invented(texts):
-    assert parse_label(words(*texts), BLANK) is None
+    """Fields of the databar carry lengths too; none of them is ever the scale bar's label."""
+    assert parse(words(*texts)) is None
 
 
 def test_the_label_nearest_the_bar_wins():
-    near = _Word("10um", 20, 20, 50, 20, (1, 1, 1))
-    far = _Word("20.00um", 330, 20, 80, 20, (1, 1, 1))
-    assert parse_label([far, near], BLANK).value == 10.0
+    near = Word("10um", 20, 20, 50, 20, (1, 1, 1))
+    far = Word("20.00um", 330, 20, 80, 20, (1, 1, 1))
+    assert parse([far, near]).value == 10.0
 
 
-def rendered_label(text: str) -> LabelCrop:
+def rendered_label(text: str) -> np.ndarray:
     image = Image.new("L", (240, 70), 255)
     ImageDraw.Draw(image).text((20, 12), text, fill=0, font=_font(40))
-    return LabelCrop(image=np.asarray(image), bar_x=60.0, bar_y=60.0)
+    return np.asarray(image)
 
 
-def test_real_tesseract_reads_labels_in_one_batch():
-    crops = [rendered_label("2 µm"), None, rendered_label("500 nm"), rendered_label("1 mm")]
-    got = read_labels(crops, batch_size=48)
-    assert got[1] is None
-    assert [(r.value, r.unit) for r in (got[0], got[2], got[3])] == [(2.0, "um"), (500.0, "nm"), (1.0, "mm")]
+def test_real_tesseract_reads_each_label_on_its_own():
+    tessdata = find_tessdata()
+    got = [parse_label(recognise(rendered_label(text), tessdata), rendered_label(text), (20.0, 200.0), 60.0)
+           for text in ("2 µm", "500 nm", "1 mm")]
+    assert [(r.value, r.unit) for r in got] == [(2.0, "um"), (500.0, "nm"), (1.0, "mm")]
+
+
+def test_a_missing_tesseract_model_is_a_clear_error(tmp_path):
+    with pytest.raises(OcrUnavailable, match="tessdata_dir"):
+        find_tessdata(str(tmp_path))
 
 
 def test_metadata_agreeing_with_the_bar_is_used():
@@ -129,26 +142,3 @@ def test_synthetic_images_of_every_layout_and_scale(synthetic_set):
             right += 1
     assert not wrong_values, f"labels read as a wrong value: {wrong_values}"  # unknown is honest; wrong is not
     assert right >= 26, f"only {right}/27 labels read"
-
-
-def test_a_failing_tesseract_batch_costs_only_the_bad_label(tmp_path, caplog):
-    """A Tesseract that dies on one crop: the batch is read again one by one."""
-    import stat
-
-    import pytesseract
-
-    real = shutil.which("tesseract")
-    wrapper = tmp_path / "tesseract"
-    # Fails on any page taller than one crop: the batch fails, single crops succeed.
-    wrapper.write_text(f"""#!/bin/sh
-h=$(python3 -c "import sys,struct; d=open(sys.argv[1],'rb').read(); print(struct.unpack('>I', d[20:24])[0])" "$1" 2>/dev/null || echo 0)
-if [ "$h" -gt 100 ]; then echo "simulated crash" >&2; exit 1; fi
-exec {real} "$@"
-""")
-    wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
-    crops = [rendered_label("2 µm"), rendered_label("500 nm")]
-    got = read_labels(crops, tesseract_cmd=str(wrapper), batch_size=48)
-    assert [(r.value, r.unit) for r in got] == [(2.0, "um"), (500.0, "nm")]
-    assert "reading them one by one" in caplog.text  # the batch did fail and was retried
-    with pytest.raises(pytesseract.TesseractNotFoundError):
-        read_labels(crops, tesseract_cmd=str(tmp_path / "no-such-tesseract"))

@@ -1,127 +1,319 @@
-"""Find the databar of an SEM image, measure its scale bar and cut out the bar's label (OpenCV).
+"""Find an SEM image's data band, its scale bar and the bar's label, by general rules (OpenCV).
 
-The databar is the strip of instrument graphics at the bottom of the image (Zeiss' white box, the
-black FEI/JEOL strip, a tabletop ruler). Its rows are made of saturated pixels (pure white and
-pure black), which SEM signal rows almost never are; the strip nearest the bottom that is tall
-enough and holds ink is the databar. Annotation boxes drawn inside the image (a scale bar added
-later in an editor) are not databars: the image above the strip is what semspark keeps.
+Instruments draw their data as flat graphics: a background of one colour with text, lines and a
+bar in other colours, anti-aliased at most. SEM signal is never flat: neighbouring pixels differ
+(shot noise), and its values spread. So a row of a data band is one where most neighbouring pixels
+are equal *and* one value (the background) covers most of the row. Bands are the runs of such rows
+in the image's lower half, wherever they are: at the very bottom, a band with image rows below it
+(the paper's lab), a strip appended under the image, a box drawn over it; light or dark; any
+colour. Rows sharing a background colour belong to one band; thin lines of another colour (frames)
+go with the band below them.
 
-The scale bar is the longest thin horizontal stroke in the databar that is not its frame. Its
-length is measured between the centres of its end ticks when it has ticks (Zeiss, tabletop rulers),
-otherwise over its whole extent: this matches the instruments' own pixel sizes to within 1% on the
-real samples.
+Ink is what differs from the band's background in *any* colour channel, so red text and a green
+bar on white are as dark as black ones (a grey conversion would turn them into mid-greys).
+
+The scale bar is one of: a horizontal stroke (plain, with end ticks or arrows), two collinear
+strokes with the label between them, or a ruler of equally spaced ticks with or without a
+baseline. Its length is measured between the centres of its end ticks when it has them, otherwise
+over its whole extent. The label is the text around the bar inside the bar's own cell (vertical
+lines of the band separate cells): above, below, inside or beside it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
-# Pixels at or beyond these values count as "saturated" graphics. The loose pair finds the band
-# through JPEG ringing around text; the strict pair finds its first row, which is a frame line or a
-# clean margin, so that dark, noisy content right above a black databar is not taken for it.
-DARK, LIGHT = 12, 243
-STRICT_DARK, STRICT_LIGHT = 4, 251
-SATURATED_ROW = 0.8        # share of saturated pixels that starts a databar run
-CONTINUE_ROW = 0.5         # share that keeps a run going (rows of text)
-PURE_ROW = 0.97
-SEARCH_FROM = 0.5          # databars live in the bottom half
-MIN_BAND = 0.025           # of the image height
-MAX_GAP_ROWS = 3
-LABEL_TEXT_HEIGHT = 40     # Tesseract reads best around this glyph height (measured on real labels)
+SEARCH_FROM = 0.5          # data bands live in the image's lower half
+FLAT_NEIGHBOURS = 2        # grey levels: neighbours this close count as "equal"
+BAND_STRONG = 0.85         # a band starts on a row this flat (both measures) ...
+BAND_WEAK = 0.5            # ... and goes on through rows of text down to this
+MAX_GAP_ROWS = 2
+BACKGROUND_SHARE = 0.25    # a row belongs to a band when the band's background covers this much
+FRAME_ROWS = 3             # rows of another colour (frame lines) that go with the band below
+MIN_BAND = 0.02            # of the image height
+LABEL_TEXT_HEIGHT = 36     # Tesseract reads best around this glyph height (measured on real labels)
+MAX_BARS_TRIED = 3         # candidate bars per band whose label is read
 
 
 @dataclass(frozen=True)
-class Databar:
-    top: int                # first row of the databar: the image kept is rows [0, top)
-    bottom: int             # last row of the databar (inclusive)
-    bright: bool            # white background, dark ink (Zeiss, tabletop) or the reverse (FEI)
+class Band:
+    top: int                # first row of the band: the image kept is rows [0, top)
+    bottom: int             # last row (inclusive)
+    background: tuple[float, ...]
+
+    @property
+    def height(self) -> int:
+        return self.bottom - self.top + 1
 
 
 @dataclass(frozen=True)
 class ScaleBar:
     x0: float               # start and end of the measured length, image coordinates
     x1: float
-    top: int                # rows of the bar's horizontal stroke
+    top: int                # rows of the bar's horizontal stroke (or tick feet), image coordinates
     bottom: int
-    ticks: bool
+    kind: str               # ticks | plain | split | ruler
+    box: tuple[int, int, int, int] = (0, 0, 0, 0)   # the bar with its ticks: x, y, w, h (image)
 
     @property
     def length_px(self) -> float:
         return self.x1 - self.x0
+
+    @property
+    def ticks(self) -> bool:
+        return self.kind in ("ticks", "ruler")
 
 
 @dataclass(frozen=True)
 class LabelCrop:
     """The text around the scale bar, ready for Tesseract: black on white, upscaled, padded."""
     image: np.ndarray
-    bar_x: float            # centre of the bar in the crop's coordinates, to pick the nearest label
+    bar_span: tuple[float, float]   # the bar's columns in the crop's coordinates
     bar_y: float
+    origin: tuple[int, int]         # image coordinates of the crop's (0, 0) before scaling
+    scale: float                    # crop pixels per image pixel
+    pad: int
 
 
-def find_databar(gray: np.ndarray) -> Databar | None:
-    height = gray.shape[0]
+@dataclass
+class BandInk:
+    band: Band
+    ink: np.ndarray                 # uint8 0/1, the band's rows
+    distance: np.ndarray            # float32, how far each pixel is from the background
+    contrast: float
+    separators: list[tuple[int, int, int, int]] = field(default_factory=list)  # vertical cell lines
+
+
+def colour_planes(gray: np.ndarray, rgb: np.ndarray | None) -> np.ndarray:
+    """H x W x C int16 planes: the RGB channels when the image has colour, else the grey one."""
+    if rgb is not None and rgb.ndim == 3 and not _is_grey(rgb):
+        return rgb.astype(np.int16)
+    return gray.astype(np.int16)[..., None]
+
+
+def _is_grey(rgb: np.ndarray) -> bool:
+    sample = rgb[::7, ::7].astype(np.int16)
+    return bool(np.abs(sample - sample[..., :1]).max() <= 8)
+
+
+def find_bands(gray: np.ndarray) -> list[Band]:
+    """Candidate data bands in the lower half, the lowest first."""
+    height, width = gray.shape
     start = int(height * SEARCH_FROM)
-    rows = gray[start:]
-    share = ((rows <= DARK) | (rows >= LIGHT)).mean(axis=1)
-    # Hysteresis: a run starts on a clearly graphic row and goes on through rows dense with text
-    # (anti-aliased glyphs lower the share), bridging a few rows below even that.
+    rows = gray[start:].astype(np.int16)
+    n = rows.shape[0]
+    if n < 4 or width < 16:
+        return []
+    flatness = (np.abs(np.diff(rows, axis=1)) <= FLAT_NEIGHBOURS).mean(axis=1)
+    quantised = (rows >> 2).astype(np.int64)        # 64 bins of 4 levels
+    hist = np.bincount((quantised + 64 * np.arange(n)[:, None]).ravel(), minlength=64 * n).reshape(n, 64)
+    window = hist.copy()                              # share within one bin either side of each bin
+    window[:, 1:] += hist[:, :-1]
+    window[:, :-1] += hist[:, 1:]
+    share = window.max(axis=1) / width
+    strong = (flatness >= BAND_STRONG) & (share >= BAND_STRONG)
+    weak = (flatness >= BAND_WEAK) & (share >= BAND_WEAK)
+    # background candidates of each row: bins holding at least BACKGROUND_SHARE of it
+    candidates = window / width >= BACKGROUND_SHARE
+
     runs: list[list[int]] = []
-    in_run, gap = False, 0
-    for index, value in enumerate(share):
-        if not in_run:
-            if value >= SATURATED_ROW:
-                runs.append([index, index])
-                in_run, gap = True, 0
-        elif value >= CONTINUE_ROW:
-            runs[-1][1] = index
-            gap = 0
+    i = 0
+    while i < n:
+        if not strong[i]:
+            i += 1
+            continue
+        first = last = i
+        gap = 0
+        j = i + 1
+        while j < n:
+            if weak[j]:
+                last, gap = j, 0
+            else:
+                gap += 1
+                if gap > MAX_GAP_ROWS:
+                    break
+            j += 1
+        runs.append([first, last])
+        i = last + 1
+
+    min_rows = max(8, int(MIN_BAND * height))
+    bands = []
+    for first, last in runs:
+        for seg_first, seg_last, background_bin in _segments(candidates, window, first, last):
+            if seg_last - seg_first + 1 < min_rows:
+                continue
+            top, bottom = seg_first + start, seg_last + start
+            values = rows[seg_first:seg_last + 1]
+            near = np.abs((values >> 2) - background_bin) <= 1
+            background = float(np.median(values[near])) if near.any() else float(background_bin * 4 + 2)
+            bands.append(Band(top=top, bottom=bottom, background=(background,)))
+    return sorted(bands, key=lambda b: -b.bottom)
+
+
+def _segments(candidates: np.ndarray, window: np.ndarray, first: int, last: int):
+    """Split rows [first, last] where the background colour changes; short runs join the next."""
+    segments: list[list] = []
+    for r in range(first, last + 1):
+        bins = set(np.flatnonzero(candidates[r]).tolist())
+        if segments and segments[-1][2] & bins:
+            segments[-1][1] = r
+            segments[-1][2] &= bins
+            segments[-1][3] |= bins
         else:
-            gap += 1
-            if gap > MAX_GAP_ROWS:
-                in_run = False
-    min_rows = max(6, int(MIN_BAND * height))
-    for first, last in reversed(runs):
-        top, bottom = first + start, last + start
-        pure = ((gray[top:bottom + 1] <= STRICT_DARK) | (gray[top:bottom + 1] >= STRICT_LIGHT)).mean(axis=1)
-        top += int(np.argmax(pure >= PURE_ROW)) if (pure >= PURE_ROW).any() else 0
-        if bottom - top + 1 < min_rows or bottom < 0.85 * height:
+            segments.append([r, r, bins or {int(window[r].argmax())}, set(bins)])
+    # thin segments of another colour (frame lines) go with the band below (or above at the end)
+    merged: list[list] = []
+    pending_first = None
+    for k, seg in enumerate(segments):
+        if seg[1] - seg[0] + 1 <= FRAME_ROWS and k + 1 < len(segments):
+            pending_first = seg[0] if pending_first is None else pending_first
             continue
-        band = gray[top:bottom + 1]
-        bright = bool(np.median(band) > 127)
-        ink = (band < 128) if bright else (band > 127)
-        # A strip of plain black or white (a dark sample edge, a blank margin) holds no ink.
-        if 0.002 <= ink.mean() <= 0.6:
-            return Databar(top=top, bottom=bottom, bright=bright)
-    return None
-
-
-def _ink_mask(gray: np.ndarray, bar: Databar) -> np.ndarray:
-    band = gray[bar.top:bar.bottom + 1]
-    return ((band < 128) if bar.bright else (band > 127)).astype(np.uint8)
-
-
-def find_scale_bar(gray: np.ndarray, databar: Databar) -> ScaleBar | None:
-    width = gray.shape[1]
-    ink = _ink_mask(gray, databar)
-    min_len = max(12, int(width * 0.02)) | 1  # odd: an even kernel shifts the opened stroke by a pixel
-    strokes = cv2.morphologyEx(ink, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (min_len, 1)))
-    count, _, stats, _ = cv2.connectedComponentsWithStats(strokes, connectivity=8)
-    best = None
-    for x, y, w, h, _ in stats[1:count]:
-        if w >= 0.9 * width or w < 8 * h:  # the databar's frame, or a blob (a logo's letter)
+        if pending_first is not None:
+            seg = [pending_first, seg[1], seg[2], seg[3]]
+            pending_first = None
+        if seg[1] - seg[0] + 1 <= FRAME_ROWS and merged:
+            merged[-1][1] = seg[1]
             continue
-        if best is None or w > best[2]:
-            best = (int(x), int(y), int(w), int(h))
-    if best is None:
+        merged.append(seg)
+    for seg_first, seg_last, bins, _ in merged:
+        totals = window[seg_first:seg_last + 1].sum(axis=0)
+        allowed = sorted(bins) if bins else list(range(64))
+        yield seg_first, seg_last, int(max(allowed, key=lambda b: totals[b]))
+
+
+def band_ink(planes: np.ndarray, band: Band) -> BandInk | None:
+    """The ink of a band: pixels far from its background colour in any channel."""
+    region = planes[band.top:band.bottom + 1]
+    flat = region.reshape(-1, region.shape[2])
+    grey_bg = band.background[0]
+    luminance = region.mean(axis=2) if region.shape[2] > 1 else region[..., 0]
+    near = np.abs(luminance - grey_bg).ravel() <= 12
+    background = np.median(flat[near], axis=0) if near.sum() > 16 else np.median(flat, axis=0)
+    distance = np.abs(region - background[None, None, :]).max(axis=2).astype(np.float32)
+    top = float(np.percentile(distance, 99.7))
+    if top < 40:
+        return None                                  # a blank strip: nothing is drawn on it
+    threshold = max(40.0, 0.55 * top)
+    ink = (distance >= threshold).astype(np.uint8)
+    share = float(ink.mean())
+    if not 0.001 <= share <= 0.6:
         return None
-    x, y, w, h = best
-    x, w = _extend_stroke(ink, x, y, w, h)
-    left, right = _tick_centre(ink, x, y, h, side=-1), _tick_centre(ink, x + w - 1, y, h, side=+1)
-    ticks = left is not None and right is not None
-    x0, x1 = (left, right) if ticks else (float(x), float(x + w))
-    return ScaleBar(x0=x0, x1=x1, top=databar.top + y, bottom=databar.top + y + h - 1, ticks=ticks)
+    result = BandInk(band=Band(band.top, band.bottom, tuple(float(v) for v in background)), ink=ink,
+                     distance=distance, contrast=top)
+    result.separators = _separators(ink)
+    return result
+
+
+def _separators(ink: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """Vertical lines that divide a band into cells (FEI, Tescan): thin, most of the band tall."""
+    height = ink.shape[0]
+    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (1, max(5, int(height * 0.6))))
+    lines = cv2.morphologyEx(ink, cv2.MORPH_OPEN, kernel)
+    count, _, stats, _ = cv2.connectedComponentsWithStats(lines, connectivity=8)
+    return [tuple(int(v) for v in stats[i][:4]) for i in range(1, count) if stats[i][2] <= 4]
+
+
+def find_bars(band: BandInk, width: int) -> list[ScaleBar]:
+    """Candidate scale bars of a band, the most plausible first."""
+    ink = band.ink
+    rows = ink.shape[0]
+    min_len = max(9, int(width * 0.015)) | 1  # odd: an even kernel shifts the opened stroke by a pixel
+    strokes_mask = cv2.morphologyEx(ink, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_RECT, (min_len, 1)))
+    count, _, stats, _ = cv2.connectedComponentsWithStats(strokes_mask, connectivity=8)
+    strokes = []
+    for x, y, w, h, _ in stats[1:count]:
+        if w >= 0.9 * width or w < 4 * h or h > max(3, 0.4 * rows):
+            continue                     # the band's frame, or a blob (a logo, a filled box)
+        if h <= 2 and (y <= 1 or y + h >= rows - 1):
+            continue                     # a piece of the band's frame line
+        x, w = _extend_stroke(ink, int(x), int(y), int(w), int(h))
+        strokes.append((x, int(y), w, int(h)))
+    count_all, labels, stats_all, _ = cv2.connectedComponentsWithStats(ink, connectivity=8)
+    bars = []
+    used = set()
+    # two collinear strokes with text between them: one bar with its label inside (|-- 500 µm --|)
+    for a in range(len(strokes)):
+        for b in range(len(strokes)):
+            xa, ya, wa, ha = strokes[a]
+            xb, yb, wb, hb = strokes[b]
+            gap = xb - (xa + wa)
+            if a == b or gap <= 0 or abs(ya - yb) > 1 or abs(ha - hb) > 1 or abs(wa - wb) > 0.25 * max(wa, wb):
+                continue
+            if gap > 1.5 * max(wa, wb) or not _text_between(ink, xa + wa, xb, ya, ha):
+                continue
+            left = _tick_centre(ink, xa, ya, ha, side=-1)
+            right = _tick_centre(ink, xb + wb - 1, yb, hb, side=+1)
+            x0 = left if left is not None else float(xa)
+            x1 = right if right is not None else float(xb + wb)
+            bars.append(_bar(band, x0, x1, ya, ha, "split", labels, stats_all, [(xa, ya), (xb, yb)]))
+            used.update((a, b))
+    for k, (x, y, w, h) in enumerate(strokes):
+        if k in used:
+            continue
+        left, right = _tick_centre(ink, x, y, h, side=-1), _tick_centre(ink, x + w - 1, y, h, side=+1)
+        ticks = left is not None and right is not None
+        x0, x1 = (left, right) if ticks else (float(x), float(x + w))
+        bars.append(_bar(band, x0, x1, y, h, "ticks" if ticks else "plain", labels, stats_all, [(x, y)]))
+    bars.extend(_tick_rulers(band, labels, stats_all, count_all, width))
+    bars = [bar for bar in bars if bar.length_px >= max(10.0, 0.015 * width)]
+
+    def plausibility(bar: ScaleBar) -> tuple:
+        share = bar.length_px / width
+        return (0.03 <= share <= 0.85, bar.kind in ("ticks", "ruler", "split"), bar.length_px)
+    return sorted(bars, key=plausibility, reverse=True)
+
+
+def _bar(band: BandInk, x0: float, x1: float, y: int, h: int, kind: str, labels, stats, seeds) -> ScaleBar:
+    xs, ys, xe, ye = [], [], [], []
+    for sx, sy in seeds:
+        k = labels[sy + h // 2, min(labels.shape[1] - 1, sx + 1)]
+        bx, by, bw, bh = (int(v) for v in stats[k][:4]) if k else (sx, sy, 1, h)
+        xs.append(bx), ys.append(by), xe.append(bx + bw), ye.append(by + bh)
+    box = (min(xs), band.band.top + min(ys), max(xe) - min(xs), max(ye) - min(ys))
+    return ScaleBar(x0=float(x0), x1=float(x1), top=band.band.top + y, bottom=band.band.top + y + h - 1,
+                    kind=kind, box=box)
+
+
+def _text_between(ink: np.ndarray, x0: int, x1: int, y: int, h: int) -> bool:
+    """Is there text in the gap, astride the bar's line (the label written inside the bar)?"""
+    reach = max(4, 3 * h)
+    above = ink[max(0, y - reach):y, x0 + 1:x1 - 1]
+    below = ink[y + h:y + h + reach, x0 + 1:x1 - 1]
+    return above.size > 0 and below.size > 0 and above.mean() > 0.05 and below.mean() > 0.05
+
+
+def _tick_rulers(band: BandInk, labels, stats, count: int, width: int) -> list[ScaleBar]:
+    """Rulers made of ticks only (Hitachi): >= 5 thin vertical marks, feet aligned, evenly spaced."""
+    ticks = [tuple(int(v) for v in stats[i][:4]) for i in range(1, count)
+             if stats[i][3] >= 3 and stats[i][2] <= max(3, stats[i][3] // 2)]
+    ticks.sort(key=lambda t: t[0])
+    rulers = []
+    seen = set()
+    for i, first in enumerate(ticks):
+        if i in seen:
+            continue
+        foot = first[1] + first[3]
+        chain = [i]
+        for j in range(i + 1, len(ticks)):
+            if abs(ticks[j][1] + ticks[j][3] - foot) <= 1 and j not in seen:
+                chain.append(j)
+        if len(chain) < 5:
+            continue
+        centres = np.array([ticks[j][0] + ticks[j][2] / 2 for j in chain])
+        steps = np.diff(centres)
+        step = float(np.median(steps))
+        if step < 3 or np.abs(steps - step).max() > max(1.5, 0.12 * step):
+            continue
+        seen.update(chain)
+        top = min(ticks[j][1] for j in chain)
+        bottom = foot - 1
+        x0, x1 = float(centres[0]), float(centres[-1])
+        box = (int(ticks[chain[0]][0]), band.band.top + top, int(x1 - x0) + 2, bottom - top + 1)
+        rulers.append(ScaleBar(x0=x0, x1=x1, top=band.band.top + top, bottom=band.band.top + bottom,
+                               kind="ruler", box=box))
+    return rulers
 
 
 def _extend_stroke(ink: np.ndarray, x: int, y: int, w: int, h: int) -> tuple[int, int]:
@@ -146,50 +338,67 @@ def _tick_centre(ink: np.ndarray, end_col: int, top: int, thickness: int, side: 
             break
         above = ink[max(0, top - reach):top, col]
         below = ink[top + thickness:min(rows, top + thickness + reach), col]
-        if (above.size and above.all()) or (below.size and below.all()):
+        if (above.size == reach and above.all()) or (below.size == reach and below.all()):
             columns.append(col)
         elif columns:
             break
     return float(np.mean(columns)) if columns else None
 
 
-def label_crop(gray: np.ndarray, databar: Databar, bar: ScaleBar) -> LabelCrop | None:
-    """The text next to the bar (above, below, or on its line), without the bar itself."""
-    band = gray[databar.top:databar.bottom + 1].copy()
-    ink = _ink_mask(gray, databar)
+def label_crop(band: BandInk, bar: ScaleBar, width: int) -> LabelCrop | None:
+    """The text around the bar inside its cell (above, below, inside or beside it), bar removed."""
+    ink = band.ink
+    top = band.band.top
     count, labels, stats, _ = cv2.connectedComponentsWithStats(ink, connectivity=8)
-    stroke_row = bar.top - databar.top
-    bar_label = labels[stroke_row, int(round((bar.x0 + bar.x1) / 2))]
-    band[labels == bar_label] = 255 if databar.bright else 0  # the bar is not text
-    # Distances count from the whole bar, ticks included: Zeiss puts the label on the tick tops.
-    bar_top = int(stats[bar_label][1])
-    bar_bottom = bar_top + int(stats[bar_label][3]) - 1
-    glyphs = [tuple(int(v) for v in stats[i][:4]) for i in range(1, count)
-              if i != bar_label and 3 <= stats[i][3] <= 0.7 * band.shape[0] and stats[i][2] <= 0.3 * gray.shape[1]]
+    bx, by, bw, bh = bar.box
+    by -= top
+    bar_components = set(np.unique(labels[by:by + bh, bx:bx + bw][ink[by:by + bh, bx:bx + bw] > 0]).tolist())
+    # components that are the bar: overlapping its stroke rows along its length
+    stroke_rows = slice(bar.top - top, bar.bottom - top + 1)
+    bar_ids = set(np.unique(labels[stroke_rows, int(bar.x0):int(bar.x1) + 1]).tolist()) - {0}
+    bar_ids |= {k for k in bar_components if stats[k][2] >= 0.5 * bar.length_px}
+    glyphs = [(k, tuple(int(v) for v in stats[k][:4])) for k in range(1, count)
+              if k not in bar_ids and 2 <= stats[k][3] <= 0.8 * ink.shape[0] and stats[k][2] <= 0.25 * width]
     if not glyphs:
         return None
-    text_height = float(np.median([g[3] for g in glyphs]))
+    text_height = float(np.median([g[3] for _, g in glyphs if g[3] >= 4] or [g[3] for _, g in glyphs]))
+    # the bar's cell: between the nearest separators left and right of the bar
+    left_wall, right_wall = 0, ink.shape[1]
+    for sx, sy, sw, sh in band.separators:
+        if sx + sw <= bar.x0 - 2:
+            left_wall = max(left_wall, sx + sw)
+        elif sx >= bar.x1 + 2:
+            right_wall = min(right_wall, sx)
+    bar_top, bar_bottom = by, by + bh - 1
+    margin = 1.5 * text_height
     chosen = []
-    for x, y, w, h in glyphs:
-        vertical_gap = max(bar_top - (y + h), y - (bar_bottom + 1), 0)
-        same_line = vertical_gap == 0
-        reach = 6 * text_height if same_line else 1.5 * text_height
-        if vertical_gap <= 1.5 * text_height and x + w >= bar.x0 - reach and x <= bar.x1 + reach:
+    for k, (x, y, w, h) in glyphs:
+        if x < left_wall or x + w > right_wall:
+            continue
+        gap = max(bar_top - (y + h), y - (bar_bottom + 1), 0)
+        beside = gap == 0
+        reach = 3.0 * text_height if beside else margin
+        if gap <= 1.6 * text_height and x + w >= bar.x0 - reach and x <= bar.x1 + reach:
             chosen.append((x, y, w, h))
     if not chosen:
         return None
-    x0 = min(g[0] for g in chosen)
-    y0 = min(g[1] for g in chosen)
-    x1 = max(g[0] + g[2] for g in chosen)
-    y1 = max(g[1] + g[3] for g in chosen)
-    crop = band[y0:y1, x0:x1]
-    if not databar.bright:
-        crop = 255 - crop
+    x0 = max(0, min(g[0] for g in chosen) - 2)
+    y0 = max(0, min(g[1] for g in chosen) - 2)
+    x1 = min(ink.shape[1], max(g[0] + g[2] for g in chosen) + 2)
+    y1 = min(ink.shape[0], max(g[1] + g[3] for g in chosen) + 2)
+    distance = band.distance[y0:y1, x0:x1].copy()
+    keep = np.zeros_like(distance, dtype=bool)
+    sub_labels = labels[y0:y1, x0:x1]
+    for x, y, w, h in chosen:
+        keep[max(0, y - y0):y - y0 + h, max(0, x - x0):x - x0 + w] = True
+    keep &= ~np.isin(sub_labels, list(bar_ids))
+    # black text on white from the distance to the background: any colour, either polarity
+    text = np.where(keep, 255.0 - np.clip(distance * (255.0 / max(band.contrast, 1.0)), 0, 255), 255.0)
     scale = LABEL_TEXT_HEIGHT / max(text_height, 1.0)
-    crop = cv2.resize(crop, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
+    crop = cv2.resize(text.astype(np.uint8), None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
     crop = cv2.threshold(crop, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)[1]
     pad = LABEL_TEXT_HEIGHT // 2
     crop = cv2.copyMakeBorder(crop, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=255)
-    bar_x = ((bar.x0 + bar.x1) / 2 - x0) * scale + pad
-    bar_y = (stroke_row - y0) * scale + pad
-    return LabelCrop(image=crop, bar_x=bar_x, bar_y=bar_y)
+    span = ((bar.x0 - x0) * scale + pad, (bar.x1 - x0) * scale + pad)
+    bar_y = ((bar.top + bar.bottom) / 2 - top - y0) * scale + pad
+    return LabelCrop(image=crop, bar_span=span, bar_y=bar_y, origin=(x0, y0 + top), scale=scale, pad=pad)

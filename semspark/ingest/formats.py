@@ -30,6 +30,7 @@ class DecodedImage:
     height: int
     bit_depth: int            # bits per sample as stored (8, 16, ...)
     color: str                # gray | rgb | palette
+    rgb: np.ndarray | None = None   # uint8 H x W x 3 for colour images: the databar reader needs hue
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -126,18 +127,18 @@ def decode_gray(data: bytes, fmt: str, max_pixels: int) -> DecodedImage:
     check_complete(data, fmt)
     try:
         if fmt == "tiff":
-            gray, bit_depth, color = _decode_tiff(data)
+            gray, bit_depth, color, rgb = _decode_tiff(data)
         else:
-            gray, bit_depth, color = _decode_cv2(data, fmt)
+            gray, bit_depth, color, rgb = _decode_cv2(data, fmt)
     except BadImage:
         raise
     except Exception as exc:
         raise BadImage("decode", f"{fmt} decoder failed: {exc}") from exc
     return DecodedImage(gray=gray, format=fmt, width=gray.shape[1], height=gray.shape[0],
-                        bit_depth=bit_depth, color=color)
+                        bit_depth=bit_depth, color=color, rgb=rgb)
 
 
-def _decode_tiff(data: bytes) -> tuple[np.ndarray, int, str]:
+def _decode_tiff(data: bytes) -> tuple[np.ndarray, int, str, np.ndarray | None]:
     import tifffile
 
     with tifffile.TiffFile(io.BytesIO(data)) as tif:
@@ -148,8 +149,7 @@ def _decode_tiff(data: bytes) -> tuple[np.ndarray, int, str]:
         if photometric == 3:  # PALETTE: the array holds indices into the colour map
             cmap = np.asarray(page.colormap, dtype=np.float64)  # (3, 2**bits), 16-bit entries
             rgb = cmap[:, pixels].transpose(1, 2, 0) / 65535.0
-            gray = _luminance(rgb)
-            return _to_uint8_unit(gray), bits, "palette"
+            return _to_uint8_unit(_luminance(rgb)), bits, "palette", _to_uint8_unit(rgb)
         color = "gray"
         if pixels.ndim == 3 and pixels.shape[-1] in (3, 4):
             pixels = pixels[..., :3]
@@ -157,14 +157,16 @@ def _decode_tiff(data: bytes) -> tuple[np.ndarray, int, str]:
         elif pixels.ndim == 3:  # planar or multi-sample: first plane is the SEM signal
             pixels = pixels[0] if pixels.shape[0] < pixels.shape[-1] else pixels[..., 0]
         unit = _to_unit(pixels, bits)
+        rgb = None
         if color == "rgb":
+            rgb = _to_uint8_unit(unit)
             unit = _luminance(unit)
         if photometric == 0:  # MINISWHITE
             unit = 1.0 - unit
-        return _to_uint8_unit(unit), bits, color
+        return _to_uint8_unit(unit), bits, color, rgb
 
 
-def _decode_cv2(data: bytes, fmt: str) -> tuple[np.ndarray, int, str]:
+def _decode_cv2(data: bytes, fmt: str) -> tuple[np.ndarray, int, str, np.ndarray | None]:
     import cv2
 
     pixels = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
@@ -176,14 +178,17 @@ def _decode_cv2(data: bytes, fmt: str) -> tuple[np.ndarray, int, str]:
         color = "palette"
     elif fmt == "bmp" and struct.unpack("<H", data[28:30])[0] <= 8 and not _bmp_gray_table(data):
         color = "palette"
+    rgb = None
     if pixels.ndim == 3:
         if color == "gray":
             color = "rgb"
         pixels = pixels[..., :3][..., ::-1]  # BGR(A) to RGB
-        unit = _luminance(_to_unit(pixels, bits))
+        rgb_unit = _to_unit(pixels, bits)
+        rgb = _to_uint8_unit(rgb_unit)
+        unit = _luminance(rgb_unit)
     else:
         unit = _to_unit(pixels, bits)
-    return _to_uint8_unit(unit), bits, color
+    return _to_uint8_unit(unit), bits, color, rgb
 
 
 def _bmp_gray_table(data: bytes) -> bool:

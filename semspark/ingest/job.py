@@ -364,7 +364,8 @@ def _make_worker(config: Config):
                           "image": out.image_png}
                 scale = out.scale.as_dict() if out.scale is not None else {}
                 for key in ("scale_value", "scale_unit", "scale_bar_px", "nm_per_px", "scale_source",
-                            "scale_mismatch", "metadata_nm_per_px", "scale_label_text", "scale_bin"):
+                            "scale_mismatch", "metadata_nm_per_px", "scale_label_text", "scale_confidence",
+                            "scale_reason", "scale_reader", "scale_bin"):
                     record[key] = scale.get(key)
                 records.append(record)
             yield pd.DataFrame.from_records(records, columns=PROCESSED.fieldNames())

@@ -1,15 +1,21 @@
 """Pixel size from vendor metadata: TIFF tags and sidecar text files.
 
-Order of trust: the instrument's own tags (Zeiss CZ_SEM, FEI/Thermo, Tescan), then a Hitachi or
-JEOL sidecar, then an ImageJ calibration (a person may have set it by hand). Tags are read from
-the TIFF header without decoding pixels.
+Order of trust: the instrument's own tags (Zeiss CZ_SEM, FEI/Thermo, Tescan, Olympus SIS), then
+OME-XML physical sizes, then a Hitachi or JEOL sidecar, then an ImageJ calibration (a person may
+have set it by hand). Tags are read from the TIFF header without decoding pixels.
+
+A tag describes the frame the instrument wrote. When the tag also names that frame's width (Zeiss'
+store resolution, FEI's ResolutionX, the sidecars' data size) and the file is narrower or wider,
+the image was resized after acquisition: the pixel size is rescaled by the ratio, and the reading
+says so. When the tag names no frame, nothing can be checked here; the bar and label are the
+witnesses (scale.py).
 """
 from __future__ import annotations
 
 import io
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +33,17 @@ class MetadataScale:
     label_value: float | None = None   # a sidecar may also name the scale bar's label
     label_unit: str | None = None
     bar_px: float | None = None
+    frame_width: int | None = None     # the width of the frame the tag was written for, if it says
+    note: str | None = None            # e.g. "rescaled: tag written for 1024 px, file is 512 px"
+
+    def fitted_to(self, width: int) -> "MetadataScale":
+        """This reading for a file ``width`` pixels wide: rescaled when the frame was resized."""
+        if not self.frame_width or self.frame_width == width or width <= 0:
+            return self
+        ratio = self.frame_width / width
+        return replace(self, nm_per_px=self.nm_per_px * ratio, bar_px=self.bar_px / ratio if self.bar_px else None,
+                       note=f"rescaled x{ratio:.4g}: the tag was written for a {self.frame_width}-px-wide frame, "
+                            f"the file is {width} px wide")
 
 
 def unit_to_nm(unit: str) -> float | None:
@@ -40,7 +57,7 @@ def scale_from_tiff(data: bytes) -> MetadataScale | None:
     try:
         with tifffile.TiffFile(io.BytesIO(data)) as tif:
             page = tif.pages.first
-            for reader in (_zeiss, _fei, _tescan, _imagej):
+            for reader in (_zeiss, _fei, _tescan, _olympus, _ome, _imagej):
                 found = reader(tif, page)
                 if found is not None and found.nm_per_px > 0:
                     return found
@@ -53,12 +70,17 @@ def _zeiss(tif, page) -> MetadataScale | None:
     if 34118 not in page.tags:
         return None
     meta = tif.sem_metadata or {}
+    frame = None
+    store = meta.get("dp_image_store")   # ('Store resolution', '1024 * 768')
+    if isinstance(store, tuple) and len(store) >= 2:
+        found = re.match(r"\s*(\d+)\s*\*\s*(\d+)", str(store[1]))
+        frame = int(found.group(1)) if found else None
     for key in ("ap_image_pixel_size", "ap_pixel_size"):
         entry = meta.get(key)
         if isinstance(entry, tuple) and len(entry) >= 3:
             factor = unit_to_nm(str(entry[2]))
             if factor:
-                return MetadataScale(float(entry[1]) * factor, "CZ_SEM")
+                return MetadataScale(float(entry[1]) * factor, "CZ_SEM", frame_width=frame)
     return None
 
 
@@ -66,11 +88,43 @@ def _fei(tif, page) -> MetadataScale | None:
     if not (34680 in page.tags or 34682 in page.tags):
         return None
     meta = tif.fei_metadata or {}
+    frame = _positive_int((meta.get("Image") or {}).get("ResolutionX"))
     for section in ("Scan", "EScan", "IScan"):
         width = (meta.get(section) or {}).get("PixelWidth")
         if width:
-            return MetadataScale(float(width) * 1e9, "FEI")  # metres
+            return MetadataScale(float(width) * 1e9, "FEI", frame_width=frame)  # metres
     return None
+
+
+def _positive_int(value) -> int | None:
+    try:
+        number = int(float(value))
+    except (TypeError, ValueError):
+        return None
+    return number if number > 0 else None
+
+
+def _olympus(tif, page) -> MetadataScale | None:
+    if not getattr(tif, "is_sis", False):
+        return None
+    meta = tif.sis_metadata or {}
+    size = meta.get("pixelsizex")           # metres
+    return MetadataScale(float(size) * 1e9, "Olympus") if size else None
+
+
+def _ome(tif, page) -> MetadataScale | None:
+    if not tif.is_ome:
+        return None
+    xml = tif.ome_metadata or ""
+    size = re.search(r'PhysicalSizeX="([0-9.eE+\-]+)"', xml)
+    if not size:
+        return None
+    unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', xml)
+    factor = unit_to_nm(unit.group(1)) if unit else 1e3   # OME's default unit is the micrometre
+    frame = re.search(r'SizeX="(\d+)"', xml)
+    if not factor:
+        return None
+    return MetadataScale(float(size.group(1)) * factor, "OME", frame_width=int(frame.group(1)) if frame else None)
 
 
 def _tescan(tif, page) -> MetadataScale | None:
@@ -102,7 +156,8 @@ def scale_from_sidecar(text: str) -> MetadataScale | None:
     """Hitachi (``[SemImageFile] PixelSize=`` in nm) or JEOL (``$$SM_MICRON_BAR`` px and marker)."""
     hitachi = re.search(r"^\s*PixelSize\s*=\s*([0-9.+\-eE]+)", text, re.MULTILINE)
     if hitachi and float(hitachi.group(1)) > 0:
-        return MetadataScale(float(hitachi.group(1)), "Hitachi")
+        size = re.search(r"^\s*DataSize\s*=\s*(\d+)\s*[xX*]\s*(\d+)", text, re.MULTILINE)
+        return MetadataScale(float(hitachi.group(1)), "Hitachi", frame_width=int(size.group(1)) if size else None)
     bar = re.search(r"^\s*\$\$SM_MICRON_BAR\s+([0-9.]+)", text, re.MULTILINE)
     marker = re.search(r"^\s*\$\$SM_MICRON_MARKER\s+([0-9.]+)\s*([^\s\d]+)", text, re.MULTILINE)
     if bar and marker:
@@ -110,8 +165,10 @@ def scale_from_sidecar(text: str) -> MetadataScale | None:
         bar_px = float(bar.group(1))
         if factor and bar_px > 0:
             value = float(marker.group(1))
+            size = re.search(r"^\s*\$+CM_FULL_SIZE\s+(\d+)\s+(\d+)", text, re.MULTILINE)
             return MetadataScale(value * factor / bar_px, "JEOL", label_value=value,
-                                 label_unit=normalise_unit(marker.group(2)), bar_px=bar_px)
+                                 label_unit=normalise_unit(marker.group(2)), bar_px=bar_px,
+                                 frame_width=int(size.group(1)) if size else None)
     return None
 
 

@@ -1,28 +1,30 @@
-"""Read scale-bar labels with Tesseract, many labels per call.
+"""Read the scale bar's label with Tesseract, one small crop per image, through its C API.
 
-Starting Tesseract and loading its model costs ~90 ms, reading one small label ~20 ms, so the label
-crops of a whole Spark task are stacked into one tall page and read with a single call per
-``ocr_batch_size`` labels; each recognised word goes back to the crop its box lies in.
+Each Python worker keeps one Tesseract engine (tesserocr, loaded once: ~150 ms) and reads each
+label crop on its own (~4 ms for a 40-px-high crop). A reading depends on its own image only:
+crops are never stacked with other images' crops, so the order of files and their grouping
+into Spark tasks cannot change a result.
 
 Tesseract spells the micro sign of a scale bar in many ways (µ, μ, u, y, yu, j, or drops it, and
 sometimes reads "µm" as "mm"). µ is the one unit glyph that descends below the digits' baseline, so
 a descender in the unit's word settles micro whatever the letters say.
+
+A number with a unit is the label only when it is not a field of the databar: a value after
+``=`` or ``:`` (``WD = 6.3 mm``, ``View field: 21.1 µm``) or after a field's name (``HFW``,
+``WD``, ``Mag``, ``EHT``, ``Det``, ``Z``, ...) is a field, whatever its position.
 """
 from __future__ import annotations
 
 import logging
 import os
 import re
+import threading
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-from semspark.ingest.databar import LabelCrop
-
 log = logging.getLogger(__name__)
-
-GAP = 24  # white rows between stacked crops
 
 # A number, then nm, mm, or micro in one of its OCR spellings (µ, μ, u, y, yu, j, p, H, w, e, or lost).
 # The number may carry digit look-alikes (l, I, | for 1; O, o for 0), which Tesseract produces
@@ -32,6 +34,16 @@ UNIT_SPELLINGS = r"nm|mm|[uµμyjpHwe]{1,2}m|m"
 LABEL_PATTERN = re.compile(
     r"(?<![\w.,])([\dlI|Oo]+(?:[.,][\dOo]+)?)\s?[-–—~]?\s?(" + UNIT_SPELLINGS + r")(?![A-Za-z])")
 DIGIT_LOOKALIKES = str.maketrans({"l": "1", "I": "1", "|": "1", "O": "0", "o": "0", ",": "."})
+# Names of databar fields whose values carry a length unit; a number after one is never the label.
+FIELD_NAMES = re.compile(
+    r"(?:^|[^A-Za-z])(WD|HFW|VFW|FOV|HV|EHT|Mag|MAG|Det|DET|Width|Height|field|Field|Stage|Z|T|X|Y|"
+    r"Aperture|Spot|spot|curr|Curr|Pressure|pressure|Dwell|dwell|Date|Time|Tilt|tilt|Probe)\s*[=:]?\s*$")
+DEFAULT_TESSDATA = ("/usr/share/tesseract-ocr/5/tessdata", "/usr/share/tesseract-ocr/4.00/tessdata",
+                    "/usr/share/tessdata", "/usr/local/share/tessdata", "/opt/homebrew/share/tessdata")
+
+
+class OcrUnavailable(RuntimeError):
+    """Tesseract's engine or its English model cannot be loaded: nothing can be read, fail the job."""
 
 
 @dataclass(frozen=True)
@@ -39,10 +51,11 @@ class LabelReading:
     value: float
     unit: str               # nm | um | mm
     text: str               # what Tesseract read for the label, for auditing
+    box: tuple[int, int, int, int] | None = None  # x, y, w, h in the crop's coordinates
 
 
 @dataclass(frozen=True)
-class _Word:
+class Word:
     text: str
     left: int
     top: int
@@ -51,77 +64,60 @@ class _Word:
     line: tuple[int, int, int]
 
 
-def read_labels(crops: list[LabelCrop | None], tesseract_cmd: str = "tesseract",
-                batch_size: int = 48, timeout_s: float = 120.0) -> list[LabelReading | None]:
-    """One LabelReading (or None) per crop, in order, with one Tesseract call per batch.
-
-    A batch that Tesseract fails on (or that runs past ``timeout_s``) is read again one crop at a
-    time, so one bad crop costs only its own label. A missing Tesseract is raised: nothing works.
-    """
-    import pytesseract
-
-    results: list[LabelReading | None] = [None] * len(crops)
-    present = [i for i, crop in enumerate(crops) if crop is not None]
-    for start in range(0, len(present), batch_size):
-        chunk = present[start:start + batch_size]
-        try:
-            readings = _read_batch([crops[i] for i in chunk], tesseract_cmd, timeout_s)
-        except pytesseract.TesseractNotFoundError:
-            raise
-        except (pytesseract.TesseractError, RuntimeError, OSError) as exc:
-            log.warning("Tesseract failed on a batch of %d labels (%s); reading them one by one", len(chunk), exc)
-            readings = [_read_one(crops[i], tesseract_cmd, timeout_s) for i in chunk]
-        for index, reading in zip(chunk, readings):
-            results[index] = reading
-    return results
+def find_tessdata(configured: str = "") -> str:
+    """The folder holding eng.traineddata: the configured one, $TESSDATA_PREFIX, or Debian's."""
+    candidates = [configured] if configured else [os.environ.get("TESSDATA_PREFIX", ""), *DEFAULT_TESSDATA]
+    for folder in candidates:
+        if folder and os.path.isfile(os.path.join(folder, "eng.traineddata")):
+            return folder
+    where = configured or ", ".join(c for c in candidates if c)
+    raise OcrUnavailable(f"Tesseract's English model (eng.traineddata) is not in {where}: install Debian's "
+                         "tesseract-ocr-eng (deploy/bootstrap.sh does) or set ingest.tessdata_dir")
 
 
-def _read_one(crop: LabelCrop, tesseract_cmd: str, timeout_s: float) -> LabelReading | None:
-    import pytesseract
-
-    try:
-        return _read_batch([crop], tesseract_cmd, timeout_s)[0]
-    except pytesseract.TesseractNotFoundError:
-        raise
-    except (pytesseract.TesseractError, RuntimeError, OSError) as exc:
-        log.warning("Tesseract failed on one label (%s); its scale stays unread", exc)
-        return None
+_engines = threading.local()
 
 
-def _read_batch(crops: list[LabelCrop], tesseract_cmd: str, timeout_s: float = 120.0) -> list[LabelReading | None]:
-    import pytesseract
-
-    # One thread per Tesseract: a Spark task owns one core, and Tesseract's OpenMP threads spin
-    # against each other (5x slower on 2 cores, measured by bench/ingest_bench.py).
+def _engine(tessdata: str):
+    """This thread's Tesseract engine, made on first use and kept for the worker's life."""
+    api = getattr(_engines, "api", None)
+    if api is not None and _engines.tessdata == tessdata:
+        return api
+    # One thread per engine: a Spark task owns one core, and Tesseract's OpenMP threads spin
+    # against each other (5x slower on 2 cores).
     os.environ.setdefault("OMP_THREAD_LIMIT", "1")
-    pytesseract.pytesseract.tesseract_cmd = tesseract_cmd
-    width = max(crop.image.shape[1] for crop in crops)
-    offsets, pages = [], []
-    y = 0
-    for crop in crops:
-        offsets.append(y)
-        h, w = crop.image.shape
-        pages.append(np.pad(crop.image, ((0, GAP), (0, width - w)), constant_values=255))
-        y += h + GAP
-    page = np.vstack(pages)
-    data = pytesseract.image_to_data(page, config="--psm 6", output_type=pytesseract.Output.DICT,
-                                     timeout=timeout_s)
-    per_crop: list[list[_Word]] = [[] for _ in crops]
-    bounds = offsets + [y]
-    for i, text in enumerate(data["text"]):
-        text = text.strip()
-        if not text:
+    try:
+        import tesserocr
+    except ImportError as exc:
+        raise OcrUnavailable("the tesserocr package is missing: run deploy/bootstrap.sh") from exc
+    try:
+        api = tesserocr.PyTessBaseAPI(path=tessdata, lang="eng", psm=tesserocr.PSM.SINGLE_BLOCK)
+    except RuntimeError as exc:
+        raise OcrUnavailable(f"Tesseract could not load eng from {tessdata}: {exc}") from exc
+    _engines.api, _engines.tessdata = api, tessdata
+    return api
+
+
+def recognise(image: np.ndarray, tessdata: str) -> list[Word]:
+    """Tesseract's words on a black-on-white uint8 image, with their boxes and line ids."""
+    image = np.ascontiguousarray(image, dtype=np.uint8)
+    api = _engine(tessdata)
+    api.SetImageBytes(image.tobytes(), image.shape[1], image.shape[0], 1, image.shape[1])
+    tsv = api.GetTSVText(0)
+    words = []
+    for row in tsv.splitlines():
+        cells = row.split("\t")
+        if len(cells) < 12 or cells[0] != "5":
             continue
-        centre = data["top"][i] + data["height"][i] / 2
-        k = int(np.searchsorted(bounds, centre, side="right")) - 1
-        if 0 <= k < len(crops):
-            per_crop[k].append(_Word(text, data["left"][i], data["top"][i] - offsets[k], data["width"][i],
-                                     data["height"][i], (data["block_num"][i], data["par_num"][i], data["line_num"][i])))
-    return [parse_label(words, crop) for words, crop in zip(per_crop, crops)]
+        text = cells[11].strip()
+        if text:
+            block, par, line = int(cells[2]), int(cells[3]), int(cells[4])
+            words.append(Word(text, int(cells[6]), int(cells[7]), int(cells[8]), int(cells[9]), (block, par, line)))
+    return words
 
 
-def parse_label(words: list[_Word], crop: LabelCrop) -> LabelReading | None:
-    """The value and unit nearest the scale bar among what was read around it."""
+def parse_label(words: list[Word], image: np.ndarray, bar_span: tuple[float, float], bar_y: float) -> LabelReading | None:
+    """The value and unit nearest the bar (columns ``bar_span`` at row ``bar_y``) that is not a field."""
     candidates = []
     for line in sorted({w.line for w in words}):
         line_words = sorted((w for w in words if w.line == line), key=lambda w: w.left)
@@ -135,26 +131,32 @@ def parse_label(words: list[_Word], crop: LabelCrop) -> LabelReading | None:
             number = match.group(1)
             if not any(c.isdigit() for c in number) and match.group(2) == "m":
                 continue  # "Im", "lm": too little evidence that this is a number at all
+            if FIELD_NAMES.search(text[:match.start()]) or re.search(r"[=:]\s*$", text[:match.start()]):
+                continue
             try:
                 value = float(number.translate(DIGIT_LOOKALIKES))
             except ValueError:
                 continue
             used = [w for a, b, w in spans if a < match.end() and b > match.start()]
             unit_words = [w for a, b, w in spans if a < match.end(2) and b > match.start(2)]
-            unit = _unit(match.group(2), crop, unit_words)
+            unit = _unit(match.group(2), image, unit_words)
             if value <= 0 or unit is None:
                 continue
-            cx = np.mean([w.left + w.width / 2 for w in used])
-            cy = np.mean([w.top + w.height / 2 for w in used])
-            distance = float(np.hypot(cx - crop.bar_x, cy - crop.bar_y))
-            candidates.append((distance, LabelReading(value, unit, match.group(0))))
+            x0 = min(w.left for w in used)
+            y0 = min(w.top for w in used)
+            x1 = max(w.left + w.width for w in used)
+            y1 = max(w.top + w.height for w in used)
+            dx = max(x0 - bar_span[1], bar_span[0] - x1, 0.0)
+            dy = max(y0 - bar_y, bar_y - y1, 0.0)
+            distance = float(np.hypot(dx, dy))
+            candidates.append((distance, LabelReading(value, unit, match.group(0), (x0, y0, x1 - x0, y1 - y0))))
     if not candidates:
         return None
     return min(candidates, key=lambda c: c[0])[1]
 
 
-def _unit(spelling: str, crop: LabelCrop, unit_words: list[_Word]) -> str | None:
-    if any(_has_descender(crop.image, w) for w in unit_words):
+def _unit(spelling: str, image: np.ndarray, unit_words: list[Word]) -> str | None:
+    if any(_has_descender(image, w) for w in unit_words):
         return "um"
     letters = spelling.lower()
     if letters == "nm":
@@ -165,7 +167,7 @@ def _unit(spelling: str, crop: LabelCrop, unit_words: list[_Word]) -> str | None
     return "um"
 
 
-def _has_descender(image: np.ndarray, word: _Word) -> bool:
+def _has_descender(image: np.ndarray, word: Word) -> bool:
     """Does any glyph in the word reach clearly below the baseline of the others?"""
     pad = 4
     y0, y1 = max(0, word.top - pad), min(image.shape[0], word.top + word.height + pad * 3)

@@ -1,8 +1,8 @@
 """What happens to each file of a Spark task: bytes in, an image row or a quarantine row out.
 
-Three passes over a batch, so that Tesseract runs once per ``ocr_batch_size`` labels instead of
-once per image: (1) per file, hash, recognise, decode, read tags and find the databar and its bar;
-(2) one OCR pass over all label crops; (3) per file, combine the scale and store the content area.
+Each file is read on its own, start to end: hash, recognise, decode, read tags, read the databar
+(one small Tesseract call through the worker's engine), combine the scale and store the content
+area. Nothing of one file depends on another, so any order or grouping of files gives the same rows.
 Any exception in a file's own work becomes a quarantine row for that file; it never stops the task.
 """
 from __future__ import annotations
@@ -15,10 +15,10 @@ import cv2
 import numpy as np
 
 from semspark.config import IngestConfig
-from semspark.ingest import databar as databar_mod
-from semspark.ingest.formats import BadImage, DecodedImage, decode_gray, sniff_format
-from semspark.ingest.metadata import MetadataScale, scale_from_sidecar, scale_from_tiff
-from semspark.ingest.ocr import read_labels
+from semspark.ingest.formats import BadImage, decode_gray, sniff_format
+from semspark.ingest.metadata import scale_from_sidecar, scale_from_tiff
+from semspark.ingest.ocr import OcrUnavailable, find_tessdata
+from semspark.ingest.reader import DatabarReading, read_databar
 from semspark.ingest.scale import ScaleReading, combine
 from semspark.phash import hash_hex, perceptual_hash
 
@@ -53,84 +53,72 @@ class FileOutcome:
     extra: dict = field(default_factory=dict)
 
 
-@dataclass
-class _Work:
-    raw: RawFile
-    sha256: str | None = None
-    decoded: DecodedImage | None = None
-    metadata: MetadataScale | None = None
-    databar: databar_mod.Databar | None = None
-    bar: databar_mod.ScaleBar | None = None
-    crop: databar_mod.LabelCrop | None = None
-    failure: tuple[str, str] | None = None
-
-
-def process_files(files: list[RawFile], config: IngestConfig, encode=None, store: bool = True) -> list[FileOutcome]:
-    """Turn a batch of raw files into outcomes, one per file, in order.
+def process_files(files: list[RawFile], config: IngestConfig, encode=None, store: bool = True,
+                  keep_reading: bool = False) -> list[FileOutcome]:
+    """Turn raw files into outcomes, one per file, in order, each independent of the others.
 
     ``encode`` turns the stored uint8 image into bytes (the Petastorm codec in the ingest job);
-    by default PNG through OpenCV. With ``store=False`` only the scale is read (benchmarks).
+    by default PNG through OpenCV. With ``store=False`` only the scale is read (benchmarks, the
+    ``scale`` command). With ``keep_reading`` the databar reading and the decoded image stay in
+    ``extra`` (for ``semspark scale --debug``).
     """
-    works = [_analyse(f, config) for f in files]
-    readings = read_labels([w.crop for w in works], config.tesseract_cmd, config.ocr_batch_size,
-                           config.ocr_timeout_s)
-    return [_finish(w, reading, config, encode or _png, store) for w, reading in zip(works, readings)]
+    tessdata = find_tessdata(config.tessdata_dir)
+    return [process_file(f, config, tessdata, encode or _png, store, keep_reading) for f in files]
 
 
-def _analyse(raw: RawFile, config: IngestConfig) -> _Work:
-    work = _Work(raw=raw)
+def process_file(raw: RawFile, config: IngestConfig, tessdata: str, encode, store: bool = True,
+                 keep_reading: bool = False) -> FileOutcome:
+    sha256 = None
     try:
         if raw.data is None:
             raise BadImage(raw.read_stage, raw.read_error or "file could not be read")
-        work.sha256 = hashlib.sha256(raw.data).hexdigest()
+        sha256 = hashlib.sha256(raw.data).hexdigest()
         if len(raw.data) == 0:
             raise BadImage("read", "empty file (0 bytes)")
         fmt = sniff_format(raw.data)
         if fmt is None:
             raise BadImage("decode", "not an image: content is not TIFF, PNG, JPEG or BMP")
-        work.decoded = decode_gray(raw.data, fmt, config.max_pixels)
-        if fmt == "tiff":
-            work.metadata = scale_from_tiff(raw.data)
-        if work.metadata is None and raw.sidecar_text:
-            work.metadata = scale_from_sidecar(raw.sidecar_text)
-        gray = work.decoded.gray
-        work.databar = databar_mod.find_databar(gray)
-        if work.databar is not None:
-            work.bar = databar_mod.find_scale_bar(gray, work.databar)
-            if work.bar is not None:
-                work.crop = databar_mod.label_crop(gray, work.databar, work.bar)
+        decoded = decode_gray(raw.data, fmt, config.max_pixels)
+        metadata = scale_from_tiff(raw.data) if fmt == "tiff" else None
+        if metadata is None and raw.sidecar_text:
+            metadata = scale_from_sidecar(raw.sidecar_text)
+        reading = read_databar(decoded.gray, decoded.rgb, tessdata)
     except BadImage as exc:
-        work.failure = (exc.stage, exc.reason)
+        return FileOutcome(path=raw.path, sha256=sha256, ok=False, stage=exc.stage, reason=exc.reason)
+    except OcrUnavailable:
+        raise                       # no engine: nothing can be read anywhere, fail the job loudly
     except Exception as exc:  # an unexpected failure is still only this file's
         log.warning("ingest failed on %s: %r", raw.path, exc)
-        work.failure = ("decode", f"unexpected error: {type(exc).__name__}: {exc}")
-    return work
-
-
-def _finish(work: _Work, reading, config: IngestConfig, encode, store: bool = True) -> FileOutcome:
-    raw = work.raw
-    if work.failure is not None:
-        stage, reason = work.failure
-        return FileOutcome(path=raw.path, sha256=work.sha256, ok=False, stage=stage, reason=reason)
-    decoded = work.decoded
+        return FileOutcome(path=raw.path, sha256=sha256, ok=False, stage="decode",
+                           reason=f"unexpected error: {type(exc).__name__}: {exc}")
     try:
-        scale = combine(work.metadata, reading, work.bar.length_px if work.bar else None,
+        scale = combine(metadata, reading.label, reading.bar.length_px if reading.bar else None,
                         decoded.width, config.metadata_tolerance)
-        content_rows = work.databar.top if work.databar is not None else decoded.height
+        if reading.notes and scale.scale_confidence != "high":
+            scale = _with_notes(scale, reading)
+        content_rows = reading.databar_top if reading.databar_top is not None else decoded.height
         content = decoded.gray[:content_rows]
         stored = None
         if store:
             size = config.image_size
             stored = encode(cv2.resize(content, (size, size), interpolation=cv2.INTER_AREA))
+        extra = {"reading": reading, "decoded": decoded} if keep_reading else {}
         return FileOutcome(
-            path=raw.path, sha256=work.sha256, ok=True, format=decoded.format, width=decoded.width,
+            path=raw.path, sha256=sha256, ok=True, format=decoded.format, width=decoded.width,
             height=decoded.height, bit_depth=decoded.bit_depth, color=decoded.color,
             databar_px=decoded.height - content_rows, scale=scale, image_png=stored,
-            phash=hash_hex(perceptual_hash(content)))
+            phash=hash_hex(perceptual_hash(content)), extra=extra)
     except Exception as exc:
         log.warning("storing %s failed: %r", raw.path, exc)
-        return FileOutcome(path=raw.path, sha256=work.sha256, ok=False, stage="store",
+        return FileOutcome(path=raw.path, sha256=sha256, ok=False, stage="store",
                            reason=f"{type(exc).__name__}: {exc}")
+
+
+def _with_notes(scale: ScaleReading, reading: DatabarReading) -> ScaleReading:
+    from dataclasses import replace
+
+    notes = "; ".join(reading.notes[:3])
+    return replace(scale, scale_reason=f"{scale.scale_reason}; databar: {notes}" if scale.scale_reason else notes)
 
 
 def _png(image: np.ndarray) -> bytes:
@@ -140,9 +128,12 @@ def _png(image: np.ndarray) -> bytes:
     return buffer.tobytes()
 
 
-def read_scale_files(paths: list[str], config: IngestConfig | None = None) -> list[FileOutcome]:
+def read_scale_files(paths: list[str], config: IngestConfig | None = None,
+                     keep_reading: bool = False) -> list[FileOutcome]:
     """The scale reader on local files (and their ``.txt`` sidecars), outside Spark."""
     from pathlib import Path
+
+    from semspark.storage import decode_text
 
     config = config or IngestConfig()
     files = []
@@ -151,7 +142,8 @@ def read_scale_files(paths: list[str], config: IngestConfig | None = None) -> li
         sidecar = p.with_suffix(".txt")
         try:
             data = p.read_bytes()
-            files.append(RawFile(str(p), data, sidecar.read_text(errors="replace") if sidecar.exists() else None))
+            text = decode_text(sidecar.read_bytes()) if sidecar.exists() else None
+            files.append(RawFile(str(p), data, text))
         except OSError as exc:
             files.append(RawFile(str(p), None, read_error=str(exc)))
-    return process_files(files, config)
+    return process_files(files, config, store=False, keep_reading=keep_reading)

@@ -1,0 +1,73 @@
+"""The databar of one image, read: its band, its scale bar and the label that belongs to the bar.
+
+Bands are tried from the lowest up and, in each, the most plausible bars first; the first bar whose
+own label reads as a number with a unit wins. What was found and why is kept for ``semspark scale``
+and its ``--debug`` pictures.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from semspark.ingest import databar as db
+from semspark.ingest.ocr import LabelReading, parse_label, recognise
+
+
+@dataclass
+class DatabarReading:
+    band: db.Band | None = None          # the databar cut off the stored image
+    bar: db.ScaleBar | None = None
+    label: LabelReading | None = None
+    label_text: str = ""                 # everything Tesseract read around the bar
+    label_box: tuple[int, int, int, int] | None = None   # the label in image coordinates
+    notes: list[str] = field(default_factory=list)       # why, for people
+
+    @property
+    def databar_top(self) -> int | None:
+        return self.band.top if self.band is not None else None
+
+
+def read_databar(gray: np.ndarray, rgb: np.ndarray | None, tessdata: str) -> DatabarReading:
+    height, width = gray.shape
+    planes = db.colour_planes(gray, rgb)
+    reading = DatabarReading()
+    fallback_band = None
+    bands = db.find_bands(gray)
+    if not bands:
+        reading.notes.append("no data band in the lower half (no flat rows with text)")
+    for band in bands:
+        inked = db.band_ink(planes, band)
+        if inked is None:
+            continue
+        if fallback_band is None and band.bottom >= height - 3:
+            fallback_band = band
+        bars = db.find_bars(inked, width)
+        if not bars:
+            reading.notes.append(f"band rows {band.top}-{band.bottom}: no scale bar")
+            continue
+        for bar in bars[:db.MAX_BARS_TRIED]:
+            crop = db.label_crop(inked, bar, width)
+            if crop is None:
+                reading.notes.append(f"band rows {band.top}-{band.bottom}: {bar.kind} bar "
+                                     f"{bar.length_px:.1f} px with no text around it")
+                continue
+            words = recognise(crop.image, tessdata)
+            text = " ".join(w.text for w in words)
+            label = parse_label(words, crop.image, crop.bar_span, crop.bar_y)
+            if label is None:
+                reading.notes.append(f"band rows {band.top}-{band.bottom}: {bar.kind} bar "
+                                     f"{bar.length_px:.1f} px, text {text!r} has no label")
+                if reading.bar is None:
+                    reading.band, reading.bar, reading.label_text = band, bar, text
+                continue
+            reading.band, reading.bar, reading.label, reading.label_text = band, bar, label, text
+            if label.box is not None:
+                x, y, w, h = label.box
+                ox, oy = crop.origin
+                reading.label_box = (int(ox + (x - crop.pad) / crop.scale), int(oy + (y - crop.pad) / crop.scale),
+                                     int(w / crop.scale), int(h / crop.scale))
+            return reading
+    if reading.band is None and fallback_band is not None:
+        reading.band = fallback_band
+    return reading
