@@ -8,10 +8,12 @@ plus the real samples of ../shared/samples/real. Everything runs in this one pro
 
 - metadata path: the pixel size from TIFF tags or a sidecar, for files that carry them, without
   decoding pixels;
-- OCR path: decode, find the databar and the bar, read the label with Tesseract in batches,
-  combine, for files whose scale comes from the databar;
-- baseline (the same run, the same files): the same decode and databar detection, then one
-  pytesseract call per image on the whole databar, as a naive reader would.
+- OCR path: decode, find the data band and the bar, read the bar's label (one small crop per
+  image through the worker's Tesseract engine), combine;
+- baseline (the same run, the same files): the same decode and band detection, then Tesseract
+  (the same engine, no process start) on the whole band, as a naive reader would;
+- real samples: how many printed labels are read right and how many nm/px are within 5% of the
+  manifest's reference (the issue's measure), on ../shared/samples/real.
 
 Machines here are noisy: compare the ratio to the baseline, not absolute times across runs.
 """
@@ -38,13 +40,13 @@ from semspark.config import IngestConfig  # noqa: E402
 from semspark.ingest import databar  # noqa: E402
 from semspark.ingest.formats import decode_gray, sniff_format  # noqa: E402
 from semspark.ingest.metadata import scale_from_sidecar, scale_from_tiff  # noqa: E402
-from semspark.ingest.ocr import LABEL_PATTERN  # noqa: E402
+from semspark.ingest.ocr import LABEL_PATTERN, find_tessdata, recognise  # noqa: E402
 from semspark.ingest.process import RawFile, process_files  # noqa: E402
+from semspark.storage import decode_text  # noqa: E402
 from semspark.synth.generate import generate  # noqa: E402
 
 REAL = ROOT.parent / "shared" / "samples" / "real"
-TARGETS = {"ocr_images_per_s_per_core": 25.0, "ocr_speedup_vs_baseline": 5.0,
-           "metadata_images_per_s_per_core": 200.0}
+TARGETS = {"ocr_images_per_s_per_core": 40.0, "metadata_images_per_s_per_core": 200.0}
 
 
 def cpu_model() -> str:
@@ -63,7 +65,7 @@ def load_set(folder: Path, n: int, seed: int, width: int):
     for r in records:
         path = folder / r.file
         sidecar = path.with_suffix(".txt")
-        files.append(RawFile(str(path), path.read_bytes(), sidecar.read_text() if sidecar.exists() else None))
+        files.append(RawFile(str(path), path.read_bytes(), decode_text(sidecar.read_bytes()) if sidecar.exists() else None))
         truth.append((r.scale_value, r.scale_unit))
     if REAL.is_dir():
         import csv
@@ -106,22 +108,46 @@ def ocr_path(files, truth, config):
 
 
 def baseline(files, truth, config):
-    import pytesseract
-
+    tessdata = find_tessdata(config.tessdata_dir)
     right = 0
     started = time.perf_counter()
     for f, t in zip(files, truth):
         decoded = decode_gray(f.data, sniff_format(f.data), config.max_pixels)
-        bar = databar.find_databar(decoded.gray)
+        bands = databar.find_bands(decoded.gray)
         value = unit = None
-        if bar is not None:
-            text = pytesseract.image_to_string(decoded.gray[bar.top:bar.bottom + 1], config="--psm 6")
+        if bands:
+            band = decoded.gray[bands[0].top:bands[0].bottom + 1]
+            text = " ".join(w.text for w in recognise(band if band.mean() > 127 else 255 - band, tessdata))
             match = LABEL_PATTERN.search(text)
             if match:
                 value = float(match.group(1).replace(",", ".")) if match.group(1)[0].isdigit() else None
                 unit = {"nm": "nm", "mm": "mm"}.get(match.group(2), "um")
         right += (value, unit) == t
     return time.perf_counter() - started, right
+
+
+def real_samples(config):
+    """Printed labels read right and nm/px within 5% of the reference, over the real samples."""
+    import csv
+
+    if not REAL.is_dir():
+        return None
+    rows = list(csv.DictReader(open(REAL / "manifest.csv")))
+    files = [RawFile(str(REAL / r["file"]), (REAL / r["file"]).read_bytes()) for r in rows]
+    outcomes = process_files(files, config, store=False)
+    labels = [r for r in rows if r["scale_label_value"]]
+    refs = [r for r in rows if r["nm_per_px_reference"]]
+    by_file = {Path(o.path).name: o.scale for o in outcomes if o.ok}
+    labels_right = sum(by_file.get(r["file"]) is not None
+                       and (by_file[r["file"]].scale_value, by_file[r["file"]].scale_unit)
+                       == (float(r["scale_label_value"]), r["scale_label_unit"]) for r in labels)
+    nm_right = sum(by_file.get(r["file"]) is not None and by_file[r["file"]].nm_per_px is not None
+                   and abs(by_file[r["file"]].nm_per_px / float(r["nm_per_px_reference"]) - 1) <= 0.05 for r in refs)
+    unknown_right = sum(by_file.get(r["file"]) is not None and by_file[r["file"]].scale_value is None
+                        for r in rows if not r["scale_label_value"])
+    return {"files": len(rows), "labels_right": f"{labels_right}/{len(labels)}",
+            "nm_per_px_within_5pct": f"{nm_right}/{len(refs)}",
+            "no_databar_reported_unknown": f"{unknown_right}/{len(rows) - len(labels)}"}
 
 
 def main() -> None:
@@ -139,6 +165,7 @@ def main() -> None:
         n_tagged, tagged_s, scan_s = metadata_path(files)
         ocr_s, ocr_right, from_ocr = ocr_path(files, truth, config)
         base_s, base_right = baseline(files, truth, config)
+        real = real_samples(config)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     n = len(files)
@@ -158,10 +185,10 @@ def main() -> None:
             "seconds": round(base_s, 3), "images_per_s_per_core": round(base_rate, 1),
             "labels_right": base_right, "accuracy": round(base_right / n, 4)},
         "ocr_speedup_vs_baseline": round(ocr_rate / base_rate, 2),
+        "real_samples": real,
     }
     result["targets"] = {
-        "ocr_images_per_s_per_core >= 25": result["ocr_path"]["images_per_s_per_core"] >= TARGETS["ocr_images_per_s_per_core"],
-        "ocr_speedup_vs_baseline >= 5": result["ocr_speedup_vs_baseline"] >= TARGETS["ocr_speedup_vs_baseline"],
+        "ocr_images_per_s_per_core >= 40": result["ocr_path"]["images_per_s_per_core"] >= TARGETS["ocr_images_per_s_per_core"],
         "metadata_images_per_s_per_core >= 200": (result["metadata_path"]["images_per_s_per_core"] or 0)
         >= TARGETS["metadata_images_per_s_per_core"],
     }

@@ -48,8 +48,9 @@ def raw(tmp_path_factory, synthetic_set):
     for entry in folder.iterdir():
         if entry.is_dir():
             shutil.copytree(entry, root / entry.name)
-    for sample in REAL_SAMPLES.glob("*.tif"):
-        shutil.copy(sample, root / sample.name)
+    for sample in REAL_SAMPLES.iterdir():
+        if sample.suffix.lower() in (".tif", ".tiff", ".jpg", ".jpeg", ".png"):
+            shutil.copy(sample, root / sample.name)
     first = records[0]
     shutil.copy(folder / first.file, root / "Powder" / ("zz_copy_of_" + Path(first.file).name))
     # A name with a space and a '#': Spark's paths are not URIs and must not be parsed as such.
@@ -96,7 +97,7 @@ def test_one_image_row_per_distinct_content(spark, raw, first_run):
     root, records = raw
     images = table(spark, "images").toPandas()
     expected = {hashlib.sha256(where(root, r).read_bytes()).hexdigest() for r in records}
-    expected |= {hashlib.sha256(p.read_bytes()).hexdigest() for p in root.glob("*.tif")}
+    expected |= {hashlib.sha256(p.read_bytes()).hexdigest() for p in root.iterdir() if p.is_file()}
     assert set(images["image_id"]) == expected and len(images) == len(expected)
     assert images["phash"].str.fullmatch("[0-9a-f]{16}").all()
     assert first_run.new_images == len(expected) and first_run.duplicate_files == 1
@@ -118,8 +119,9 @@ def test_labels_from_folders_and_none_for_the_root(spark, raw, first_run):
     by_path = {r["path"]: r["label"] for r in table(spark, "images").select("path", "label").collect()}
     for record in records:
         assert by_path[uri(where(root, record))] == record.category
-    for sample in root.glob("*.tif"):
-        assert by_path[uri(sample)] is None
+    for sample in root.iterdir():
+        if sample.is_file():
+            assert by_path[uri(sample)] is None
 
 
 def test_scales_and_bins_match_the_truth(spark, raw, real_manifest, first_run):
@@ -136,7 +138,15 @@ def test_scales_and_bins_match_the_truth(spark, raw, real_manifest, first_run):
     for sample in real_manifest:
         value, unit = sample["scale_label_value"], sample["scale_label_unit"]
         expected = f"{float(value):g}{unit}" if value else "unknown"
-        assert rows[uri(root / sample["file"])]["scale_bin"] == expected, sample["file"]
+        row = rows[uri(root / sample["file"])]
+        assert row["scale_bin"] == expected, sample["file"]
+        # the reading's confidence and reason reach the table: a tag that agrees with label and bar
+        # is the one case called high; a file without a databar has no confidence at all
+        if sample["nm_per_px_reference"]:
+            assert row["scale_confidence"] == "high", (sample["file"], row["scale_reason"])
+        elif not value:
+            assert row["scale_confidence"] == "none" and "no label" in row["scale_reason"]
+        assert row["scale_reader"] >= 2
 
 
 def test_bad_files_are_quarantined_with_their_reason(spark, raw, first_run):

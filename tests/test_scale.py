@@ -142,3 +142,106 @@ def test_synthetic_images_of_every_layout_and_scale(synthetic_set):
             right += 1
     assert not wrong_values, f"labels read as a wrong value: {wrong_values}"  # unknown is honest; wrong is not
     assert right >= 26, f"only {right}/27 labels read"
+
+
+def test_reading_does_not_depend_on_order_or_grouping(real_manifest):
+    """The same files read together, one by one in reverse, and in small groups: identical readings."""
+    paths = [str(REAL_SAMPLES / row["file"]) for row in real_manifest]
+    together = {o.path: (o.scale.as_dict(), o.databar_px) for o in read_scale_files(paths)}
+    alone = {o.path: (o.scale.as_dict(), o.databar_px) for p in reversed(paths) for o in read_scale_files([p])}
+    grouped = {o.path: (o.scale.as_dict(), o.databar_px)
+               for start in range(0, len(paths), 5) for o in read_scale_files(paths[::-1][start:start + 5])}
+    assert together == alone == grouped
+
+
+# (layout, width, variant) the reader does not read yet, each with its reason. Only shrinks.
+VENDOR_NOT_YET_READ = {
+    ("tescan", 1024, "half"): "halved, the ruler's 1-px ticks and baseline fall under the ink threshold",
+    ("fei_split", 1024, "three_quarter"): "at 0.75 the two halves of the split bar differ by more than a third",
+}
+VENDOR_SCALES = [(200, "nm"), (1, "µm"), (2, "µm"), (10, "µm"), (50, "µm"), (500, "nm"), (1, "mm")]
+VENDOR_VARIANTS = [(1024, "png"), (768, "jpeg60"), (1024, "half"), (1024, "three_quarter"), (640, "png")]
+
+
+@pytest.fixture(scope="module")
+def vendor_images(tmp_path_factory):
+    """Every vendor layout of synth/vendor_databars.py at several sizes, JPEG quality 60, and
+    resized to half and three quarters after the databar was drawn, with the truth of what was drawn."""
+    import cv2
+
+    from semspark.synth.morphology import CATEGORIES, render
+    from semspark.synth.vendor_databars import VENDOR_LAYOUTS, draw_vendor
+
+    folder = tmp_path_factory.mktemp("vendor")
+    cases, i = [], 0
+    for layout in VENDOR_LAYOUTS:
+        for width, variant in VENDOR_VARIANTS:
+            rng = np.random.default_rng([7, i])
+            i += 1
+            value, unit = VENDOR_SCALES[i % len(VENDOR_SCALES)]
+            content = (render(CATEGORIES[i % 10], rng, width * 3 // 4, width) * 255).astype(np.uint8)
+            bar_px = int(rng.integers(int(width * 0.1), int(width * 0.25)))
+            drawn = draw_vendor(layout, content, f"{value:g} {unit}", bar_px, rng)
+            factor = {"half": 0.5, "three_quarter": 0.75}.get(variant, 1.0)
+            image = drawn.image[..., ::-1]
+            if factor != 1.0:
+                image = cv2.resize(image, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
+            path = folder / f"{layout}_{width}_{variant}.{'jpg' if variant == 'jpeg60' else 'png'}"
+            cv2.imwrite(str(path), image, [cv2.IMWRITE_JPEG_QUALITY, 60] if variant == "jpeg60" else [])
+            cases.append(((layout, width, variant), path, value, {"µm": "um"}.get(unit, unit),
+                          drawn.bar_px * factor, drawn.band_top * factor))
+    return cases
+
+
+def test_generated_vendor_layouts(vendor_images):
+    outcomes = read_scale_files([str(case[1]) for case in vendor_images])
+    unread, wrong = [], []
+    for (key, path, value, unit, bar_px, band_top), outcome in zip(vendor_images, outcomes):
+        s = outcome.scale
+        if s.scale_value is not None and (s.scale_value, s.scale_unit) != (value, unit):
+            wrong.append((path.name, value, unit, s.scale_label_text))
+        elif s.scale_value is None:
+            unread.append(key)
+        else:
+            assert abs(s.scale_bar_px - bar_px) <= max(1.5, 0.01 * bar_px), (path.name, s.scale_bar_px, bar_px)
+            # the stored image ends where the band starts (resampling blurs a row or two, JPEG three)
+            assert abs(outcome.height - outcome.databar_px - band_top) <= (3 if key[2] == "jpeg60" else 2), path.name
+    assert not wrong, f"labels read as a wrong value: {wrong}"
+    assert set(unread) == set(VENDOR_NOT_YET_READ), f"unread: {sorted(set(unread))}"
+
+
+@pytest.mark.parametrize("factor", [0.5, 0.75])
+def test_a_zeiss_file_resized_after_acquisition_has_its_tag_rescaled(tmp_path, factor):
+    """A real Zeiss file (CZ_SEM 74.43 nm/px at 1024 px) resized with its tag kept: the tag names the
+    1024-px frame, so the pixel size is 74.43 / factor, and label, bar and tag agree."""
+    import cv2
+    import tifffile
+
+    source = REAL_SAMPLES / "zeiss_auriga_black_a.tif"
+    data = source.read_bytes()
+    with tifffile.TiffFile(source) as tif:
+        tag = tif.pages.first.tags[34118]
+        raw = data[tag.valueoffset:tag.valueoffset + tag.count]
+        pixels = tif.pages.first.asarray()
+    small = cv2.resize(pixels, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
+    path = tmp_path / "resized.tif"
+    tifffile.imwrite(path, small, photometric="minisblack", extratags=[(34118, 1, len(raw), raw, True)])
+    scale = read_scale_files([str(path)])[0].scale
+    assert scale.nm_per_px == pytest.approx(74.43 / factor, rel=0.03)
+    assert (scale.scale_value, scale.scale_unit, scale.scale_confidence) == (10.0, "um", "high")
+    assert "rescaled" in scale.scale_reason
+
+
+def test_a_utf16_hitachi_sidecar_gives_the_pixel_size(tmp_path):
+    """Hitachi TM software writes its sidecar in UTF-16 with a byte-order mark."""
+    import cv2
+
+    image = np.random.default_rng(3).integers(60, 200, (300, 400), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "tm4000.png"), image)
+    text = "[SemImageFile]\r\nInstructName=TM4000\r\nImageName=other_name.tif\r\nDataSize=400x300\r\nPixelSize=252.3\r\n"
+    (tmp_path / "tm4000.txt").write_bytes(text.encode("utf-16"))
+    scale = read_scale_files([str(tmp_path / "tm4000.png")])[0].scale
+    assert (scale.nm_per_px, scale.scale_source) == (252.3, "Hitachi")
+    # the sidecar names a 400-px frame; a file halved later is rescaled, not taken at its word
+    cv2.imwrite(str(tmp_path / "tm4000.png"), image[:150, :200])
+    assert read_scale_files([str(tmp_path / "tm4000.png")])[0].scale.nm_per_px == pytest.approx(504.6)

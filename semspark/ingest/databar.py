@@ -56,6 +56,7 @@ class ScaleBar:
     bottom: int
     kind: str               # ticks | plain | split | ruler
     box: tuple[int, int, int, int] = (0, 0, 0, 0)   # the bar with its ticks: x, y, w, h (image)
+    seeds: tuple[tuple[int, int], ...] = ()          # a pixel of each of the bar's parts (band coordinates)
 
     @property
     def length_px(self) -> float:
@@ -75,6 +76,7 @@ class LabelCrop:
     origin: tuple[int, int]         # image coordinates of the crop's (0, 0) before scaling
     scale: float                    # crop pixels per image pixel
     pad: int
+    one_line: bool = False          # all its text on one line: Tesseract need not find lines
 
 
 @dataclass
@@ -192,10 +194,12 @@ def band_ink(planes: np.ndarray, band: Band) -> BandInk | None:
     near = np.abs(luminance - grey_bg).ravel() <= 12
     background = np.median(flat[near], axis=0) if near.sum() > 16 else np.median(flat, axis=0)
     distance = np.abs(region - background[None, None, :]).max(axis=2).astype(np.float32)
-    top = float(np.percentile(distance, 99.7))
+    flat_distance = distance.ravel()
+    k = int(0.997 * (flat_distance.size - 1))
+    top = float(np.partition(flat_distance, k)[k])
     if top < 40:
         return None                                  # a blank strip: nothing is drawn on it
-    threshold = max(40.0, 0.55 * top)
+    threshold = max(32.0, 0.4 * top)
     ink = (distance >= threshold).astype(np.uint8)
     share = float(ink.mean())
     if not 0.001 <= share <= 0.6:
@@ -229,7 +233,9 @@ def find_bars(band: BandInk, width: int) -> list[ScaleBar]:
         if h <= 2 and (y <= 1 or y + h >= rows - 1):
             continue                     # a piece of the band's frame line
         x, w = _extend_stroke(ink, int(x), int(y), int(w), int(h))
-        strokes.append((x, int(y), w, int(h)))
+        x, w = _evenly_drawn_part(band.distance, x, int(y), w, int(h))
+        if w >= min_len:
+            strokes.append((x, int(y), w, int(h)))
     count_all, labels, stats_all, _ = cv2.connectedComponentsWithStats(ink, connectivity=8)
     bars = []
     used = set()
@@ -239,9 +245,9 @@ def find_bars(band: BandInk, width: int) -> list[ScaleBar]:
             xa, ya, wa, ha = strokes[a]
             xb, yb, wb, hb = strokes[b]
             gap = xb - (xa + wa)
-            if a == b or gap <= 0 or abs(ya - yb) > 1 or abs(ha - hb) > 1 or abs(wa - wb) > 0.25 * max(wa, wb):
+            if a == b or gap <= 0 or abs(ya - yb) > 1 or abs(ha - hb) > 1 or abs(wa - wb) > 0.35 * max(wa, wb):
                 continue
-            if gap > 1.5 * max(wa, wb) or not _text_between(ink, xa + wa, xb, ya, ha):
+            if gap > 4 * max(wa, wb) or not _text_between(ink, xa + wa, xb, ya, ha):
                 continue
             left = _tick_centre(ink, xa, ya, ha, side=-1)
             right = _tick_centre(ink, xb + wb - 1, yb, hb, side=+1)
@@ -273,7 +279,7 @@ def _bar(band: BandInk, x0: float, x1: float, y: int, h: int, kind: str, labels,
         xs.append(bx), ys.append(by), xe.append(bx + bw), ye.append(by + bh)
     box = (min(xs), band.band.top + min(ys), max(xe) - min(xs), max(ye) - min(ys))
     return ScaleBar(x0=float(x0), x1=float(x1), top=band.band.top + y, bottom=band.band.top + y + h - 1,
-                    kind=kind, box=box)
+                    kind=kind, box=box, seeds=tuple((min(labels.shape[1] - 1, sx + 1), sy + h // 2) for sx, sy in seeds))
 
 
 def _text_between(ink: np.ndarray, x0: int, x1: int, y: int, h: int) -> bool:
@@ -311,9 +317,33 @@ def _tick_rulers(band: BandInk, labels, stats, count: int, width: int) -> list[S
         bottom = foot - 1
         x0, x1 = float(centres[0]), float(centres[-1])
         box = (int(ticks[chain[0]][0]), band.band.top + top, int(x1 - x0) + 2, bottom - top + 1)
+        seeds = []
+        for j in chain:
+            tx, ty, tw, th = ticks[j]
+            column = labels[ty:ty + th, tx:tx + tw]
+            found = np.argwhere(column > 0)
+            seeds.append((tx + int(found[0][1]), ty + int(found[0][0])))
         rulers.append(ScaleBar(x0=x0, x1=x1, top=band.band.top + top, bottom=band.band.top + bottom,
-                               kind="ruler", box=box))
+                               kind="ruler", box=box, seeds=tuple(seeds)))
     return rulers
+
+
+def _evenly_drawn_part(distance: np.ndarray, x: int, y: int, w: int, h: int) -> tuple[int, int]:
+    """The longest part of a stroke drawn at its full strength: a bar is drawn in one colour, and a
+    dimmer line that continues it (Tescan's table rule on the ruler's baseline) is not the bar."""
+    profile = distance[y:y + h, x:x + w].max(axis=0)
+    strong = profile >= 0.7 * float(np.partition(profile, int(0.95 * (len(profile) - 1)))[int(0.95 * (len(profile) - 1))])
+    best, start = (0, w), None
+    runs = []
+    for i, value in enumerate(np.append(strong, False)):
+        if value and start is None:
+            start = i
+        elif not value and start is not None:
+            runs.append((start, i - start))
+            start = None
+    if runs:
+        best = max(runs, key=lambda r: r[1])
+    return x + best[0], best[1]
 
 
 def _extend_stroke(ink: np.ndarray, x: int, y: int, w: int, h: int) -> tuple[int, int]:
@@ -352,11 +382,7 @@ def label_crop(band: BandInk, bar: ScaleBar, width: int) -> LabelCrop | None:
     count, labels, stats, _ = cv2.connectedComponentsWithStats(ink, connectivity=8)
     bx, by, bw, bh = bar.box
     by -= top
-    bar_components = set(np.unique(labels[by:by + bh, bx:bx + bw][ink[by:by + bh, bx:bx + bw] > 0]).tolist())
-    # components that are the bar: overlapping its stroke rows along its length
-    stroke_rows = slice(bar.top - top, bar.bottom - top + 1)
-    bar_ids = set(np.unique(labels[stroke_rows, int(bar.x0):int(bar.x1) + 1]).tolist()) - {0}
-    bar_ids |= {k for k in bar_components if stats[k][2] >= 0.5 * bar.length_px}
+    bar_ids = {int(labels[y, x]) for x, y in bar.seeds} - {0}
     glyphs = [(k, tuple(int(v) for v in stats[k][:4])) for k in range(1, count)
               if k not in bar_ids and 2 <= stats[k][3] <= 0.8 * ink.shape[0] and stats[k][2] <= 0.25 * width]
     if not glyphs:
@@ -371,17 +397,32 @@ def label_crop(band: BandInk, bar: ScaleBar, width: int) -> LabelCrop | None:
             right_wall = min(right_wall, sx)
     bar_top, bar_bottom = by, by + bh - 1
     margin = 1.5 * text_height
-    chosen = []
+    chosen, rest = [], []
     for k, (x, y, w, h) in glyphs:
         if x < left_wall or x + w > right_wall:
             continue
         gap = max(bar_top - (y + h), y - (bar_bottom + 1), 0)
         beside = gap == 0
         reach = 3.0 * text_height if beside else margin
-        if gap <= 1.6 * text_height and x + w >= bar.x0 - reach and x <= bar.x1 + reach:
+        if gap <= 2.2 * text_height and x + w >= bar.x0 - reach and x <= bar.x1 + reach:
             chosen.append((x, y, w, h))
+        else:
+            rest.append((x, y, w, h))
     if not chosen:
         return None
+    # whole words: glyphs on a chosen glyph's line, a letter's gap away, belong to the same text
+    grown = True
+    while grown and rest:
+        grown = False
+        for g in list(rest):
+            x, y, w, h = g
+            for cx, cy, cw, ch in chosen:
+                same_line = min(y + h, cy + ch) - max(y, cy) >= 0.5 * min(h, ch)
+                if same_line and max(x - (cx + cw), cx - (x + w)) <= 0.8 * text_height:
+                    chosen.append(g)
+                    rest.remove(g)
+                    grown = True
+                    break
     x0 = max(0, min(g[0] for g in chosen) - 2)
     y0 = max(0, min(g[1] for g in chosen) - 2)
     x1 = min(ink.shape[1], max(g[0] + g[2] for g in chosen) + 2)
@@ -401,4 +442,6 @@ def label_crop(band: BandInk, bar: ScaleBar, width: int) -> LabelCrop | None:
     crop = cv2.copyMakeBorder(crop, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=255)
     span = ((bar.x0 - x0) * scale + pad, (bar.x1 - x0) * scale + pad)
     bar_y = ((bar.top + bar.bottom) / 2 - top - y0) * scale + pad
-    return LabelCrop(image=crop, bar_span=span, bar_y=bar_y, origin=(x0, y0 + top), scale=scale, pad=pad)
+    one_line = max(g[1] for g in chosen) < min(g[1] + g[3] for g in chosen)
+    return LabelCrop(image=crop, bar_span=span, bar_y=bar_y, origin=(x0, y0 + top), scale=scale, pad=pad,
+                     one_line=one_line)

@@ -156,6 +156,10 @@ def _decode_tiff(data: bytes) -> tuple[np.ndarray, int, str, np.ndarray | None]:
             color = "rgb"
         elif pixels.ndim == 3:  # planar or multi-sample: first plane is the SEM signal
             pixels = pixels[0] if pixels.shape[0] < pixels.shape[-1] else pixels[..., 0]
+        if pixels.dtype == np.uint8 and photometric != 0:   # already what we keep: no float round trip
+            if color == "rgb":
+                return _gray_of_rgb8(pixels), bits, color, np.ascontiguousarray(pixels)
+            return np.ascontiguousarray(pixels), bits, color, None
         unit = _to_unit(pixels, bits)
         rgb = None
         if color == "rgb":
@@ -178,6 +182,13 @@ def _decode_cv2(data: bytes, fmt: str) -> tuple[np.ndarray, int, str, np.ndarray
         color = "palette"
     elif fmt == "bmp" and struct.unpack("<H", data[28:30])[0] <= 8 and not _bmp_gray_table(data):
         color = "palette"
+    if pixels.dtype == np.uint8:                         # already what we keep: no float round trip
+        if pixels.ndim == 2:
+            return pixels, bits, color, None
+        if color == "gray":
+            color = "rgb"
+        rgb = np.ascontiguousarray(pixels[..., :3][..., ::-1])
+        return _gray_of_rgb8(rgb), bits, color, rgb
     rgb = None
     if pixels.ndim == 3:
         if color == "gray":
@@ -211,6 +222,13 @@ def _to_unit(pixels: np.ndarray, bits: int) -> np.ndarray:
     finite = pixels[np.isfinite(pixels)]  # float TIFF: stretch what is there
     lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     return (np.nan_to_num(pixels.astype(np.float32), nan=lo) - lo) / max(hi - lo, 1e-12)
+
+
+def _gray_of_rgb8(rgb: np.ndarray) -> np.ndarray:
+    """Rec. 601 luminance of 8-bit RGB, rounded: the float path's result, at integer speed."""
+    import cv2
+
+    return cv2.cvtColor(np.ascontiguousarray(rgb[..., :3]), cv2.COLOR_RGB2GRAY)
 
 
 def _luminance(rgb: np.ndarray) -> np.ndarray:

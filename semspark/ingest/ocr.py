@@ -98,10 +98,16 @@ def _engine(tessdata: str):
     return api
 
 
-def recognise(image: np.ndarray, tessdata: str) -> list[Word]:
-    """Tesseract's words on a black-on-white uint8 image, with their boxes and line ids."""
+def recognise(image: np.ndarray, tessdata: str, one_line: bool = False) -> list[Word]:
+    """Tesseract's words on a black-on-white uint8 image, with their boxes and line ids.
+
+    ``one_line``: the image holds one line of text, so Tesseract need not look for lines (it
+    cannot then split one line into two)."""
+    import tesserocr
+
     image = np.ascontiguousarray(image, dtype=np.uint8)
     api = _engine(tessdata)
+    api.SetPageSegMode(tesserocr.PSM.SINGLE_LINE if one_line else tesserocr.PSM.SINGLE_BLOCK)
     api.SetImageBytes(image.tobytes(), image.shape[1], image.shape[0], 1, image.shape[1])
     tsv = api.GetTSVText(0)
     words = []

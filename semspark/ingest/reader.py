@@ -52,7 +52,7 @@ def read_databar(gray: np.ndarray, rgb: np.ndarray | None, tessdata: str) -> Dat
                 reading.notes.append(f"band rows {band.top}-{band.bottom}: {bar.kind} bar "
                                      f"{bar.length_px:.1f} px with no text around it")
                 continue
-            words = recognise(crop.image, tessdata)
+            words = recognise(crop.image, tessdata, one_line=crop.one_line)
             text = " ".join(w.text for w in words)
             label = parse_label(words, crop.image, crop.bar_span, crop.bar_y)
             if label is None:
