@@ -7,6 +7,7 @@ config file fails before any Spark job starts.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import types
 import typing
@@ -143,10 +144,22 @@ def config_from_mapping(raw: Any, source: str = "<config>") -> Config:
     return _build(Config, raw, prefix="", source=source)
 
 
+# Keys an older semspark read that no longer mean anything: ignored with a warning, so that an
+# existing configuration keeps working (the scale reader no longer batches or starts processes).
+RETIRED_KEYS = {"ingest.ocr_batch_size": "labels are read one image at a time",
+                "ingest.tesseract_cmd": "Tesseract runs through its C API; see ingest.tessdata_dir",
+                "ingest.ocr_timeout_s": "no Tesseract process is started any more"}
+
+
 def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
     if not isinstance(raw, Mapping):
         where = prefix.rstrip(".") or "the top level"
         raise ConfigError(f"{source}: {where} must be a mapping, got {type(raw).__name__}")
+    retired = [key for key in raw if f"{prefix}{key}" in RETIRED_KEYS]
+    for key in retired:
+        logging.getLogger(__name__).warning("%s: %s%s is ignored: %s", source, prefix, key,
+                                            RETIRED_KEYS[f"{prefix}{key}"])
+    raw = {key: value for key, value in raw.items() if key not in retired}
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - known)

@@ -54,3 +54,12 @@ def test_out_of_range_values_are_refused():
 def test_missing_explicit_file_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_retired_scale_reader_keys_are_ignored_with_a_warning(caplog):
+    """A configuration written for the batching reader (ocr_batch_size, tesseract_cmd) still loads."""
+    from semspark.config import config_from_mapping
+
+    config = config_from_mapping({"ingest": {"ocr_batch_size": 48, "tesseract_cmd": "tesseract", "files_per_task": 8}})
+    assert config.ingest.files_per_task == 8
+    assert "ingest.ocr_batch_size is ignored" in caplog.text and "ingest.tesseract_cmd is ignored" in caplog.text
