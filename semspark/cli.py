@@ -1,6 +1,6 @@
 """``semspark <command>``: the one command line for people; ``jobs/*.py`` call the same commands.
 
-Commands: synth, ingest, train, infer, promote, nightly, analyze, sql, sql-server, scale, spark-conf, demo. Each parses its arguments, loads the
+Commands: synth, ingest, rescale, train, infer, promote, nightly, analyze, sql, sql-server, scale, spark-conf, demo. Each parses its arguments, loads the
 config, builds the SparkSession if it needs one, calls one library function and prints a result.
 """
 from __future__ import annotations
@@ -33,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ingest", help="ingest raw SEM files into the dataset and the catalog")
     add_ingest_arguments(p)
+
+    p = sub.add_parser("rescale", help="read the scale of ingested images again, or correct it from a CSV")
+    add_rescale_arguments(p)
 
     p = sub.add_parser("train", help="train a CNN with Horovod on Spark over the ingested images")
     add_train_arguments(p)
@@ -141,6 +144,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def add_rescale_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--select", choices=("all", "unknown", "low", "older", "corrections"), default="low",
+                   help="which images to read again: all; unknown (scale_bin unknown); low (confidence low or "
+                        "none, the default); older (read by an older reader); corrections (only those in --corrections)")
+    p.add_argument("--corrections", metavar="FILE.csv",
+                   help="corrections: path or image_id, value, unit[, bar_px] per row; kept in "
+                        "sem.scale_corrections, they win over any reading")
+
+
 def _explain(exc: Exception) -> str | None:
     """A clear message for the errors users cause; None for bugs (which keep their traceback)."""
     from semspark.config import ConfigError
@@ -148,13 +160,15 @@ def _explain(exc: Exception) -> str | None:
     from semspark.analysis.job import AnalysisError
     from semspark.infer.job import InferError
     from semspark.ingest.job import IngestError
+    from semspark.ingest.ocr import OcrUnavailable
+    from semspark.ingest.rescale import RescaleError
     from semspark.nightly import NightlyError
     from semspark.train.job import TrainError
     from semspark.train.spec import ModelError
     from semspark.train.registry import RegistryError
 
     if isinstance(exc, (ConfigError, IngestError, TrainError, ModelError, RegistryError, InferError, NightlyError,
-                        AnalysisError, AnalysisMemoryError)):
+                        AnalysisError, AnalysisMemoryError, RescaleError, OcrUnavailable)):
         return str(exc)
     text = str(exc)
     if "Another instance of Derby" in text or "Failed to start database" in text:
@@ -203,6 +217,12 @@ def cmd_ingest(args) -> int:
     from semspark.ingest.job import run_ingest
 
     return _run_stage(args, "ingest", lambda spark, config: run_ingest(spark, config, args.input, labels=args.labels))
+
+
+def cmd_rescale(args) -> int:
+    from semspark.ingest.rescale import run_rescale
+
+    return _run_stage(args, "rescale", lambda spark, config: run_rescale(spark, config, args.select, args.corrections))
 
 
 def cmd_train(args) -> int:
@@ -337,7 +357,7 @@ def cmd_demo(args) -> int:
     return run_demo(_config(args), n=args.n, seed=args.seed, train=not args.no_train)
 
 
-COMMANDS = {"synth": cmd_synth, "ingest": cmd_ingest, "train": cmd_train, "infer": cmd_infer,
+COMMANDS = {"synth": cmd_synth, "ingest": cmd_ingest, "rescale": cmd_rescale, "train": cmd_train, "infer": cmd_infer,
             "promote": cmd_promote, "nightly": cmd_nightly, "analyze": cmd_analyze, "sql": cmd_sql, "sql-server": cmd_sql_server,
             "scale": cmd_scale, "spark-conf": cmd_spark_conf, "demo": cmd_demo}
 

@@ -65,7 +65,27 @@ QUARANTINE = TableSpec(
     comment="One row per file that could not be ingested, with the stage and the reason.",
 )
 
+SCALE_CORRECTIONS = TableSpec(
+    name="scale_corrections",
+    schema=_fields(
+        ("image_id", StringType()), ("scale_value", DoubleType()), ("scale_unit", StringType()),
+        ("scale_bar_px", DoubleType()), ("source", StringType()), ("corrected_at", TimestampType()),
+        ("rescale_run", StringType()),
+    ),
+    comment="Scale corrections given by people (a CSV to semspark rescale); the latest per image wins, "
+            "also over later re-readings.",
+)
+
 INGEST_TABLES = (IMAGES, FILES, QUARANTINE)
+
+# What a rescale task returns for each image it read again.
+RESCALED = _fields(
+    ("image_id", StringType()), ("read_error", StringType()), ("scale_value", DoubleType()),
+    ("scale_unit", StringType()), ("scale_bar_px", DoubleType()), ("nm_per_px", DoubleType()),
+    ("scale_source", StringType()), ("scale_mismatch", BooleanType()), ("metadata_nm_per_px", DoubleType()),
+    ("scale_label_text", StringType()), ("scale_confidence", StringType()), ("scale_reason", StringType()),
+    ("scale_reader", IntegerType()), ("scale_bin", StringType()),
+)
 
 MODELS = TableSpec(
     name="models",

@@ -156,6 +156,8 @@ def _decode_tiff(data: bytes) -> tuple[np.ndarray, int, str, np.ndarray | None]:
             color = "rgb"
         elif pixels.ndim == 3:  # planar or multi-sample: first plane is the SEM signal
             pixels = pixels[0] if pixels.shape[0] < pixels.shape[-1] else pixels[..., 0]
+        if pixels.dtype == np.uint16 and photometric != 0:  # 16-bit SEM: integer rescale, no floats
+            pixels = _uint16_to_uint8(pixels, bits)
         if pixels.dtype == np.uint8 and photometric != 0:   # already what we keep: no float round trip
             if color == "rgb":
                 return _gray_of_rgb8(pixels), bits, color, np.ascontiguousarray(pixels)
@@ -222,6 +224,13 @@ def _to_unit(pixels: np.ndarray, bits: int) -> np.ndarray:
     finite = pixels[np.isfinite(pixels)]  # float TIFF: stretch what is there
     lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     return (np.nan_to_num(pixels.astype(np.float32), nan=lo) - lo) / max(hi - lo, 1e-12)
+
+
+def _uint16_to_uint8(pixels: np.ndarray, bits: int) -> np.ndarray:
+    """round(value / top * 255) in integers, top being the largest value of ``bits`` bits."""
+    top = (1 << min(bits, 16)) - 1 if bits < 16 else 65535
+    wide = np.minimum(pixels.astype(np.uint32), top)
+    return ((wide * 255 + top // 2) // top).astype(np.uint8)
 
 
 def _gray_of_rgb8(rgb: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ from semspark.ingest.formats import BadImage, decode_gray, sniff_format
 from semspark.ingest.metadata import scale_from_sidecar, scale_from_tiff
 from semspark.ingest.ocr import OcrUnavailable, find_tessdata
 from semspark.ingest.reader import DatabarReading, read_databar
-from semspark.ingest.scale import ScaleReading, combine
+from semspark.ingest.scale import ScaleReading, combine, corrected
 from semspark.phash import hash_hex, perceptual_hash
 
 log = logging.getLogger(__name__)
@@ -73,16 +73,7 @@ def process_file(raw: RawFile, config: IngestConfig, tessdata: str, encode, stor
         if raw.data is None:
             raise BadImage(raw.read_stage, raw.read_error or "file could not be read")
         sha256 = hashlib.sha256(raw.data).hexdigest()
-        if len(raw.data) == 0:
-            raise BadImage("read", "empty file (0 bytes)")
-        fmt = sniff_format(raw.data)
-        if fmt is None:
-            raise BadImage("decode", "not an image: content is not TIFF, PNG, JPEG or BMP")
-        decoded = decode_gray(raw.data, fmt, config.max_pixels)
-        metadata = scale_from_tiff(raw.data) if fmt == "tiff" else None
-        if metadata is None and raw.sidecar_text:
-            metadata = scale_from_sidecar(raw.sidecar_text)
-        reading = read_databar(decoded.gray, decoded.rgb, tessdata)
+        decoded, metadata, reading = read_file_scale(raw.data, raw.sidecar_text, config, tessdata)
     except BadImage as exc:
         return FileOutcome(path=raw.path, sha256=sha256, ok=False, stage=exc.stage, reason=exc.reason)
     except OcrUnavailable:
@@ -92,10 +83,7 @@ def process_file(raw: RawFile, config: IngestConfig, tessdata: str, encode, stor
         return FileOutcome(path=raw.path, sha256=sha256, ok=False, stage="decode",
                            reason=f"unexpected error: {type(exc).__name__}: {exc}")
     try:
-        scale = combine(metadata, reading.label, reading.bar.length_px if reading.bar else None,
-                        decoded.width, config.metadata_tolerance)
-        if reading.notes and scale.scale_confidence != "high":
-            scale = _with_notes(scale, reading)
+        scale = scale_of(decoded, metadata, reading, config)
         content_rows = reading.databar_top if reading.databar_top is not None else decoded.height
         content = decoded.gray[:content_rows]
         stored = None
@@ -112,6 +100,32 @@ def process_file(raw: RawFile, config: IngestConfig, tessdata: str, encode, stor
         log.warning("storing %s failed: %r", raw.path, exc)
         return FileOutcome(path=raw.path, sha256=sha256, ok=False, stage="store",
                            reason=f"{type(exc).__name__}: {exc}")
+
+
+def read_file_scale(data: bytes, sidecar_text: str | None, config: IngestConfig, tessdata: str):
+    """Decode one file and read what witnesses its scale: (decoded, vendor metadata, databar reading)."""
+    if len(data) == 0:
+        raise BadImage("read", "empty file (0 bytes)")
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise BadImage("decode", "not an image: content is not TIFF, PNG, JPEG or BMP")
+    decoded = decode_gray(data, fmt, config.max_pixels)
+    metadata = scale_from_tiff(data) if fmt == "tiff" else None
+    if metadata is None and sidecar_text:
+        metadata = scale_from_sidecar(sidecar_text)
+    return decoded, metadata, read_databar(decoded.gray, decoded.rgb, tessdata)
+
+
+def scale_of(decoded, metadata, reading: DatabarReading, config: IngestConfig, correction=None) -> ScaleReading:
+    """The image's scale from its witnesses; ``correction`` = (value, unit, bar_px or None, source)."""
+    bar_px = reading.bar.length_px if reading.bar else None
+    if correction is not None:
+        value, unit, corrected_bar, source = correction
+        return corrected(metadata, bar_px, decoded.width, config.metadata_tolerance, value, unit, corrected_bar, source)
+    scale = combine(metadata, reading.label, bar_px, decoded.width, config.metadata_tolerance)
+    if reading.notes and scale.scale_confidence != "high":
+        scale = _with_notes(scale, reading)
+    return scale
 
 
 def _with_notes(scale: ScaleReading, reading: DatabarReading) -> ScaleReading:

@@ -131,3 +131,22 @@ def nominal_bin(length_nm: float) -> str:
         if best >= factor:
             return format_bin(round(best / factor, 6), unit)
     return format_bin(round(best, 6), "nm")
+
+
+def corrected(metadata: MetadataScale | None, measured_bar_px: float | None, width: int, tolerance: float,
+              value: float, unit: str, bar_px: float | None, source: str) -> ScaleReading:
+    """The scale with a person's correction: their label always; their bar length when they give one
+    (then nm_per_px is theirs), else the bar measured in the image, weighed against the tag as usual."""
+    from dataclasses import replace
+
+    label = LabelReading(value, unit, f"{value:g} {unit} (correction)")
+    reading = combine(metadata, label, bar_px or measured_bar_px, width, tolerance)
+    why = f"corrected from {source}"
+    if bar_px:
+        nm_per_px = value * unit_to_nm(unit) / bar_px
+        return replace(reading, nm_per_px=nm_per_px, scale_source="correction", scale_confidence="high",
+                       scale_bar_px=bar_px, scale_reason=f"{why}: label and bar length given; {reading.scale_reason}")
+    source_name = "correction" if reading.scale_source == "ocr" else reading.scale_source
+    confidence = reading.scale_confidence if reading.scale_mismatch else "high"
+    return replace(reading, scale_source=source_name, scale_confidence=confidence,
+                   scale_reason=f"{why}: label given; {reading.scale_reason}")
