@@ -210,6 +210,29 @@ def band_ink(planes: np.ndarray, band: Band) -> BandInk | None:
     return result
 
 
+OVERLAY_ROWS = 0.15         # text laid over the image (JEOL) sits in its bottom rows
+
+
+def overlay_bands(planes: np.ndarray) -> list[BandInk]:
+    """Text laid over the image with no band (JEOL): the bottom rows, inked by saturated white (then
+    black) in every channel, which the instrument draws and the signal below it rarely reaches."""
+    height = planes.shape[0]
+    top = int(height * (1 - OVERLAY_ROWS))
+    region = planes[top:]
+    out = []
+    lowest = region.min(axis=2).astype(np.float32)
+    highest = region.max(axis=2).astype(np.float32)
+    for ink_value, ink, distance in ((255.0, lowest >= 230, np.clip(lowest - 128.0, 0, None) * 2.0),
+                                     (0.0, highest <= 25, np.clip(128.0 - highest, 0, None) * 2.0)):
+        share = float(ink.mean())
+        if not 0.001 <= share <= 0.2:
+            continue
+        band = Band(top=top, bottom=height - 1, background=(255.0 - ink_value,))
+        # the crop is cut from the grey levels, not the mask: a glyph's soft edges help Tesseract
+        out.append(BandInk(band=band, ink=ink.astype(np.uint8), distance=distance, contrast=255.0))
+    return out
+
+
 def _separators(ink: np.ndarray) -> list[tuple[int, int, int, int]]:
     """Vertical lines that divide a band into cells (FEI, Tescan): thin, most of the band tall."""
     height = ink.shape[0]
@@ -331,8 +354,14 @@ def _tick_rulers(band: BandInk, labels, stats, count: int, width: int) -> list[S
 def _evenly_drawn_part(distance: np.ndarray, x: int, y: int, w: int, h: int) -> tuple[int, int]:
     """The longest part of a stroke drawn at its full strength: a bar is drawn in one colour, and a
     dimmer line that continues it (Tescan's table rule on the ruler's baseline) is not the bar."""
-    profile = distance[y:y + h, x:x + w].max(axis=0)
-    strong = profile >= 0.7 * float(np.partition(profile, int(0.95 * (len(profile) - 1)))[int(0.95 * (len(profile) - 1))])
+    profile = distance[y:y + h, x:x + w].max(axis=0).astype(np.float32)
+    # a running median over ~9 columns: tick marks on the stroke are spikes, not a change of colour
+    if w >= 9:
+        padded = np.pad(profile, 4, mode="reflect")
+        smooth = np.median(np.lib.stride_tricks.sliding_window_view(padded, 9), axis=1)
+    else:
+        smooth = profile
+    strong = smooth >= 0.7 * float(smooth.max())
     best, start = (0, w), None
     runs = []
     for i, value in enumerate(np.append(strong, False)):

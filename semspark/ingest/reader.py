@@ -36,12 +36,30 @@ def read_databar(gray: np.ndarray, rgb: np.ndarray | None, tessdata: str) -> Dat
     bands = db.find_bands(gray)
     if not bands:
         reading.notes.append("no data band in the lower half (no flat rows with text)")
+    inked_bands = []
     for band in bands:
         inked = db.band_ink(planes, band)
-        if inked is None:
-            continue
-        if fallback_band is None and band.bottom >= height - 3:
-            fallback_band = band
+        if inked is not None:
+            inked_bands.append(inked)
+            if fallback_band is None and band.bottom >= height - 3:
+                fallback_band = band
+    if _read_bands(inked_bands, width, tessdata, reading):
+        return reading
+    # no band holds a bar with its label: text laid over the image itself (JEOL)?
+    overlay = DatabarReading()
+    if _read_bands(db.overlay_bands(planes), width, tessdata, overlay):
+        overlay.band = None            # nothing to cut off: the text lies on the image
+        overlay.notes = reading.notes + ["label read from text laid over the image (no data band)"]
+        return overlay
+    if reading.band is None and fallback_band is not None:
+        reading.band = fallback_band
+    return reading
+
+
+def _read_bands(inked_bands: list[db.BandInk], width: int, tessdata: str, reading: DatabarReading) -> bool:
+    """Try each band's bars until one's own label reads; fills ``reading``; True when a label was read."""
+    for inked in inked_bands:
+        band = inked.band
         bars = db.find_bars(inked, width)
         if not bars:
             reading.notes.append(f"band rows {band.top}-{band.bottom}: no scale bar")
@@ -67,7 +85,5 @@ def read_databar(gray: np.ndarray, rgb: np.ndarray | None, tessdata: str) -> Dat
                 ox, oy = crop.origin
                 reading.label_box = (int(ox + (x - crop.pad) / crop.scale), int(oy + (y - crop.pad) / crop.scale),
                                      int(w / crop.scale), int(h / crop.scale))
-            return reading
-    if reading.band is None and fallback_band is not None:
-        reading.band = fallback_band
-    return reading
+            return True
+    return False

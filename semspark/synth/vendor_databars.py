@@ -14,6 +14,8 @@ returns an RGB image, where the label's bar is, and how many rows below the cont
 - ``fei_split``: the older FEI/Philips bar with the label inside it: ``|---- 500 µm ----|``.
 - ``hitachi``: a black strip with ``5.0kV 8.1mm x10.0k SE(U)`` and a ruler made only of eleven
   tick marks (no baseline), its total length printed after it.
+- ``jeol``: no band at all: one line of white text over the image's bottom rows
+  (``10kV  X500  50µm  0000  JSM-6360LV``), the bar drawn over the label.
 
 Distractors with length units (WD, HFW, View field) are there on purpose.
 """
@@ -26,7 +28,7 @@ from PIL import Image, ImageDraw
 
 from semspark.synth.databars import _font, _text_size
 
-VENDOR_LAYOUTS = ("tasc", "zeiss_box", "tescan", "fei_cells", "fei_split", "hitachi")
+VENDOR_LAYOUTS = ("tasc", "zeiss_box", "tescan", "fei_cells", "fei_split", "hitachi", "jeol")
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,7 @@ def draw_vendor(layout: str, content: np.ndarray, label: str, bar_px: int, rng: 
     height, width = content.shape
     font_px = max(13, int(round(width * 0.022)))
     painter = {"tasc": _tasc, "zeiss_box": _zeiss_box, "tescan": _tescan, "fei_cells": _fei_cells,
-               "fei_split": _fei_split, "hitachi": _hitachi}[layout]
+               "fei_split": _fei_split, "hitachi": _hitachi, "jeol": _jeol}[layout]
     return painter(content, label, bar_px, font_px, rng)
 
 
@@ -172,9 +174,10 @@ def _fei_split(content, label, bar_px, font_px, rng) -> VendorDrawing:
     font = _font(font_px)
     white = (255, 255, 255)
     label_w, label_h = _text_size(d, label, font)
+    gap = label_w + font_px
+    bar_px = max(bar_px, gap + 3 * font_px)   # the instrument leaves room for a stroke each side
     x0 = w - bar_px - font_px
     y = h + strip // 2
-    gap = label_w + font_px
     left_end = x0 + (bar_px - gap) // 2
     d.rectangle([x0, y, left_end, y + 1], fill=white)
     d.rectangle([left_end + gap, y, x0 + bar_px + 1, y + 1], fill=white)
@@ -206,4 +209,30 @@ def _hitachi(content, label, bar_px, font_px, rng) -> VendorDrawing:
         x = x_start + round(k * bar_px / 10)
         d.rectangle([x, foot - tick, x + 1, foot], fill=white)
     d.text((x_end + font_px, h + int(strip * 0.25)), label, fill=white, font=font)
+    return VendorDrawing(np.asarray(canvas), h, float(bar_px))
+
+
+def _jeol(content, label, bar_px, font_px, rng) -> VendorDrawing:
+    h, w = content.shape
+    # the instrument's overlay sits on the image; keep the image below full white so the text is the
+    # only saturated thing there, as on a real JEOL frame
+    canvas = _rgb(np.minimum(content, 220).astype(np.uint8))
+    d = ImageDraw.Draw(canvas)
+    d.fontmode = "1"          # the overlay is a bitmap font: no anti-aliasing
+    font = _font(font_px)
+    white = (255, 255, 255)
+    y_text = h - int(font_px * 1.6)
+    texts = [f"{rng.choice([5, 10, 20])}kV", f"X{rng.choice([500, 2000, 10000])}", label.replace(" ", ""),
+             f"{rng.integers(0, 9999):04d}", "JSM-6360LV"]
+    x = font_px
+    label_x = label_w = 0
+    for text in texts:
+        tw, _ = _text_size(d, text, font)
+        if text == label.replace(" ", ""):
+            label_x, label_w = x, tw
+        d.text((x, y_text), text, fill=white, font=font)
+        x += tw + font_px * 2
+    x0 = label_x + label_w // 2 - bar_px // 2
+    y_bar = y_text - int(font_px * 0.5)
+    d.rectangle([x0, y_bar, x0 + bar_px - 1, y_bar + 1], fill=white)
     return VendorDrawing(np.asarray(canvas), h, float(bar_px))
