@@ -245,3 +245,33 @@ def test_a_utf16_hitachi_sidecar_gives_the_pixel_size(tmp_path):
     # the sidecar names a 400-px frame; a file halved later is rescaled, not taken at its word
     cv2.imwrite(str(tmp_path / "tm4000.png"), image[:150, :200])
     assert read_scale_files([str(tmp_path / "tm4000.png")])[0].scale.nm_per_px == pytest.approx(504.6)
+
+
+def _fei_tiff(path, image, tag_nm_per_px, frame=None):
+    import tifffile
+
+    text = f"[Scan]\nPixelWidth={tag_nm_per_px * 1e-9:.6e}\n" + (f"[Image]\nResolutionX={frame}\n" if frame else "")
+    tifffile.imwrite(path, image, photometric="minisblack", extratags=[(34682, "s", 0, text, True)])
+
+
+@pytest.mark.parametrize("hfw, tag_nm, frame, expected_nm, source, wins", [
+    # 10 µm over a 200-px bar is 50 nm/px; a tag says 65 (for this 1024-px frame or none)
+    ("51.2 µm", 65.0, 1024, 50.0, "ocr", "agrees with the bar"),    # HFW / 1024 = 50 nm/px
+    ("51.2 µm", 65.0, None, 50.0, "ocr", "agrees with the bar"),
+    ("66.6 µm", 65.0, None, 65.0, "FEI", "agrees with the tag"),    # HFW / 1024 = 65.04 nm/px
+    (None, 65.0, 1024, 65.0, "FEI", "the tag is kept"),             # no field: the frame decides
+])
+def test_when_tag_and_bar_disagree_a_third_witness_decides(tmp_path, hfw, tag_nm, frame, expected_nm, source, wins):
+    from semspark.synth.morphology import render
+    from semspark.synth.vendor_databars import draw_vendor
+
+    rng = np.random.default_rng(5)
+    content = (render("Particles", rng, 768, 1024) * 255).astype(np.uint8)
+    layout = "fei_cells" if hfw else "tasc"           # the TASC band prints no field width
+    drawn = draw_vendor(layout, content, "10 µm", 200, rng, **({"field_width": hfw} if hfw else {}))
+    path = tmp_path / "fei.tif"
+    _fei_tiff(path, drawn.image[..., 0] if hfw else drawn.image.mean(axis=2).astype(np.uint8), tag_nm, frame)
+    scale = read_scale_files([str(path)])[0].scale
+    assert scale.scale_mismatch and (scale.scale_value, scale.scale_unit) == (10.0, "um")
+    assert scale.nm_per_px == pytest.approx(expected_nm, rel=0.01) and scale.scale_source == source
+    assert wins in scale.scale_reason

@@ -18,7 +18,7 @@ from semspark.config import IngestConfig
 from semspark.ingest.formats import BadImage, decode_gray, sniff_format
 from semspark.ingest.metadata import scale_from_sidecar, scale_from_tiff
 from semspark.ingest.ocr import OcrUnavailable, find_tessdata
-from semspark.ingest.reader import DatabarReading, read_databar
+from semspark.ingest.reader import DatabarReading, read_databar, read_field_width
 from semspark.ingest.scale import ScaleReading, combine, corrected
 from semspark.phash import hash_hex, perceptual_hash
 
@@ -123,6 +123,10 @@ def scale_of(decoded, metadata, reading: DatabarReading, config: IngestConfig, c
         value, unit, corrected_bar, source = correction
         return corrected(metadata, bar_px, decoded.width, config.metadata_tolerance, value, unit, corrected_bar, source)
     scale = combine(metadata, reading.label, bar_px, decoded.width, config.metadata_tolerance)
+    if scale.scale_mismatch:   # tag and bar disagree: the field width printed in the band decides
+        field_width = read_field_width(reading, find_tessdata(config.tessdata_dir))
+        if field_width is not None:
+            scale = combine(metadata, reading.label, bar_px, decoded.width, config.metadata_tolerance, field_width)
     if reading.notes and scale.scale_confidence != "high":
         scale = _with_notes(scale, reading)
     return scale

@@ -6,12 +6,14 @@ and its ``--debug`` pictures.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 from semspark.ingest import databar as db
-from semspark.ingest.ocr import LabelReading, parse_label, recognise
+from semspark.ingest.ocr import DIGIT_LOOKALIKES, UNIT_SPELLINGS, LabelReading, parse_label, recognise
 
 
 @dataclass
@@ -22,6 +24,7 @@ class DatabarReading:
     label_text: str = ""                 # everything Tesseract read around the bar
     label_box: tuple[int, int, int, int] | None = None   # the label in image coordinates
     notes: list[str] = field(default_factory=list)       # why, for people
+    inked: db.BandInk | None = None      # the band the label was read in, for a second look (fields)
 
     @property
     def databar_top(self) -> int | None:
@@ -80,6 +83,7 @@ def _read_bands(inked_bands: list[db.BandInk], width: int, tessdata: str, readin
                     reading.band, reading.bar, reading.label_text = band, bar, text
                 continue
             reading.band, reading.bar, reading.label, reading.label_text = band, bar, label, text
+            reading.inked = inked
             if label.box is not None:
                 x, y, w, h = label.box
                 ox, oy = crop.origin
@@ -87,3 +91,41 @@ def _read_bands(inked_bands: list[db.BandInk], width: int, tessdata: str, readin
                                      int(w / crop.scale), int(h / crop.scale))
             return True
     return False
+
+
+FIELD_WIDTH = re.compile(r"(HFW|VFW|FOV|View\s*field|Width|Field\s*width)\s*[:=]?\s*([\dlIOo]+(?:[.,][\dOo]+)?)\s?(" +
+                         UNIT_SPELLINGS + r")(?![A-Za-z])", re.IGNORECASE)
+
+
+def read_field_width(reading: DatabarReading, tessdata: str) -> tuple[float, str] | None:
+    """The horizontal field width printed in the band (FEI ``HFW``, Tescan ``View field``, Zeiss
+    ``Width =``) in nm, with the text read, or None. It is physical, so it holds after a resize:
+    over the image's width it is a pixel size that does not depend on the bar or the tag."""
+    inked = reading.inked
+    if inked is None:
+        return None
+    ink = inked.ink
+    count, _, stats, _ = cv2.connectedComponentsWithStats(ink, connectivity=8)
+    heights = [int(s[3]) for s in stats[1:count] if 4 <= s[3] <= 0.8 * ink.shape[0] and s[2] <= 0.25 * ink.shape[1]]
+    if not heights:
+        return None
+    scale = db.LABEL_TEXT_HEIGHT / max(float(np.median(heights)), 1.0)
+    text = 255.0 - np.clip(inked.distance * (255.0 / max(inked.contrast, 1.0)), 0, 255)
+    page = cv2.resize(text.astype(np.uint8), None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
+    page = cv2.threshold(page, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)[1]
+    page = cv2.copyMakeBorder(page, 16, 16, 16, 16, cv2.BORDER_CONSTANT, value=255)
+    words = recognise(page, tessdata)
+    lines: dict = {}
+    for word in sorted(words, key=lambda w: w.left):
+        lines.setdefault(word.line, []).append(word.text)
+    for line in lines.values():
+        found = FIELD_WIDTH.search(" ".join(line))
+        if found:
+            try:
+                value = float(found.group(2).translate(DIGIT_LOOKALIKES))
+            except ValueError:
+                continue
+            letters = found.group(3).lower()
+            unit_nm = {"nm": 1.0, "mm": 1e6}.get(letters, 1e3)   # micro in any spelling
+            return value * unit_nm, found.group(0)
+    return None

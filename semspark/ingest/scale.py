@@ -56,7 +56,9 @@ def format_bin(value: float, unit: str) -> str:
 
 
 def combine(metadata: MetadataScale | None, label: LabelReading | None, bar_px: float | None,
-            width: int, tolerance: float) -> ScaleReading:
+            width: int, tolerance: float, field_width: tuple[float, str] | None = None) -> ScaleReading:
+    """``field_width``: the horizontal field width printed in the band (nm, text read), the third
+    witness when tag and bar disagree."""
     reasons: list[str] = []
     if metadata is not None:
         metadata = metadata.fitted_to(width)
@@ -88,6 +90,14 @@ def combine(metadata: MetadataScale | None, label: LabelReading | None, bar_px: 
         if not mismatch:
             nm_per_px, source, confidence = meta_nm, metadata.source, "high"
             reasons.append(f"label, bar and {metadata.source} tag agree")
+        elif field_width is not None and _agrees(field_width[0] / width, meta_nm, tolerance):
+            nm_per_px, source, confidence = meta_nm, metadata.source, "medium"
+            reasons.append(f"bar gives {measured:.4g} nm/px, the {metadata.source} tag {meta_nm:.4g}; the field "
+                           f"width printed in the band ({field_width[1]!r}) agrees with the tag: the tag is kept")
+        elif field_width is not None and _agrees(field_width[0] / width, measured, tolerance):
+            nm_per_px, source, confidence = measured, "ocr", "medium"
+            reasons.append(f"bar gives {measured:.4g} nm/px, the {metadata.source} tag {meta_nm:.4g}; the field "
+                           f"width printed in the band ({field_width[1]!r}) agrees with the bar: the tag is stale")
         elif metadata.frame_width and not metadata.note:
             nm_per_px, source, confidence = meta_nm, metadata.source, "low"
             reasons.append(f"bar gives {measured:.4g} nm/px, the {metadata.source} tag {meta_nm:.4g} for this "
@@ -120,6 +130,10 @@ def combine(metadata: MetadataScale | None, label: LabelReading | None, bar_px: 
                         scale_source=source, scale_bin=scale_bin, scale_mismatch=mismatch,
                         metadata_nm_per_px=meta_nm, scale_label_text=label_text,
                         scale_confidence=confidence, scale_reason="; ".join(reasons) or None)
+
+
+def _agrees(a: float, b: float, tolerance: float) -> bool:
+    return abs(a - b) <= tolerance * b
 
 
 def nominal_bin(length_nm: float) -> str:

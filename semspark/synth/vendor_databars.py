@@ -38,11 +38,16 @@ class VendorDrawing:
     bar_px: float           # the bar's length as semspark measures it (tick centres or extent)
 
 
-def draw_vendor(layout: str, content: np.ndarray, label: str, bar_px: int, rng: np.random.Generator) -> VendorDrawing:
+def draw_vendor(layout: str, content: np.ndarray, label: str, bar_px: int, rng: np.random.Generator,
+                field_width: str | None = None) -> VendorDrawing:
+    """``field_width``: the text of the field-width cell (``HFW`` for FEI, ``View field`` for Tescan),
+    e.g. ``"51.2 µm"``; random when not given."""
     height, width = content.shape
     font_px = max(13, int(round(width * 0.022)))
     painter = {"tasc": _tasc, "zeiss_box": _zeiss_box, "tescan": _tescan, "fei_cells": _fei_cells,
                "fei_split": _fei_split, "hitachi": _hitachi, "jeol": _jeol}[layout]
+    if layout in ("tescan", "fei_cells"):
+        return painter(content, label, bar_px, font_px, rng, field_width)
     return painter(content, label, bar_px, font_px, rng)
 
 
@@ -105,7 +110,7 @@ def _zeiss_box(content, label, bar_px, font_px, rng) -> VendorDrawing:
     return VendorDrawing(np.asarray(canvas), top, float(bar_px))
 
 
-def _tescan(content, label, bar_px, font_px, rng) -> VendorDrawing:
+def _tescan(content, label, bar_px, font_px, rng, field_width=None) -> VendorDrawing:
     h, w = content.shape
     row_h = int(font_px * 2.0)
     strip = row_h * 3
@@ -119,9 +124,9 @@ def _tescan(content, label, bar_px, font_px, rng) -> VendorDrawing:
         d.line([0, h + r * row_h, cells_w, h + r * row_h], fill=line)
     d.line([col, h, col, h + strip], fill=line)
     d.line([cells_w, h, cells_w, h + strip], fill=line)
-    view = bar_px * 0 + rng.uniform(5, 900)
+    view = field_width or f"{rng.uniform(5, 900):.1f} µm"
     texts = [f"SEM HV: {rng.choice([10.0, 20.0]):.1f} kV", f"WD: {rng.uniform(5, 15):.2f} mm",
-             f"SEM MAG: {rng.choice([200, 1000, 10000])} x", "Det: SE", f"View field: {view:.1f} µm",
+             f"SEM MAG: {rng.choice([200, 1000, 10000])} x", "Det: SE", f"View field: {view}",
              "Date(m/d/y): 03/08/24"]
     for k, text in enumerate(texts):
         cx = (k % 2) * col + 4
@@ -138,7 +143,7 @@ def _tescan(content, label, bar_px, font_px, rng) -> VendorDrawing:
     return VendorDrawing(np.asarray(canvas), h, float(bar_px))
 
 
-def _fei_cells(content, label, bar_px, font_px, rng) -> VendorDrawing:
+def _fei_cells(content, label, bar_px, font_px, rng, field_width=None) -> VendorDrawing:
     h, w = content.shape
     strip = int(font_px * 3.2)
     canvas = _rgb(content, strip, (0, 0, 0))
@@ -149,7 +154,8 @@ def _fei_cells(content, label, bar_px, font_px, rng) -> VendorDrawing:
     cell_w = max(bar_px, label_w) + font_px * 2
     bar_cell = w - cell_w - 2
     fields = [f"HV {rng.choice([5.0, 10.0, 20.0]):.1f} kV", f"WD {rng.uniform(3, 12):.1f} mm",
-              f"HFW {rng.uniform(2, 80):.1f} µm", f"mag {rng.choice([5000, 20000, 100000])} x", "det ETD"]
+              f"HFW {field_width or f'{rng.uniform(2, 80):.1f} µm'}", f"mag {rng.choice([5000, 20000, 100000])} x",
+              "det ETD"]
     x = 0
     for text in fields:
         tw, _ = _text_size(d, text, font)
