@@ -101,6 +101,8 @@ def test_one_image_row_per_distinct_content(spark, raw, first_run):
     assert set(images["image_id"]) == expected and len(images) == len(expected)
     assert images["phash"].str.fullmatch("[0-9a-f]{16}").all()
     assert first_run.new_images == len(expected) and first_run.duplicate_files == 1
+    # the summary's confidence counts are the table's
+    assert first_run.new_by_scale_confidence == images["scale_confidence"].value_counts().to_dict()
 
 
 def test_the_same_bytes_under_two_paths_is_one_image(spark, raw, first_run):

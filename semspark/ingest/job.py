@@ -42,6 +42,7 @@ class IngestSummary:
     sidecars: int = 0
     quarantined: dict[str, int] = field(default_factory=dict)
     new_by_scale_bin: dict[str, int] = field(default_factory=dict)
+    new_by_scale_confidence: dict[str, int] = field(default_factory=dict)
     dataset_url: str = ""
 
     def lines(self) -> list[str]:
@@ -56,6 +57,11 @@ class IngestSummary:
         if self.new_by_scale_bin:
             out.append("  new images per scale bin:")
             out += [f"    {b:<22}{n}" for b, n in sorted(self.new_by_scale_bin.items(), key=lambda kv: -kv[1])]
+        if self.new_by_scale_confidence:
+            order = {"high": 0, "medium": 1, "low": 2, "none": 3}
+            out.append("  scale confidence of new images (low/none: see scale_reason, semspark rescale):")
+            out += [f"    {c:<22}{n}" for c, n in sorted(self.new_by_scale_confidence.items(),
+                                                       key=lambda kv: order.get(kv[0], 9))]
         out.append(f"  dataset: {self.dataset_url}")
         return out
 
@@ -158,8 +164,11 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
 
     # The summary counts what this run wrote (small aggregates only).
     written = {r["outcome"]: r["count"] for r in staged.groupBy("outcome").count().collect()}
-    summary.new_by_scale_bin = _counts(spark.table(qualified(db, IMAGES)).filter(F.col("ingest_run") == run_id),
-                                       "scale_bin")
+    for row in (spark.table(qualified(db, IMAGES)).filter(F.col("ingest_run") == run_id)
+                .groupBy("scale_bin", "scale_confidence").count().collect()):   # one small aggregate
+        bins, confidences = summary.new_by_scale_bin, summary.new_by_scale_confidence
+        bins[row["scale_bin"]] = bins.get(row["scale_bin"], 0) + row["count"]
+        confidences[row["scale_confidence"]] = confidences.get(row["scale_confidence"], 0) + row["count"]
     summary.new_images = sum(summary.new_by_scale_bin.values())
     summary.duplicate_files = written.get("image", 0) - summary.new_images
     summary.quarantined = _counts(spark.table(qualified(db, QUARANTINE)).filter(F.col("ingest_run") == run_id),
