@@ -105,7 +105,7 @@ def read_field_width(reading: DatabarReading, tessdata: str) -> tuple[float, str
     if inked is None:
         return None
     ink = inked.ink
-    count, _, stats, _ = cv2.connectedComponentsWithStats(ink, connectivity=8)
+    count, _, stats = inked.components
     heights = [int(s[3]) for s in stats[1:count] if 4 <= s[3] <= 0.8 * ink.shape[0] and s[2] <= 0.25 * ink.shape[1]]
     if not heights:
         return None
