@@ -100,7 +100,8 @@ def _one(out, i, rng, category, layout, value, unit, fmt, width, height, metadat
     bit_depth = 16 if fmt == "tiff16" else 8
     _write(path, image, fmt, metadata, meta_nm, rng)
     if metadata in ("Hitachi", "JEOL"):
-        path.with_suffix(".txt").write_text(_sidecar(metadata, meta_nm, bar_px, value, unit, image.shape))
+        path.with_suffix(".txt").write_text(_sidecar(metadata, meta_nm, bar_px, value, unit, image.shape,
+                                                     name_frame=not stale))
     return SynthRecord(
         file=rel, category=category, layout=layout, format=fmt, bit_depth=bit_depth,
         width=image.shape[1], height=image.shape[0], databar_px=drawn.databar_px,
@@ -133,9 +134,12 @@ def _write(path: Path, image: np.ndarray, fmt: str, metadata: str, meta_nm: floa
     tifffile.imwrite(path, pixels, photometric="minisblack", extratags=extratags)
 
 
-def _sidecar(vendor: str, nm_per_px: float, bar_px: int, value, unit, shape) -> str:
+def _sidecar(vendor: str, nm_per_px: float, bar_px: int, value, unit, shape, name_frame: bool = True) -> str:
+    # A stale sidecar here is one written for other pixels without saying for which frame (so only
+    # the bar can tell); one that names this frame describes these pixels.
     if vendor == "Hitachi":
-        return (f"[SemImageFile]\nInstructName=S-4800\nDataSize={shape[1]}x{shape[0]}\n"
+        size = f"DataSize={shape[1]}x{shape[0]}\n" if name_frame else ""
+        return (f"[SemImageFile]\nInstructName=S-4800\n{size}"
                 f"PixelSize={nm_per_px:.4f}\nMagnification=5000\n")
     return (f"$CM_FORMAT JEOL/SEM\n$CM_FULL_SIZE {shape[1]} {shape[0]}\n$CM_MAG 5000\n"
             f"$$SM_MICRON_BAR {bar_px}\n$$SM_MICRON_MARKER {value:g}{unit}\n")
