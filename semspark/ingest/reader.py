@@ -51,7 +51,7 @@ def read_databar(gray: np.ndarray, rgb: np.ndarray | None, tessdata: str) -> Dat
     # no band holds a bar with its label: text laid over the image itself (JEOL)?
     overlay = DatabarReading()
     if _read_bands(db.overlay_bands(planes), width, tessdata, overlay):
-        overlay.band = None            # nothing to cut off: the text lies on the image
+        overlay.band = fallback_band   # the text lies on the image: cut only a band at its bottom, if any
         overlay.notes = reading.notes + ["label read from text laid over the image (no data band)"]
         return overlay
     if reading.band is None and fallback_band is not None:
