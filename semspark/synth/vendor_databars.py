@@ -58,6 +58,15 @@ def _rgb(content: np.ndarray, extra_rows: int = 0, fill=(0, 0, 0)) -> Image.Imag
     return canvas
 
 
+WHITE = (255, 255, 255)
+
+
+def _black_strip(content: np.ndarray, strip: int, font_px: int):
+    """The content with a black strip of ``strip`` rows appended, a pen on it, and the font."""
+    canvas = _rgb(content, strip, (0, 0, 0))
+    return canvas, ImageDraw.Draw(canvas), _font(font_px)
+
+
 def _tasc(content, label, bar_px, font_px, rng) -> VendorDrawing:
     h, w = content.shape
     canvas = _rgb(content)
@@ -146,10 +155,7 @@ def _tescan(content, label, bar_px, font_px, rng, field_width=None) -> VendorDra
 def _fei_cells(content, label, bar_px, font_px, rng, field_width=None) -> VendorDrawing:
     h, w = content.shape
     strip = int(font_px * 3.2)
-    canvas = _rgb(content, strip, (0, 0, 0))
-    d = ImageDraw.Draw(canvas)
-    font = _font(font_px)
-    white = (255, 255, 255)
+    canvas, d, font = _black_strip(content, strip, font_px)
     label_w, _ = _text_size(d, label, font)
     cell_w = max(bar_px, label_w) + font_px * 2
     bar_cell = w - cell_w - 2
@@ -161,51 +167,45 @@ def _fei_cells(content, label, bar_px, font_px, rng, field_width=None) -> Vendor
         tw, _ = _text_size(d, text, font)
         if x + tw + font_px > bar_cell:
             break
-        d.text((x + font_px // 2, h + int(strip * 0.3)), text, fill=white, font=font)
+        d.text((x + font_px // 2, h + int(strip * 0.3)), text, fill=WHITE, font=font)
         x += tw + font_px
-        d.line([x, h + 2, x, h + strip - 3], fill=white)
-    d.line([bar_cell, h + 2, bar_cell, h + strip - 3], fill=white)
+        d.line([x, h + 2, x, h + strip - 3], fill=WHITE)
+    d.line([bar_cell, h + 2, bar_cell, h + strip - 3], fill=WHITE)
     x_bar = bar_cell + (cell_w - bar_px) // 2
-    d.text((x_bar + (bar_px - label_w) // 2, h + int(font_px * 0.3)), label, fill=white, font=font)
+    d.text((x_bar + (bar_px - label_w) // 2, h + int(font_px * 0.3)), label, fill=WHITE, font=font)
     y_bar = h + int(strip * 0.72)
-    d.rectangle([x_bar, y_bar, x_bar + bar_px - 1, y_bar + max(2, font_px // 5) - 1], fill=white)
+    d.rectangle([x_bar, y_bar, x_bar + bar_px - 1, y_bar + max(2, font_px // 5) - 1], fill=WHITE)
     return VendorDrawing(np.asarray(canvas), h, float(bar_px))
 
 
 def _fei_split(content, label, bar_px, font_px, rng) -> VendorDrawing:
     h, w = content.shape
     strip = int(font_px * 2.6)
-    canvas = _rgb(content, strip, (0, 0, 0))
-    d = ImageDraw.Draw(canvas)
-    font = _font(font_px)
-    white = (255, 255, 255)
+    canvas, d, font = _black_strip(content, strip, font_px)
     label_w, label_h = _text_size(d, label, font)
     gap = label_w + font_px
     bar_px = max(bar_px, gap + 3 * font_px)   # the instrument leaves room for a stroke each side
     x0 = w - bar_px - font_px
     y = h + strip // 2
     left_end = x0 + (bar_px - gap) // 2
-    d.rectangle([x0, y, left_end, y + 1], fill=white)
-    d.rectangle([left_end + gap, y, x0 + bar_px + 1, y + 1], fill=white)
+    d.rectangle([x0, y, left_end, y + 1], fill=WHITE)
+    d.rectangle([left_end + gap, y, x0 + bar_px + 1, y + 1], fill=WHITE)
     tick = max(3, font_px // 2)
     for x in (x0, x0 + bar_px):
-        d.rectangle([x, y - tick, x + 1, y + tick], fill=white)
+        d.rectangle([x, y - tick, x + 1, y + tick], fill=WHITE)
     left, top, right, bottom = d.textbbox((0, 0), label, font=font)
-    d.text((left_end + font_px // 2 - left, y - (top + bottom) // 2), label, fill=white, font=font)
+    d.text((left_end + font_px // 2 - left, y - (top + bottom) // 2), label, fill=WHITE, font=font)
     info = f"{rng.choice([10.0, 20.0, 30.0]):.1f}kV  WD{rng.integers(5, 15)}mm  SE"
-    d.text((font_px // 2, h + int(strip * 0.25)), info, fill=white, font=font)
+    d.text((font_px // 2, h + int(strip * 0.25)), info, fill=WHITE, font=font)
     return VendorDrawing(np.asarray(canvas), h, float(bar_px))
 
 
 def _hitachi(content, label, bar_px, font_px, rng) -> VendorDrawing:
     h, w = content.shape
     strip = int(font_px * 2.2)
-    canvas = _rgb(content, strip, (0, 0, 0))
-    d = ImageDraw.Draw(canvas)
-    font = _font(font_px)
-    white = (255, 255, 255)
+    canvas, d, font = _black_strip(content, strip, font_px)
     info = f"{rng.choice([1.0, 5.0, 15.0]):.1f}kV {rng.uniform(3, 12):.1f}mm x{rng.choice([1.0, 10.0, 50.0]):.1f}k SE(U)"
-    d.text((font_px // 2, h + int(strip * 0.25)), info, fill=white, font=font)
+    d.text((font_px // 2, h + int(strip * 0.25)), info, fill=WHITE, font=font)
     label_w, _ = _text_size(d, label, font)
     x_end = w - label_w - font_px * 2
     x_start = x_end - bar_px
@@ -213,8 +213,8 @@ def _hitachi(content, label, bar_px, font_px, rng) -> VendorDrawing:
     tick = max(4, font_px // 2)
     for k in range(11):
         x = x_start + round(k * bar_px / 10)
-        d.rectangle([x, foot - tick, x + 1, foot], fill=white)
-    d.text((x_end + font_px, h + int(strip * 0.25)), label, fill=white, font=font)
+        d.rectangle([x, foot - tick, x + 1, foot], fill=WHITE)
+    d.text((x_end + font_px, h + int(strip * 0.25)), label, fill=WHITE, font=font)
     return VendorDrawing(np.asarray(canvas), h, float(bar_px))
 
 
