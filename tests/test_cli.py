@@ -68,3 +68,20 @@ def test_train_command_says_what_is_missing(spark, capsys):
     assert "--labels" in capsys.readouterr().err
     assert main(["train", "--mode", "fine_tuning"]) == 2
     assert "--init" in capsys.readouterr().err
+
+
+def test_scale_command_explains_and_draws(tmp_path, capsys):
+    """The paper's lab's layout: a white band at rows ~630-700 of a 1024x768 JPEG with the image
+    continuing below it, a green bar with end ticks and its red label above it (the issue's words)."""
+    assert main(["scale", str(REAL_SAMPLES / "nffa_tasc_2um.jpg"), "--debug", str(tmp_path)]) == 0
+    row = json.loads(capsys.readouterr().out.strip())
+    top, bottom = row["band_rows"]
+    assert 625 <= top <= 640 and 685 <= bottom <= 700 and bottom < 767   # image rows below the band
+    assert row["databar_px"] == 768 - top
+    assert row["bar"]["kind"] == "ticks" and row["label_box"][1] + row["label_box"][3] <= row["bar"]["row"]
+    assert (row["scale_value"], row["scale_unit"], row["scale_confidence"]) == (2.0, "um", "medium")
+    assert row["scale_reason"] == "label and bar, no tag to check them against"
+    picture = Path(row["debug_picture"])
+    assert picture.parent == tmp_path and picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import cv2
+    assert cv2.imread(str(picture)).shape[1] == 1024
