@@ -43,10 +43,6 @@ class Band:
     bottom: int             # last row (inclusive)
     background: tuple[float, ...]
 
-    @property
-    def height(self) -> int:
-        return self.bottom - self.top + 1
-
 
 @dataclass(frozen=True)
 class ScaleBar:
@@ -61,10 +57,6 @@ class ScaleBar:
     @property
     def length_px(self) -> float:
         return self.x1 - self.x0
-
-    @property
-    def ticks(self) -> bool:
-        return self.kind in ("ticks", "ruler")
 
 
 @dataclass(frozen=True)

@@ -84,7 +84,7 @@ def _tasc(content, label, bar_px, font_px, rng) -> VendorDrawing:
     for x in (x0, x0 + bar_px):
         d.rectangle([x, bar_y - tick, x + 1, bar_y + tick], fill=green)
     fields = [f"EHT = {rng.choice([5.0, 10.0, 20.0]):.2f} kV", f"WD = {rng.integers(3, 15)} mm",
-              f"Signal A = InLens", f"Stage at Z = {rng.uniform(20, 50):.3f} mm"]
+              "Signal A = InLens", f"Stage at Z = {rng.uniform(20, 50):.3f} mm"]
     column = max(x0 + bar_px + font_px * 3, int(w * 0.3))
     for k, text in enumerate(fields):
         cx = column + (k // 2) * int(w * 0.33)
