@@ -73,6 +73,25 @@ def test_palette_tiff_goes_through_its_colour_map(tmp_path):
     np.testing.assert_array_equal(decoded.gray, 255 - index)
 
 
+def test_16_bit_values_round_to_the_nearest_8_bit_level(tmp_path):
+    """Each value v to round(v / 65535 * 255), computed by hand around the rounding edges."""
+    values = np.array([[0, 128, 129, 257, 32767, 32768, 65535]], np.uint16)
+    decoded = decode_gray(tiff_bytes(tmp_path, values), "tiff", LIMIT)
+    np.testing.assert_array_equal(decoded.gray, [[0, 0, 1, 1, 127, 128, 255]])
+
+
+def test_colour_palette_tiff_keeps_its_colours(tmp_path):
+    """Index 1 is pure red, 2 pure green: RGB kept, grey by Rec. 601 (0.299 and 0.587 of 255)."""
+    index = np.array([[0, 1, 2, 1]], np.uint8)
+    cmap = np.zeros((3, 256), np.uint16)
+    cmap[0, 1] = 65535
+    cmap[1, 2] = 65535
+    decoded = decode_gray(tiff_bytes(tmp_path, index, photometric="palette", colormap=cmap), "tiff", LIMIT)
+    np.testing.assert_array_equal(decoded.gray, [[0, 76, 150, 76]])
+    np.testing.assert_array_equal(decoded.rgb[0, 1], [255, 0, 0])
+    np.testing.assert_array_equal(decoded.rgb[0, 2], [0, 255, 0])
+
+
 def test_rgb_becomes_luminance(tmp_path):
     rgb = np.zeros((10, 10, 3), np.uint8)
     rgb[..., 0] = 255  # pure red: 0.299 * 255 = 76.2

@@ -115,16 +115,27 @@ def find_bands(gray: np.ndarray) -> list[Band]:
     even = rows[:, 0:width - 1:2]
     odd = rows[:, 1::2][:, :even.shape[1]]
     sampled = even.shape[1]
-    flatness = (np.abs(even - odd) <= FLAT_NEIGHBOURS).mean(axis=1)
-    quantised = (even >> 2).astype(np.int64)        # 64 bins of 4 levels
-    hist = np.bincount((quantised + 64 * np.arange(n)[:, None]).ravel(), minlength=64 * n).reshape(n, 64)
-    window = hist.copy()                              # share within one bin either side of each bin
-    window[:, 1:] += hist[:, :-1]
-    window[:, :-1] += hist[:, 1:]
+    flatness = np.count_nonzero(np.abs(even - odd) <= FLAT_NEIGHBOURS, axis=1) / sampled
+    # Histograms only where a band can be: rows flat enough, and the gap rows a run may bridge
+    # (SEM signal rows are never flat, so this skips most of the image).
+    flat_enough = flatness >= BAND_WEAK
+    for shift in range(1, MAX_GAP_ROWS + 1):
+        flat_enough[shift:] |= flatness[:-shift] >= BAND_WEAK
+        flat_enough[:-shift] |= flatness[shift:] >= BAND_WEAK
+    chosen = np.flatnonzero(flat_enough)
+    window = np.zeros((n, 64), dtype=np.int64)
+    if chosen.size:
+        quantised = (even[chosen] >> 2).astype(np.int64)        # 64 bins of 4 levels
+        m = chosen.size
+        hist = np.bincount((quantised + 64 * np.arange(m)[:, None]).ravel(), minlength=64 * m).reshape(m, 64)
+        near_bins = hist.copy()                                # share within one bin either side
+        near_bins[:, 1:] += hist[:, :-1]
+        near_bins[:, :-1] += hist[:, 1:]
+        window[chosen] = near_bins
     share = window.max(axis=1) / sampled
     strong = (flatness >= BAND_STRONG) & (share >= BAND_STRONG)
     weak = (flatness >= BAND_WEAK) & (share >= BAND_WEAK)
-    # background candidates of each row: bins holding at least BACKGROUND_SHARE of it
+    # background candidates of each row: bins holding at least BACKGROUND_SHARE of it, as bit masks
     candidates = window / sampled >= BACKGROUND_SHARE
 
     runs: list[list[int]] = []
@@ -156,22 +167,24 @@ def find_bands(gray: np.ndarray) -> list[Band]:
             top, bottom = seg_first + start, seg_last + start
             values = rows[seg_first:seg_last + 1]
             near = np.abs((values >> 2) - background_bin) <= 1
-            background = float(np.median(values[near])) if near.any() else float(background_bin * 4 + 2)
+            background = _median_of_levels(values[near]) if near.any() else float(background_bin * 4 + 2)
             bands.append(Band(top=top, bottom=bottom, background=(background,)))
     return sorted(bands, key=lambda b: -b.bottom)
 
 
 def _segments(candidates: np.ndarray, window: np.ndarray, first: int, last: int):
     """Split rows [first, last] where the background colour changes; short runs join the next."""
+    # each row's candidate bins as one integer's bits: set operations on 64 bins cost one operation
+    masks = (candidates[first:last + 1].astype(np.uint64) << np.arange(64, dtype=np.uint64)).sum(
+        axis=1, dtype=np.uint64).tolist()
     segments: list[list] = []
-    for r in range(first, last + 1):
-        bins = set(np.flatnonzero(candidates[r]).tolist())
+    for r, bins in zip(range(first, last + 1), masks):
         if segments and segments[-1][2] & bins:
             segments[-1][1] = r
             segments[-1][2] &= bins
             segments[-1][3] |= bins
         else:
-            segments.append([r, r, bins or {int(window[r].argmax())}, set(bins)])
+            segments.append([r, r, bins or 1 << int(window[r].argmax()), bins])
     # thin segments of another colour (frame lines) go with the band below (or above at the end)
     merged: list[list] = []
     pending_first = None
@@ -188,33 +201,66 @@ def _segments(candidates: np.ndarray, window: np.ndarray, first: int, last: int)
         merged.append(seg)
     for seg_first, seg_last, bins, _ in merged:
         totals = window[seg_first:seg_last + 1].sum(axis=0)
-        allowed = sorted(bins) if bins else list(range(64))
+        allowed = [b for b in range(64) if bins >> b & 1] if bins else list(range(64))
         yield seg_first, seg_last, int(max(allowed, key=lambda b: totals[b]))
 
 
 def band_ink(planes: np.ndarray, band: Band) -> BandInk | None:
     """The ink of a band: pixels far from its background colour in any channel."""
-    region = planes[band.top:band.bottom + 1].astype(np.int16)
-    flat = region.reshape(-1, region.shape[2])
     grey_bg = band.background[0]
-    luminance = region.mean(axis=2) if region.shape[2] > 1 else region[..., 0]
-    near = np.abs(luminance - grey_bg).ravel() <= 12
-    background = np.median(flat[near], axis=0) if near.sum() > 16 else np.median(flat, axis=0)
-    distance = np.abs(region - background[None, None, :]).max(axis=2).astype(np.float32)
-    flat_distance = distance.ravel()
-    k = int(0.997 * (flat_distance.size - 1))
-    top = float(np.partition(flat_distance, k)[k])
+    if planes.shape[2] == 1:
+        # grey: the background, the distances and their 99.7th percentile from one histogram
+        region = planes[band.top:band.bottom + 1, :, 0]
+        hist = np.bincount(region.ravel(), minlength=256)
+        near = np.abs(_LEVELS - grey_bg) <= 12
+        background = np.array([_median_of_histogram(hist * near if hist[near].sum() > 16 else hist)])
+        doubled = (2 * np.abs(_LEVELS - background[0])).astype(np.int64)
+        top = _rank_of_histogram(np.bincount(doubled, weights=hist, minlength=511), 0.997) / 2.0
+        distance = cv2.absdiff(region.astype(np.float32), float(background[0]))
+    else:
+        region = planes[band.top:band.bottom + 1].astype(np.int16)
+        flat = region.reshape(-1, region.shape[2])
+        near = np.abs(region.mean(axis=2) - grey_bg).ravel() <= 12
+        source = flat[near] if np.count_nonzero(near) > 16 else flat
+        background = np.array([_median_of_levels(source[:, c]) for c in range(flat.shape[1])])
+        distance = np.abs(region - background.astype(np.float32)[None, None, :]).max(axis=2)
+        doubled = (distance.ravel() * 2).astype(np.int64)
+        top = _rank_of_histogram(np.bincount(doubled, minlength=511), 0.997) / 2.0
     if top < 40:
         return None                                  # a blank strip: nothing is drawn on it
     threshold = max(32.0, 0.4 * top)
     ink = (distance >= threshold).astype(np.uint8)
-    share = float(ink.mean())
+    share = np.count_nonzero(ink) / ink.size
     if not 0.001 <= share <= 0.6:
         return None
     result = BandInk(band=Band(band.top, band.bottom, tuple(float(v) for v in background)), ink=ink,
                      distance=distance, contrast=top)
     result.separators = _separators(ink)
     return result
+
+
+_LEVELS = np.arange(256, dtype=np.float64)
+
+
+def _median_of_levels(values: np.ndarray) -> float:
+    """np.median of integer grey levels 0-255, from their histogram (no sort)."""
+    return _median_of_histogram(np.bincount(values.ravel(), minlength=256))
+
+
+def _median_of_histogram(counts: np.ndarray) -> float:
+    """np.median of the values whose histogram over levels 0, 1, 2, ... is ``counts``."""
+    cumulative = np.cumsum(counts)
+    n = int(round(cumulative[-1]))
+    low = int(np.searchsorted(cumulative, (n - 1) // 2 + 1))     # the ((n-1)//2)-th smallest, 0-based
+    high = int(np.searchsorted(cumulative, n // 2 + 1))
+    return (low + high) / 2.0
+
+
+def _rank_of_histogram(counts: np.ndarray, q: float) -> int:
+    """The level at rank int(q * (n - 1)) (the element np.partition puts there), from a histogram."""
+    cumulative = np.cumsum(counts)
+    k = int(q * (int(round(cumulative[-1])) - 1))
+    return int(np.searchsorted(cumulative, k + 1))
 
 
 OVERLAY_ROWS = 0.15         # text laid over the image (JEOL) sits in its bottom rows
@@ -243,7 +289,10 @@ def overlay_bands(planes: np.ndarray) -> list[BandInk]:
 def _separators(ink: np.ndarray) -> list[tuple[int, int, int, int]]:
     """Vertical lines that divide a band into cells (FEI, Tescan): thin, most of the band tall."""
     height = ink.shape[0]
-    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (1, max(5, int(height * 0.6))))
+    tall = max(5, int(height * 0.6))
+    if np.count_nonzero(ink, axis=0).max() < tall:
+        return []                        # no column holds that much ink: no line can be there
+    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (1, tall))
     lines = cv2.morphologyEx(ink, cv2.MORPH_OPEN, kernel)
     count, _, stats, _ = cv2.connectedComponentsWithStats(lines, connectivity=8)
     return [tuple(int(v) for v in stats[i][:4]) for i in range(1, count) if stats[i][2] <= 4]
@@ -358,27 +407,30 @@ def _tick_rulers(band: BandInk, labels, stats, count: int, width: int) -> list[S
     return rulers
 
 
+_NINE_WIDE = np.arange(4096)[:, None] + np.arange(9)   # column indices of running 9-column windows
+
+
 def _evenly_drawn_part(distance: np.ndarray, x: int, y: int, w: int, h: int) -> tuple[int, int]:
     """The longest part of a stroke drawn at its full strength: a bar is drawn in one colour, and a
     dimmer line that continues it (Tescan's table rule on the ruler's baseline) is not the bar."""
-    profile = distance[y:y + h, x:x + w].max(axis=0)
-    if w < 9 or profile.min() >= 0.7 * profile.max():
+    if w < 9:
+        return x, w
+    profile = distance[y:y + h, x:x + w].max(axis=0) if h > 1 else distance[y, x:x + w]
+    low, high = cv2.minMaxLoc(profile)[:2]
+    if low >= 0.7 * high:
         return x, w                      # drawn evenly all along (most strokes): nothing to cut
-    from scipy.ndimage import median_filter
-
-    # a running median over 9 columns: tick marks on the stroke are spikes, not a change of colour
-    smooth = median_filter(profile, size=9, mode="reflect")
-    strong = smooth >= 0.7 * float(smooth.max())
-    best, start = (0, w), None
-    runs = []
-    for i, value in enumerate(np.append(strong, False)):
-        if value and start is None:
-            start = i
-        elif not value and start is not None:
-            runs.append((start, i - start))
-            start = None
-    if runs:
-        best = max(runs, key=lambda r: r[1])
+    # a running median over 9 columns (edges mirrored): tick marks on the stroke are spikes, not a
+    # change of colour
+    padded = np.concatenate((profile[3::-1], profile, profile[:-5:-1]))
+    windows = _NINE_WIDE[:w] if w <= len(_NINE_WIDE) else np.arange(w)[:, None] + np.arange(9)
+    smooth = np.partition(padded[windows], 4, axis=1)[:, 4]
+    strong = np.concatenate(([False], smooth >= 0.7 * float(smooth.max()), [False]))
+    edges = np.flatnonzero(strong[1:] != strong[:-1])       # starts and ends of the strong runs
+    starts, lengths = edges[0::2], edges[1::2] - edges[0::2]
+    best = (0, w)
+    if starts.size:
+        k = int(np.argmax(lengths))                            # the first longest, as max() picks
+        best = (int(starts[k]), int(lengths[k]))
     return x + best[0], best[1]
 
 
@@ -395,20 +447,27 @@ def _extend_stroke(ink: np.ndarray, x: int, y: int, w: int, h: int) -> tuple[int
 
 def _tick_centre(ink: np.ndarray, end_col: int, top: int, thickness: int, side: int) -> float | None:
     """Centre column of a vertical tick at one end of the bar, or None when the end is plain."""
-    rows = ink.shape[0]
+    rows, cols = ink.shape
     reach = 2   # a tick sticks out of the stroke by at least this many rows
+    # the six columns inward from the end, in that order
+    stop = end_col - side * 6
+    lo, hi = (max(0, stop + 1), end_col + 1) if side > 0 else (end_col, min(cols, stop))
+    if hi <= lo:
+        return None
+    tick = np.zeros(hi - lo, dtype=bool)
+    if top >= reach:
+        tick |= ink[top - reach:top, lo:hi].all(axis=0)
+    if top + thickness + reach <= rows:
+        tick |= ink[top + thickness:top + thickness + reach, lo:hi].all(axis=0)
+    order = tick.tolist()[::-1] if side > 0 else tick.tolist()
+    first = end_col if side > 0 else lo   # column of order[0]
     columns = []
-    for offset in range(0, 6):
-        col = end_col - side * offset
-        if not 0 <= col < ink.shape[1]:
-            break
-        above = ink[max(0, top - reach):top, col]
-        below = ink[top + thickness:min(rows, top + thickness + reach), col]
-        if (above.size == reach and above.all()) or (below.size == reach and below.all()):
-            columns.append(col)
+    for offset, is_tick in enumerate(order):
+        if is_tick:
+            columns.append(first - side * offset)
         elif columns:
             break
-    return float(np.mean(columns)) if columns else None
+    return sum(columns) / len(columns) if columns else None
 
 
 def label_crop(band: BandInk, bar: ScaleBar, width: int) -> LabelCrop | None:
@@ -419,8 +478,9 @@ def label_crop(band: BandInk, bar: ScaleBar, width: int) -> LabelCrop | None:
     bx, by, bw, bh = bar.box
     by -= top
     bar_ids = {int(labels[y, x]) for x, y in bar.seeds} - {0}
-    glyphs = [(k, tuple(int(v) for v in stats[k][:4])) for k in range(1, count)
-              if k not in bar_ids and 2 <= stats[k][3] <= 0.8 * ink.shape[0] and stats[k][2] <= 0.25 * width]
+    boxes = stats[1:count, :4]
+    fits = np.flatnonzero((boxes[:, 3] >= 2) & (boxes[:, 3] <= 0.8 * ink.shape[0]) & (boxes[:, 2] <= 0.25 * width)) + 1
+    glyphs = [(k, tuple(box)) for k, box in zip(fits.tolist(), stats[fits, :4].tolist()) if k not in bar_ids]
     if not glyphs:
         return None
     text_height = float(np.median([g[3] for _, g in glyphs if g[3] >= 4] or [g[3] for _, g in glyphs]))
@@ -450,8 +510,12 @@ def label_crop(band: BandInk, bar: ScaleBar, width: int) -> LabelCrop | None:
     grown = True
     while grown and rest:
         grown = False
+        lines_top = min(c[1] for c in chosen)
+        lines_bottom = max(c[1] + c[3] for c in chosen)
         for g in list(rest):
             x, y, w, h = g
+            if y >= lines_bottom or y + h <= lines_top:
+                continue                 # on no chosen glyph's line
             for cx, cy, cw, ch in chosen:
                 same_line = min(y + h, cy + ch) - max(y, cy) >= 0.5 * min(h, ch)
                 if same_line and max(x - (cx + cw), cx - (x + w)) <= 0.8 * text_height:

@@ -6,6 +6,7 @@ Truncation is detected explicitly: libjpeg and friends happily return half-grey 
 """
 from __future__ import annotations
 
+import functools
 import io
 import struct
 from dataclasses import dataclass
@@ -147,9 +148,11 @@ def _decode_tiff(data: bytes) -> tuple[np.ndarray, int, str, np.ndarray | None]:
         bits = int(page.bitspersample)
         photometric = int(page.photometric)
         if photometric == 3:  # PALETTE: the array holds indices into the colour map
-            cmap = np.asarray(page.colormap, dtype=np.float64)  # (3, 2**bits), 16-bit entries
-            rgb = cmap[:, pixels].transpose(1, 2, 0) / 65535.0
-            return _to_uint8_unit(_luminance(rgb)), bits, "palette", _to_uint8_unit(rgb)
+            # convert the map's entries once, then look every pixel up (no per-pixel float work)
+            cmap = np.asarray(page.colormap, dtype=np.float64).T / 65535.0  # (2**bits, 3), 16-bit entries
+            gray_of_entry = _to_uint8_unit(_luminance(cmap))
+            rgb_of_entry = _to_uint8_unit(cmap)
+            return gray_of_entry[pixels], bits, "palette", rgb_of_entry[pixels]
         color = "gray"
         if pixels.ndim == 3 and pixels.shape[-1] in (3, 4):
             pixels = pixels[..., :3]
@@ -228,9 +231,17 @@ def _to_unit(pixels: np.ndarray, bits: int) -> np.ndarray:
 
 def _uint16_to_uint8(pixels: np.ndarray, bits: int) -> np.ndarray:
     """round(value / top * 255) in integers, top being the largest value of ``bits`` bits."""
-    top = (1 << min(bits, 16)) - 1 if bits < 16 else 65535
-    wide = np.minimum(pixels.astype(np.uint32), top)
-    return ((wide * 255 + top // 2) // top).astype(np.uint8)
+    return _uint16_lookup(min(bits, 16))[pixels]
+
+
+@functools.lru_cache(maxsize=17)
+def _uint16_lookup(bits: int) -> np.ndarray:
+    """The 8-bit value of every 16-bit value, for images of ``bits`` bits."""
+    top = (1 << bits) - 1 if bits < 16 else 65535
+    wide = np.minimum(np.arange(65536, dtype=np.uint32), top)
+    lookup = ((wide * 255 + top // 2) // top).astype(np.uint8)
+    lookup.flags.writeable = False
+    return lookup
 
 
 def _gray_of_rgb8(rgb: np.ndarray) -> np.ndarray:
