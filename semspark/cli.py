@@ -46,6 +46,15 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("promote", help="mark a model version as production (sem.latest_predictions)")
     p.add_argument("model", help="NAME/VERSION or NAME/latest")
 
+    p = sub.add_parser("models", help="registered models: list them, or compare runs (scores with their "
+                                      "95%% intervals, test accuracy per epoch on one plot)")
+    models = p.add_subparsers(dest="models_command", required=True, metavar="action")
+    models.add_parser("list", help="every registered model version with its test accuracy and calibration")
+    q = models.add_parser("compare", help="several models side by side and their test accuracy per epoch "
+                                          "on one plot (the paper's Figures 1 and 2)")
+    q.add_argument("models", nargs="+", help="NAME/VERSION or NAME/latest")
+    q.add_argument("--out", help="the plot's file (default: models/compare-....png under SEMSPARK_HOME)")
+
     p = sub.add_parser("nightly", help="ingest what is new and score it with the production model")
     add_ingest_arguments(p)
 
@@ -116,10 +125,23 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--learning-rate", type=float, default=d.learning_rate, help="per rank; scaled by --num-proc")
     p.add_argument("--optimizer", choices=("sgd", "adam"), default=d.optimizer)
     p.add_argument("--num-proc", type=int, default=d.num_proc, help="Horovod ranks (Spark tasks)")
-    p.add_argument("--input-size", type=int, default=d.input_size)
+    p.add_argument("--input-size", type=int, default=d.input_size,
+                   help="input side in px (default: the architecture's own: compact_cnn 64, alexnet 227, "
+                        "inception_* 299, convnext_tiny and efficientnetv2_s 224)")
     p.add_argument("--seed", type=int, default=d.seed, help="split and initialisation seed")
     p.add_argument("--patience", type=int, default=d.patience, help="early stopping on validation accuracy")
-    p.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs)
+    p.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs,
+                   help="linear learning-rate warm-up, then --schedule")
+    p.add_argument("--schedule", choices=("cosine", "constant"), default=d.schedule,
+                   help="learning rate after the warm-up: cosine decay to zero, or constant")
+    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                   help="decoupled weight decay per unit of learning rate (0 = none)")
+    p.add_argument("--class-weights", choices=("balanced", "none"), default=d.class_weighting,
+                   help="balanced: each category weighs the same in the loss, however rare")
+    p.add_argument("--uncertain-target", type=float, default=d.uncertain_target,
+                   help="predictions are flagged uncertain below the confidence at which validation images "
+                        "are right this often (default 0.99)")
     p.add_argument("--mixed-precision", action="store_true", help="float16 compute (GPU executors)")
 
 
@@ -234,7 +256,9 @@ def cmd_train(args) -> int:
         fine_tune_epochs=args.fine_tune_epochs,
         batch_size=args.batch_size, learning_rate=args.learning_rate, optimizer=args.optimizer,
         num_proc=args.num_proc, input_size=args.input_size, seed=args.seed, patience=args.patience,
-        warmup_epochs=args.warmup_epochs, mixed_precision=args.mixed_precision)
+        warmup_epochs=args.warmup_epochs, mixed_precision=args.mixed_precision, schedule=args.schedule,
+        label_smoothing=args.label_smoothing, weight_decay=args.weight_decay, class_weighting=args.class_weights,
+        uncertain_target=args.uncertain_target)
     request.check()
     return _run_stage(args, "train", lambda spark, config: run_training(spark, config, request))
 
@@ -253,6 +277,17 @@ def cmd_promote(args) -> int:
     with _session(config, "promote") as spark:
         model_version = promote(spark, config, args.model)
     print(f"{model_version} is the production model; {config.catalog.database}.{LATEST_VIEW} shows its predictions")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from semspark.train.compare import compare_models, list_models
+
+    if args.models_command == "list":
+        print("\n".join(list_models()))
+        return 0
+    lines, _ = compare_models(args.models, args.out)
+    print("\n".join(lines))
     return 0
 
 
@@ -358,7 +393,7 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"synth": cmd_synth, "ingest": cmd_ingest, "rescale": cmd_rescale, "train": cmd_train, "infer": cmd_infer,
-            "promote": cmd_promote, "nightly": cmd_nightly, "analyze": cmd_analyze, "sql": cmd_sql, "sql-server": cmd_sql_server,
+            "promote": cmd_promote, "models": cmd_models, "nightly": cmd_nightly, "analyze": cmd_analyze, "sql": cmd_sql, "sql-server": cmd_sql_server,
             "scale": cmd_scale, "spark-conf": cmd_spark_conf, "demo": cmd_demo}
 
 

@@ -118,10 +118,12 @@ PREDICTIONS = TableSpec(
         ("image_id", StringType()), ("category", StringType()), ("confidence", DoubleType()),
         ("probabilities", ArrayType(FloatType())), ("logits", ArrayType(FloatType())),
         ("embedding", ArrayType(FloatType())), ("predicted_at", TimestampType()), ("infer_run", StringType()),
+        ("uncertain", BooleanType()), ("out_of_distribution", BooleanType()), ("ood_distance", DoubleType()),
         ("model_version", StringType()),
     ),
     partition_by=("model_version",),
-    comment="One row per image and model version that scored it: category, probabilities, logits, embedding.",
+    comment="One row per image and model version that scored it: category, calibrated probabilities and "
+            "confidence, uncertain and out-of-distribution flags, logits, embedding.",
 )
 
 PROMOTIONS = TableSpec(
@@ -179,6 +181,9 @@ PREDICTION = StructType([
     StructField("category", StringType(), True), StructField("confidence", DoubleType(), True),
     StructField("probabilities", ArrayType(FloatType()), True), StructField("logits", ArrayType(FloatType()), True),
     StructField("embedding", ArrayType(FloatType()), True), StructField("error", StringType(), True),
+    # flags as 1.0 / 0.0 / NaN (unknown): predict_batch_udf returns no booleans; the job casts them
+    StructField("uncertain", DoubleType(), True), StructField("out_of_distribution", DoubleType(), True),
+    StructField("ood_distance", DoubleType(), True),
 ])
 
 # What a Spark task returns for each file it processed: an image or a quarantine outcome.

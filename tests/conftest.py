@@ -76,9 +76,8 @@ def scoring(spark, tmp_path_factory):
     first = tmp_path_factory.mktemp("scoring_first")
     records = generate(first, 40, seed=21, width=384, height=288)
     run_ingest(spark, config, str(first), labels="folders")
-    model = run_training(spark, config, TrainRequest(arch="alexnet", input_size=75, epochs=2, batch_size=8,
-                                                     num_proc=1, name="scorer", optimizer="adam",
-                                                     learning_rate=1e-4, patience=100))
+    model = run_training(spark, config, TrainRequest(arch="compact_cnn", epochs=2, batch_size=8,
+                                                     num_proc=1, name="scorer", patience=100))
     return SimpleNamespace(config=config, first=first, records=records, model=model)
 
 

@@ -17,7 +17,7 @@ from .conftest import register_copy
 
 pytestmark = pytest.mark.spark
 
-ALEXNET_EMBEDDING = 4096   # AlexNet's fc7, the penultimate layer (Krizhevsky et al. 2012)
+COMPACT_EMBEDDING = 256   # compact_cnn's global average pool over its last block's 256 filters
 CATEGORIES = 10            # the synthetic generator's categories, all present in 40 images
 
 
@@ -44,17 +44,21 @@ def test_every_image_is_scored_once_with_arrays_of_the_right_length(spark, scori
     assert sorted(rows["image_id"]) == sorted(expected)
     metadata = registry.read_json(Path(scoring.model.path) / "metadata.json")
     classes = metadata["class_names"]
-    assert len(classes) == CATEGORIES
+    temperature = metadata["calibration"]["temperature"]
+    threshold = metadata["calibration"]["uncertain_below_confidence"]
+    assert len(classes) == CATEGORIES and 0.05 <= temperature <= 20
     for row in rows.itertuples():
         assert len(row.probabilities) == len(row.logits) == CATEGORIES
-        assert len(row.embedding) == ALEXNET_EMBEDDING
+        assert len(row.embedding) == COMPACT_EMBEDDING
         assert row.category in classes
         assert row.category == classes[int(np.argmax(row.probabilities))]
         assert row.confidence == pytest.approx(max(row.probabilities), abs=1e-6)
         assert sum(row.probabilities) == pytest.approx(1.0, abs=1e-4)
-        # softmax of the logits is the probabilities: logits really are the layer before softmax
-        exp = np.exp(np.array(row.logits) - max(row.logits))
+        # the probabilities are the softmax of the logits over the fitted temperature (calibrated)
+        exp = np.exp((np.array(row.logits) - max(row.logits)) / temperature)
         assert np.allclose(exp / exp.sum(), row.probabilities, atol=1e-5)
+        assert row.uncertain == (row.confidence < threshold)
+        assert row.out_of_distribution == (row.ood_distance > metadata["out_of_distribution"]["threshold"])
 
 
 def test_predictions_agree_with_the_model_run_directly(spark, scoring, first_scoring):
@@ -69,12 +73,16 @@ def test_predictions_agree_with_the_model_run_directly(spark, scoring, first_sco
     ids = stored["image_id"]
     images = np.stack([cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_GRAYSCALE) for b in stored["image"]])
     assert images.shape[1:] == (96, 96)
-    x = tf.image.resize(tf.constant(images[..., None], tf.float32), (75, 75), antialias=True)
+    metadata = registry.read_json(Path(scoring.model.path) / "metadata.json")
+    size = metadata["input_size"]
+    x = tf.image.resize(tf.constant(images[..., None], tf.float32), (size, size), antialias=True)
     model = tf.keras.models.load_model(str(Path(scoring.model.path) / "model.keras"), compile=False)
-    direct = model.predict(x, verbose=0)
-    probe = tf.keras.Model(model.inputs, model.get_layer("embedding").output)
-    embedding = probe.predict(x, verbose=0)
-    classes = registry.read_json(Path(scoring.model.path) / "metadata.json")["class_names"]
+    probe = tf.keras.Model(model.inputs, [model.get_layer("embedding").output, model.get_layer("logits").output])
+    embedding, logits = probe.predict(x, verbose=0)
+    # calibrated by hand: softmax of the logits over the temperature
+    scaled = np.exp((logits - logits.max(axis=1, keepdims=True)) / metadata["calibration"]["temperature"])
+    direct = scaled / scaled.sum(axis=1, keepdims=True)
+    classes = metadata["class_names"]
 
     rows = predictions(spark, scoring).set_index("image_id")
     for i, image_id in enumerate(ids):

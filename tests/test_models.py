@@ -19,19 +19,23 @@ def weights_of(layer):
     return [w.numpy().copy() for w in layer.trainable_weights] or [w.numpy().copy() for w in layer.weights]
 
 
-@pytest.fixture(scope="module", params=ARCHITECTURES)
-def arch(request):
-    return request.param
+# Every architecture trains a step from scratch. The modes are one switch on the backbone whatever
+# the architecture (apply_mode), so they are tested on one architecture written here and one from
+# keras.applications; tracing the big Inceptions, ConvNeXt and EfficientNetV2 in every mode would
+# cost the suite five minutes for the same switch. feature_extraction_then_fine_tuning starts as
+# feature_extraction; its switch is the training job's (tests/test_train.py).
+MODE_CASES = ([(arch, "scratch") for arch in ARCHITECTURES]
+              + [(arch, mode) for arch in ("compact_cnn", "inception_v3")
+                 for mode in ("feature_extraction", "fine_tuning")])
 
 
-# feature_extraction_then_fine_tuning starts as feature_extraction; its switch is the training
-# job's (tests/test_train.py).
-@pytest.mark.parametrize("mode", ["scratch", "feature_extraction", "fine_tuning"])
+@pytest.mark.parametrize("arch, mode", MODE_CASES)
 def test_every_architecture_trains_a_step_in_every_mode(arch, mode):
     tf.keras.utils.set_random_seed(0)
     model = build_model(arch, 3, SIZE)
     apply_mode(model, mode)
-    model.compile(optimizer=tf.keras.optimizers.SGD(0.05), loss="sparse_categorical_crossentropy")
+    # eagerly: one step needs no graph, and tracing the big backbones costs tens of seconds each
+    model.compile(optimizer=tf.keras.optimizers.SGD(0.05), loss="sparse_categorical_crossentropy", run_eagerly=True)
     backbone = model.get_layer(BACKBONE)
     kernels = [w for w in backbone.weights if "kernel" in w.name]
     before_backbone = [w.numpy().copy() for w in kernels]
@@ -99,3 +103,24 @@ def test_init_strings_and_bad_requests():
     combined = build_model("alexnet", 3, SIZE)
     apply_mode(combined, MODES[-1])
     assert not combined.get_layer(BACKBONE).trainable  # its first phase is feature extraction
+
+
+@pytest.mark.parametrize("arch", ["compact_cnn", "inception_v3"])
+def test_batch_normalisation_settles_within_tens_of_steps_in_every_backbone(arch):
+    """Momentum 0.9 everywhere, keras.applications' backbones included (Keras' default 0.99 needs
+    hundreds of steps, more than a lab's labelled set gives in several epochs)."""
+    model = build_model(arch, 3, 75)
+    norms = [layer for layer in model.get_layer(BACKBONE).layers
+             if isinstance(layer, tf.keras.layers.BatchNormalization)]
+    assert norms and all(layer.momentum == 0.9 for layer in norms)
+
+
+def test_input_sizes_are_each_architectures_own():
+    from semspark.train.spec import DEFAULT_INPUT_SIZE, MIN_INPUT_SIZES, input_size_for
+
+    assert input_size_for("alexnet") == 227 and input_size_for("compact_cnn") == 64
+    assert input_size_for("alexnet", 128) == 128
+    assert set(DEFAULT_INPUT_SIZE) == set(MIN_INPUT_SIZES) == set(ARCHITECTURES)
+    with pytest.raises(ModelError, match="minimum of 67 for alexnet"):
+        build_model("alexnet", 3, 64)
+    assert build_model("compact_cnn", 3, 32).output.shape[-1] == 3

@@ -18,9 +18,12 @@ pytestmark = pytest.mark.spark
 
 CONFIG = Config(catalog=CatalogConfig(database="training"),
                 ingest=IngestConfig(image_size=96, dataset_dir="datasets/training", files_per_task=64))
-FAST = TrainRequest(arch="alexnet", input_size=75, batch_size=16, num_proc=2, optimizer="adam",
-                    learning_rate=1e-4, patience=100, warmup_epochs=1)
+# The fast recipe as the demo trains it (compact_cnn at 64 px, warm-up and cosine decay, label
+# smoothing, balanced class weights, weight decay), with two Horovod ranks of 16 images a step at
+# 1e-3 each: a step of 32 images at 2e-3 in all.
+FAST = TrainRequest(arch="compact_cnn", batch_size=16, learning_rate=1e-3, num_proc=2, patience=100)
 CHANCE = 0.1
+LEARNED_EPOCHS = 15
 
 
 @pytest.fixture(scope="module")
@@ -33,16 +36,19 @@ def catalog(spark, tmp_path_factory):
 
 def test_requests_are_checked_before_anything_runs():
     for bad, words in [(dict(arch="vgg"), "--arch"), (dict(mode="fine_tuning"), "--init"),
-                       (dict(input_size=32), "--input-size"), (dict(epochs=0), "--epochs"),
+                       (dict(input_size=16), "--input-size"), (dict(epochs=0), "--epochs"),
                        (dict(init="imagenet"), "--init"), (dict(name="a/b"), "model name"),
-                       (dict(optimizer="lbfgs"), "--optimizer")]:
+                       (dict(optimizer="lbfgs"), "--optimizer"), (dict(schedule="step"), "--schedule"),
+                       (dict(label_smoothing=1.0), "--label-smoothing"), (dict(weight_decay=-1), "--weight-decay"),
+                       (dict(class_weighting="inverse"), "--class-weights"),
+                       (dict(arch="alexnet", input_size=64), "at least 67 for alexnet")]:
         with pytest.raises(TrainError, match=words):
             dataclasses.replace(FAST, **bad).check()
 
 
 @pytest.fixture(scope="module")
 def learned(spark, catalog):
-    return run_training(spark, CONFIG, dataclasses.replace(FAST, name="learn", epochs=20))
+    return run_training(spark, CONFIG, dataclasses.replace(FAST, name="learn", epochs=LEARNED_EPOCHS))
 
 
 def backbone_weights(path):
@@ -52,13 +58,24 @@ def backbone_weights(path):
 
 def test_two_ranks_learn_the_categories_and_register_the_model(spark, learned):
     result = learned
-    # Measured here: 0.4 to 0.5 test accuracy after 20 epochs; three times chance is the bar.
-    assert result.test_accuracy >= 3 * CHANCE, result.lines()
+    # Measured here: 0.9 to 0.95 test accuracy after 15 epochs (the first recipe, AlexNet at 75 px
+    # with a constant rate: 0.4 to 0.5 after 20); 0.8 leaves a margin for seeds and machines.
+    assert result.test_accuracy >= 0.8, result.lines()
     assert result.model_version == "learn/1"
     folder = registry.models_root() / "learn" / "1"
     metadata = json.loads((folder / "metadata.json").read_text())
     assert metadata["class_names"] == sorted(metadata["class_names"]) and len(metadata["class_names"]) == 10
-    assert metadata["architecture"] == "alexnet" and metadata["num_proc"] == 2
+    assert metadata["architecture"] == "compact_cnn" and metadata["num_proc"] == 2
+    assert metadata["input_size"] == 64 and metadata["recipe"]["schedule"] == "cosine"
+    scores = metadata["test_scores"]
+    assert scores["accuracy"]["value"] == pytest.approx(result.test_accuracy)
+    assert scores["accuracy"]["low"] < result.test_accuracy <= scores["accuracy"]["high"]
+    assert set(scores["precision"]) == set(scores["recall"]) == set(metadata["class_names"])
+    # label smoothing leaves the model less sure than it is right: the temperature fitted on
+    # validation corrects it on the test images (measured: ECE 0.17 -> 0.05)
+    calibration = metadata["calibration"]
+    assert calibration["test_ece_after"] < calibration["test_ece_before"]
+    assert 0 < calibration["uncertain_below_confidence"] <= 1 and calibration["test_confident_share"] > 0.5
     assert metadata["model_sha256"] == registry.file_sha256(folder / "model.keras")
     assert sum(map(sum, metadata["confusion_matrix"])) == metadata["test_images"]
     assert metadata["test_accuracy"] == pytest.approx(result.test_accuracy)
@@ -69,11 +86,33 @@ def test_two_ranks_learn_the_categories_and_register_the_model(spark, learned):
     row = spark.table("training.models").filter("model_version = 'learn/1'").collect()[0]
     assert row["test_accuracy"] == pytest.approx(result.test_accuracy) and row["train_images"] == len(split["train"])
     epochs = spark.table("training.training_history").filter("model_version = 'learn/1'").count()
-    assert epochs == 20
+    assert epochs == LEARNED_EPOCHS
 
     from semspark.train.models import load_saved_model
     model = load_saved_model(folder / "model.keras")
     assert model.get_layer("logits").output.shape[-1] == 10
+
+
+def test_inference_sees_what_training_saw(spark, learned):
+    """Scored through the real inference path (Spark, predict_batch_udf, the stored PNGs), the
+    training images are classified at least as well as training itself classified them (its last
+    epoch's accuracy, in training mode: augmented, dropout on), and the test images exactly as the
+    training run recorded. A model trained on other images than inference feeds it (the first
+    release's contrast clipping: 0.74 in training mode, 0.19 in inference) fails both."""
+    from semspark.infer.job import run_inference
+
+    run_inference(spark, CONFIG, model=learned.model_version)
+    split = json.loads((registry.run_dir(learned.run_id) / "split.json").read_text())
+    rows = spark.sql("SELECT p.image_id, p.category = i.label AS right FROM training.predictions p "
+                     "JOIN training.images i USING (image_id) "
+                     f"WHERE p.model_version = '{learned.model_version}'").collect()
+    right = {r["image_id"]: bool(r["right"]) for r in rows}
+    train_accuracy = sum(right[i] for i in split["train"]) / len(split["train"])
+    test_accuracy = sum(right[i] for i in split["test"]) / len(split["test"])
+    state = json.loads((registry.run_dir(learned.run_id) / "state.json").read_text())
+    training_mode = state["history"][-1]["accuracy"]
+    assert train_accuracy >= training_mode - 0.05, (train_accuracy, training_mode)
+    assert abs(test_accuracy - learned.test_accuracy) <= 1 / len(split["test"]) + 1e-9
 
 
 def test_feature_extraction_from_an_earlier_model_keeps_its_backbone(spark, learned):
@@ -83,7 +122,7 @@ def test_feature_extraction_from_an_earlier_model_keeps_its_backbone(spark, lear
         FAST, name="fe", mode="feature_extraction", init=f"model:{learned.model_version}", epochs=1))
     source = backbone_weights(registry.models_root() / "learn" / "1" / "model.keras")
     target = backbone_weights(registry.models_root() / "fe" / "1" / "model.keras")
-    assert len(source) == len(target) > 10
+    assert len(source) == len(target) > 5
     for a, b in zip(source, target):
         np.testing.assert_array_equal(a, b)
     assert result.model_version == "fe/1"
@@ -104,3 +143,75 @@ def test_feature_extraction_then_fine_tuning_moves_the_backbone_in_its_second_ph
     assert result.model_version == "fe-ft/1"
 
 
+
+
+# Images the out-of-distribution flag should catch and does not yet, each with its reason. Only
+# shrinks. Measured on the compact model trained here: mean cosine distance to the 5 nearest
+# training embeddings 0.033 (photograph), 0.056 (blank frame), 0.085 (micrograph) against a
+# threshold of 0.12 (1.5 x the validation images' largest, 0.082); other layers' pooled
+# activations, Mahalanobis distances and pixel statistics did not separate them either: the
+# generated categories already span near-uniform frames and blob fields.
+OOD_NOT_YET_FLAGGED = {
+    "blank_frame": "a 256-d embedding of ten generated categories: a flat frame lies among the smooth films",
+    "photograph": "its grey 64-px texture falls among the generated textures",
+    "optical_micrograph": "grey blobs on a flat field lie among the generated particle images",
+}
+
+
+def test_images_unlike_the_training_set_are_flagged_out_of_distribution(spark, learned, tmp_path):
+    """A blank frame, a photograph (matplotlib's sample portrait of Grace Hopper) and a stained
+    optical micrograph (pink field, purple nuclei: what a light microscope's H&E slide looks like),
+    ingested without labels and scored through the real path: their distance is recorded and each
+    is flagged unless listed in OOD_NOT_YET_FLAGGED; the test split's SEM images, never trained
+    on but of the kind the model knows, almost never are."""
+    import cv2
+    import matplotlib.cbook
+    import numpy as np
+
+    from semspark.infer.job import run_inference
+
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    cv2.imwrite(str(odd / "blank_frame.png"), np.full((288, 384), 128, np.uint8))
+    with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as fh:
+        photo = cv2.imdecode(np.frombuffer(fh.read(), np.uint8), cv2.IMREAD_COLOR)
+    cv2.imwrite(str(odd / "photograph.jpg"), photo)
+    rng = np.random.default_rng(0)
+    slide = np.zeros((288, 384, 3), np.uint8)
+    slide[:] = (200, 170, 235)                                       # eosin pink (BGR)
+    for _ in range(60):
+        centre = (int(rng.integers(0, 384)), int(rng.integers(0, 288)))
+        cv2.ellipse(slide, centre, (int(rng.integers(6, 14)), int(rng.integers(5, 10))), float(rng.uniform(0, 180)),
+                    0, 360, (150, 60, 110), -1)                       # haematoxylin purple nuclei
+    cv2.imwrite(str(odd / "optical_micrograph.png"), cv2.GaussianBlur(slide, (5, 5), 1.5))
+    run_ingest(spark, CONFIG, str(odd))
+    run_inference(spark, CONFIG, model=learned.model_version)
+    rows = spark.sql("SELECT regexp_extract(i.path, '[^/]+$', 0) AS file, p.image_id, p.out_of_distribution, "
+                     "p.ood_distance FROM training.predictions p JOIN training.images i USING (image_id) "
+                     f"WHERE p.model_version = '{learned.model_version}'").collect()
+    odd_rows = {r["file"]: r for r in rows if r["file"].split(".")[0] in
+                ("blank_frame", "photograph", "optical_micrograph")}
+    assert len(odd_rows) == 3 and all(r["ood_distance"] > 0 for r in odd_rows.values())
+    unflagged = {name.split(".")[0] for name, row in odd_rows.items() if not row["out_of_distribution"]}
+    assert unflagged == set(OOD_NOT_YET_FLAGGED), {n: r["ood_distance"] for n, r in odd_rows.items()}
+    split = json.loads((registry.run_dir(learned.run_id) / "split.json").read_text())
+    test_ids = set(split["test"])
+    flagged = [r["out_of_distribution"] for r in rows if r["image_id"] in test_ids]
+    assert len(flagged) == len(test_ids) and sum(flagged) <= 0.05 * len(flagged)
+
+
+def test_models_are_compared_on_one_plot(learned, tmp_path, capsys):
+    """`semspark models compare` draws each run's test accuracy per epoch on one plot and prints
+    their scores with intervals; `semspark models list` lists every version."""
+    from semspark.cli import main
+
+    out = tmp_path / "compare.png"
+    assert main(["models", "compare", learned.model_version, "fe/latest", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert learned.model_version in printed and "fe/1" in printed and str(out) in printed
+    accuracy = json.loads((registry.models_root() / "learn" / "1" / "metadata.json").read_text())["test_scores"]["accuracy"]
+    assert f"{accuracy['value']:.3f} [{accuracy['low']:.3f}, {accuracy['high']:.3f}]" in printed
+    assert out.stat().st_size > 10_000
+    assert main(["models", "list"]) == 0
+    assert learned.model_version in capsys.readouterr().out
+    assert main(["models", "compare", "nosuchmodel/1"]) == 2

@@ -98,6 +98,7 @@ def create_latest_view(spark, database: str, model_version: str) -> None:
         COMMENT 'Every image with the prediction of the production model ({model_version})'
         AS SELECT i.image_id, i.path, i.format, i.width, i.height, i.scale_bin, i.scale_value, i.scale_unit,
                   i.nm_per_px, i.label, i.ingested_at, p.model_version, p.category, p.confidence,
+                  p.uncertain, p.out_of_distribution, p.ood_distance,
                   p.probabilities, p.logits, p.embedding, p.predicted_at
         FROM {images} i LEFT JOIN {predictions} p
           ON p.image_id = i.image_id AND p.model_version = '{model_version}'""")
@@ -162,11 +163,22 @@ def run_inference(spark, config: Config, model: str | None = None,
     slots = max(1, spark.sparkContext.defaultParallelism)
     threads = config.infer.threads_per_task or max(1, min(_executor_cores(spark), slots // min(tasks, slots)))
     _, weights, _ = registry.inference_weights(model_version)
+    _, _, folder = registry.resolve(model_version)
+    reference = registry.reference_embeddings(folder, metadata)
+    calibration = metadata.get("calibration") or {}
+    ood = metadata.get("out_of_distribution") or {}
+    # Models registered before calibration: temperature 1 (the softmax as trained), no flags.
     payload = ModelPayload(model_version=model_version, sha256=hashlib.sha256(weights).hexdigest(),
                            class_names=tuple(metadata["class_names"]), input_size=int(metadata["input_size"]),
-                           architecture=metadata["architecture"], threads=threads)
+                           architecture=metadata["architecture"], threads=threads,
+                           temperature=float(calibration.get("temperature", 1.0)),
+                           uncertain_below=calibration.get("uncertain_below_confidence"),
+                           ood_threshold=ood.get("threshold") if reference is not None else None,
+                           ood_neighbours=int(ood.get("neighbours", 5)),
+                           reference_sha256=hashlib.sha256(reference).hexdigest() if reference is not None else None)
     model_bytes = spark.sparkContext.broadcast(weights)
-    predict = predict_batch_udf(make_predict_fn(payload, model_bytes), return_type=PREDICTION,
+    reference_bytes = spark.sparkContext.broadcast(reference) if reference is not None else None
+    predict = predict_batch_udf(make_predict_fn(payload, model_bytes, reference_bytes), return_type=PREDICTION,
                                 batch_size=config.infer.batch_size)
     staging = home_path(f"staging/infer-{run_id}")
     stamp = utc_now()
@@ -176,6 +188,9 @@ def run_inference(spark, config: Config, model: str | None = None,
         (pixels.repartition(tasks, "image_id")
          .withColumn("p", predict(F.col("image")))
          .select("image_id", "p.*")
+         .withColumn("uncertain", _flag("uncertain"))
+         .withColumn("out_of_distribution", _flag("out_of_distribution"))
+         .withColumn("ood_distance", F.when(F.isnan("ood_distance"), None).otherwise(F.col("ood_distance")))
          .withColumn("predicted_at", F.lit(stamp).cast("timestamp"))
          .withColumn("infer_run", F.lit(run_id))
          .withColumn("model_version", F.lit(model_version))
@@ -185,6 +200,8 @@ def run_inference(spark, config: Config, model: str | None = None,
                          "to the predictions table, rerun to try again") from exc
     finally:
         model_bytes.unpersist()
+        if reference_bytes is not None:
+            reference_bytes.unpersist()
     log.info("scored %d images; writing them to %s", n_pending, qualified(db, PREDICTIONS))
     staged = spark.read.parquet((staging / "scored").as_uri())
     outcome = {(r["category"], r["error"]): r["count"] for r in staged.groupBy("category", "error").count().collect()}
@@ -208,6 +225,13 @@ def run_inference(spark, config: Config, model: str | None = None,
     shutil.rmtree(staging, ignore_errors=True)
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def _flag(column: str):
+    """1.0 / 0.0 from the model's worker to a boolean; NaN (unknown) to NULL."""
+    from pyspark.sql import functions as F
+
+    return F.when(F.isnan(column) | F.col(column).isNull(), None).otherwise(F.col(column) > 0.5)
 
 
 def _executor_cores(spark) -> int:

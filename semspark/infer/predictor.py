@@ -31,6 +31,11 @@ class ModelPayload:
     input_size: int
     architecture: str             # rebuilt from semspark's own code, then given the weights
     threads: int                  # TensorFlow intra-op threads on CPU (chosen by the job)
+    temperature: float = 1.0      # calibration: probabilities are softmax(logits / temperature)
+    uncertain_below: float | None = None   # confidence under which a prediction is flagged uncertain
+    ood_threshold: float | None = None     # embedding distance over which an image is out of distribution
+    ood_neighbours: int = 5
+    reference_sha256: str | None = None    # of the broadcast reference embeddings (.npy)
 
 
 def decode_png_batch(images) -> tuple[np.ndarray, list[str | None]]:
@@ -96,9 +101,16 @@ def weights_from_bytes(data: bytes, sha256: str) -> list[np.ndarray]:
         return [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
 
 
-def build_predictor(model, payload: ModelPayload):
+def build_predictor(model, payload: ModelPayload, reference_embeddings: np.ndarray | None = None):
     """numpy batch of PNG bytes -> dict of columns (the PREDICTION struct)."""
     import tensorflow as tf
+
+    from semspark.train.evaluation import OutOfDistribution
+
+    reference = None
+    if reference_embeddings is not None and payload.ood_threshold is not None:
+        reference = OutOfDistribution(reference=reference_embeddings, neighbours=payload.ood_neighbours,
+                                      threshold=payload.ood_threshold)
 
     heads = tf.keras.Model(model.inputs, [model.get_layer("embedding").output,
                                           model.get_layer("logits").output, model.output])
@@ -122,24 +134,41 @@ def build_predictor(model, payload: ModelPayload):
         return [t.numpy() for t in graphs[side](stack)]
 
     def predict(images: np.ndarray) -> dict[str, np.ndarray]:
+        from semspark.train.evaluation import softmax
+
         stack, errors = decode_png_batch(images)
-        embedding, logits, probabilities = forward(stack)
+        embedding, logits, _ = forward(stack)
+        embedding = embedding.reshape(len(stack), -1)
+        probabilities = softmax(logits, payload.temperature)    # calibrated (temperature from validation)
         best = probabilities.argmax(axis=1)
         failed = np.array([e is not None for e in errors])
         category = classes[best].copy()
         category[failed] = None
         confidence = probabilities.max(axis=1).astype(np.float64)
         confidence[failed] = np.nan
+        # flags as 1.0 / 0.0, NaN when unknown (predict_batch_udf has no booleans; the job casts)
+        uncertain = np.full(len(stack), np.nan)
+        if payload.uncertain_below is not None:
+            uncertain = (confidence < payload.uncertain_below).astype(np.float64)
+        ood_distance = np.full(len(stack), np.nan)
+        out_of_distribution = np.full(len(stack), np.nan)
+        if reference is not None:
+            ood_distance = reference.distances(embedding)
+            out_of_distribution = (ood_distance > reference.threshold).astype(np.float64)
+        uncertain[failed] = np.nan
+        out_of_distribution[failed] = np.nan
+        ood_distance[failed] = np.nan
         return {"category": category, "confidence": confidence,
                 "probabilities": probabilities.astype(np.float32), "logits": logits.astype(np.float32),
-                "embedding": embedding.reshape(len(stack), -1).astype(np.float32),
-                "error": np.array(errors, dtype=object)}
+                "embedding": embedding.astype(np.float32), "error": np.array(errors, dtype=object),
+                "uncertain": uncertain, "out_of_distribution": out_of_distribution, "ood_distance": ood_distance}
 
     return predict
 
 
-def make_predict_fn(payload: ModelPayload, weights_bytes):
-    """For predict_batch_udf: ``weights_bytes`` is a Spark broadcast of the weights (.npz)."""
+def make_predict_fn(payload: ModelPayload, weights_bytes, reference_bytes=None):
+    """For predict_batch_udf: ``weights_bytes`` is a Spark broadcast of the weights (.npz),
+    ``reference_bytes`` one of the reference embeddings (.npy) or None."""
 
     def make():
         import tensorflow as tf
@@ -152,7 +181,15 @@ def make_predict_fn(payload: ModelPayload, weights_bytes):
         if [w.shape for w in weights] != [tuple(v.shape) for v in model.weights]:
             raise ValueError(f"the weights of {payload.model_version} do not fit a {payload.architecture}")
         model.set_weights(weights)
+        reference = None
+        if reference_bytes is not None:
+            import io
+
+            data = reference_bytes.value
+            if hashlib.sha256(data).hexdigest() != payload.reference_sha256:
+                raise ValueError(f"reference embeddings of {payload.model_version} do not match their SHA-256")
+            reference = np.load(io.BytesIO(data), allow_pickle=False)
         log.info("loaded %s in worker %d", payload.model_version, os.getpid())
-        return build_predictor(model, payload)
+        return build_predictor(model, payload, reference)
 
     return make

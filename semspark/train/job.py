@@ -23,7 +23,7 @@ from semspark.ingest.job import dataset_url
 from semspark.schema import MODELS, TRAIN_TABLES, TRAINING_HISTORY
 from semspark.train import registry
 from semspark.train.data import labelled_images, make_split
-from semspark.train.spec import ARCHITECTURES, MIN_INPUT_SIZE, MODES, ModelError, parse_init
+from semspark.train.spec import ARCHITECTURES, MIN_INPUT_SIZES, MODES, ModelError, input_size_for, parse_init
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +43,25 @@ class TrainRequest:
     epochs: int = 10
     fine_tune_epochs: int = 0              # feature_extraction_then_fine_tuning: the second phase
     batch_size: int = 32
-    learning_rate: float = 0.01
-    optimizer: str = "sgd"                 # sgd (momentum 0.9) | adam
+    learning_rate: float = 2e-3            # peak, per rank (see train/recipe.py)
+    optimizer: str = "adam"                # adam | sgd (momentum 0.9)
     num_proc: int = 1
-    input_size: int = 299
+    input_size: int = 0                    # 0: the architecture's own (spec.DEFAULT_INPUT_SIZE)
     seed: int = 0
     validation: float = 0.1
     test: float = 0.2
     warmup_epochs: int = 1
     patience: int = 5
     mixed_precision: bool = False
+    schedule: str = "cosine"               # cosine | constant (after the warm-up)
+    label_smoothing: float = 0.1
+    weight_decay: float = 1e-4             # decoupled, per unit of learning rate
+    class_weighting: str = "balanced"      # balanced | none
+    uncertain_target: float = 0.99         # accuracy the confident predictions reach on validation
+
+    @property
+    def resolved_input_size(self) -> int:
+        return input_size_for(self.arch, self.input_size)
 
     def check(self) -> None:
         problems = []
@@ -63,8 +72,18 @@ class TrainRequest:
         if self.mode != "scratch" and self.init == "random":
             problems.append(f"--mode {self.mode} starts from a trained network: give --init imagenet:PATH "
                             "or model:NAME/VERSION")
-        if self.input_size < MIN_INPUT_SIZE:
-            problems.append(f"--input-size must be at least {MIN_INPUT_SIZE}")
+        if self.arch in MIN_INPUT_SIZES and self.input_size and self.input_size < MIN_INPUT_SIZES[self.arch]:
+            problems.append(f"--input-size must be at least {MIN_INPUT_SIZES[self.arch]} for {self.arch}")
+        if self.schedule not in ("cosine", "constant"):
+            problems.append("--schedule must be cosine or constant")
+        if not 0 <= self.label_smoothing < 1:
+            problems.append("--label-smoothing must be in [0, 1)")
+        if self.weight_decay < 0:
+            problems.append("--weight-decay must not be negative")
+        if not 0 < self.uncertain_target < 1:
+            problems.append("--uncertain-target must be a share between 0 and 1 (e.g. 0.99)")
+        if self.class_weighting not in ("balanced", "none"):
+            problems.append("--class-weights must be balanced or none")
         for flag, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size), ("--num-proc", self.num_proc)):
             if value < 1:
                 problems.append(f"{flag} must be at least 1")
@@ -95,12 +114,33 @@ class TrainResult:
     per_category_accuracy: dict[str, float]
     train_images: int
     groups_merged: int
+    test_scores: dict = dataclasses.field(default_factory=dict)
+    calibration: dict = dataclasses.field(default_factory=dict)
 
     def lines(self) -> list[str]:
+        def spread(score):
+            return f"{score['value']:.3f} (95% interval {score['low']:.3f}-{score['high']:.3f})"
+
         out = [f"model {self.model_version} (run {self.run_id})", f"  saved in {self.path}",
                f"  training images: {self.train_images} (near-duplicate groups kept together: {self.groups_merged})",
-               f"  best epoch: {self.best_epoch}", f"  test accuracy: {self.test_accuracy:.3f}"]
-        out += [f"    {name:<30}{acc:.3f}" for name, acc in sorted(self.per_category_accuracy.items())]
+               f"  best epoch: {self.best_epoch}"]
+        if "accuracy" in self.test_scores:
+            out += [f"  test accuracy: {spread(self.test_scores['accuracy'])}",
+                    f"  test macro-F1: {spread(self.test_scores['macro_f1'])}",
+                    f"    {'category':<30}{'precision':>10}{'recall':>10}"]
+            for name in sorted(self.per_category_accuracy):
+                p, r = self.test_scores["precision"][name]["value"], self.test_scores["recall"][name]["value"]
+                out.append(f"    {name:<30}{p:>10.3f}{r if r is not None else float('nan'):>10.3f}")
+        else:
+            out.append(f"  test accuracy: {self.test_accuracy:.3f}")
+        c = self.calibration
+        if c:
+            out.append(f"  calibration: temperature {c['temperature']:.2f}, expected calibration error on test "
+                       f"{c['test_ece_before']:.3f} -> {c['test_ece_after']:.3f}")
+            share = c.get("test_confident_share")
+            out.append(f"  uncertain below confidence {c['uncertain_below_confidence']:.3f} (target "
+                       f"{c['uncertain_target_accuracy']:.0%} right among the confident"
+                       + (f"; {share:.0%} of test images confident)" if share is not None else ")"))
         return out
 
 
@@ -130,7 +170,12 @@ def run_training(spark, config: Config, request: TrainRequest) -> TrainResult:
         if not parts.ids("validation") or not parts.ids("test") or not parts.ids("train"):
             raise TrainError(f"{len(images.image_ids)} labelled images are too few to hold out validation and "
                              "test images: give each category at least three labelled images")
-        split = {"class_names": images.class_names, "train": parts.ids("train"),
+        train_ids = set(parts.ids("train"))
+        counts = {c: 0 for c in images.class_names}
+        for image_id, label in zip(images.image_ids, images.labels):
+            if image_id in train_ids:
+                counts[label] += 1
+        split = {"class_names": images.class_names, "train": parts.ids("train"), "train_class_counts": counts,
                  "validation": parts.ids("validation"), "test": parts.ids("test"),
                  "groups_merged": parts.groups_merged, "images_in_merged_groups": parts.images_in_merged_groups}
         run.mkdir(parents=True, exist_ok=True)
@@ -143,12 +188,14 @@ def run_training(spark, config: Config, request: TrainRequest) -> TrainResult:
         init_value = str(folder / "model.keras")
 
     url = dataset_url(config)
-    payload = {**dataclasses.asdict(request), "run_dir": str(run), "dataset_url": url,
+    payload = {**dataclasses.asdict(request), "input_size": request.resolved_input_size,
+               "uncertain_target": request.uncertain_target,
+               "train_class_counts": split.get("train_class_counts"), "run_dir": str(run), "dataset_url": url,
                "image_size": _stored_image_size(url), "class_names": split["class_names"],
                "train_ids": split["train"], "validation_ids": split["validation"], "test_ids": split["test"],
                "init_kind": init.kind, "init_value": init_value}
-    log.info("training %s (%s, init %s) on %d images with %d Horovod ranks", request.arch, request.mode,
-             request.init, len(split["train"]), request.num_proc)
+    log.info("training %s at %d px (%s, init %s) on %d images with %d Horovod ranks", request.arch,
+             request.resolved_input_size, request.mode, request.init, len(split["train"]), request.num_proc)
     try:
         results = horovod.spark.run(_train, args=(payload,), num_proc=request.num_proc,
                                     use_gloo=True, verbose=1, executable=_executor_python(spark))
@@ -197,13 +244,19 @@ def _register(spark, db, request, run_id, run, split, outcome) -> TrainResult:
     test_accuracy = float(np.trace(confusion) / max(confusion.sum(), 1))
     version, folder = registry.new_version(request.name)
     shutil.copy(run / "best.keras", folder / "model.keras")
+    reference = run / "reference_embeddings.npy"
+    if reference.exists():
+        shutil.copy(reference, folder / registry.REFERENCE_EMBEDDINGS)
     model_version = f"{request.name}/{version}"
     history = outcome["history"]
     best = next(h for h in history if h["epoch"] == outcome["best_epoch"])
     train_hash = hashlib.sha256("\n".join(split["train"]).encode()).hexdigest()
     metadata = {
         "model_version": model_version, "architecture": request.arch, "mode": request.mode,
-        "init": request.init, "class_names": classes, "input_size": request.input_size,
+        "init": request.init, "class_names": classes, "input_size": request.resolved_input_size,
+        "recipe": {k: getattr(request, k) for k in ("optimizer", "learning_rate", "schedule", "warmup_epochs",
+                                                     "label_smoothing", "weight_decay", "class_weighting",
+                                                     "batch_size", "epochs")},
         "scale_bins": list(request.scale_bins), "split_seed": request.seed, "run_id": run_id,
         "train_images": len(split["train"]), "validation_images": len(split["validation"]),
         "test_images": len(split["test"]), "train_image_ids_sha256": train_hash,
@@ -211,6 +264,10 @@ def _register(spark, db, request, run_id, run, split, outcome) -> TrainResult:
         "best_epoch": outcome["best_epoch"], "validation_accuracy": best["val_accuracy"],
         "test_accuracy": test_accuracy, "per_category_test_accuracy": per_class,
         "confusion_matrix": confusion.tolist(), "num_proc": request.num_proc,
+        "test_scores": outcome.get("test_scores", {}), "calibration": outcome.get("calibration", {}),
+        "out_of_distribution": {**outcome.get("out_of_distribution", {}),
+                                "reference_sha256": registry.file_sha256(folder / registry.REFERENCE_EMBEDDINGS)
+                                if (folder / registry.REFERENCE_EMBEDDINGS).exists() else None},
         "model_sha256": registry.file_sha256(folder / "model.keras"), "git_commit": _git_commit(),
         "trained_at": datetime.now(timezone.utc).isoformat(),
     }
@@ -220,7 +277,7 @@ def _register(spark, db, request, run_id, run, split, outcome) -> TrainResult:
     _figures(folder, history, confusion, classes, model_version)
 
     row = {"model_version": model_version, "name": request.name, "version": version, "arch": request.arch,
-           "mode": request.mode, "init": request.init, "input_size": request.input_size,
+           "mode": request.mode, "init": request.init, "input_size": request.resolved_input_size,
            "classes": ",".join(classes), "scale_bins": ",".join(request.scale_bins),
            "train_images": len(split["train"]), "validation_images": len(split["validation"]),
            "test_images": len(split["test"]), "best_epoch": outcome["best_epoch"],
@@ -236,7 +293,8 @@ def _register(spark, db, request, run_id, run, split, outcome) -> TrainResult:
     return TrainResult(model_version=model_version, run_id=run_id, path=str(folder),
                        best_epoch=outcome["best_epoch"], test_accuracy=test_accuracy,
                        per_category_accuracy=per_class, train_images=len(split["train"]),
-                       groups_merged=split["groups_merged"])
+                       groups_merged=split["groups_merged"], test_scores=metadata["test_scores"],
+                       calibration=metadata["calibration"])
 
 
 def _write_history(path, history) -> None:

@@ -1,10 +1,11 @@
 """What each Horovod rank runs (inside a Spark task, through horovod.spark.run).
 
 Per rank: pin its GPU if Spark gave it one, build the model, read its own Petastorm shard, train
-with the learning rate scaled by the number of ranks and warmed up, initial variables broadcast
-from rank 0 and metrics averaged across ranks. Rank 0 alone evaluates validation and test each
+with the recipe of train/recipe.py (learning rate scaled by the number of ranks, warmed up, then
+cosine-decayed; label smoothing; balanced class weights; decoupled weight decay), initial variables
+broadcast from rank 0 and metrics averaged across ranks. Rank 0 alone evaluates validation and test each
 epoch (the paper plots test accuracy per epoch), shares the numbers with every rank (so early
-stopping stops all of them at once), and writes checkpoints and the run's state.
+stopping stops all of them at once), and writes checkpoints, the optimizer's state and the run's state.
 """
 from __future__ import annotations
 
@@ -16,12 +17,14 @@ from pathlib import Path
 
 def train_on_rank(payload: dict) -> dict | None:
     import horovod.tensorflow.keras as hvd
-    import numpy as np
     import tensorflow as tf
 
     from semspark.train.data import tf_dataset
     from semspark.train.models import (apply_mode, build_model, copy_backbone, load_backbone_weights,
                                        load_saved_model)
+    from semspark.train.recipe import (DecoupledWeightDecay, Recipe, SmoothedSparseCrossentropy, class_weights,
+                                       learning_rate_schedule, make_optimizer, restore_optimizer_state,
+                                       save_optimizer_state)
     from semspark.train.registry import read_json, write_json
 
     hvd.init()
@@ -43,18 +46,29 @@ def train_on_rank(payload: dict) -> dict | None:
         earlier = load_saved_model(payload["init_value"])
         copy_backbone(earlier, model)
 
-    lr = payload["learning_rate"] * size
+    recipe = Recipe(**{k: payload[k] for k in ("optimizer", "learning_rate", "schedule", "warmup_epochs",
+                                                "label_smoothing", "weight_decay", "class_weighting")})
+    lr = recipe.learning_rate * size
+    train_ids = set(payload["train_ids"])
+    steps = max(1, math.ceil(len(train_ids) / (payload["batch_size"] * size)))
+    optimizer_file = run / "optimizer.npz"
 
-    def compile_for(phase_lr):
-        # Legacy optimizers: Horovod 0.28's DistributedOptimizer wraps those in TF >= 2.11.
-        base = (tf.keras.optimizers.legacy.Adam(phase_lr) if payload["optimizer"] == "adam"
-                else tf.keras.optimizers.legacy.SGD(phase_lr, momentum=0.9))
-        model.compile(optimizer=hvd.DistributedOptimizer(base),
-                      loss=tf.keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
+    def compile_for(phase_lr, phase_start, until):
+        schedule = learning_rate_schedule(phase_lr, recipe.schedule, recipe.warmup_epochs * steps,
+                                          (until - phase_start) * steps)
+        model.compile(optimizer=hvd.DistributedOptimizer(make_optimizer(recipe, schedule)),
+                      loss=SmoothedSparseCrossentropy(len(classes), recipe.label_smoothing), metrics=["accuracy"])
+        done = state["completed_epochs"] - phase_start
+        if done > 0:
+            # resuming inside this phase: the optimizer continues where the checkpoint left it
+            # (moments and step, hence the learning rate); an older run without the file at least
+            # continues the schedule from the right step
+            if not (state.get("optimizer_phase_start") == phase_start and restore_optimizer_state(model, optimizer_file)):
+                model.optimizer.iterations.assign(done * steps)
     url, image_size, input_size, batch = (payload["dataset_url"], payload["image_size"],
                                           payload["input_size"], payload["batch_size"])
-    train_ids = set(payload["train_ids"])
-    steps = max(1, math.ceil(len(train_ids) / (batch * size)))
+    counts = payload.get("train_class_counts")
+    weights = class_weights({classes.index(c): n for c, n in counts.items()} if counts else None, recipe)
     train = tf_dataset(url, train_ids, classes, image_size, input_size, batch, rank, size, repeat=True,
                        shuffle_buffer=min(512, len(train_ids)), seed=payload["seed"])
 
@@ -81,6 +95,8 @@ def train_on_rank(payload: dict) -> dict | None:
                     _save_atomically(model, run / "best.keras")
                     state["best"] = {"epoch": epoch + 1, "val_accuracy": logs["val_accuracy"]}
                 _save_atomically(model, run / "last.keras")
+                save_optimizer_state(model.optimizer, optimizer_file)
+                state["optimizer_phase_start"] = phase_start_now[0]
             # Every rank counts epochs (the next phase starts from here); only rank 0 records them.
             state["completed_epochs"] = epoch + 1
             if rank == 0:
@@ -88,41 +104,94 @@ def train_on_rank(payload: dict) -> dict | None:
 
     # Phases: one, or feature extraction then fine tuning (Section 4) at a tenth of the rate, so
     # that the trained classifier is not wrecked by the first large updates of the backbone.
-    phases = [(payload["mode"], payload["epochs"], lr)]
+    phases = [(payload["mode"], 0, payload["epochs"], lr)]
     if payload["mode"] == "feature_extraction_then_fine_tuning":
-        phases = [("feature_extraction", payload["epochs"], lr),
-                  ("fine_tuning", payload["epochs"] + payload["fine_tune_epochs"], lr / 10)]
-    for phase_mode, until, phase_lr in phases:
+        phases = [("feature_extraction", 0, payload["epochs"], lr),
+                  ("fine_tuning", payload["epochs"], payload["epochs"] + payload["fine_tune_epochs"], lr / 10)]
+    phase_start_now = [0]
+    for phase_mode, phase_start, until, phase_lr in phases:
         if state["completed_epochs"] >= until:
             continue
+        phase_start_now[0] = phase_start
         apply_mode(model, phase_mode)
-        compile_for(phase_lr)
-        warmup = min(payload["warmup_epochs"], max(until - state["completed_epochs"] - 1, 0))
+        compile_for(phase_lr, phase_start, until)
         callbacks = [
             hvd.callbacks.BroadcastGlobalVariablesCallback(0),
             hvd.callbacks.MetricAverageCallback(),
+            DecoupledWeightDecay(recipe.weight_decay),
             EpochEnd(),
             tf.keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=payload["patience"]),
         ]
-        if warmup:
-            callbacks.insert(2, hvd.callbacks.LearningRateWarmupCallback(
-                initial_lr=phase_lr, warmup_epochs=warmup, steps_per_epoch=steps, verbose=0))
         model.fit(train, steps_per_epoch=steps, epochs=until, initial_epoch=state["completed_epochs"],
-                  callbacks=callbacks, verbose=2 if rank == 0 else 0)
+                  callbacks=callbacks, class_weight=weights, verbose=2 if rank == 0 else 0)
     if rank != 0:
         return None
 
+    return _evaluate_best(payload, run, state, classes, url, image_size, input_size, batch)
+
+
+def _evaluate_best(payload, run: Path, state: dict, classes, url, image_size, input_size, batch) -> dict:
+    """Rank 0, after training: the best checkpoint on the held-out images. Test scores with their
+    bootstrap intervals; temperature scaling, the uncertainty threshold and the out-of-distribution
+    distance fitted on validation; a sample of training embeddings kept as the reference of what the
+    model was trained on (run/reference_embeddings.npy)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from semspark.train.data import tf_dataset
+    from semspark.train.evaluation import (OutOfDistribution, confidence_threshold, expected_calibration_error,
+                                           fit_temperature, held_out_scores, softmax)
+    from semspark.train.models import load_saved_model
+
     best = load_saved_model(run / "best.keras")
-    truth, predicted = [], []
-    test = tf_dataset(url, set(payload["test_ids"]), classes, image_size, input_size, batch)
-    for x, y in test:
-        truth += list(y.numpy())
-        predicted += list(np.argmax(best.predict(x, verbose=0), axis=1))
-    confusion = np.zeros((len(classes), len(classes)), dtype=int)
-    for t, p in zip(truth, predicted):
-        confusion[t, p] += 1
+    heads = tf.keras.Model(best.inputs, [best.get_layer("embedding").output, best.get_layer("logits").output])
+
+    def outputs(ids):
+        embeddings, logits, truth = [], [], []
+        if ids:
+            for x, y in tf_dataset(url, set(ids), classes, image_size, input_size, batch):
+                e, z = heads(x, training=False)
+                embeddings.append(e.numpy().reshape(len(e), -1))
+                logits.append(z.numpy())
+                truth.append(y.numpy())
+        if not truth:
+            return np.zeros((0, 1), np.float32), np.zeros((0, len(classes)), np.float32), np.zeros(0, np.int64)
+        return np.concatenate(embeddings), np.concatenate(logits), np.concatenate(truth).astype(np.int64)
+
+    _, test_logits, test_truth = outputs(payload["test_ids"])
+    validation_embeddings, validation_logits, validation_truth = outputs(payload["validation_ids"])
+    rng = np.random.default_rng(payload["seed"])
+    train_ids = sorted(payload["train_ids"])
+    sample = [train_ids[i] for i in sorted(rng.choice(len(train_ids), min(len(train_ids), 1000), replace=False))]
+    train_embeddings, _, _ = outputs(sample)
+
+    scores = held_out_scores(test_truth, test_logits.argmax(axis=1), classes, seed=payload["seed"])
+    temperature = fit_temperature(validation_logits, validation_truth)
+    calibrated = softmax(validation_logits, temperature)
+    threshold, coverage = confidence_threshold(calibrated.max(axis=1), calibrated.argmax(axis=1) == validation_truth,
+                                               payload["uncertain_target"])
+    test_calibrated = softmax(test_logits, temperature)
+    test_confident = test_calibrated.max(axis=1) >= threshold
+    test_right = test_calibrated.argmax(axis=1) == test_truth
+    ood = OutOfDistribution.fit(train_embeddings, validation_embeddings, seed=payload["seed"])
+    np.save(run / "reference_embeddings.npy", ood.reference)
+    calibration = {
+        "temperature": temperature,
+        "validation_ece_before": expected_calibration_error(softmax(validation_logits), validation_truth),
+        "validation_ece_after": expected_calibration_error(calibrated, validation_truth),
+        "test_ece_before": expected_calibration_error(softmax(test_logits), test_truth),
+        "test_ece_after": expected_calibration_error(test_calibrated, test_truth),
+        "uncertain_target_accuracy": payload["uncertain_target"], "uncertain_below_confidence": threshold,
+        "validation_confident_share": coverage,
+        "test_confident_share": float(test_confident.mean()) if len(test_truth) else None,
+        "test_accuracy_of_confident": float(test_right[test_confident].mean()) if test_confident.any() else None,
+    }
     return {"history": state["history"], "best_epoch": state["best"]["epoch"],
-            "confusion": confusion.tolist(), "test_images": len(truth)}
+            "confusion": scores["confusion_matrix"], "test_images": int(len(test_truth)),
+            "test_scores": scores, "calibration": calibration,
+            "out_of_distribution": {"neighbours": ood.neighbours, "threshold": ood.threshold,
+                                    "reference_images": int(len(ood.reference)),
+                                    "validation_max_distance": ood.threshold / 1.5 if np.isfinite(ood.threshold) else None}}
 
 
 def _save_atomically(model, path: Path) -> None:

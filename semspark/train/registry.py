@@ -1,6 +1,7 @@
 """Where models and training runs live under SEMSPARK_HOME.
 
-    models/NAME/VERSION/   model.keras, metadata.json, history.csv, accuracy.png, confusion.png
+    models/NAME/VERSION/   model.keras, metadata.json, history.csv, accuracy.png, confusion.png,
+                           reference_embeddings.npy (what out-of-distribution is measured against)
     runs/RUN_ID/           request.json, split.json, state.json, last.keras, best.keras
 
 A run holds what an interrupted training needs to resume (same --run-id); a model version is what a
@@ -78,6 +79,21 @@ def verified_model(spec: str) -> tuple[str, Path, dict]:
 
 
 INFERENCE_WEIGHTS = "inference_weights.npz"
+REFERENCE_EMBEDDINGS = "reference_embeddings.npy"   # training images' embeddings, for out-of-distribution
+
+
+def reference_embeddings(folder: Path, metadata: dict) -> bytes | None:
+    """The model's reference embeddings (.npy bytes), checked against the recorded SHA-256, or None
+    for a model registered before semspark kept them."""
+    recorded = (metadata.get("out_of_distribution") or {}).get("reference_sha256")
+    path = folder / REFERENCE_EMBEDDINGS
+    if not recorded or not path.exists():
+        return None
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != recorded:
+        raise RegistryError(f"{path} does not match the SHA-256 recorded at registration; retrain the model "
+                            "or restore the original file")
+    return data
 
 
 def inference_weights(spec: str) -> tuple[str, bytes, dict]:

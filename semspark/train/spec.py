@@ -4,9 +4,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-ARCHITECTURES = ("alexnet", "inception_v3", "inception_v4", "inception_resnet_v2")
+ARCHITECTURES = ("compact_cnn", "alexnet", "inception_v3", "inception_v4", "inception_resnet_v2",
+                 "convnext_tiny", "efficientnetv2_s")
 MODES = ("scratch", "feature_extraction", "fine_tuning", "feature_extraction_then_fine_tuning")
-MIN_INPUT_SIZE = 75
+# Each architecture's own input side (what it was designed for) and the smallest it can take.
+# compact_cnn is semspark's fast recipe: four convolution blocks, made for CPU-sized inputs.
+DEFAULT_INPUT_SIZE = {"compact_cnn": 64, "alexnet": 227, "inception_v3": 299, "inception_v4": 299,
+                      "inception_resnet_v2": 299, "convnext_tiny": 224, "efficientnetv2_s": 224}
+MIN_INPUT_SIZES = {"compact_cnn": 32, "alexnet": 67, "inception_v3": 75, "inception_v4": 75,
+                   "inception_resnet_v2": 75, "convnext_tiny": 32, "efficientnetv2_s": 32}
+MIN_INPUT_SIZE = min(MIN_INPUT_SIZES.values())
+
+
+def input_size_for(arch: str, requested: int = 0) -> int:
+    """The input side to train ``arch`` at: the requested one, or (0) the architecture's own."""
+    return requested or DEFAULT_INPUT_SIZE.get(arch, 299)
 
 
 class ModelError(ValueError):

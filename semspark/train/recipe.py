@@ -1,0 +1,152 @@
+"""How a model is optimised: the one recipe every architecture trains with, on one rank or many.
+
+- learning rate: linear warm-up, then cosine decay to zero over the phase (a Keras schedule on the
+  optimizer's own step counter, so a resumed run continues the same curve). Decaying to zero also
+  lets batch normalisation's moving statistics settle on the final weights: with a constant rate
+  they lag the weights, and inference (which uses them) sees another model than training did;
+- label smoothing (the loss spreads ``label_smoothing`` of each label's mass over all classes);
+- class weights: ``balanced`` weighs each class by n / (k * n_class), so a category 32 times rarer
+  than the largest (as in the published SEM data set) counts as much in the loss;
+- decoupled weight decay (AdamW's, Loshchilov and Hutter 2019): after each step every kernel
+  shrinks by ``learning rate * weight_decay``; batch normalisation and biases are left alone;
+- the optimizer's state (step counter, moments) is saved beside each checkpoint and restored on
+  resume (``save_optimizer_state`` / ``restore_optimizer_state``).
+
+Optimizers are Keras' legacy ones: Horovod 0.28's DistributedOptimizer wraps those in TF >= 2.11.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+
+@dataclass(frozen=True)
+class Recipe:
+    optimizer: str = "adam"             # adam | sgd (momentum 0.9)
+    learning_rate: float = 2e-3         # peak rate of one rank (scaled by the number of ranks)
+    schedule: str = "cosine"            # cosine (after warm-up) | constant
+    warmup_epochs: int = 1
+    label_smoothing: float = 0.1
+    weight_decay: float = 1e-4          # decoupled, per unit of learning rate
+    class_weighting: str = "balanced"   # balanced | none
+
+
+def learning_rate_schedule(peak: float, schedule: str, warmup_steps: int, total_steps: int):
+    """Warm-up from zero to ``peak`` over ``warmup_steps``, then cosine decay to zero at
+    ``total_steps`` (or constant). Steps are the optimizer's own iterations."""
+    warmup_steps = max(0, min(warmup_steps, total_steps - 1))
+    if schedule == "constant":
+        if not warmup_steps:
+            return peak
+        return tf.keras.optimizers.schedules.CosineDecay(0.0, 1, alpha=1.0, warmup_target=peak,
+                                                         warmup_steps=warmup_steps)
+    decay_steps = max(1, total_steps - warmup_steps)
+    if not warmup_steps:
+        return tf.keras.optimizers.schedules.CosineDecay(peak, decay_steps, alpha=0.0)
+    return tf.keras.optimizers.schedules.CosineDecay(0.0, decay_steps, alpha=0.0, warmup_target=peak,
+                                                     warmup_steps=warmup_steps)
+
+
+def make_optimizer(recipe: Recipe, learning_rate):
+    if recipe.optimizer == "adam":
+        return tf.keras.optimizers.legacy.Adam(learning_rate)
+    return tf.keras.optimizers.legacy.SGD(learning_rate, momentum=0.9)
+
+
+@tf.keras.utils.register_keras_serializable(package="semspark")
+class SmoothedSparseCrossentropy(tf.keras.losses.Loss):
+    """Cross-entropy against integer labels smoothed over ``classes`` (Keras 2's sparse loss has
+    no label smoothing)."""
+
+    def __init__(self, classes: int, smoothing: float = 0.1, name="smoothed_sparse_crossentropy", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.classes, self.smoothing = int(classes), float(smoothing)
+
+    def call(self, y_true, y_pred):
+        labels = tf.one_hot(tf.cast(tf.reshape(y_true, [-1]), tf.int32), self.classes, dtype=y_pred.dtype)
+        labels = labels * (1.0 - self.smoothing) + self.smoothing / self.classes
+        return tf.keras.losses.categorical_crossentropy(labels, y_pred)
+
+    def get_config(self):
+        return {**super().get_config(), "classes": self.classes, "smoothing": self.smoothing}
+
+
+def class_weights(train_counts: dict[int, int] | None, recipe: Recipe) -> dict[int, float] | None:
+    """n / (k * n_class) per class index: each class weighs the same in the loss. Keras wants a
+    weight for every class index; one with no training image never occurs, its weight is 1."""
+    if recipe.class_weighting != "balanced" or not train_counts:
+        return None
+    present = {c: n for c, n in train_counts.items() if n > 0}
+    total, k = sum(present.values()), len(present)
+    return {int(c): total / (k * n) if n > 0 else 1.0 for c, n in train_counts.items()}
+
+
+def decayed_kernels(model: tf.keras.Model) -> list[tf.Variable]:
+    """The trainable kernels weight decay applies to: convolutions and dense layers, not batch
+    normalisation, layer normalisation or biases."""
+    return [v for v in model.trainable_variables
+            if v.shape.rank is not None and v.shape.rank >= 2 and "kernel" in v.name]
+
+
+class DecoupledWeightDecay(tf.keras.callbacks.Callback):
+    """After each step, every kernel shrinks by (current learning rate) x ``decay``."""
+
+    def __init__(self, decay: float):
+        super().__init__()
+        self.decay = decay
+        self._kernels: list[tf.Variable] = []
+        self._step = None
+
+    def on_train_begin(self, logs=None):
+        self._kernels = decayed_kernels(self.model)
+        optimizer = self.model.optimizer
+        kernels, decay = self._kernels, self.decay
+
+        @tf.function
+        def step():
+            rate = optimizer._decayed_lr(tf.float32)  # the schedule's value at the current step
+            for kernel in kernels:
+                kernel.assign_sub(tf.cast(rate * decay, kernel.dtype) * kernel)
+        self._step = step
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.decay > 0 and self._kernels:
+            self._step()
+
+
+def optimizer_variables(optimizer) -> list[tf.Variable]:
+    return list(optimizer.variables())
+
+
+def save_optimizer_state(optimizer, path: Path) -> None:
+    """The optimizer's variables (step counter first, then its slots) as an .npz, written beside
+    the checkpoint and renamed into place."""
+    buffer = io.BytesIO()
+    np.savez(buffer, *[v.numpy() for v in optimizer_variables(optimizer)])
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(buffer.getvalue())
+    partial.replace(path)
+
+
+def restore_optimizer_state(model: tf.keras.Model, path: Path) -> bool:
+    """Give the compiled model's optimizer the saved state. Its slots are made first (Keras makes
+    them lazily, on the first step). False when there is no file or it belongs to another set of
+    trainable variables (a new phase): the optimizer then starts afresh."""
+    if not path.exists():
+        return False
+    optimizer = model.optimizer
+    with tf.name_scope(optimizer._name):
+        with tf.init_scope():
+            optimizer._create_all_weights(model.trainable_variables)
+    variables = optimizer_variables(optimizer)
+    with np.load(path, allow_pickle=False) as saved:
+        arrays = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    if [a.shape for a in arrays] != [tuple(v.shape) for v in variables]:
+        return False
+    for variable, array in zip(variables, arrays):
+        variable.assign(array)
+    return True

@@ -1,0 +1,148 @@
+"""The training recipe (train/recipe.py) and the augmentation, against hand-computed values.
+
+The augmentation test is the one that would have caught the train/inference mismatch of the
+first release: Keras' RandomContrast clipped to [0, 255] after the images had been rescaled to
+[-1, 1], so training saw the darker half of every image as black."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from semspark.train.models import AUGMENTATION_LAYERS, build_model
+from semspark.train.recipe import (DecoupledWeightDecay, Recipe, SmoothedSparseCrossentropy, class_weights,
+                                   decayed_kernels, learning_rate_schedule, restore_optimizer_state,
+                                   save_optimizer_state)
+
+
+def augment(model, images):
+    x = tf.constant(images, tf.float32)
+    for name in AUGMENTATION_LAYERS:
+        x = model.get_layer(name)(x, training=True)
+    return x.numpy()
+
+
+def test_augmentation_keeps_the_values_it_is_given():
+    """Constant frames at every grey level come out at that level, give or take the brightness
+    jitter (10% of 255): no layer may clip or shift the stored 0..255 range."""
+    tf.keras.utils.set_random_seed(0)
+    model = build_model("compact_cnn", 3, 32)
+    levels = np.array([0, 20, 64, 100, 128, 160, 200, 235, 255], np.float32)
+    frames = np.repeat(levels[:, None, None, None], 32, axis=1).repeat(32, axis=2)
+    for _ in range(5):
+        out = augment(model, frames)
+        assert out.min() >= 0 and out.max() <= 255
+        means = out.reshape(len(levels), -1).mean(axis=1)
+        assert np.all(np.abs(means - levels) <= 0.1 * 255 + 1e-3), (levels, means)
+
+
+def test_augmentation_keeps_the_spread_of_a_real_looking_image():
+    """A ramp image's mean and spread survive augmentation (within the brightness and contrast
+    jitter): what training sees is the image inference sees, moved a little."""
+    tf.keras.utils.set_random_seed(1)
+    model = build_model("compact_cnn", 3, 64)
+    ramp = np.tile(np.linspace(10, 245, 64, dtype=np.float32), (64, 1))[None, ..., None].repeat(16, axis=0)
+    out = augment(model, ramp)
+    assert abs(out.mean() - ramp.mean()) <= 0.1 * 255 + 0.15 * ramp.std()
+    spread = out.reshape(16, -1).std(axis=1)
+    assert np.all(spread >= 0.8 * ramp.std()) and np.all(spread <= 1.2 * ramp.std()), spread
+
+
+def test_inference_is_not_augmented():
+    model = build_model("compact_cnn", 3, 32)
+    image = np.random.default_rng(2).uniform(0, 255, (4, 32, 32, 1)).astype(np.float32)
+    a, b = model(image, training=False).numpy(), model(image, training=False).numpy()
+    np.testing.assert_array_equal(a, b)
+
+
+def test_learning_rate_warms_up_then_decays_to_zero():
+    """Peak 1e-3, 10 warm-up steps, 110 in all: by hand, 0 -> 5e-4 -> 1e-3 linearly, then
+    1e-3 * (1 + cos(pi * (s - 10) / 100)) / 2."""
+    schedule = learning_rate_schedule(1e-3, "cosine", 10, 110)
+    for step, expected in [(0, 0.0), (5, 5e-4), (10, 1e-3), (35, 1e-3 * (1 + math.cos(math.pi / 4)) / 2),
+                           (60, 5e-4), (110, 0.0)]:
+        assert float(schedule(step)) == pytest.approx(expected, abs=1e-9), step
+    constant = learning_rate_schedule(1e-3, "constant", 10, 110)
+    assert float(constant(5)) == pytest.approx(5e-4) and float(constant(100)) == pytest.approx(1e-3)
+
+
+def test_smoothed_loss_by_hand():
+    """3 classes, smoothing 0.3: target (0.1, 0.8, 0.1) for label 1; prediction (0.2, 0.5, 0.3)."""
+    loss = SmoothedSparseCrossentropy(3, 0.3)
+    value = float(loss(tf.constant([1]), tf.constant([[0.2, 0.5, 0.3]])))
+    expected = -(0.1 * math.log(0.2) + 0.8 * math.log(0.5) + 0.1 * math.log(0.3))
+    assert value == pytest.approx(expected, rel=1e-5)
+
+
+def test_balanced_class_weights_by_hand():
+    """96, 32 and 3 images: n / (k * n_c) = 131 / (3 * n_c)."""
+    weights = class_weights({0: 96, 1: 32, 2: 3}, Recipe())
+    assert weights == pytest.approx({0: 131 / 288, 1: 131 / 96, 2: 131 / 9})
+    assert class_weights({0: 96, 1: 32}, Recipe(class_weighting="none")) is None
+    # a category without training images still gets a key (Keras wants one per class index)
+    assert class_weights({0: 4, 1: 0, 2: 2}, Recipe()) == pytest.approx({0: 6 / 8, 1: 1.0, 2: 6 / 4})
+
+
+def test_weight_decay_shrinks_kernels_only():
+    """Constant rate 0.1, decay 0.5: a kernel of ones becomes 1 - 0.05 = 0.95 after one step;
+    batch normalisation and biases are left alone."""
+    inputs = tf.keras.layers.Input((4,))
+    x = tf.keras.layers.Dense(3, kernel_initializer="ones", bias_initializer="ones")(inputs)
+    x = tf.keras.layers.BatchNormalization(gamma_initializer="ones")(x)
+    model = tf.keras.Model(inputs, x)
+    model.compile(tf.keras.optimizers.legacy.SGD(0.1), "mse")
+    assert [v.name.split("/")[-1] for v in decayed_kernels(model)] == ["kernel:0"]
+    decay = DecoupledWeightDecay(0.5)
+    decay.set_model(model)
+    decay.on_train_begin()
+    decay.on_train_batch_end(0)
+    np.testing.assert_allclose(model.layers[1].kernel.numpy(), 0.95)
+    np.testing.assert_allclose(model.layers[1].bias.numpy(), 1.0)
+    np.testing.assert_allclose(model.layers[2].gamma.numpy(), 1.0)
+
+
+def _compiled(seed):
+    tf.keras.utils.set_random_seed(seed)
+    model = build_model("compact_cnn", 3, 32, dropout=0.0, augment=False)   # deterministic steps
+    model.compile(tf.keras.optimizers.legacy.Adam(learning_rate_schedule(1e-3, "cosine", 2, 20)),
+                  SmoothedSparseCrossentropy(3))
+    return model
+
+
+def test_a_resumed_run_continues_the_same_optimisation(tmp_path):
+    """Train 3 steps, checkpoint weights and optimizer; a new process (a new model) restored from
+    them holds the same optimizer state, and its next step gives the same weights as the original's."""
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0, 255, (8, 32, 32, 1)).astype(np.float32)
+    y = rng.integers(0, 3, 8)
+    original = _compiled(0)
+    original.fit(x, y, batch_size=8, epochs=3, verbose=0, shuffle=False)
+    original.save_weights(str(tmp_path / "last.weights.h5"))
+    save_optimizer_state(original.optimizer, tmp_path / "optimizer.npz")
+
+    resumed = _compiled(1)   # other initial weights: everything must come from the checkpoint
+    resumed.load_weights(str(tmp_path / "last.weights.h5"))
+    assert restore_optimizer_state(resumed, tmp_path / "optimizer.npz")
+    before = [v.numpy() for v in original.optimizer.variables()]
+    after = [v.numpy() for v in resumed.optimizer.variables()]
+    assert int(after[0]) == 3 and len(before) == len(after) > 1
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(a, b)
+
+    original.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    resumed.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    for a, b in zip(original.get_weights(), resumed.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_optimizer_state_of_another_phase_is_not_restored(tmp_path):
+    model = _compiled(0)
+    model.fit(np.zeros((2, 32, 32, 1), np.float32), np.array([0, 1]), verbose=0)
+    save_optimizer_state(model.optimizer, tmp_path / "optimizer.npz")
+    other = build_model("compact_cnn", 3, 32)
+    other.get_layer("backbone").trainable = False      # feature extraction: other variables
+    other.compile(tf.keras.optimizers.legacy.Adam(1e-3), SmoothedSparseCrossentropy(3))
+    assert not restore_optimizer_state(other, tmp_path / "optimizer.npz")
+    assert not restore_optimizer_state(other, tmp_path / "missing.npz")
