@@ -55,7 +55,7 @@ def images(n: int, seed: int):
     return x[order], y[order]
 
 
-def run_one(arch: str, seed: int, n: int) -> dict:
+def run_one(arch: str, seed: int, n: int, overrides: dict | None = None) -> dict:
     import numpy as np
     import tensorflow as tf
 
@@ -70,7 +70,7 @@ def run_one(arch: str, seed: int, n: int) -> dict:
     a, b = int(0.7 * n), int(0.8 * n)
     train, validation, test = slice(0, a), slice(a, b), slice(b, n)
     tf.keras.utils.set_random_seed(seed)
-    recipe = Recipe()
+    recipe = Recipe(**(overrides or {}))
     steps = int(np.ceil(a / batch))
     model = build_model(arch, 10, size)
     model.compile(make_optimizer(recipe, learning_rate_schedule(recipe.learning_rate, recipe.schedule,
@@ -132,12 +132,17 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--images", type=int, default=640)
     parser.add_argument("--cli-alexnet", action="store_true", help="also the end-to-end AlexNet case (slow)")
+    parser.add_argument("--label-smoothing", type=float, help="override the recipe's (0.1)")
+    parser.add_argument("--weight-decay", type=float, help="override the recipe's (1e-4)")
+    parser.add_argument("--class-weights", choices=("balanced", "none"), help="override the recipe's")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
-    runs = [run_one(arch, seed, args.images) for arch in args.archs.split(",") for seed in seeds]
+    overrides = {k: v for k, v in (("label_smoothing", args.label_smoothing), ("weight_decay", args.weight_decay),
+                                   ("class_weighting", args.class_weights)) if v is not None}
+    runs = [run_one(arch, seed, args.images, overrides) for arch in args.archs.split(",") for seed in seeds]
     result = {"benchmark": "training quality", "machine": {"cpu": platform.processor() or platform.machine(),
                                                            "cores": os.cpu_count(), "python": platform.python_version()},
-              "images": args.images, "runs": runs}
+              "images": args.images, "recipe_overrides": overrides, "runs": runs}
     by_arch: dict = {}
     for r in runs:
         by_arch.setdefault(r["arch"], []).append(r)

@@ -51,7 +51,7 @@ def prepare_demo_input(folder: Path, n: int, seed: int) -> Path:
 # The fast recipe: semspark's compact CNN at 64 px with the default schedule (warm-up, cosine
 # decay), label smoothing, balanced class weights and weight decay (train/recipe.py); two ranks of
 # 16 images at 1e-3 each, a step of 32 images at 2e-3 in all.
-DEMO_TRAINING = TrainRequest(arch="compact_cnn", epochs=30, batch_size=16, learning_rate=1e-3, num_proc=2,
+DEMO_TRAINING = TrainRequest(arch="compact_cnn", epochs=25, batch_size=16, learning_rate=1e-3, num_proc=2,
                              name="demo", patience=100)
 
 
@@ -126,8 +126,10 @@ def _nightly(spark, config: Config, home: Path, model_version: str, n: int, seed
         ("agreement of the production model with the labels (training images included), per category",
          f"SELECT label, count(*) AS images, round(avg(CAST(category = label AS INT)), 2) AS agreement "
          f"FROM {db}.latest_predictions WHERE label IS NOT NULL GROUP BY label ORDER BY label"),
-        ("least confident predictions (to review)",
-         f"SELECT regexp_extract(path, '[^/]+$', 0) AS file, category, round(confidence, 3) AS confidence "
+        ("least confident predictions (to review; uncertain: below the confidence at which validation "
+         "images were 99% right; unlike_training: out of distribution)",
+         f"SELECT regexp_extract(path, '[^/]+$', 0) AS file, category, round(confidence, 3) AS confidence, "
+         f"uncertain, out_of_distribution AS unlike_training "
          f"FROM {db}.latest_predictions ORDER BY confidence LIMIT 5"),
     ]
     for title, query in queries:
