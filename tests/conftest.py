@@ -98,6 +98,7 @@ def register_copy(source, name: str) -> str:
     from semspark.train import registry
 
     version, folder = registry.new_version(name)
-    for file in ("model.keras", "metadata.json"):
-        shutil.copy(Path(source) / file, folder / file)
+    for file in ("model.keras", "metadata.json", registry.REFERENCE_EMBEDDINGS):
+        if (Path(source) / file).exists():
+            shutil.copy(Path(source) / file, folder / file)
     return f"{name}/{version}"

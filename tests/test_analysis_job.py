@@ -97,9 +97,10 @@ def test_report_has_the_figures_the_page_and_the_metrics(analysed):
     for needle in ("fig6_nmi.png", "fig3_intrinsic_dimension.png", "gallery_ward_k3.png",
                    f"{metrics['images']} images", "Best NMI"):
         assert needle in page
-    assert metrics["coding_dimension"] == 4 and metrics["input_dimension"] == 4096  # AlexNet's fc7
+    # compact_cnn's embedding: the global average pool of its last block's 256 filters
+    assert metrics["coding_dimension"] == 4 and metrics["input_dimension"] == 256
     assert set(metrics["best_nmi"]) == set(METHODS)
-    assert 0 < metrics["intrinsic_dimension"]["features"] < 4096
+    assert 0 < metrics["intrinsic_dimension"]["features"] < 256
     assert [p["points"] for p in metrics["intrinsic_dimension"]["scale_features"]][0] == metrics["images"]
 
 
