@@ -43,6 +43,17 @@ BUDGETS = {"compact_cnn": (64, 20, 32), "alexnet": (128, 12, 32), "convnext_tiny
            "inception_resnet_v2": (75, 12, 32)}
 
 
+def cpu_model() -> str:
+    """The CPU's name from /proc/cpuinfo (platform.processor() is empty on Linux)."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
 def images(n: int, seed: int):
     import numpy as np
 
@@ -140,7 +151,7 @@ def main() -> None:
     overrides = {k: v for k, v in (("label_smoothing", args.label_smoothing), ("weight_decay", args.weight_decay),
                                    ("class_weighting", args.class_weights)) if v is not None}
     runs = [run_one(arch, seed, args.images, overrides) for arch in args.archs.split(",") for seed in seeds]
-    result = {"benchmark": "training quality", "machine": {"cpu": platform.processor() or platform.machine(),
+    result = {"benchmark": "training quality", "machine": {"cpu": cpu_model(),
                                                            "cores": os.cpu_count(), "python": platform.python_version()},
               "images": args.images, "recipe_overrides": overrides, "runs": runs}
     by_arch: dict = {}
