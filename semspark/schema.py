@@ -39,6 +39,7 @@ IMAGES = TableSpec(
         ("scale_label_text", StringType()), ("databar_px", IntegerType()), ("phash", StringType()),
         ("label", StringType()), ("ingested_at", TimestampType()), ("ingest_run", StringType()),
         ("scale_confidence", StringType()), ("scale_reason", StringType()), ("scale_reader", IntegerType()),
+        ("chroma", DoubleType()), ("contrast", DoubleType()),
         ("scale_bin", StringType()),
     ),
     partition_by=("scale_bin",),
@@ -119,6 +120,7 @@ PREDICTIONS = TableSpec(
         ("probabilities", ArrayType(FloatType())), ("logits", ArrayType(FloatType())),
         ("embedding", ArrayType(FloatType())), ("predicted_at", TimestampType()), ("infer_run", StringType()),
         ("uncertain", BooleanType()), ("out_of_distribution", BooleanType()), ("ood_distance", DoubleType()),
+        ("ood_reason", StringType()),
         ("model_version", StringType()),
     ),
     partition_by=("model_version",),
@@ -197,7 +199,7 @@ PROCESSED = _fields(
     ("metadata_nm_per_px", DoubleType()), ("scale_label_text", StringType()),
     ("scale_confidence", StringType()), ("scale_reason", StringType()), ("scale_reader", IntegerType()),
     ("scale_bin", StringType()), ("databar_px", IntegerType()), ("phash", StringType()),
-    ("label", StringType()), ("image", BinaryType()),
+    ("chroma", DoubleType()), ("contrast", DoubleType()), ("label", StringType()), ("image", BinaryType()),
 )
 
 

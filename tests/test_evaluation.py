@@ -2,6 +2,8 @@
 computed by hand."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_score, recall_score
@@ -106,3 +108,46 @@ def test_out_of_distribution_distance_by_hand():
     np.testing.assert_allclose(found.distances(np.array([[2.0, 0, 0], [0, 0, 3.0]])), [0.0, 1.0], atol=1e-6)
     fitted = OutOfDistribution.fit(np.eye(3)[[0, 1, 0, 1]], np.array([[1.0, 0.1, 0]]), neighbours=1)
     assert fitted.threshold == pytest.approx(1.5 * (1 - 1 / np.sqrt(1.01)), rel=1e-4)
+
+
+def test_content_appearance_by_hand():
+    from semspark.ingest.process import content_appearance
+
+    stripes = np.zeros((8, 8), np.uint8)
+    stripes[2:4] = stripes[6:8] = 255              # every second pair of rows white: half 0, half 255
+    assert content_appearance(stripes, None) == {"chroma": 0.0, "contrast": 0.5}
+    red = np.zeros((4, 4, 3), np.uint8)
+    red[..., 0] = 255                                # channels 255, 0, 0: the largest spread there is
+    assert content_appearance(np.full((4, 4), 76, np.uint8), red) == {"chroma": 1.0, "contrast": 0.0}
+    tinted = np.stack([np.full((4, 4), v, np.uint8) for v in (100, 110, 151)], axis=2)
+    assert content_appearance(tinted[..., 1], tinted)["chroma"] == pytest.approx(51 / 255, abs=1e-6)
+
+
+def test_real_sem_files_are_grey_and_contrasted(real_manifest):
+    """Every real SEM sample, colour files and palette TIFFs included, has a grey content area
+    (under the chroma limit whatever the training set) and some contrast: the appearance check
+    flags none of them."""
+    from semspark.config import IngestConfig
+    from semspark.ingest.process import RawFile, process_files
+    from semspark.train.evaluation import MIN_CHROMA_LIMIT
+
+    from .conftest import REAL_SAMPLES
+
+    files = [REAL_SAMPLES / row["file"] for row in real_manifest]
+    outcomes = process_files([RawFile(str(p), p.read_bytes()) for p in files], IngestConfig(), store=False)
+    assert all(o.ok for o in outcomes)
+    assert {Path(o.path).name: o.chroma for o in outcomes if o.chroma >= MIN_CHROMA_LIMIT / 5} == {}
+    assert min(o.contrast for o in outcomes) > 0.02
+
+
+def test_appearance_bounds_by_hand():
+    from semspark.train.evaluation import AppearanceBounds
+
+    bounds = AppearanceBounds.fit([0.0, 0.004, None, float("nan")], [0.2, 0.06, None])
+    assert bounds.training_chroma_max == 0.004 and bounds.chroma_limit == 0.05   # grey training: the floor
+    assert bounds.training_contrast_min == 0.06 and bounds.contrast_limit == pytest.approx(0.03)
+    colourful = AppearanceBounds.fit([0.1, 0.3], [0.1])
+    assert colourful.chroma_limit == pytest.approx(0.6)                          # colour is no surprise there
+    assert AppearanceBounds.from_dict(colourful.as_dict()) == colourful
+    unmeasured = AppearanceBounds.fit([None], [None])                             # ingested before the columns
+    assert unmeasured.chroma_limit is None and unmeasured.contrast_limit is None

@@ -24,6 +24,7 @@ from semspark.ingest.job import dataset_url
 from semspark.schema import IMAGES, INFER_TABLES, INGEST_TABLES, PREDICTION, PREDICTIONS, PROMOTIONS
 from semspark.storage import home_path
 from semspark.train import registry
+from semspark.train.evaluation import AppearanceBounds
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ def create_latest_view(spark, database: str, model_version: str) -> None:
         COMMENT 'Every image with the prediction of the production model ({model_version})'
         AS SELECT i.image_id, i.path, i.format, i.width, i.height, i.scale_bin, i.scale_value, i.scale_unit,
                   i.nm_per_px, i.label, i.ingested_at, p.model_version, p.category, p.confidence,
-                  p.uncertain, p.out_of_distribution, p.ood_distance,
+                  p.uncertain, p.out_of_distribution, p.ood_distance, p.ood_reason,
                   p.probabilities, p.logits, p.embedding, p.predicted_at
         FROM {images} i LEFT JOIN {predictions} p
           ON p.image_id = i.image_id AND p.model_version = '{model_version}'""")
@@ -129,7 +130,7 @@ def run_inference(spark, config: Config, model: str | None = None,
     run_id = new_run_id()
     summary = InferSummary(model_version=model_version, run_id=run_id)
 
-    images = spark.table(qualified(db, IMAGES)).select("image_id", "scale_bin")
+    images = spark.table(qualified(db, IMAGES)).select("image_id", "scale_bin", "chroma", "contrast")
     if scale_bins:
         images = images.filter(F.col("scale_bin").isin(scale_bins))
     scored = (spark.table(qualified(db, PREDICTIONS)).filter(F.col("model_version") == model_version)
@@ -143,7 +144,7 @@ def run_inference(spark, config: Config, model: str | None = None,
     if n_pending == 0:
         summary.seconds = time.monotonic() - started
         return summary
-    pending = images.join(scored, "image_id", "left_anti").select("image_id").distinct()
+    pending = images.join(scored, "image_id", "left_anti").select("image_id", "chroma", "contrast")
 
     url = dataset_url(config)
     try:
@@ -154,7 +155,7 @@ def run_inference(spark, config: Config, model: str | None = None,
         stored = stored.filter(F.col("scale_bin").isin(scale_bins))  # reads only those partitions
     # A left join: an image of sem.images without stored pixels reaches the model as NULL and comes
     # back as an error row (reported, retried next run) instead of vanishing.
-    pixels = pending.join(stored.select("image_id", "image"), "image_id", "left")
+    pixels = pending.join(stored.select("image_id", "image"), "image_id", "left").dropDuplicates(["image_id"])
 
     # Tasks of at most images_per_task images. When there are fewer tasks than cores, each task's
     # TensorFlow gets the idle cores too (up to an executor's): measured here, one task with two
@@ -167,6 +168,7 @@ def run_inference(spark, config: Config, model: str | None = None,
     reference = registry.reference_embeddings(folder, metadata)
     calibration = metadata.get("calibration") or {}
     ood = metadata.get("out_of_distribution") or {}
+    appearance = AppearanceBounds.from_dict(ood.get("appearance"))
     # Models registered before calibration: temperature 1 (the softmax as trained), no flags.
     payload = ModelPayload(model_version=model_version, sha256=hashlib.sha256(weights).hexdigest(),
                            class_names=tuple(metadata["class_names"]), input_size=int(metadata["input_size"]),
@@ -187,10 +189,12 @@ def run_inference(spark, config: Config, model: str | None = None,
     try:
         (pixels.repartition(tasks, "image_id")
          .withColumn("p", predict(F.col("image")))
-         .select("image_id", "p.*")
+         .select("image_id", "chroma", "contrast", "p.*")
          .withColumn("uncertain", _flag("uncertain"))
          .withColumn("out_of_distribution", _flag("out_of_distribution"))
          .withColumn("ood_distance", F.when(F.isnan("ood_distance"), None).otherwise(F.col("ood_distance")))
+         .transform(lambda scored_rows: _with_ood_reason(scored_rows, payload.ood_threshold, appearance))
+         .drop("chroma", "contrast")
          .withColumn("predicted_at", F.lit(stamp).cast("timestamp"))
          .withColumn("infer_run", F.lit(run_id))
          .withColumn("model_version", F.lit(model_version))
@@ -225,6 +229,36 @@ def run_inference(spark, config: Config, model: str | None = None,
     shutil.rmtree(staging, ignore_errors=True)
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def _with_ood_reason(scored, embedding_threshold: float | None, appearance: AppearanceBounds):
+    """``out_of_distribution`` and ``ood_reason`` from the embedding's distance (the model's worker
+    decided it) and from the appearance bounds of the training images (decided here, in SQL, from
+    sem.images' chroma and contrast). The reason says which, with the figures; NULL when in
+    distribution. The flag is NULL only when nothing could be checked."""
+    from pyspark.sql import functions as F
+
+    reasons, checked = [], F.col("out_of_distribution").isNotNull()
+    if embedding_threshold is not None:
+        reasons.append(F.when(F.col("out_of_distribution"), F.format_string(
+            "unlike the training images to the model (embedding distance %.3f, over %.3f)",
+            F.col("ood_distance"), F.lit(float(embedding_threshold)))))
+    if appearance.chroma_limit is not None:
+        reasons.append(F.when(F.col("chroma") > appearance.chroma_limit, F.format_string(
+            "colour image (chroma %.3f; the training images at most %.3f)", F.col("chroma"),
+            F.lit(appearance.training_chroma_max))))
+        checked = checked | F.col("chroma").isNotNull()
+    if appearance.contrast_limit is not None:
+        reasons.append(F.when(F.col("contrast") < appearance.contrast_limit, F.format_string(
+            "almost no contrast (contrast %.3f; the training images at least %.3f)", F.col("contrast"),
+            F.lit(appearance.training_contrast_min))))
+        checked = checked | F.col("contrast").isNotNull()
+    reason = F.concat_ws("; ", *reasons) if reasons else F.lit("")
+    failed = F.col("error").isNotNull()
+    return (scored.withColumn("ood_reason", F.when(failed | (reason == ""), None).otherwise(reason))
+            .withColumn("out_of_distribution",
+                        F.when(failed, None).when(F.col("ood_reason").isNotNull(), True)
+                        .when(checked, False).otherwise(None)))
 
 
 def _flag(column: str):

@@ -369,6 +369,7 @@ def _make_worker(config: Config):
                           "reason": out.reason, "format": out.format, "width": out.width,
                           "height": out.height, "bit_depth": out.bit_depth, "color": out.color,
                           "databar_px": out.databar_px, "phash": out.phash,
+                          "chroma": out.chroma, "contrast": out.contrast,
                           "label": row.label if isinstance(row.label, str) else None,
                           "image": out.image_png}
                 scale = out.scale.as_dict() if out.scale is not None else {}

@@ -196,3 +196,55 @@ class OutOfDistribution:
         if len(validation_embeddings):
             found.threshold = float(1.5 * found.distances(validation_embeddings).max())
         return found
+
+
+# A colour cast under 5% of full scale is what JPEG chroma noise and a slightly tinted grey
+# conversion leave on a grey image: colour starts above it, whatever the training set.
+MIN_CHROMA_LIMIT = 0.05
+
+
+@dataclass
+class AppearanceBounds:
+    """What the training images looked like, independently of the model: the most colourful and
+    the least contrasted of them (ingest's ``chroma`` and ``contrast`` of sem.images).
+
+    A model's embedding places any input somewhere among its categories, and a small model
+    trained on SEM images places a blank frame or a photograph close to them (measured: nearer
+    than validation images). These two bounds catch what the embedding cannot: colour where the
+    training images were grey, and no contrast where they all had some. An image beyond either is
+    out of distribution whatever its embedding says, with the reason in words (the inference
+    job's ``ood_reason``).
+    """
+    training_chroma_max: float | None = None
+    training_contrast_min: float | None = None
+
+    @property
+    def chroma_limit(self) -> float | None:
+        """Over this: colour the training images did not have (twice their most, at least 5%)."""
+        if self.training_chroma_max is None:
+            return None
+        return max(MIN_CHROMA_LIMIT, 2.0 * self.training_chroma_max)
+
+    @property
+    def contrast_limit(self) -> float | None:
+        """Under this: flatter than half the flattest training image."""
+        return None if self.training_contrast_min is None else 0.5 * self.training_contrast_min
+
+    @classmethod
+    def fit(cls, chroma, contrast) -> "AppearanceBounds":
+        """From the training images' values; images ingested before these were measured (NULL)
+        do not count, and with none measured the bound is not applied."""
+        chroma = np.asarray([c for c in chroma if c is not None and np.isfinite(c)], dtype=np.float64)
+        contrast = np.asarray([c for c in contrast if c is not None and np.isfinite(c)], dtype=np.float64)
+        return cls(training_chroma_max=float(chroma.max()) if chroma.size else None,
+                   training_contrast_min=float(contrast.min()) if contrast.size else None)
+
+    def as_dict(self) -> dict:
+        return {"training_chroma_max": self.training_chroma_max, "training_contrast_min": self.training_contrast_min,
+                "chroma_limit": self.chroma_limit, "contrast_limit": self.contrast_limit}
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> "AppearanceBounds":
+        values = values or {}
+        return cls(training_chroma_max=values.get("training_chroma_max"),
+                   training_contrast_min=values.get("training_contrast_min"))

@@ -17,10 +17,10 @@ import subprocess
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from semspark.catalog import ensure_tables, insert, new_run_id, utc_now
+from semspark.catalog import ensure_tables, insert, new_run_id, qualified, utc_now
 from semspark.config import PROJECT_ROOT, Config
 from semspark.ingest.job import dataset_url
-from semspark.schema import MODELS, TRAIN_TABLES, TRAINING_HISTORY
+from semspark.schema import IMAGES, MODELS, TRAIN_TABLES, TRAINING_HISTORY
 from semspark.train import registry
 from semspark.train.data import labelled_images, make_split
 from semspark.train.spec import ARCHITECTURES, MIN_INPUT_SIZES, MODES, ModelError, input_size_for, parse_init
@@ -266,6 +266,7 @@ def _register(spark, db, request, run_id, run, split, outcome) -> TrainResult:
         "confusion_matrix": confusion.tolist(), "num_proc": request.num_proc,
         "test_scores": outcome.get("test_scores", {}), "calibration": outcome.get("calibration", {}),
         "out_of_distribution": {**outcome.get("out_of_distribution", {}),
+                                "appearance": _appearance_of_training_images(spark, db, split["train"]).as_dict(),
                                 "reference_sha256": registry.file_sha256(folder / registry.REFERENCE_EMBEDDINGS)
                                 if (folder / registry.REFERENCE_EMBEDDINGS).exists() else None},
         "model_sha256": registry.file_sha256(folder / "model.keras"), "git_commit": _git_commit(),
@@ -295,6 +296,22 @@ def _register(spark, db, request, run_id, run, split, outcome) -> TrainResult:
                        per_category_accuracy=per_class, train_images=len(split["train"]),
                        groups_merged=split["groups_merged"], test_scores=metadata["test_scores"],
                        calibration=metadata["calibration"])
+
+
+def _appearance_of_training_images(spark, db: str, train_ids: list[str]):
+    """The chroma and contrast bounds of the training images, from sem.images (ingest measured
+    them); the out-of-distribution check of inference compares every image with them."""
+    from pyspark.sql import functions as F
+
+    from semspark.train.evaluation import AppearanceBounds
+
+    images = spark.table(qualified(db, IMAGES))
+    if not {"chroma", "contrast"} <= set(images.columns):   # a catalog of an older semspark: not measured
+        return AppearanceBounds()
+    ids = spark.createDataFrame([(i,) for i in train_ids], "image_id string")
+    row = (images.join(F.broadcast(ids), "image_id", "left_semi")
+           .agg(F.max("chroma").alias("chroma"), F.min("contrast").alias("contrast")).first())
+    return AppearanceBounds.fit([row["chroma"]], [row["contrast"]])
 
 
 def _write_history(path, history) -> None:
