@@ -146,10 +146,12 @@ def main() -> None:
     parser.add_argument("--label-smoothing", type=float, help="override the recipe's (0.1)")
     parser.add_argument("--weight-decay", type=float, help="override the recipe's (1e-4)")
     parser.add_argument("--class-weights", choices=("balanced", "none"), help="override the recipe's")
+    parser.add_argument("--learning-rate", type=float, help="override the architecture's default peak rate")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     overrides = {k: v for k, v in (("label_smoothing", args.label_smoothing), ("weight_decay", args.weight_decay),
-                                   ("class_weighting", args.class_weights)) if v is not None}
+                                   ("class_weighting", args.class_weights),
+                                   ("learning_rate", args.learning_rate)) if v is not None}
     runs = [run_one(arch, seed, args.images, overrides) for arch in args.archs.split(",") for seed in seeds]
     result = {"benchmark": "training quality", "machine": {"cpu": cpu_model(),
                                                            "cores": os.cpu_count(), "python": platform.python_version()},
