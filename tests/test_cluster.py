@@ -7,7 +7,8 @@ One pass through the pipeline, with the faults on the way:
            #2 rerun; one worker (and its executor) is SIGKILLed while tasks run; the job finishes;
   train    two Horovod ranks, one per executor; rank 1 is SIGKILLed after the first checkpoint; the
            run fails saying how to resume; the rerun with --run-id resumes from the checkpoint;
-  infer, analyze, then the nightly through deploy/nightly.sh on new images.
+  promote, the nightly through deploy/nightly.sh on new images (it scores every image the
+           production model has not: the first ingest's and the night's), analyze.
 The same stages run in local mode (the test session's Spark) on the same files, with the model the
 cluster trained; the tables must agree.
 """
@@ -257,11 +258,8 @@ def pipeline(cluster, raw):
     seen["resumed_train"] = cluster.run("train.py", *TRAIN)
     lap("train_resumed")
 
-    seen["infer"] = cluster.run("infer.py", "--model", "clu/1")
-    lap("infer")
-    seen["analyze"] = cluster.run("analyze.py", "--model", "clu/1", "--scale-bins", "all")
-    lap("analyze")
-
+    # The nightly scores every image the production model has not scored (the first ingest's and
+    # the night's) with run_inference, the code of jobs/infer.py: no separate infer submit.
     result = subprocess.run([str(VENV_BIN / "semspark"), "promote", "clu/1"], env=cluster.env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -273,6 +271,8 @@ def pipeline(cluster, raw):
     assert nightly.returncode == 0, nightly.stderr[-4000:]
     seen["nightly"] = nightly.stdout
     lap("promote_and_nightly")
+    seen["analyze"] = cluster.run("analyze.py", "--model", "clu/1", "--scale-bins", "all")
+    lap("analyze")
 
     try:
         seen["stranger"] = stranger.communicate(timeout=120)[0]
@@ -302,7 +302,7 @@ def reference(spark, raw, cluster, pipeline):
 
     from semspark.analysis.job import AnalysisRequest, run_analysis
     from semspark.config import CatalogConfig, load_config
-    from semspark.infer.job import promote, run_inference
+    from semspark.infer.job import promote
     from semspark.ingest.job import run_ingest
     from semspark.nightly import run_nightly
 
@@ -315,12 +315,11 @@ def reference(spark, raw, cluster, pipeline):
     ingested = {t: rows(spark, f"SELECT * FROM clusterref.{t}") for t in ("files", "images", "quarantine")}
     split = make_split(labelled_images(spark, "clusterref"), seed=0)  # what train split, before the nightly
     model = register_copy(cluster.home / "models" / "clu" / "1", "cluref")
-    run_inference(spark, config, model)
-    summary = run_analysis(spark, config, AnalysisRequest(model=model, scale_bins=()))
     promote(spark, config, model)
     run_nightly(spark, config, str(raw["night"]), labels="folders")
     final = {t: rows(spark, f"SELECT * FROM clusterref.{t}") for t in ("files", "images", "quarantine",
                                                                         "predictions")}
+    summary = run_analysis(spark, config, AnalysisRequest(model=model, scale_bins=()))
     scores = rows(spark, f"SELECT * FROM clusterref.cluster_scores WHERE analysis = '{summary.analysis}'")
     return {"config": config, "ingested": ingested, "final": final, "scores": scores, "model": model,
             "split": {side: split.ids(side) for side in ("train", "validation", "test")}}

@@ -146,3 +146,15 @@ def test_optimizer_state_of_another_phase_is_not_restored(tmp_path):
     other.compile(tf.keras.optimizers.legacy.Adam(1e-3), SmoothedSparseCrossentropy(3))
     assert not restore_optimizer_state(other, tmp_path / "optimizer.npz")
     assert not restore_optimizer_state(other, tmp_path / "missing.npz")
+
+
+def test_the_best_epoch_is_the_most_accurate_then_the_least_surprised():
+    from semspark.train.rank import better_than_best
+
+    assert better_than_best(0.5, 2.0, None)
+    best = {"epoch": 5, "val_accuracy": 0.9, "val_loss": 0.8}
+    assert better_than_best(0.95, 1.5, best)        # more accurate wins, whatever its loss
+    assert not better_than_best(0.85, 0.1, best)    # less accurate loses, whatever its loss
+    assert better_than_best(0.9, 0.6, best)         # a tie goes to the lower loss ...
+    assert not better_than_best(0.9, 0.8, best)     # ... and stays with the earlier epoch when equal
+    assert better_than_best(0.9, 5.0, {"epoch": 2, "val_accuracy": 0.9})  # recorded before the loss was

@@ -317,7 +317,7 @@ def _appearance_of_training_images(spark, db: str, train_ids: list[str]):
 def _write_history(path, history) -> None:
     import csv
 
-    keys = ["epoch", "loss", "accuracy", "val_accuracy", "test_accuracy"]
+    keys = ["epoch", "loss", "accuracy", "val_accuracy", "val_loss", "test_accuracy"]
     with open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
         writer.writeheader()
