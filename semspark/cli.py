@@ -122,7 +122,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fine-tune-epochs", type=int, default=d.fine_tune_epochs,
                    help="with --mode feature_extraction_then_fine_tuning: epochs of the fine-tuning phase")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="per rank")
-    p.add_argument("--learning-rate", type=float, default=d.learning_rate, help="per rank; scaled by --num-proc")
+    p.add_argument("--learning-rate", type=float, default=d.learning_rate,
+                   help="peak rate per rank, scaled by --num-proc (default: the architecture's own: alexnet "
+                        "3e-4, the others 2e-3; a tenth of it with --mode fine_tuning)")
     p.add_argument("--optimizer", choices=("sgd", "adam"), default=d.optimizer)
     p.add_argument("--num-proc", type=int, default=d.num_proc, help="Horovod ranks (Spark tasks)")
     p.add_argument("--input-size", type=int, default=d.input_size,

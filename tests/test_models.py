@@ -124,3 +124,14 @@ def test_input_sizes_are_each_architectures_own():
     with pytest.raises(ModelError, match="minimum of 67 for alexnet"):
         build_model("alexnet", 3, 64)
     assert build_model("compact_cnn", 3, 32).output.shape[-1] == 3
+
+
+def test_learning_rates_are_each_architectures_own():
+    from semspark.train.spec import DEFAULT_LEARNING_RATE, learning_rate_for
+
+    assert set(DEFAULT_LEARNING_RATE) == set(ARCHITECTURES)
+    assert learning_rate_for("compact_cnn") == 2e-3
+    assert learning_rate_for("alexnet") < learning_rate_for("compact_cnn")   # no batch normalisation
+    assert learning_rate_for("inception_v3", "fine_tuning") == pytest.approx(learning_rate_for("inception_v3") / 10)
+    assert learning_rate_for("inception_v3", "feature_extraction") == learning_rate_for("inception_v3")
+    assert learning_rate_for("alexnet", "fine_tuning", 5e-4) == 5e-4                # asked for: as asked

@@ -23,7 +23,8 @@ from semspark.ingest.job import dataset_url
 from semspark.schema import IMAGES, MODELS, TRAIN_TABLES, TRAINING_HISTORY
 from semspark.train import registry
 from semspark.train.data import labelled_images, make_split
-from semspark.train.spec import ARCHITECTURES, MIN_INPUT_SIZES, MODES, ModelError, input_size_for, parse_init
+from semspark.train.spec import (ARCHITECTURES, MIN_INPUT_SIZES, MODES, ModelError, input_size_for,
+                                 learning_rate_for, parse_init)
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ class TrainRequest:
     epochs: int = 10
     fine_tune_epochs: int = 0              # feature_extraction_then_fine_tuning: the second phase
     batch_size: int = 32
-    learning_rate: float = 2e-3            # peak, per rank (see train/recipe.py)
+    learning_rate: float = 0.0             # peak, per rank; 0: the architecture's own (spec.learning_rate_for)
     optimizer: str = "adam"                # adam | sgd (momentum 0.9)
     num_proc: int = 1
     input_size: int = 0                    # 0: the architecture's own (spec.DEFAULT_INPUT_SIZE)
@@ -62,6 +63,10 @@ class TrainRequest:
     @property
     def resolved_input_size(self) -> int:
         return input_size_for(self.arch, self.input_size)
+
+    @property
+    def resolved_learning_rate(self) -> float:
+        return learning_rate_for(self.arch, self.mode, self.learning_rate)
 
     def check(self) -> None:
         problems = []
@@ -89,8 +94,8 @@ class TrainRequest:
                 problems.append(f"{flag} must be at least 1")
         if self.mode == "feature_extraction_then_fine_tuning" and self.fine_tune_epochs < 1:
             problems.append("--mode feature_extraction_then_fine_tuning needs --fine-tune-epochs (at least 1)")
-        if not self.learning_rate > 0:
-            problems.append("--learning-rate must be positive")
+        if not self.learning_rate >= 0:
+            problems.append("--learning-rate must be positive (or 0 for the architecture's own)")
         if self.optimizer not in ("sgd", "adam"):
             problems.append("--optimizer must be sgd or adam")
         try:
@@ -189,13 +194,15 @@ def run_training(spark, config: Config, request: TrainRequest) -> TrainResult:
 
     url = dataset_url(config)
     payload = {**dataclasses.asdict(request), "input_size": request.resolved_input_size,
+               "learning_rate": request.resolved_learning_rate,
                "uncertain_target": request.uncertain_target,
                "train_class_counts": split.get("train_class_counts"), "run_dir": str(run), "dataset_url": url,
                "image_size": _stored_image_size(url), "class_names": split["class_names"],
                "train_ids": split["train"], "validation_ids": split["validation"], "test_ids": split["test"],
                "init_kind": init.kind, "init_value": init_value}
-    log.info("training %s at %d px (%s, init %s) on %d images with %d Horovod ranks", request.arch,
-             request.resolved_input_size, request.mode, request.init, len(split["train"]), request.num_proc)
+    log.info("training %s at %d px (%s, init %s, peak learning rate %g per rank) on %d images with %d Horovod "
+             "ranks", request.arch, request.resolved_input_size, request.mode, request.init,
+             request.resolved_learning_rate, len(split["train"]), request.num_proc)
     try:
         results = horovod.spark.run(_train, args=(payload,), num_proc=request.num_proc,
                                     use_gloo=True, verbose=1, executable=_executor_python(spark))
@@ -254,9 +261,10 @@ def _register(spark, db, request, run_id, run, split, outcome) -> TrainResult:
     metadata = {
         "model_version": model_version, "architecture": request.arch, "mode": request.mode,
         "init": request.init, "class_names": classes, "input_size": request.resolved_input_size,
-        "recipe": {k: getattr(request, k) for k in ("optimizer", "learning_rate", "schedule", "warmup_epochs",
-                                                     "label_smoothing", "weight_decay", "class_weighting",
-                                                     "batch_size", "epochs")},
+        "recipe": {**{k: getattr(request, k) for k in ("optimizer", "schedule", "warmup_epochs",
+                                                        "label_smoothing", "weight_decay", "class_weighting",
+                                                        "batch_size", "epochs")},
+                   "learning_rate": request.resolved_learning_rate},
         "scale_bins": list(request.scale_bins), "split_seed": request.seed, "run_id": run_id,
         "train_images": len(split["train"]), "validation_images": len(split["validation"]),
         "test_images": len(split["test"]), "train_image_ids_sha256": train_hash,
