@@ -38,7 +38,8 @@ def test_requests_are_checked_before_anything_runs():
     for bad, words in [(dict(arch="vgg"), "--arch"), (dict(mode="fine_tuning"), "--init"),
                        (dict(input_size=16), "--input-size"), (dict(epochs=0), "--epochs"),
                        (dict(init="imagenet"), "--init"), (dict(name="a/b"), "model name"),
-                       (dict(optimizer="lbfgs"), "--optimizer"), (dict(learning_rate=-1e-3), "--learning-rate"), (dict(schedule="step"), "--schedule"),
+                       (dict(optimizer="lbfgs"), "--optimizer"), (dict(learning_rate=-1e-3), "--learning-rate"),
+                       (dict(schedule="step"), "--schedule"),
                        (dict(label_smoothing=1.0), "--label-smoothing"), (dict(weight_decay=-1), "--weight-decay"),
                        (dict(class_weighting="inverse"), "--class-weights"),
                        (dict(arch="alexnet", input_size=64), "at least 67 for alexnet")]:
