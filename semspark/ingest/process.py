@@ -148,14 +148,18 @@ def content_appearance(gray: np.ndarray, rgb: np.ndarray | None) -> dict[str, fl
     that are not one, whatever a model learned: ``chroma``, the mean spread between the colour
     channels (0 for a grey image: an SEM detector records one intensity, so a photograph or a
     stained light micrograph stands out), and ``contrast``, the standard deviation of the grey
-    levels (RMS contrast, 0 for a blank frame). Both as a fraction of full scale, from every
-    second pixel of every second row (the statistics of a 1024 px image do not need all of it)."""
-    sample = gray[::2, ::2]
+    levels (RMS contrast, 0 for a blank frame). Both as a fraction of full scale, from a regular
+    grid of about 256 x 256 pixels (the statistics of a 1024 px image do not need all of it: the
+    full colour image would cost more than reading its scale)."""
+    step = max(1, min(gray.shape[:2]) // 256)
+    sample = gray[::step, ::step]
     contrast = float(sample.std()) / 255.0 if sample.size else 0.0
     chroma = 0.0
     if rgb is not None and rgb.ndim == 3 and rgb.size:
-        pixels = rgb[::2, ::2]
-        chroma = float((pixels.max(axis=2).astype(np.int16) - pixels.min(axis=2)).mean()) / 255.0
+        channels = cv2.split(np.ascontiguousarray(rgb[::step, ::step]))
+        spread = cv2.subtract(cv2.max(cv2.max(channels[0], channels[1]), channels[2]),
+                              cv2.min(cv2.min(channels[0], channels[1]), channels[2]))
+        chroma = float(cv2.mean(spread)[0]) / 255.0
     return {"chroma": round(chroma, 6), "contrast": round(contrast, 6)}
 
 
