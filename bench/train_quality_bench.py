@@ -1,7 +1,7 @@
 """Benchmark of what training learns. Prints one JSON document.
 
     .venv/bin/python bench/train_quality_bench.py [--archs compact_cnn,alexnet] [--seeds 0,1,2]
-        [--images 640] [--cli-alexnet]
+        [--images 640] [--cli-alexnet] [--learning-rate R] [--label-smoothing S] [--weight-decay W]
 
 Per architecture, at a CPU-sized input and a fixed epoch budget (BUDGETS), over several seeds:
 the generated categories (semspark.synth.morphology, the images the demo ingests, rendered at

@@ -203,6 +203,7 @@ def run_training(spark, config: Config, request: TrainRequest) -> TrainResult:
     log.info("training %s at %d px (%s, init %s, peak learning rate %g per rank) on %d images with %d Horovod "
              "ranks", request.arch, request.resolved_input_size, request.mode, request.init,
              request.resolved_learning_rate, len(split["train"]), request.num_proc)
+    _check_gloo_without_fork()
     try:
         results = horovod.spark.run(_train, args=(payload,), num_proc=request.num_proc,
                                     use_gloo=True, verbose=1, executable=_executor_python(spark))
@@ -213,6 +214,40 @@ def run_training(spark, config: Config, request: TrainRequest) -> TrainResult:
                          f"--run-id {run_id} to resume") from exc
     outcome = next(r for r in results if r is not None)
     return _register(spark, db, request, run_id, run, split, outcome)
+
+
+_GLOO_BUILT: bool | None = None
+
+
+def _check_gloo_without_fork() -> None:
+    """Whether this Horovod has Gloo, asked of a fresh interpreter, and that answer given to Horovod.
+
+    horovod.spark.run checks it by forking the driver and importing Horovod's TensorFlow extension
+    in the child. Forking a process that has TensorFlow loaded already (a notebook, the test
+    session, a driver that ran an analysis) is unsafe: the child crashed once here (a segmentation
+    fault inside TensorFlow's import), Horovod read that as "not built with Gloo", and the run failed
+    saying so. The same question in a new process costs the same import and cannot crash the driver's
+    state; the answer is kept for the life of the process, as Horovod keeps its own.
+    """
+    global _GLOO_BUILT
+    if _GLOO_BUILT is None:
+        import sys
+
+        probe = subprocess.run([sys.executable, "-c", "import horovod.tensorflow as h; print(bool(h.gloo_built()))"],
+                               capture_output=True, text=True, timeout=600)
+        if not (probe.returncode == 0 and probe.stdout.strip().endswith("True")):
+            raise TrainError("Horovod on this machine was built without Gloo (or its TensorFlow extension does "
+                             f"not load: {(probe.stderr.strip().splitlines() or [''])[-1]}); reinstall it with "
+                             "deploy/bootstrap.sh, which builds it with HOROVOD_WITH_GLOO=1")
+        _GLOO_BUILT = True
+    import horovod.runner.launch
+    import horovod.spark.runner
+
+    def answer(verbose=False):
+        return _GLOO_BUILT
+
+    horovod.runner.launch.gloo_built = answer
+    horovod.spark.runner.gloo_built = answer
 
 
 def _executor_python(spark) -> str | None:
