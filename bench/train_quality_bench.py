@@ -37,21 +37,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from ingest_bench import cpu_model  # noqa: E402  (bench/ is on sys.path when run as a script)
+
 # architecture: (input px, epochs, batch)
 BUDGETS = {"compact_cnn": (64, 20, 32), "alexnet": (128, 12, 32), "convnext_tiny": (64, 12, 32),
            "efficientnetv2_s": (64, 12, 32), "inception_v3": (75, 12, 32), "inception_v4": (75, 12, 32),
            "inception_resnet_v2": (75, 12, 32)}
-
-
-def cpu_model() -> str:
-    """The CPU's name from /proc/cpuinfo (platform.processor() is empty on Linux)."""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
 
 
 def images(n: int, seed: int):
