@@ -162,3 +162,41 @@ def test_a_broken_stored_image_is_reported_not_written(scoring):
     assert stack.shape == (4, 8, 8) and stack[0, 0, 0] == 7 and stack[1].max() == 0
     assert errors[0] is None and errors[2] is None and "decoded" in errors[1]
     assert errors[3] == NO_PIXELS  # in sem.images, not in the dataset: a left join gives NULL
+
+
+def test_out_of_distribution_reasons_by_hand(spark):
+    """The flag and reason of inference on rows made by hand: the embedding's verdict, colour over
+    the limit, contrast under it, both, neither, images ingested before chroma and contrast existed
+    (NULL: only the embedding decides), a model without a reference (NULL: only the appearance
+    does), and a failed row (NULL flag and reason)."""
+    from semspark.infer.job import _with_ood_reason
+    from semspark.train.evaluation import AppearanceBounds
+
+    bounds = AppearanceBounds(training_chroma_max=0.01, training_contrast_min=0.08)  # limits 0.05, 0.04
+    rows = [  # name, embedding flag, distance, chroma, contrast, error
+        ("typical", False, 0.05, 0.0, 0.2, None),
+        ("far", True, 0.3, 0.0, 0.2, None),
+        ("colour", False, 0.05, 0.2, 0.2, None),
+        ("flat", False, 0.05, 0.0, 0.01, None),
+        ("colour_and_far", True, 0.3, 0.2, 0.2, None),
+        ("unmeasured", False, 0.05, None, None, None),
+        ("unmeasured_far", True, 0.3, None, None, None),
+        ("failed", None, None, 0.2, 0.2, "could not decode"),
+    ]
+    frame = spark.createDataFrame(rows, "name string, out_of_distribution boolean, ood_distance double, "
+                                        "chroma double, contrast double, error string")
+    got = {r["name"]: (r["out_of_distribution"], r["ood_reason"]) for r in
+           _with_ood_reason(frame, 0.12, bounds).collect()}
+    assert got["typical"] == (False, None) and got["unmeasured"] == (False, None)
+    assert got["far"] == (True, "unlike the training images to the model (embedding distance 0.300, over 0.120)")
+    assert got["colour"] == (True, "colour image (chroma 0.200, the training images at most 0.010)")
+    assert got["flat"] == (True, "almost no contrast (contrast 0.010, the training images at least 0.080)")
+    assert got["colour_and_far"][0] and got["colour_and_far"][1].count("; ") == 1
+    assert got["unmeasured_far"][0] is True and got["failed"] == (None, None)
+    # a model registered without reference embeddings: the worker's flag is NULL, the appearance decides
+    from pyspark.sql import functions as F
+
+    no_reference = frame.withColumn("out_of_distribution", F.lit(None).cast("boolean"))
+    got = {r["name"]: (r["out_of_distribution"], r["ood_reason"]) for r in
+           _with_ood_reason(no_reference, None, bounds).collect()}
+    assert got["typical"] == (False, None) and got["colour"][0] is True and got["unmeasured"] == (None, None)

@@ -245,12 +245,12 @@ def _with_ood_reason(scored, embedding_threshold: float | None, appearance: Appe
             F.col("ood_distance"), F.lit(float(embedding_threshold)))))
     if appearance.chroma_limit is not None:
         reasons.append(F.when(F.col("chroma") > appearance.chroma_limit, F.format_string(
-            "colour image (chroma %.3f; the training images at most %.3f)", F.col("chroma"),
+            "colour image (chroma %.3f, the training images at most %.3f)", F.col("chroma"),
             F.lit(appearance.training_chroma_max))))
         checked = checked | F.col("chroma").isNotNull()
     if appearance.contrast_limit is not None:
         reasons.append(F.when(F.col("contrast") < appearance.contrast_limit, F.format_string(
-            "almost no contrast (contrast %.3f; the training images at least %.3f)", F.col("contrast"),
+            "almost no contrast (contrast %.3f, the training images at least %.3f)", F.col("contrast"),
             F.lit(appearance.training_contrast_min))))
         checked = checked | F.col("contrast").isNotNull()
     reason = F.concat_ws("; ", *reasons) if reasons else F.lit("")
