@@ -100,3 +100,19 @@ def format_result(columns: list[str], rows: list[tuple], fmt: str) -> str:
     header = "|" + "|".join(f" {c:<{w}} " for c, w in zip(columns, widths)) + "|"
     body = ["|" + "|".join(f" {v:<{w}} " for v, w in zip(r, widths)) + "|" for r in cells]
     return "\n".join([line, header, line, *body, line])
+
+
+def unknown_scale_bins(spark, database: str, bins) -> str | None:
+    """None when every bin of ``bins`` holds images in sem.images; else a message that names the
+    missing ones and lists the bins there are (a typo must not silently select nothing)."""
+    from semspark.schema import IMAGES
+
+    if not bins:
+        return None
+    present = sorted(r[0] for r in spark.table(qualified(database, IMAGES)).select("scale_bin").distinct().collect()
+                     if r[0] is not None)
+    missing = [b for b in bins if b not in present]
+    if not missing:
+        return None
+    return (f"no image in scale bin {', '.join(missing)}; the bins of {qualified(database, IMAGES)} are "
+            f"{', '.join(present) or '(none: ingest first)'}, or give --scale-bins all")

@@ -1,7 +1,11 @@
 """``semspark <command>``: the one command line for people; ``jobs/*.py`` call the same commands.
 
-Commands: synth, ingest, rescale, train, infer, promote, nightly, analyze, sql, sql-server, scale, spark-conf, demo. Each parses its arguments, loads the
-config, builds the SparkSession if it needs one, calls one library function and prints a result.
+Commands: synth, ingest, rescale, train, infer, promote, models, nightly, analyze, sql, sql-server, scale,
+spark-conf, demo. Each parses its arguments, loads the config, builds the SparkSession if it needs one, calls
+one library function and prints a result.
+
+Exit codes (semspark/errors.py): 0 done; 1 the run failed and a rerun is the thing to do; 2 the command
+cannot run as given; 3 the run finished below a quality gate.
 """
 from __future__ import annotations
 
@@ -10,6 +14,9 @@ import json
 import logging
 import os
 import sys
+
+from semspark.errors import (EXIT_OK, EXIT_QUALITY_GATE, EXIT_RETRY, EXIT_USAGE, RunFailed, infer_gate, ingest_gate,
+                             is_usage_error)
 
 log = logging.getLogger("semspark")
 
@@ -44,7 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     add_infer_arguments(p)
 
     p = sub.add_parser("promote", help="mark a model version as production (sem.latest_predictions)")
-    p.add_argument("model", help="NAME/VERSION or NAME/latest")
+    p.add_argument("--model", dest="model_option", help="NAME/VERSION or NAME/latest")
+    p.add_argument("model", nargs="?", help=argparse.SUPPRESS)   # the older positional spelling
 
     p = sub.add_parser("models", help="registered models: list them, or compare runs (scores with their "
                                       "95%% intervals, test accuracy per epoch on one plot)")
@@ -90,11 +98,18 @@ def _parser() -> argparse.ArgumentParser:
 def add_ingest_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", required=True, help="folder of raw files: a path or file://, hdfs://, s3a:// URI")
     p.add_argument("--labels", help="'folders' (category = top folder) or a CSV with path,label or image_id,label")
+    add_json_argument(p)
+
+
+def add_json_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object (with the quality "
+                                                        "gate's reasons and the exit code) instead of lines")
 
 
 def add_infer_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="NAME/VERSION or NAME/latest (default: the production model)")
-    p.add_argument("--scale-bins", default="", help="comma-separated scale bins to score (default: all)")
+    p.add_argument("--scale-bins", default="all", help="comma-separated scale bins to score, or 'all' (default)")
+    add_json_argument(p)
 
 
 def add_analyze_arguments(p: argparse.ArgumentParser) -> None:
@@ -117,7 +132,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init", default=d.init, help="random | imagenet:PATH (local Keras weights file) | model:NAME/VERSION")
     p.add_argument("--name", default=d.name, help="model name; every run makes a new version NAME/N")
     p.add_argument("--run-id", help="resume this interrupted run (printed when a run fails)")
-    p.add_argument("--scale-bins", default="", help="comma-separated scale bins to train on (default: all)")
+    p.add_argument("--scale-bins", default="all", help="comma-separated scale bins to train on, or 'all' (default)")
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--fine-tune-epochs", type=int, default=d.fine_tune_epochs,
                    help="with --mode feature_extraction_then_fine_tuning: epochs of the fine-tuning phase")
@@ -159,13 +174,14 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except UserError as exc:
         print(f"semspark {args.command}: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except Exception as exc:
-        message = _explain(exc)
-        if message is None:
-            raise
+        explained = _explain(exc)
+        if explained is None:
+            raise                       # a bug: its traceback, and Python's exit 1 (retry, then report)
+        message, code = explained
         print(f"semspark {args.command}: {message}", file=sys.stderr)
-        return 2
+        return code
 
 
 def add_rescale_arguments(p: argparse.ArgumentParser) -> None:
@@ -177,34 +193,26 @@ def add_rescale_arguments(p: argparse.ArgumentParser) -> None:
                         "sem.scale_corrections, they win over any reading")
 
 
-def _explain(exc: Exception) -> str | None:
-    """A clear message for the errors users cause; None for bugs (which keep their traceback)."""
-    from semspark.config import ConfigError
-    from semspark.analysis.hierarchy import AnalysisMemoryError
-    from semspark.analysis.job import AnalysisError
-    from semspark.infer.job import InferError
-    from semspark.ingest.job import IngestError
-    from semspark.ingest.ocr import OcrUnavailable
-    from semspark.ingest.rescale import RescaleError
+def _explain(exc: Exception) -> tuple[str, int] | None:
+    """A clear message and the exit code for the errors semspark knows; None for bugs (which keep
+    their traceback)."""
     from semspark.nightly import NightlyError
-    from semspark.train.job import TrainError
-    from semspark.train.spec import ModelError
-    from semspark.train.registry import RegistryError
 
-    if isinstance(exc, (ConfigError, IngestError, TrainError, ModelError, RegistryError, InferError, NightlyError,
-                        AnalysisError, AnalysisMemoryError, RescaleError, OcrUnavailable)):
-        return str(exc)
+    if isinstance(exc, RunFailed):
+        return str(exc), EXIT_RETRY
+    if is_usage_error(exc) or isinstance(exc, NightlyError):
+        return str(exc), EXIT_USAGE
     text = str(exc)
     if "Another instance of Derby" in text or "Failed to start database" in text:
         from semspark.config import semspark_home
         return (f"the embedded catalog under {semspark_home()} is in use by another semspark process "
-                "(Derby admits one at a time); wait for it to finish, or use an external metastore")
+                "(Derby admits one at a time); wait for it to finish, or use an external metastore", EXIT_RETRY)
     try:
         from pyspark.errors import AnalysisException, ParseException
     except ImportError:  # pragma: no cover
         return None
     if isinstance(exc, (AnalysisException, ParseException)):
-        return text.split("\n")[0] if text else type(exc).__name__
+        return (text.split("\n")[0] if text else type(exc).__name__), EXIT_USAGE
     return None
 
 
@@ -215,16 +223,33 @@ def _config(args):
 
 def _session(config, app: str):
     from semspark.session import session_scope
-    return session_scope(config, app_name=f"semspark-{app}", extra={"spark.ui.showConsoleProgress": "true"})
+    # Spark's progress bars redraw one line with carriage returns: fine on a terminal, noise in a
+    # scheduler's log file, where semspark's own progress lines say what happens.
+    progress = "true" if sys.stderr.isatty() else "false"
+    return session_scope(config, app_name=f"semspark-{app}", extra={"spark.ui.showConsoleProgress": progress})
 
 
-def _run_stage(args, app: str, run) -> int:
-    """Load the config, run ``run(spark, config)`` in a session, print its summary lines."""
+def _run_stage(args, app: str, run, gate=None) -> int:
+    """Load the config, run ``run(spark, config)`` in a session, print its summary (lines, or one
+    JSON object with ``--json``); exit 3 when ``gate(result, config.quality)`` gives reasons."""
     config = _config(args)
     with _session(config, app) as spark:
         result = run(spark, config)
-    print("\n".join(result.lines()))
-    return 0
+    reasons = gate(result, config.quality) if gate else []
+    code = EXIT_QUALITY_GATE if reasons else EXIT_OK
+    if getattr(args, "json", False):
+        print(json.dumps({**result.as_dict(), "quality_gate": reasons, "exit_code": code}, default=str))
+    else:
+        print("\n".join(result.lines()))
+    for reason in reasons:
+        print(f"semspark {app}: quality gate: {reason}", file=sys.stderr)
+    return code
+
+
+def parse_scale_bins(text: str | None) -> tuple[str, ...]:
+    """``--scale-bins``: 'all' (or nothing) is every bin, (); else the comma-separated bins."""
+    bins = tuple(b.strip() for b in (text or "").split(",") if b.strip())
+    return () if bins in ((), ("all",)) else bins
 
 
 def cmd_synth(args) -> int:
@@ -240,7 +265,8 @@ def cmd_synth(args) -> int:
 def cmd_ingest(args) -> int:
     from semspark.ingest.job import run_ingest
 
-    return _run_stage(args, "ingest", lambda spark, config: run_ingest(spark, config, args.input, labels=args.labels))
+    return _run_stage(args, "ingest", lambda spark, config: run_ingest(spark, config, args.input, labels=args.labels),
+                      gate=ingest_gate)
 
 
 def cmd_rescale(args) -> int:
@@ -254,7 +280,7 @@ def cmd_train(args) -> int:
 
     request = TrainRequest(
         arch=args.arch, mode=args.mode, init=args.init, name=args.name, run_id=args.run_id,
-        scale_bins=tuple(b for b in args.scale_bins.split(",") if b), epochs=args.epochs,
+        scale_bins=parse_scale_bins(args.scale_bins), epochs=args.epochs,
         fine_tune_epochs=args.fine_tune_epochs,
         batch_size=args.batch_size, learning_rate=args.learning_rate, optimizer=args.optimizer,
         num_proc=args.num_proc, input_size=args.input_size, seed=args.seed, patience=args.patience,
@@ -268,16 +294,22 @@ def cmd_train(args) -> int:
 def cmd_infer(args) -> int:
     from semspark.infer.job import run_inference
 
-    bins = [b for b in args.scale_bins.split(",") if b] or None
-    return _run_stage(args, "infer", lambda spark, config: run_inference(spark, config, args.model, scale_bins=bins))
+    bins = list(parse_scale_bins(args.scale_bins)) or None
+    return _run_stage(args, "infer", lambda spark, config: run_inference(spark, config, args.model, scale_bins=bins),
+                      gate=infer_gate)
 
 
 def cmd_promote(args) -> int:
     from semspark.infer.job import LATEST_VIEW, promote
 
+    if args.model and args.model_option and args.model != args.model_option:
+        raise UserError(f"two models given ({args.model} and --model {args.model_option}): give one")
+    spec = args.model_option or args.model
+    if not spec:
+        raise UserError("give the model to promote: --model NAME/VERSION (or NAME/latest)")
     config = _config(args)
     with _session(config, "promote") as spark:
-        model_version = promote(spark, config, args.model)
+        model_version = promote(spark, config, spec)
     print(f"{model_version} is the production model; {config.catalog.database}.{LATEST_VIEW} shows its predictions")
     return 0
 
@@ -296,7 +328,8 @@ def cmd_models(args) -> int:
 def cmd_nightly(args) -> int:
     from semspark.nightly import run_nightly
 
-    return _run_stage(args, "nightly", lambda spark, config: run_nightly(spark, config, args.input, labels=args.labels))
+    return _run_stage(args, "nightly", lambda spark, config: run_nightly(spark, config, args.input, labels=args.labels),
+                      gate=lambda result, quality: result.quality_gate)
 
 
 def cmd_sql_server(args) -> int:
@@ -333,7 +366,7 @@ def cmd_analyze(args) -> int:
 
     bins = None
     if args.scale_bins is not None:
-        bins = () if args.scale_bins == "all" else tuple(b for b in args.scale_bins.split(",") if b)
+        bins = parse_scale_bins(args.scale_bins)
     request = AnalysisRequest(model=args.model, scale_bins=bins, features=args.features,
                               coding_dim=args.coding_dim, within_category=args.within_category)
     return _run_stage(args, "analyze", lambda spark, config: run_analysis(spark, config, request))

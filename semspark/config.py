@@ -76,6 +76,16 @@ class InferConfig:
 
 
 @dataclass(frozen=True)
+class QualityConfig:
+    """Gates a finished run must pass, else the command exits 3 (see semspark/errors.py)."""
+    max_quarantined_share: float = 0.5   # of the files a run processed; above it the run is gated
+    require_scored: bool = True          # images to score and none scored: gated
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.max_quarantined_share <= 1, "quality.max_quarantined_share must be within 0..1")
+
+
+@dataclass(frozen=True)
 class AnalysisConfig:
     scale_bins: tuple[str, ...] = ("1um", "2um")   # the paper's subset; [] = every bin
     features: str = "embedding"                    # embedding (penultimate layer) | logits
@@ -115,6 +125,7 @@ class Config:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     infer: InferConfig = field(default_factory=InferConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
 
 
 def _require(condition: bool, message: str) -> None:

@@ -104,7 +104,7 @@ def run_demo(config: Config, n: int = 600, seed: int = 0, train: bool = True) ->
 
 def _nightly(spark, config: Config, home: Path, model_version: str, n: int, seed: int) -> None:
     db = config.catalog.database
-    print(f"\n  semspark promote {model_version}")
+    print(f"\n  semspark promote --model {model_version}")
     promote(spark, config, model_version)
     night = home / "demo" / "night"
     marker = night / f".generated-n{n}-seed{seed}"

@@ -14,12 +14,13 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from semspark.catalog import ensure_tables, insert, new_run_id, qualified, utc_now
 from semspark.config import Config
-from semspark.infer.job import production_model, run_inference
-from semspark.ingest.job import run_ingest
+from semspark.errors import RunFailed, infer_gate, ingest_gate, is_usage_error
+from semspark.infer.job import InferSummary, production_model, run_inference
+from semspark.ingest.job import IngestSummary, run_ingest
 from semspark.schema import INFER_TABLES, INGEST_TABLES, RUN_EVENTS
 from semspark.storage import home_path
 
@@ -30,25 +31,38 @@ STALE_STAGING_S = 24 * 3600
 
 
 class NightlyError(RuntimeError):
-    """A step of the nightly run failed; the message names the step and what to do."""
+    """A step of the nightly run cannot run as configured (a bad input path, a broken model): exit 2."""
+
+
+class NightlyRunFailed(NightlyError, RunFailed):
+    """A step of the nightly run failed for a cause that may pass: rerun (exit 1)."""
 
 
 @dataclass
 class NightlyResult:
     run_id: str
-    status: str
+    status: str                     # succeeded | gated (finished, but below a quality gate)
     record: dict
     lines_: list[str]
+    ingest: IngestSummary | None = None
+    infer: InferSummary | None = None
+    quality_gate: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         return self.lines_
+
+    def as_dict(self) -> dict:
+        """The summary for ``--json``: the run's record, and each step's own summary."""
+        return {**{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in self.record.items()},
+                "ingest": self.ingest.as_dict() if self.ingest else None,
+                "infer": self.infer.as_dict() if self.infer else None, "quality_gate": self.quality_gate}
 
 
 def ensure_run_log(spark, database: str) -> None:
     ensure_tables(spark, database, (RUN_EVENTS,))
     spark.sql(f"""
         CREATE OR REPLACE VIEW {qualified(database, RUNS_VIEW)}
-        COMMENT 'One row per nightly run: its latest state (running, succeeded, failed, interrupted)'
+        COMMENT 'One row per nightly run: its latest state (running, succeeded, gated, failed, interrupted)'
         AS SELECT {', '.join(c for c in RUN_EVENTS.columns if c != 'recorded_at')}
         FROM (SELECT *, row_number() OVER (PARTITION BY run_id ORDER BY recorded_at DESC) AS latest
               FROM {qualified(database, RUN_EVENTS)})
@@ -101,8 +115,9 @@ def run_nightly(spark, config: Config, input_path: str, labels: str | None = Non
             _log_event(spark, db, record)
         except Exception:  # Spark itself may be what failed; the next run marks this one interrupted
             log.warning("could not record the failure of %s", run_id, exc_info=True)
-        return NightlyError(f"{step} failed: {exc}; the tables hold everything finished before it; "
-                            f"fix the cause and rerun (the run is recorded as {run_id} in {db}.{RUNS_VIEW})")
+        kind = NightlyError if is_usage_error(exc) else NightlyRunFailed
+        return kind(f"{step} failed: {exc}; the tables hold everything finished before it; "
+                    f"fix the cause and rerun (the run is recorded as {run_id} in {db}.{RUNS_VIEW})")
 
     log.info("nightly %s: ingest %s", run_id, input_path)
     try:
@@ -114,10 +129,12 @@ def run_nightly(spark, config: Config, input_path: str, labels: str | None = Non
                   quarantined=sum(ingest.quarantined.values()))
     lines += ingest.lines()
 
+    gate = ingest_gate(ingest, config.quality)
+    scored = None
     model = production_model(spark, db)
     if model is None:
-        record["message"] = "no production model: nothing scored (semspark promote NAME/VERSION)"
-        lines.append("no production model, so nothing was scored: run semspark promote NAME/VERSION")
+        record["message"] = "no production model: nothing scored (semspark promote --model NAME/VERSION)"
+        lines.append("no production model, so nothing was scored: run semspark promote --model NAME/VERSION")
     else:
         log.info("nightly %s: scoring with %s", run_id, model)
         try:
@@ -126,8 +143,13 @@ def run_nightly(spark, config: Config, input_path: str, labels: str | None = Non
             raise fail(f"scoring with {model}", exc) from exc
         record.update(model_version=scored.model_version, scored=scored.scored, score_failures=scored.failures)
         lines += scored.lines()
-    record.update(status="succeeded", ended_at=utc_now())
+        gate += infer_gate(scored, config.quality)
+    status = "gated" if gate else "succeeded"
+    if gate:
+        record["message"] = "; ".join(filter(None, [record.get("message"), "quality gate: " + "; ".join(gate)]))
+    record.update(status=status, ended_at=utc_now())
     _log_event(spark, db, record)
     seconds = (record["ended_at"] - record["started_at"]).total_seconds()
-    lines.append(f"nightly run {run_id} succeeded in {seconds:.0f} s")
-    return NightlyResult(run_id=run_id, status="succeeded", record=record, lines_=lines)
+    lines.append(f"nightly run {run_id} {status} in {seconds:.0f} s" + ("".join(f"\n  quality gate: {g}" for g in gate)))
+    return NightlyResult(run_id=run_id, status=status, record=record, lines_=lines, ingest=ingest, infer=scored,
+                         quality_gate=gate)

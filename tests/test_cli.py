@@ -10,7 +10,7 @@ import pytest
 from semspark.catalog import format_result
 from semspark.cli import main
 
-from .conftest import REAL_SAMPLES
+from .conftest import REAL_SAMPLES, register_copy
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -85,3 +85,73 @@ def test_scale_command_explains_and_draws(tmp_path, capsys):
     assert picture.parent == tmp_path and picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     import cv2
     assert cv2.imread(str(picture)).shape[1] == 1024
+
+
+def _config_file(spark, database: str, dataset: str) -> str:
+    path = Path(spark.conf.get("spark.local.dir")).parent / f"{database}.yaml"
+    path.write_text(f"catalog:\n  database: {database}\ningest:\n  image_size: 64\n  dataset_dir: datasets/{dataset}\n")
+    return str(path)
+
+
+@pytest.mark.spark
+def test_a_night_of_mostly_bad_files_exits_3_with_a_json_summary(spark, tmp_path, capsys):
+    """Three files that are not images and one real SEM file: 3 of 4 quarantined is over the
+    default gate (half), so the run's data is kept and the command exits 3 for the scheduler."""
+    import shutil
+
+    night = tmp_path / "night"
+    night.mkdir()
+    (night / "broken.tif").write_bytes(b"II*\x00garbage")
+    (night / "empty.png").write_bytes(b"")
+    (night / "notes.jpg").write_text("not a picture")
+    shutil.copy(REAL_SAMPLES / "zeiss_auriga_2um_tagged.tif", night / "good.tif")
+    config = _config_file(spark, "gated", "gated")
+    assert main(["--config", config, "ingest", "--input", str(night), "--json"]) == 3
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert (summary["new_images"], sum(summary["quarantined"].values()), summary["exit_code"]) == (1, 3, 3)
+    assert summary["new_by_scale_bin"] == {"2um": 1}           # the file's printed label (manifest)
+    assert "3 of 4 new files quarantined" in summary["quality_gate"][0]
+    assert "quality gate" in captured.err
+    # a rerun has nothing new to judge: it passes, and prints lines without --json
+    assert main(["--config", config, "ingest", "--input", str(night)]) == 0
+    assert "already ingested:       4" in capsys.readouterr().out
+
+
+@pytest.mark.spark
+def test_scale_bins_and_models_that_do_not_exist_are_named(spark, scoring, capsys):
+    """'all' means every bin for infer and train as for analyze; a bin or a model that is not there
+    is an error (exit 2) that lists what is, never an empty selection."""
+    config = _config_file(spark, "scoring", "scoring")
+    read_bins = {r.scale_bin for r in scoring.records}       # the generator's truth of these images
+    assert main(["--config", config, "infer", "--model", "scorer/latest", "--scale-bins", "3um"]) == 2
+    err = capsys.readouterr().err
+    assert "no image in scale bin 3um" in err and all(b in err for b in read_bins)
+    assert main(["--config", config, "train", "--scale-bins", "3um,1um", "--epochs", "1"]) == 2
+    assert "no image in scale bin 3um" in capsys.readouterr().err
+    assert main(["--config", config, "infer", "--model", "nosuch/1"]) == 2
+    err = capsys.readouterr().err
+    assert "no model named 'nosuch'" in err and "scorer" in err
+    copy = register_copy(scoring.model.path, "scorer-cli")     # the scores of scorer/1 stay as they are
+    code = main(["--config", config, "infer", "--model", copy, "--scale-bins", "all", "--json"])
+    summary = json.loads(capsys.readouterr().out)
+    assert code == summary["exit_code"] == 0 and summary["quality_gate"] == []
+    assert summary["candidates"] == summary["scored"] == spark.table("scoring.images").count()
+
+
+def test_exit_codes_by_cause(capsys):
+    from semspark.cli import _explain
+    from semspark.errors import EXIT_RETRY, EXIT_USAGE
+    from semspark.infer.job import InferError, InferRunFailed
+    from semspark.nightly import NightlyError, NightlyRunFailed
+    from semspark.train.job import TrainError, TrainRunFailed
+
+    for failed in (TrainRunFailed("rank 1 died"), InferRunFailed("executor lost"), NightlyRunFailed("ingest failed"),
+                   RuntimeError("Failed to start database 'metastore_db'")):
+        assert _explain(failed)[1] == EXIT_RETRY, failed
+    for wrong in (TrainError("no labels"), InferError("no production model"), NightlyError("no such input")):
+        assert _explain(wrong)[1] == EXIT_USAGE, wrong
+    assert _explain(ZeroDivisionError()) is None                 # a bug keeps its traceback
+    assert main(["promote", "scorer/1", "--model", "scorer/2"]) == 2
+    assert "two models given" in capsys.readouterr().err
+    assert main(["promote"]) == 2 and "--model" in capsys.readouterr().err

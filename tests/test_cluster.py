@@ -260,7 +260,7 @@ def pipeline(cluster, raw):
 
     # The nightly scores every image the production model has not scored (the first ingest's and
     # the night's) with run_inference, the code of jobs/infer.py: no separate infer submit.
-    result = subprocess.run([str(VENV_BIN / "semspark"), "promote", "clu/1"], env=cluster.env,
+    result = subprocess.run([str(VENV_BIN / "semspark"), "promote", "--model", "clu/1"], env=cluster.env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     nightly = subprocess.run(

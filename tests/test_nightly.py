@@ -131,7 +131,7 @@ def sql_json(ops, query: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def nightly_killed_and_rerun(ops):
-    semspark(ops, "promote", "scorer/1")
+    semspark(ops, "promote", "--model", "scorer/1")
     process = subprocess.Popen([str(VENV_BIN / "semspark"), "nightly", "--input", str(ops["raw"]),
                                 "--labels", "folders"], env=ops["env"], stderr=subprocess.PIPE,
                                stdout=subprocess.DEVNULL, text=True, start_new_session=True)

@@ -16,10 +16,12 @@ import logging
 import math
 import shutil
 import time
+import dataclasses
 from dataclasses import dataclass, field
 
-from semspark.catalog import ensure_tables, insert, new_run_id, qualified, utc_now
+from semspark.catalog import ensure_tables, insert, new_run_id, qualified, unknown_scale_bins, utc_now
 from semspark.config import Config
+from semspark.errors import RunFailed
 from semspark.ingest.job import dataset_url
 from semspark.schema import IMAGES, INFER_TABLES, INGEST_TABLES, PREDICTION, PREDICTIONS, PROMOTIONS
 from semspark.storage import home_path
@@ -37,6 +39,10 @@ class InferError(RuntimeError):
     """Scoring could not start or did not finish; the message says what to do."""
 
 
+class InferRunFailed(InferError, RunFailed):
+    """Scoring failed part-way; nothing half-written is kept and a rerun scores what is left."""
+
+
 @dataclass
 class InferSummary:
     model_version: str
@@ -49,6 +55,10 @@ class InferSummary:
     failure_examples: list[tuple[str, str]] = field(default_factory=list)
     by_category: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        """The summary for ``--json``: every field, as JSON types."""
+        return dataclasses.asdict(self)
 
     def lines(self) -> list[str]:
         rate = f" ({self.scored / self.seconds:.1f} images/s)" if self.scored and self.seconds else ""
@@ -123,13 +133,16 @@ def run_inference(spark, config: Config, model: str | None = None,
         model = production_model(spark, db)
         if model is None:
             raise InferError("no model is marked as production: give --model NAME/VERSION, or run "
-                             "semspark promote NAME/VERSION first")
+                             "semspark promote --model NAME/VERSION first")
     model_version, _, metadata = registry.verified_model(model)
     if not metadata.get("architecture"):
         raise InferError(f"{model_version} has no architecture in its metadata.json; retrain it with this semspark")
     run_id = new_run_id()
     summary = InferSummary(model_version=model_version, run_id=run_id)
 
+    problem = unknown_scale_bins(spark, db, scale_bins)
+    if problem:
+        raise InferError(problem)
     images = spark.table(qualified(db, IMAGES)).select("image_id", "scale_bin", "chroma", "contrast")
     if scale_bins:
         images = images.filter(F.col("scale_bin").isin(scale_bins))
@@ -200,7 +213,7 @@ def run_inference(spark, config: Config, model: str | None = None,
          .withColumn("model_version", F.lit(model_version))
          .write.mode("overwrite").parquet((staging / "scored").as_uri()))
     except Exception as exc:
-        raise InferError(f"scoring with {model_version} failed ({_first_line(exc)}); nothing was written "
+        raise InferRunFailed(f"scoring with {model_version} failed ({_first_line(exc)}); nothing was written "
                          "to the predictions table, rerun to try again") from exc
     finally:
         model_bytes.unpersist()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import shutil
+import dataclasses
 from dataclasses import dataclass, field
 
 from semspark.catalog import ensure_tables, insert, new_run_id, qualified, utc_now
@@ -44,6 +45,10 @@ class IngestSummary:
     new_by_scale_bin: dict[str, int] = field(default_factory=dict)
     new_by_scale_confidence: dict[str, int] = field(default_factory=dict)
     dataset_url: str = ""
+
+    def as_dict(self) -> dict:
+        """The summary for ``--json``: every field, as JSON types."""
+        return dataclasses.asdict(self)
 
     def lines(self) -> list[str]:
         out = [f"ingest run {self.run_id}",

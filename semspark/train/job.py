@@ -17,8 +17,9 @@ import subprocess
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from semspark.catalog import ensure_tables, insert, new_run_id, qualified, utc_now
+from semspark.catalog import ensure_tables, insert, new_run_id, qualified, unknown_scale_bins, utc_now
 from semspark.config import PROJECT_ROOT, Config
+from semspark.errors import RunFailed
 from semspark.ingest.job import dataset_url
 from semspark.schema import IMAGES, MODELS, TRAIN_TABLES, TRAINING_HISTORY
 from semspark.train import registry
@@ -31,6 +32,10 @@ log = logging.getLogger(__name__)
 
 class TrainError(RuntimeError):
     """Training could not start or did not finish; the message says what to do."""
+
+
+class TrainRunFailed(TrainError, RunFailed):
+    """The Horovod run failed part-way; its checkpoints are kept and a rerun resumes it."""
 
 
 @dataclass(frozen=True)
@@ -167,6 +172,9 @@ def run_training(spark, config: Config, request: TrainRequest) -> TrainResult:
         log.info("resuming run %s after epoch %s", run_id,
                  (registry.read_json(run / "state.json") or {}).get("completed_epochs", 0))
     else:
+        problem = unknown_scale_bins(spark, db, request.scale_bins)
+        if problem:
+            raise TrainError(problem)
         images = labelled_images(spark, db, list(request.scale_bins) or None)
         if len(set(images.labels)) < 2:
             raise TrainError(f"training needs labelled images of at least two categories in {db}.images "
@@ -209,7 +217,7 @@ def run_training(spark, config: Config, request: TrainRequest) -> TrainResult:
                                     use_gloo=True, verbose=1, executable=_executor_python(spark))
     except Exception as exc:
         state = registry.read_json(run / "state.json") or {}
-        raise TrainError(f"training failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+        raise TrainRunFailed(f"training failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
                          f"{state.get('completed_epochs', 0)} epochs are checkpointed: rerun with "
                          f"--run-id {run_id} to resume") from exc
     outcome = next(r for r in results if r is not None)

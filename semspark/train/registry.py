@@ -51,7 +51,11 @@ def resolve(spec: str) -> tuple[str, int, Path]:
     check_name(name)
     known = versions(name)
     if not known:
-        raise RegistryError(f"no model named {name!r} under {models_root()}; train one first")
+        root = models_root()
+        names = sorted(p.name for p in root.iterdir() if p.is_dir() and versions(p.name)) if root.is_dir() else []
+        have = f"the registered models are {', '.join(names)}" if names else "no model is registered yet"
+        raise RegistryError(f"no model named {name!r} under {root} ({have}); semspark models list shows them, "
+                            "semspark train makes one")
     if version in ("", "latest"):
         number = known[-1]
     elif version.isdigit() and int(version) in known:
