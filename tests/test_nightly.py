@@ -3,6 +3,7 @@ process) and rerun leaves correct tables; failures are recorded and reported. Th
 SQL paths on that catalog: Spark's Thrift server queried through beeline, and spark-sql."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -17,6 +18,8 @@ from pathlib import Path
 import pytest
 
 from semspark.catalog import insert
+from semspark.config import QualityConfig
+from semspark.errors import RunFailed
 from semspark.infer.job import promote
 from semspark.nightly import NightlyError, ensure_run_log, run_nightly
 from semspark.schema import RUN_EVENTS
@@ -67,10 +70,14 @@ def test_nightly_twice_leaves_the_same_tables(spark, scoring, tmp_path):
     scored_before = {r[0] for r in spark.sql(f"SELECT image_id FROM {db}.predictions "
                                              f"WHERE model_version = '{scoring.model.model_version}'").collect()}
     new = generated - known
-    first = run_nightly(spark, scoring.config, str(night), labels="folders")
-    assert first.status == "succeeded"
+    # a strict gate: 2 quarantined files of the night's ~10 are over 10%
+    strict = dataclasses.replace(scoring.config, quality=QualityConfig(max_quarantined_share=0.1))
+    first = run_nightly(spark, strict, str(night), labels="folders")
     # quarantined: the cut-short JPEG, and the generator's manifest.csv (not an image)
     assert first.record["new_images"] == len(new) and first.record["quarantined"] == 2
+    processed = len(new) + first.record["duplicate_files"] + 2
+    assert first.status == "gated" and len(first.quality_gate) == 1
+    assert first.quality_gate[0].startswith(f"2 of {processed} new files quarantined")
     # scored: what the production model had not scored yet, the new images included
     assert first.record["scored"] == len((known | new) - scored_before)
     assert any("nightly-ghost" in line for line in first.lines())
@@ -84,7 +91,8 @@ def test_nightly_twice_leaves_the_same_tables(spark, scoring, tmp_path):
 
     runs = {r["run_id"]: r for r in spark.sql(f"SELECT * FROM {db}.runs").collect()}
     assert runs["nightly-ghost"]["status"] == "interrupted"
-    assert runs[first.run_id]["status"] == runs[second.run_id]["status"] == "succeeded"
+    assert (runs[first.run_id]["status"], runs[second.run_id]["status"]) == ("gated", "succeeded")
+    assert "quality gate: 2 of" in runs[first.run_id]["message"]
     assert runs[first.run_id]["new_images"] == len(new) and runs[first.run_id]["ended_at"] is not None
 
 
@@ -92,6 +100,7 @@ def test_a_failed_nightly_says_what_failed_and_is_recorded(spark, scoring, tmp_p
     with pytest.raises(NightlyError, match="ingest failed") as caught:
         run_nightly(spark, scoring.config, str(tmp_path / "no-such-folder"))
     assert "rerun" in str(caught.value)
+    assert not isinstance(caught.value, RunFailed)     # a folder that does not exist: exit 2, not a retry
     failed = spark.sql("SELECT status, message FROM scoring.runs WHERE status = 'failed'").collect()
     assert len(failed) == 1 and "ingest failed" in failed[0]["message"]
 

@@ -10,6 +10,7 @@ from semspark.catalog import qualified
 from semspark.config import CatalogConfig, Config, IngestConfig
 from semspark.ingest.job import dataset_url, run_ingest
 from semspark.ingest.rescale import RescaleError, run_rescale
+from semspark.ingest.scale import READER_VERSION
 
 from .conftest import REAL_SAMPLES
 
@@ -108,7 +109,7 @@ def test_images_read_by_an_older_reader_are_read_again(spark, ingested):
     after = images(spark)
     for record in records[:3]:
         row = after[record.file.rsplit("/", 1)[-1]]
-        assert (row["scale_bin"], row["scale_reader"]) == (record.scale_bin, 2), record.file
+        assert (row["scale_bin"], row["scale_reader"]) == (record.scale_bin, READER_VERSION), record.file
         assert dataset(spark)[row["image_id"]]["scale_bin"] == record.scale_bin
     assert run_rescale(spark, CONFIG, "older").selected == 0
 

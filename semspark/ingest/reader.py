@@ -14,6 +14,7 @@ import numpy as np
 
 from semspark.ingest import databar as db
 from semspark.ingest.ocr import DIGIT_LOOKALIKES, UNIT_SPELLINGS, LabelReading, parse_label, recognise
+from semspark.ingest.overlay import READINGS, continuing_line, faint_label_crops, implausible
 
 
 @dataclass
@@ -48,15 +49,66 @@ def read_databar(gray: np.ndarray, rgb: np.ndarray | None, tessdata: str) -> Dat
                 fallback_band = band
     if _read_bands(inked_bands, width, tessdata, reading):
         return reading
-    # no band holds a bar with its label: text laid over the image itself (JEOL)?
+    # No band holds a bar with its label: text laid over the image itself (JEOL). It is read twice:
+    # from its saturated pixels (as the instrument drew it), and from its strokes' share of ink over
+    # the image around them (also when a resampled frame blurred it); two readings that disagree
+    # leave the scale unknown rather than a guess.
     overlay = DatabarReading()
-    if _read_bands(db.overlay_bands(planes), width, tessdata, overlay):
+    saturated = _read_bands(db.overlay_bands(planes), width, tessdata, overlay)
+    faint = DatabarReading()
+    faintly = _read_faint_overlay(planes, width, tessdata, faint)
+    if saturated and faintly and (overlay.label.value, overlay.label.unit) != (faint.label.value, faint.label.unit):
+        reading.notes += faint.notes + [f"text laid over the image reads {overlay.label.text!r} from its saturated "
+                                        f"pixels but {faint.label.text!r} from its strokes: left unknown"]
+    elif saturated:
         overlay.band = fallback_band   # the text lies on the image: cut only a band at its bottom, if any
         overlay.notes = reading.notes + ["label read from text laid over the image (no data band)"]
+        whole = continuing_line(planes, overlay.bar)
+        if whole is not None:
+            overlay.notes.append(f"the bar found ({overlay.bar.length_px:.1f} px) is a piece of a line "
+                                 f"{whole.length_px:.1f} px long: that line is the bar")
+            overlay.bar = whole
         return overlay
+    elif faintly:
+        faint.band = fallback_band
+        faint.notes = reading.notes + faint.notes + ["label read from faint text laid over the image (no data band)"]
+        return faint
+    else:
+        reading.notes += faint.notes
     if reading.band is None and fallback_band is not None:
         reading.band = fallback_band
     return reading
+
+
+def _read_faint_overlay(planes: np.ndarray, width: int, tessdata: str, reading: DatabarReading) -> bool:
+    """The first faint bar whose text line holds a plausible label that reads the same at every
+    magnification of ``READINGS`` (semspark/ingest/overlay.py)."""
+    for bar, cut in faint_label_crops(planes):
+        crop = cut(READINGS[0])
+        words = recognise(crop.image, tessdata, one_line=True)
+        label = parse_label(words, crop.image, crop.bar_span, crop.bar_y)
+        if label is None:
+            continue
+        others = []
+        for magnification in READINGS[1:]:
+            other = cut(magnification)
+            again = parse_label(recognise(other.image, tessdata, one_line=True), other.image, other.bar_span,
+                                other.bar_y)
+            others.append(again.text if again else None)
+            if again is None or (again.value, again.unit) != (label.value, label.unit):
+                break
+        else:
+            doubt = implausible(label, bar.length_px, width)
+            if doubt:
+                reading.notes.append(f"faint overlay bar {bar.length_px:.1f} px: {doubt}")
+                continue
+            reading.bar, reading.label = bar, label
+            reading.label_text = " ".join(w.text for w in words)
+            reading.label_box = _label_box(label, crop)
+            return True
+        reading.notes.append(f"faint overlay bar {bar.length_px:.1f} px: read {label.text!r}, then {others} at "
+                             "other sizes: not legible enough")
+    return False
 
 
 def _read_bands(inked_bands: list[db.BandInk], width: int, tessdata: str, reading: DatabarReading) -> bool:
@@ -84,13 +136,19 @@ def _read_bands(inked_bands: list[db.BandInk], width: int, tessdata: str, readin
                 continue
             reading.band, reading.bar, reading.label, reading.label_text = band, bar, label, text
             reading.inked = inked
-            if label.box is not None:
-                x, y, w, h = label.box
-                ox, oy = crop.origin
-                reading.label_box = (int(ox + (x - crop.pad) / crop.scale), int(oy + (y - crop.pad) / crop.scale),
-                                     int(w / crop.scale), int(h / crop.scale))
+            reading.label_box = _label_box(label, crop)
             return True
     return False
+
+
+def _label_box(label: LabelReading, crop: db.LabelCrop) -> tuple[int, int, int, int] | None:
+    """The label's box in image coordinates, from its box in the crop."""
+    if label.box is None:
+        return None
+    x, y, w, h = label.box
+    ox, oy = crop.origin
+    return (int(ox + (x - crop.pad) / crop.scale), int(oy + (y - crop.pad) / crop.scale),
+            int(w / crop.scale), int(h / crop.scale))
 
 
 FIELD_WIDTH = re.compile(r"(HFW|VFW|FOV|View\s*field|Width|Field\s*width)\s*[:=]?\s*([\dlIOo]+(?:[.,][\dOo]+)?)\s?(" +

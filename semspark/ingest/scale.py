@@ -26,8 +26,8 @@ from semspark.ingest.metadata import MetadataScale, unit_to_nm
 from semspark.ingest.ocr import LabelReading
 
 UNKNOWN_BIN = "unknown"
-# Recorded per image, so that `semspark rescale --older-than` finds what an older reader read.
-READER_VERSION = 2
+# Recorded per image, so that `semspark rescale --select older` finds what an older reader read.
+READER_VERSION = 3      # 3: text laid over the image also read from its strokes (resampled JEOL frames)
 PLAUSIBLE_NM_PER_PX = (0.01, 1e5)
 CONFIDENCES = ("high", "medium", "low", "none")
 
