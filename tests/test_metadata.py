@@ -65,3 +65,23 @@ def test_jeol_sidecar_in_latin_1_with_a_micro_sign():
 
 def test_unrelated_text_is_no_scale():
     assert scale_from_sidecar("hello\nthis is a lab note\n") is None
+
+
+def test_ome_physical_size_as_tifffile_writes_it(tmp_path):
+    """tifffile's OME-XML: 25 nm per pixel, SizeX 30 = the file's width (no rescale)."""
+    data = write_tiff(tmp_path, ome=True, metadata={"PhysicalSizeX": 25, "PhysicalSizeXUnit": "nm", "PhysicalSizeY": 25})
+    found = scale_from_tiff(data)
+    assert (found.source, found.nm_per_px, found.frame_width) == ("OME", 25.0, 30)
+
+
+@pytest.mark.parametrize("unit_attribute, nm", [(' PhysicalSizeXUnit="µm"', 2000.0), ("", 2000.0),
+                                                 (' PhysicalSizeXUnit="nm"', 2.0)])
+def test_ome_written_by_bio_formats(tmp_path, unit_attribute, nm):
+    """Bio-Formats writes the Pixels attributes in alphabetical order: PhysicalSizeX="2" comes before
+    SizeX="30"; the frame is SizeX, and the unit defaults to the micrometre (OME's schema)."""
+    xml = ('<?xml version="1.0" encoding="UTF-8"?><OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06">'
+           '<Image ID="Image:0"><Pixels BigEndian="false" DimensionOrder="XYCZT" ID="Pixels:0" '
+           f'PhysicalSizeX="2"{unit_attribute} PhysicalSizeY="2" SizeC="1" SizeT="1" SizeX="30" SizeY="20" '
+           'SizeZ="1" Type="uint8"><TiffData IFD="0" PlaneCount="1"/></Pixels></Image></OME>')
+    found = scale_from_tiff(write_tiff(tmp_path, description=xml.encode(), metadata=None))  # UTF-8, as Bio-Formats
+    assert (found.source, found.nm_per_px, found.frame_width) == ("OME", nm, 30)

@@ -121,7 +121,9 @@ def _ome(tif, page) -> MetadataScale | None:
         return None
     unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', xml)
     factor = unit_to_nm(unit.group(1)) if unit else 1e3   # OME's default unit is the micrometre
-    frame = re.search(r'SizeX="(\d+)"', xml)
+    # the frame's width: SizeX itself, not the end of PhysicalSizeX (Bio-Formats writes attributes
+    # in alphabetical order, PhysicalSizeX="25" before SizeX="512")
+    frame = re.search(r'(?<![A-Za-z])SizeX="(\d+)"', xml)
     if not factor:
         return None
     return MetadataScale(float(size.group(1)) * factor, "OME", frame_width=int(frame.group(1)) if frame else None)
