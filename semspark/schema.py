@@ -86,6 +86,9 @@ RESCALED = _fields(
     ("scale_source", StringType()), ("scale_mismatch", BooleanType()), ("metadata_nm_per_px", DoubleType()),
     ("scale_label_text", StringType()), ("scale_confidence", StringType()), ("scale_reason", StringType()),
     ("scale_reader", IntegerType()), ("scale_bin", StringType()),
+    # the content above the databar, cut again: the image only when the databar's height changed
+    ("databar_px", IntegerType()), ("phash", StringType()), ("chroma", DoubleType()), ("contrast", DoubleType()),
+    ("image", BinaryType()),
 )
 
 MODELS = TableSpec(
@@ -201,6 +204,13 @@ PROCESSED = _fields(
     ("scale_bin", StringType()), ("databar_px", IntegerType()), ("phash", StringType()),
     ("chroma", DoubleType()), ("contrast", DoubleType()), ("label", StringType()), ("image", BinaryType()),
 )
+
+
+def image_encoder(size: int):
+    """The function that encodes a uint8 ``size`` x ``size`` image as the dataset stores it (the
+    Unischema's PNG codec): ingest and rescale store images alike."""
+    field = image_unischema(size).image
+    return lambda image: bytes(field.codec.encode(field, image))
 
 
 @lru_cache(maxsize=8)

@@ -3,6 +3,7 @@ sem.images and the Petastorm dataset moved together, reruns that change nothing,
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -111,6 +112,64 @@ def test_images_read_by_an_older_reader_are_read_again(spark, ingested):
         row = after[record.file.rsplit("/", 1)[-1]]
         assert (row["scale_bin"], row["scale_reader"]) == (record.scale_bin, READER_VERSION), record.file
         assert dataset(spark)[row["image_id"]]["scale_bin"] == record.scale_bin
+    assert run_rescale(spark, CONFIG, "older").selected == 0
+
+
+def test_a_databar_found_elsewhere_cuts_the_stored_image_again(spark, ingested):
+    """An older reader that found no band kept the whole frame, databar included: rescale cuts the
+    stored image again above the band the generator drew (its manifest's height), computed here
+    from the file with OpenCV alone, and puts the new pixels in the dataset."""
+    import cv2
+    import numpy as np
+    from petastorm.etl.dataset_metadata import materialize_dataset
+    from pyspark.sql import functions as F
+
+    from semspark.ingest.rescale import finish_dataset_swap
+    from semspark.schema import image_encoder, image_unischema
+
+    root, records = ingested
+    record = records[4]                                    # an 8-bit grey TIFF, databar of the Zeiss layout
+    frame = cv2.imread(str(root / record.file), cv2.IMREAD_UNCHANGED)
+    assert frame.ndim == 2 and frame.dtype == np.uint8 and record.databar_px > 0
+    size = CONFIG.ingest.image_size
+    whole = cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA)
+    expected = cv2.resize(frame[:frame.shape[0] - record.databar_px], (size, size), interpolation=cv2.INTER_AREA)
+    name = qualified("rescale", "images")
+    image_id = images(spark)[record.file.rsplit("/", 1)[-1]]["image_id"]
+    # what the older reader left: no databar in sem.images, the whole frame in the dataset
+    table = spark.table(name)
+    is_old = F.col("image_id") == image_id
+    faked = table.select(*[F.when(is_old, F.lit(0)).otherwise(F.col(c)).alias(c) if c == "databar_px" else
+                           F.when(is_old, F.lit(1)).otherwise(F.col(c)).alias(c) if c == "scale_reader" else
+                           F.col(c) for c in table.columns])
+    faked.write.mode("overwrite").parquet(str(root.parent / "older_images"))
+    spark.read.parquet(str(root.parent / "older_images")).select(*table.columns).write.insertInto(name, overwrite=True)
+    spark.catalog.refreshTable(name)
+    url = dataset_url(CONFIG)
+    data_root = Path(url[len("file://"):])
+    bin_name = record.scale_bin
+    part = (spark.read.parquet(url).filter(F.col("scale_bin") == bin_name)
+            .withColumn("image", F.when(F.col("image_id") == image_id, F.lit(image_encoder(size)(whole)))
+                        .otherwise(F.col("image"))))
+    part.drop("scale_bin").write.mode("overwrite").parquet(str(root.parent / "older_part"))
+    journal = data_root / "_rescale_swap" / f"scale_bin={bin_name}"
+    journal.mkdir(parents=True)
+    shutil.move(str(root.parent / "older_part"), str(journal / "new"))
+    (journal / "ready").touch()
+    finish_dataset_swap(data_root)
+    with materialize_dataset(spark, url, image_unischema(size), CONFIG.ingest.row_group_size_mb):
+        pass
+    codec = image_unischema(size).image
+    stored = lambda: codec.codec.decode(codec, dataset(spark)[image_id]["image"])  # noqa: E731
+    assert np.array_equal(stored(), whole)                 # the older state, as faked
+    others = {k: v["image"] for k, v in dataset(spark).items() if k != image_id}
+
+    summary = run_rescale(spark, CONFIG, "older")
+    assert (summary.selected, summary.changed, summary.recut) == (1, 1, 1)
+    row = images(spark)[record.file.rsplit("/", 1)[-1]]
+    assert (row["databar_px"], row["scale_reader"]) == (record.databar_px, READER_VERSION)
+    assert np.abs(stored().astype(int) - expected).max() <= 1   # cut above the band, as ingest cuts it
+    assert {k: v["image"] for k, v in dataset(spark).items() if k != image_id} == others
     assert run_rescale(spark, CONFIG, "older").selected == 0
 
 

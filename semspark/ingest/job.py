@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from semspark.catalog import ensure_tables, insert, new_run_id, qualified, utc_now
 from semspark.config import Config
-from semspark.schema import FILES, IMAGES, INGEST_TABLES, PROCESSED, QUARANTINE, image_unischema
+from semspark.schema import FILES, IMAGES, INGEST_TABLES, PROCESSED, QUARANTINE, image_encoder, image_unischema
 from semspark.storage import home_path
 
 log = logging.getLogger(__name__)
@@ -339,12 +339,7 @@ def _make_worker(config: Config):
         from semspark.ingest.process import RawFile, process_files
         from semspark.storage import decode_text, read_bytes
 
-        schema = image_unischema(ingest_config.image_size)
-        codec_field = schema.image
-
-        def encode(image):
-            return bytes(codec_field.codec.encode(codec_field, image))
-
+        encode = image_encoder(ingest_config.image_size)
         for frame in batches:
             raws, meta = [], []
             for row in frame.itertuples(index=False):

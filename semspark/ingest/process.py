@@ -86,24 +86,36 @@ def process_file(raw: RawFile, config: IngestConfig, tessdata: str, encode, stor
                            reason=f"unexpected error: {type(exc).__name__}: {exc}")
     try:
         scale = scale_of(decoded, metadata, reading, config)
-        content_rows = reading.databar_top if reading.databar_top is not None else decoded.height
-        content = decoded.gray[:content_rows]
-        stored = None
-        if store:
-            size = config.image_size
-            stored = encode(cv2.resize(content, (size, size), interpolation=cv2.INTER_AREA))
+        content = stored_content(decoded, reading, config, encode if store else None)
         extra = {"reading": reading, "decoded": decoded} if keep_reading else {}
         return FileOutcome(
             path=raw.path, sha256=sha256, ok=True, format=decoded.format, width=decoded.width,
             height=decoded.height, bit_depth=decoded.bit_depth, color=decoded.color,
-            databar_px=decoded.height - content_rows, scale=scale, image_png=stored,
-            phash=hash_hex(perceptual_hash(content)),
-            **content_appearance(content, None if decoded.rgb is None else decoded.rgb[:content_rows]),
-            extra=extra)
+            databar_px=content["databar_px"], scale=scale, image_png=content["image"], phash=content["phash"],
+            chroma=content["chroma"], contrast=content["contrast"], extra=extra)
     except Exception as exc:
         log.warning("storing %s failed: %r", raw.path, exc)
         return FileOutcome(path=raw.path, sha256=sha256, ok=False, stage="store",
                            reason=f"{type(exc).__name__}: {exc}")
+
+
+def databar_height(decoded, reading: DatabarReading) -> int:
+    """Rows cut off the bottom of the image: from the data band's top down (0 without a band)."""
+    return decoded.height - reading.databar_top if reading.databar_top is not None else 0
+
+
+def stored_content(decoded, reading: DatabarReading, config: IngestConfig, encode=None) -> dict:
+    """What is kept of the image above its databar: the databar's height, the stored training image
+    (``encode``d at ``image_size``; None without ``encode``), its perceptual hash and appearance.
+    Ingest stores it; rescale stores it again when a newer reading cuts the databar elsewhere."""
+    content_rows = decoded.height - databar_height(decoded, reading)
+    content = decoded.gray[:content_rows]
+    image = None
+    if encode is not None:
+        size = config.image_size
+        image = encode(cv2.resize(content, (size, size), interpolation=cv2.INTER_AREA))
+    return {"databar_px": decoded.height - content_rows, "image": image, "phash": hash_hex(perceptual_hash(content)),
+            **content_appearance(content, None if decoded.rgb is None else decoded.rgb[:content_rows])}
 
 
 def read_file_scale(data: bytes, sidecar_text: str | None, config: IngestConfig, tessdata: str):

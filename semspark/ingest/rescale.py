@@ -9,8 +9,11 @@ over any later re-reading) gives the label, and optionally the bar's length.
 Only images whose scale changes are written: their ``sem.images`` rows (the partitions of the bins
 they leave and enter are rewritten, emptied ones dropped) and their rows of the Petastorm dataset
 (moved to their new ``scale_bin`` partition with the new ``nm_per_px``; Petastorm's metadata is
-regenerated). A rerun finds nothing to change and writes nothing. A file that is gone or no longer
-holds the same bytes is reported and its row left as it was. The stored pixels are not re-cut.
+regenerated). When the new reading cuts the databar at another height (a newer reader found the band
+elsewhere, or found one where the older found none), the stored image is cut again from the file
+and written in place of the old one, with its ``databar_px``, ``phash``, ``chroma`` and ``contrast``
+in sem.images. A rerun finds nothing to change and writes nothing. A file that is gone or no longer
+holds the same bytes is reported and its row left as it was.
 
 The corrections CSV has a header and one row per image: ``path`` or ``image_id``, ``value``,
 ``unit`` (nm, um, µm, mm), and optionally ``bar_px`` (the bar's length in pixels).
@@ -27,7 +30,7 @@ from semspark.catalog import ensure_tables, insert, new_run_id, qualified, utc_n
 from semspark.config import Config
 from semspark.ingest.metadata import normalise_unit
 from semspark.ingest.scale import READER_VERSION
-from semspark.schema import FILES, IMAGES, INGEST_TABLES, RESCALED, SCALE_CORRECTIONS, image_unischema
+from semspark.schema import FILES, IMAGES, INGEST_TABLES, RESCALED, SCALE_CORRECTIONS, image_encoder, image_unischema
 from semspark.storage import home_path
 
 log = logging.getLogger(__name__)
@@ -36,6 +39,8 @@ SELECTIONS = ("all", "unknown", "low", "older", "corrections")
 SCALE_COLUMNS = ("scale_value", "scale_unit", "scale_bar_px", "nm_per_px", "scale_source", "scale_mismatch",
                  "metadata_nm_per_px", "scale_label_text", "scale_confidence", "scale_reason", "scale_reader",
                  "scale_bin")
+# what is kept of the content above the databar; changed only with the databar's height
+CONTENT_COLUMNS = ("databar_px", "phash", "chroma", "contrast")
 
 
 class RescaleError(RuntimeError):
@@ -52,6 +57,7 @@ class RescaleSummary:
     unchanged: int = 0
     unreadable: list[str] = field(default_factory=list)
     moves: dict[str, int] = field(default_factory=dict)   # "old -> new" bin: images
+    recut: int = 0                                        # images whose stored pixels were cut again
 
     def lines(self) -> list[str]:
         out = [f"rescale run {self.run_id} ({self.selection})",
@@ -59,7 +65,8 @@ class RescaleSummary:
                f"  corrections applied:    {self.corrections}",
                f"  scale changed:          {self.changed}",
                f"  unchanged:              {self.unchanged}",
-               f"  unreadable (kept as were): {len(self.unreadable)}"]
+               f"  unreadable (kept as were): {len(self.unreadable)}",
+               f"  stored images cut again (databar moved): {self.recut}"]
         out += [f"    {reason}" for reason in self.unreadable[:10]]
         if self.moves:
             out.append("  images moved between scale bins:")
@@ -157,7 +164,8 @@ def run_rescale(spark, config: Config, selection: str = "low", corrections: str 
                 .select(F.regexp_replace("path", r"\.[^./]+$", "").alias("stem"), F.col("path").alias("sidecar_path"))
                 .dropDuplicates(["stem"]))
     work = (images.join(chosen, "image_id", "left_semi")
-            .select("image_id", "path", "width").withColumn("stem", F.regexp_replace("path", r"\.[^./]+$", ""))
+            .select("image_id", "path", "width", F.col("databar_px").alias("stored_databar_px"))
+            .withColumn("stem", F.regexp_replace("path", r"\.[^./]+$", ""))
             .join(sidecars, "stem", "left").drop("stem")
             .join(all_corrections, "image_id", "left"))
     staging = home_path(f"staging/{run_id}")
@@ -174,16 +182,17 @@ def run_rescale(spark, config: Config, selection: str = "low", corrections: str 
     summary.unreadable = [f"{r['image_id'][:12]}: {r['read_error']}" for r in failed.limit(50).collect()]
     n_failed = failed.count()
     fresh = reread.filter(F.col("read_error").isNull()).drop("read_error")
-    old = images.select("image_id", *[F.col(c).alias(f"old_{c}") for c in SCALE_COLUMNS])
+    old = images.select("image_id", *[F.col(c).alias(f"old_{c}") for c in SCALE_COLUMNS + ("databar_px",)])
     compared = fresh.join(old, "image_id")
     differs = None
-    for column in SCALE_COLUMNS:
+    for column in SCALE_COLUMNS + ("databar_px",):
         test = ~F.col(column).eqNullSafe(F.col(f"old_{column}"))
         differs = test if differs is None else differs | test
     changes = compared.filter(differs)
     changes.write.mode("overwrite").parquet((staging / "changes").as_uri())
     changes = spark.read.parquet((staging / "changes").as_uri())
     summary.changed = changes.count()
+    summary.recut = changes.filter(F.col("image").isNotNull()).count()
     summary.unchanged = summary.selected - summary.changed - n_failed
     if summary.changed == 0:
         shutil.rmtree(staging, ignore_errors=True)
@@ -207,8 +216,12 @@ def _rewrite_images(spark, db: str, changes, staging: Path) -> None:
     images = spark.table(name)
     bins = {r[0] for r in changes.select("old_scale_bin").distinct().collect()} | \
            {r[0] for r in changes.select("scale_bin").distinct().collect()}
-    updated_cols = [F.col(f"new.{c}").alias(c) if c in SCALE_COLUMNS else F.col(f"img.{c}") for c in images.columns]
-    new_rows = (images.alias("img").join(changes.select("image_id", *SCALE_COLUMNS).alias("new"), "image_id")
+    # the scale always; what is kept of the content only where it was cut again
+    updated_cols = [F.col(f"new.{c}").alias(c) if c in SCALE_COLUMNS else
+                    F.when(F.col("new.image").isNotNull(), F.col(f"new.{c}")).otherwise(F.col(f"img.{c}")).alias(c)
+                    if c in CONTENT_COLUMNS else F.col(f"img.{c}") for c in images.columns]
+    new_rows = (images.alias("img")
+                .join(changes.select("image_id", *SCALE_COLUMNS, *CONTENT_COLUMNS, "image").alias("new"), "image_id")
                 .select(*updated_cols))
     kept = images.filter(F.col("scale_bin").isin(list(bins))).join(changes.select("image_id"), "image_id", "left_anti")
     # Staged first: Spark cannot overwrite a table it is reading in the same job.
@@ -252,8 +265,9 @@ def _rewrite_dataset(spark, config: Config, changes, staging: Path) -> None:
            {r[0] for r in changes.select("scale_bin").distinct().collect()}
     columns = ["image_id", "label", "scale_bin", "nm_per_px", "image"]
     kept = dataset.filter(F.col("scale_bin").isin(list(bins))).join(changes.select("image_id"), "image_id", "left_anti")
-    new_rows = (moved.drop("scale_bin", "nm_per_px")
-                .join(changes.select("image_id", "scale_bin", "nm_per_px"), "image_id"))
+    new_rows = (moved.withColumnRenamed("image", "stored_image").drop("scale_bin", "nm_per_px")
+                .join(changes.select("image_id", "scale_bin", "nm_per_px", F.col("image").alias("recut")), "image_id")
+                .withColumn("image", F.coalesce("recut", "stored_image")))
     target = staging / "dataset"
     (kept.select(*columns).unionByName(new_rows.select(*columns))
      .repartition("scale_bin").write.mode("overwrite").partitionBy("scale_bin").parquet(target.as_uri()))
@@ -302,10 +316,12 @@ def _make_worker(config: Config):
 
         from semspark.ingest.formats import BadImage
         from semspark.ingest.ocr import find_tessdata
-        from semspark.ingest.process import read_file_scale, scale_of
+        from semspark.ingest.process import databar_height, read_file_scale, scale_of, stored_content
         from semspark.storage import decode_text, read_bytes
 
         tessdata = find_tessdata(ingest_config.tessdata_dir)
+        encode = image_encoder(ingest_config.image_size)
+
         for frame in batches:
             records = []
             for row in frame.itertuples(index=False):
@@ -337,6 +353,9 @@ def _make_worker(config: Config):
                     bar = float(row.corr_bar_px) if pd.notna(row.corr_bar_px) else None
                     correction = (float(row.corr_value), row.corr_unit, bar, row.corr_source)
                 record.update(scale_of(decoded, metadata, reading, ingest_config, correction).as_dict())
+                moved = pd.isna(row.stored_databar_px) or databar_height(decoded, reading) != int(row.stored_databar_px)
+                # the databar moved: the stored image is cut again (else only what is measured of it)
+                record.update(stored_content(decoded, reading, ingest_config, encode if moved else None))
                 records.append(record)
             yield pd.DataFrame.from_records(records, columns=RESCALED.fieldNames())
 
