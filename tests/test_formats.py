@@ -11,6 +11,8 @@ import tifffile
 
 from semspark.ingest.formats import BadImage, decode_gray, header_size, sniff_format
 
+from .conftest import REAL_SAMPLES
+
 LIMIT = 10_000_000
 
 
@@ -128,3 +130,23 @@ def test_decompression_bomb_is_refused_before_any_pixel_is_allocated():
     tracemalloc.stop()
     assert info.value.stage == "limits" and "3600000000 pixels" in info.value.reason
     assert peak < 5_000_000 and elapsed < 1.0
+
+
+def test_a_bug_in_semspark_fails_loudly_with_the_file_named_and_bad_input_is_quarantined(monkeypatch):
+    """A file the decoders refuse is bad input: a quarantine outcome with its reason. An exception
+    in semspark's own code (here the databar reader made to fail) is a bug: it is raised with the
+    file named, never turned into a quarantine row."""
+    from semspark.config import IngestConfig
+    from semspark.ingest import process
+    from semspark.ingest.process import RawFile, SemsparkBug, process_files
+
+    bad = process_files([RawFile("bad.tif", b"II*\x00garbage")], IngestConfig(), store=False)[0]
+    assert not bad.ok and bad.stage == "decode" and "TIFF" in bad.reason
+
+    good = RawFile("good.tif", (REAL_SAMPLES / "zeiss_auriga_2um_tagged.tif").read_bytes())
+
+    def broken_reader(*args, **kwargs):
+        raise ZeroDivisionError("division by zero")
+    monkeypatch.setattr(process, "read_databar", broken_reader)
+    with pytest.raises(SemsparkBug, match="semspark failed on good.tif: ZeroDivisionError"):
+        process_files([good], IngestConfig(), store=False)

@@ -110,6 +110,16 @@ def test_a_rerun_scores_only_new_images(spark, scoring, first_scoring, tmp_path)
     assert len(rows) == rows["image_id"].nunique() == len(before | new)
     latest_run = rows[rows["infer_run"] == added.run_id]
     assert set(latest_run["image_id"]) == new
+    # the pixels came only from the dataset files that hold a new image (found here with pyarrow)
+    import pyarrow.parquet as pq
+
+    from semspark.ingest.job import dataset_url
+
+    root = Path(dataset_url(scoring.config)[len("file://"):])
+    files = sorted(root.glob("scale_bin=*/*.parquet"))
+    holding = [f for f in files if new & set(pq.read_table(f, columns=["image_id"]).column("image_id").to_pylist())]
+    assert (added.dataset_files_read, added.dataset_files) == (len(holding), len(files))
+    assert len(holding) < len(files)
 
 
 def test_scale_bins_limit_what_is_scored(spark, scoring, first_scoring):

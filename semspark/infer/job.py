@@ -51,6 +51,8 @@ class InferSummary:
     already_scored: int = 0
     scored: int = 0
     missing_pixels: int = 0           # in sem.images but not in the dataset (reported, retried next run)
+    dataset_files: int = 0            # files of the image dataset in scope ...
+    dataset_files_read: int = 0       # ... and those whose pixels were read: the ones holding images to score
     failures: int = 0                 # stored image could not be decoded (reported, retried next run)
     failure_examples: list[tuple[str, str]] = field(default_factory=list)
     by_category: dict[str, int] = field(default_factory=dict)
@@ -64,7 +66,8 @@ class InferSummary:
         rate = f" ({self.scored / self.seconds:.1f} images/s)" if self.scored and self.seconds else ""
         out = [f"infer with {self.model_version} (run {self.run_id})",
                f"  images in scope: {self.candidates}, already scored by this version: {self.already_scored}",
-               f"  scored now: {self.scored} in {self.seconds:.1f} s{rate}"]
+               f"  scored now: {self.scored} in {self.seconds:.1f} s{rate}",
+               f"  pixels read from {self.dataset_files_read} of {self.dataset_files} dataset files"]
         out += [f"    {name:<30}{n}" for name, n in sorted(self.by_category.items(), key=lambda kv: -kv[1])]
         if self.missing_pixels:
             out.append(f"  {self.missing_pixels} images have no stored pixels in the dataset: rerun semspark ingest")
@@ -166,9 +169,10 @@ def run_inference(spark, config: Config, model: str | None = None,
         raise InferError(f"no readable image dataset at {url}: run semspark ingest first ({exc})") from exc
     if scale_bins:
         stored = stored.filter(F.col("scale_bin").isin(scale_bins))  # reads only those partitions
+    source = _files_holding(spark, stored, pending, url, summary)
     # A left join: an image of sem.images without stored pixels reaches the model as NULL and comes
     # back as an error row (reported, retried next run) instead of vanishing.
-    pixels = pending.join(stored.select("image_id", "image"), "image_id", "left").dropDuplicates(["image_id"])
+    pixels = pending.join(source.select("image_id", "image"), "image_id", "left").dropDuplicates(["image_id"])
 
     # Tasks of at most images_per_task images. When there are fewer tasks than cores, each task's
     # TensorFlow gets the idle cores too (up to an executor's): measured here, one task with two
@@ -279,6 +283,27 @@ def _flag(column: str):
     from pyspark.sql import functions as F
 
     return F.when(F.isnan(column) | F.col(column).isNull(), None).otherwise(F.col(column) > 0.5)
+
+
+def _files_holding(spark, stored, pending, url: str, summary: InferSummary):
+    """The stored images, read only from the dataset files that hold an image to score.
+
+    A night's images sit in the few files that night's ingest wrote; reading every file's pixels
+    to find them would make each night cost as much as the whole repository (9 GB at 150,000
+    images). The ids of every file are one small column (Parquet reads it alone); the pixels are
+    then read from the files that hold a pending id, and no others."""
+    from pyspark.sql import functions as F
+
+    holders = (stored.select("image_id", F.col("_metadata.file_path").alias("file"))
+               .join(pending.select("image_id"), "image_id", "left_semi").select("file").distinct())
+    files = sorted(r["file"] for r in holders.collect())
+    # Spark's file index also lists Parquet's summary files (_common_metadata): not data
+    summary.dataset_files = sum(1 for f in stored.inputFiles() if not f.rsplit("/", 1)[-1].startswith("_"))
+    summary.dataset_files_read = len(files)
+    if not files:
+        return stored.limit(0)
+    log.info("reading the pixels of %d of %d dataset files", len(files), summary.dataset_files)
+    return spark.read.option("basePath", url).parquet(*files)
 
 
 def _executor_cores(spark) -> int:

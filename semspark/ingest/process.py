@@ -80,10 +80,8 @@ def process_file(raw: RawFile, config: IngestConfig, tessdata: str, encode, stor
         return FileOutcome(path=raw.path, sha256=sha256, ok=False, stage=exc.stage, reason=exc.reason)
     except OcrUnavailable:
         raise                       # no engine: nothing can be read anywhere, fail the job loudly
-    except Exception as exc:  # an unexpected failure is still only this file's
-        log.warning("ingest failed on %s: %r", raw.path, exc)
-        return FileOutcome(path=raw.path, sha256=sha256, ok=False, stage="decode",
-                           reason=f"unexpected error: {type(exc).__name__}: {exc}")
+    except Exception as exc:
+        raise SemsparkBug(raw.path, exc) from exc
     try:
         scale = scale_of(decoded, metadata, reading, config)
         content = stored_content(decoded, reading, config, encode if store else None)
@@ -94,9 +92,19 @@ def process_file(raw: RawFile, config: IngestConfig, tessdata: str, encode, stor
             databar_px=content["databar_px"], scale=scale, image_png=content["image"], phash=content["phash"],
             chroma=content["chroma"], contrast=content["contrast"], extra=extra)
     except Exception as exc:
-        log.warning("storing %s failed: %r", raw.path, exc)
-        return FileOutcome(path=raw.path, sha256=sha256, ok=False, stage="store",
-                           reason=f"{type(exc).__name__}: {exc}")
+        raise SemsparkBug(raw.path, exc) from exc
+
+
+class SemsparkBug(RuntimeError):
+    """An exception in semspark's own code while processing a file. Bad input is found by the
+    decoders and the checks before them (BadImage, a quarantine row with its reason); anything else
+    is a bug, so it fails the task loudly with the file named, instead of hiding in sem.quarantine
+    as if the file were bad (and being skipped forever after)."""
+
+    def __init__(self, path: str, cause: BaseException):
+        super().__init__(f"semspark failed on {path}: {type(cause).__name__}: {cause} (a bug in semspark, "
+                         "not a bad file: please report it with this file; the run can be repeated once fixed)")
+        self.path = path
 
 
 def databar_height(decoded, reading: DatabarReading) -> int:
