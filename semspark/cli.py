@@ -1,7 +1,7 @@
 """``semspark <command>``: the one command line for people; ``jobs/*.py`` call the same commands.
 
-Commands: synth, ingest, rescale, train, infer, promote, models, nightly, analyze, sql, sql-server, scale,
-spark-conf, demo. Each parses its arguments, loads the config, builds the SparkSession if it needs one, calls
+Commands: synth, ingest, rescale, train, infer, promote, models, nightly, quarantine, analyze, sql,
+sql-server, scale, spark-conf, demo. Each parses its arguments, loads the config, builds the SparkSession if it needs one, calls
 one library function and prints a result.
 
 Exit codes (semspark/errors.py): 0 done; 1 the run failed and a rerun is the thing to do; 2 the command
@@ -65,6 +65,18 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("nightly", help="ingest what is new and score it with the production model")
     add_ingest_arguments(p)
+
+    p = sub.add_parser("quarantine", help="files that could not be ingested: list them, or have the next "
+                                          "ingest try them again")
+    quarantine = p.add_subparsers(dest="quarantine_command", required=True, metavar="action")
+    q = quarantine.add_parser("list", help="quarantined files, newest first: path, stage, reason, retryable")
+    q.add_argument("--stage", action="append", default=[], help="only this stage (read, decode, limits, sidecar); "
+                                                                 "repeatable")
+    q.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    q.add_argument("--limit", type=int, default=1000)
+    q = quarantine.add_parser("retry", help="mark quarantined files (of --stage, or all) to be read again by the "
+                                            "next ingest or nightly run over their folder")
+    q.add_argument("--stage", action="append", default=[], help="only this stage; repeatable")
 
     p = sub.add_parser("analyze", help="the paper's unsupervised study on a model's predictions: "
                                        "autoencoder, 2-NN, hierarchical clustering, NMI, report")
@@ -332,6 +344,18 @@ def cmd_nightly(args) -> int:
                       gate=lambda result, quality: result.quality_gate)
 
 
+def cmd_quarantine(args) -> int:
+    from semspark.ingest.quarantine import list_quarantine, mark_retryable
+
+    config = _config(args)
+    with _session(config, "quarantine") as spark:
+        if args.quarantine_command == "list":
+            print(list_quarantine(spark, config, tuple(args.stage), args.format, args.limit))
+        else:
+            print("\n".join(mark_retryable(spark, config, tuple(args.stage)).lines()))
+    return EXIT_OK
+
+
 def cmd_sql_server(args) -> int:
     import ipaddress
     import socket
@@ -428,7 +452,8 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"synth": cmd_synth, "ingest": cmd_ingest, "rescale": cmd_rescale, "train": cmd_train, "infer": cmd_infer,
-            "promote": cmd_promote, "models": cmd_models, "nightly": cmd_nightly, "analyze": cmd_analyze, "sql": cmd_sql, "sql-server": cmd_sql_server,
+            "promote": cmd_promote, "models": cmd_models, "nightly": cmd_nightly, "analyze": cmd_analyze,
+            "quarantine": cmd_quarantine, "sql": cmd_sql, "sql-server": cmd_sql_server,
             "scale": cmd_scale, "spark-conf": cmd_spark_conf, "demo": cmd_demo}
 
 

@@ -38,13 +38,14 @@ def is_usage_error(exc: BaseException) -> bool:
     from semspark.infer.job import InferError
     from semspark.ingest.job import IngestError
     from semspark.ingest.ocr import OcrUnavailable
+    from semspark.ingest.quarantine import QuarantineError
     from semspark.ingest.rescale import RescaleError
     from semspark.train.job import TrainError
     from semspark.train.registry import RegistryError
     from semspark.train.spec import ModelError
 
     usage = (ConfigError, IngestError, TrainError, ModelError, RegistryError, InferError, AnalysisError,
-             AnalysisMemoryError, RescaleError, OcrUnavailable)
+             AnalysisMemoryError, RescaleError, OcrUnavailable, QuarantineError)
     return isinstance(exc, usage) and not isinstance(exc, RunFailed)
 
 

@@ -61,9 +61,10 @@ QUARANTINE = TableSpec(
     schema=_fields(
         ("path", StringType()), ("sha256", StringType()), ("size", LongType()),
         ("modification_time", TimestampType()), ("stage", StringType()), ("reason", StringType()),
-        ("ingested_at", TimestampType()), ("ingest_run", StringType()),
+        ("ingested_at", TimestampType()), ("ingest_run", StringType()), ("retryable", BooleanType()),
     ),
-    comment="One row per file that could not be ingested, with the stage and the reason.",
+    comment="One row per file that could not be ingested, with the stage and the reason; retryable ones "
+            "(read errors) are tried again by every ingest.",
 )
 
 SCALE_CORRECTIONS = TableSpec(

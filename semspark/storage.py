@@ -47,6 +47,21 @@ def read_bytes(uri: str) -> bytes:
         return fh.read()
 
 
+def read_bytes_retrying(uri: str, attempts: int = 3, pause_s: float = 0.2) -> bytes:
+    """``read_bytes``, tried again after a short pause (doubling) when the read fails: a network
+    file system's hiccup or a file being replaced passes; what still fails is raised."""
+    import time
+
+    for attempt in range(attempts):
+        try:
+            return read_bytes(uri)
+        except OSError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(pause_s * 2 ** attempt)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def decode_text(data: bytes) -> str:
     """Sidecar text in whatever encoding the instrument wrote it.
 

@@ -116,6 +116,15 @@ def test_a_night_of_mostly_bad_files_exits_3_with_a_json_summary(spark, tmp_path
     # a rerun has nothing new to judge: it passes, and prints lines without --json
     assert main(["--config", config, "ingest", "--input", str(night)]) == 0
     assert "already ingested:       4" in capsys.readouterr().out
+    # the quarantine as the operator sees it, and a retry of a stage that is not there
+    assert main(["--config", config, "quarantine", "list", "--format", "json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert sorted((r["path"].rsplit("/", 1)[-1], r["stage"], r["retryable"]) for r in rows) == [
+        ("broken.tif", "decode", False), ("empty.png", "read", False), ("notes.jpg", "decode", False)]
+    assert main(["--config", config, "quarantine", "retry", "--stage", "io"]) == 2
+    assert "the stages there are decode, read" in capsys.readouterr().err
+    assert main(["--config", config, "quarantine", "retry", "--stage", "read"]) == 0
+    assert "1 quarantined files (read) marked" in capsys.readouterr().out
 
 
 @pytest.mark.spark

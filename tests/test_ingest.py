@@ -303,3 +303,69 @@ def test_tables_made_by_an_older_version_gain_new_columns(spark):
     insert(spark.createDataFrame([row], IMAGES.schema), "migrate", IMAGES)
     got = spark.table("migrate.images").collect()[0]
     assert (got["image_id"], got["phash"], got["scale_bin"], got["width"]) == ("abc", "00ff00ff00ff00ff", "1um", 7)
+
+
+def test_quarantined_files_are_tried_again_when_asked_and_leave_when_ingested(spark, tmp_path):
+    """Permanent failures wait; `quarantine retry` has the next ingest read them again; a file
+    ingested at last leaves sem.quarantine; a file keeps one row, its latest outcome."""
+    from semspark.ingest.quarantine import QuarantineError, list_quarantine, mark_retryable
+
+    strict = Config(catalog=CatalogConfig(database="healing"),
+                    ingest=dataclasses.replace(CONFIG.ingest, dataset_dir="datasets/healing", max_file_bytes=1000))
+    normal = dataclasses.replace(strict, ingest=dataclasses.replace(strict.ingest, max_file_bytes=5_000_000))
+    folder = tmp_path / "night"
+    folder.mkdir()
+    shutil.copy(REAL_SAMPLES / "zeiss_auriga_2um_tagged.tif", folder / "good.tif")   # 0.8 MB
+    (folder / "broken.tif").write_bytes(b"II*\x00garbage")                             # 12 bytes
+    first = run_ingest(spark, strict, str(folder))
+    assert (first.quarantined, first.new_images) == ({"limits": 1, "decode": 1}, 0)
+
+    def quarantined():
+        return sorted((r["path"].rsplit("/", 1)[-1], r["stage"], r["retryable"])
+                      for r in spark.table("healing.quarantine").collect())
+    assert quarantined() == [("broken.tif", "decode", False), ("good.tif", "limits", False)]
+    # permanent failures wait, even once the limit is raised, until someone asks
+    assert (run_ingest(spark, normal, str(folder)).retried, quarantined()[1][1]) == (0, "limits")
+    assert mark_retryable(spark, normal, ("limits",)).marked == 1
+    third = run_ingest(spark, normal, str(folder))
+    assert (third.retried, third.new_images, third.healed) == (1, 1, 1)
+    assert quarantined() == [("broken.tif", "decode", False)]
+    assert [r["path"].rsplit("/", 1)[-1] for r in spark.table("healing.files").collect()] == ["good.tif"]
+    # every stage again: the broken file is read again and fails the same way, one row still
+    assert mark_retryable(spark, normal).marked == 1
+    fourth = run_ingest(spark, normal, str(folder))
+    assert (fourth.retried, fourth.new_images) == (1, 0)
+    assert quarantined() == [("broken.tif", "decode", False)]
+    assert run_ingest(spark, normal, str(folder)).retried == 0
+    with pytest.raises(QuarantineError, match="the stages there are decode"):
+        mark_retryable(spark, normal, ("nosuch",))
+    assert "broken.tif,decode," in list_quarantine(spark, normal, fmt="csv")
+
+
+def test_an_unreadable_file_is_quarantined_as_io_and_retryable(tmp_path):
+    """A file listed but unreadable when its task reads it (here a link to nothing, read by the
+    task's own function): stage io after the retries, which the next ingest tries again."""
+    import pandas as pd
+
+    from semspark.ingest.job import _make_worker
+    from semspark.ingest.quarantine import RETRYABLE_STAGES
+
+    link = tmp_path / "late.tif"
+    link.symlink_to(tmp_path / "not_there_yet.tif")
+    frame = pd.DataFrame([{"path": uri(link), "size": 1000, "modification_time": pd.Timestamp("2026-01-01"),
+                           "sidecar_path": None, "label": None}])
+    out = pd.concat(list(_make_worker(CONFIG)(iter([frame]))))
+    assert (out["outcome"][0], out["stage"][0]) == ("quarantine", "io") and "could not read" in out["reason"][0]
+    assert "io" in RETRYABLE_STAGES and "read" not in RETRYABLE_STAGES    # an empty file stays quarantined
+
+
+def test_a_read_that_fails_is_tried_again_after_a_pause(tmp_path):
+    import threading
+
+    from semspark.storage import read_bytes_retrying
+
+    late = tmp_path / "late.bin"
+    threading.Timer(0.1, late.write_bytes, args=(b"arrived",)).start()
+    assert read_bytes_retrying(str(late), attempts=3, pause_s=0.4) == b"arrived"
+    with pytest.raises(FileNotFoundError):
+        read_bytes_retrying(str(tmp_path / "never.bin"), attempts=2, pause_s=0.01)

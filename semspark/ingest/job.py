@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from semspark.catalog import ensure_tables, insert, new_run_id, qualified, utc_now
 from semspark.config import Config
+from semspark.ingest.quarantine import heal, retryable_column, waiting_files
 from semspark.schema import FILES, IMAGES, INGEST_TABLES, PROCESSED, QUARANTINE, image_encoder, image_unischema
 from semspark.storage import home_path
 
@@ -45,6 +46,8 @@ class IngestSummary:
     new_by_scale_bin: dict[str, int] = field(default_factory=dict)
     new_by_scale_confidence: dict[str, int] = field(default_factory=dict)
     dataset_url: str = ""
+    retried: int = 0                  # quarantined files tried again (their failure may pass)
+    healed: int = 0                   # quarantine rows dropped: files ingested at last, older outcomes
 
     def as_dict(self) -> dict:
         """The summary for ``--json``: every field, as JSON types."""
@@ -57,7 +60,8 @@ class IngestSummary:
                f"  new images:             {self.new_images}",
                f"  duplicates (same bytes): {self.duplicate_files}",
                f"  sidecar files:          {self.sidecars}",
-               f"  quarantined:            {sum(self.quarantined.values())}"]
+               f"  quarantined:            {sum(self.quarantined.values())}",
+               f"  tried again from quarantine: {self.retried} (left it: {self.healed})"]
         out += [f"    {stage:<22}{n}" for stage, n in sorted(self.quarantined.items())]
         if self.new_by_scale_bin:
             out.append("  new images per scale bin:")
@@ -85,6 +89,7 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
     summary = IngestSummary(run_id=run_id, dataset_url=dataset_url(config))
     root = _qualified_root(spark, input_path)
     ensure_tables(spark, db, INGEST_TABLES)
+    heal(spark, db, run_id)         # what a run killed before its end left in sem.quarantine
 
     listing = (_list_files(spark, root)
                .withColumn("ext", F.lower(F.regexp_extract("path", r"\.([^./]+)$", 1)))
@@ -100,8 +105,9 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
                 .join(image_side.select("stem").distinct(), "stem", "left_semi"))
     candidates = listing.join(attached.select("path"), "path", "left_anti")  # images, orphan .txt, junk
 
+    # quarantined files wait unless their failure may pass (read errors): those are tried again
     known = (spark.table(qualified(db, FILES)).select("path", "size", "modification_time")
-             .unionByName(spark.table(qualified(db, QUARANTINE)).select("path", "size", "modification_time")))
+             .unionByName(waiting_files(spark, db)))
     key = ["path", "size", "modification_time"]
     pending = candidates.join(known, key, "left_anti")
     pending_sidecars = attached.join(known, key, "left_anti")
@@ -114,6 +120,8 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
 
     pending = pending.persist()
     n_pending = pending.count()
+    summary.retried = (pending.select(*key).join(spark.table(qualified(db, QUARANTINE)).select(*key), key, "left_semi")
+                       .count())
     n_sidecars = pending_sidecars.count()
     summary.already_known = summary.listed - n_pending - n_sidecars
     log.info("%d files to process (%d already ingested)", n_pending, summary.already_known)
@@ -156,8 +164,9 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
     sidecar_rows, orphan_sidecars = _sidecar_rows(spark, db, pending_sidecars, good)
     quarantine_rows = (bad.select("path", "sha256", "size", "modification_time", "stage", "reason")
                        .unionByName(orphan_sidecars)
-                       .join(spark.table(qualified(db, QUARANTINE)).select(*key), key, "left_anti")
-                       .withColumn("ingested_at", stamp).withColumn("ingest_run", run))
+                       .join(waiting_files(spark, db), key, "left_anti")
+                       .withColumn("ingested_at", stamp).withColumn("ingest_run", run)
+                       .withColumn("retryable", retryable_column()))
     insert(quarantine_rows, db, QUARANTINE)
 
     file_rows = (good.select("path", F.col("sha256").alias("image_id"), "size", "modification_time")
@@ -166,6 +175,8 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
                  .join(spark.table(qualified(db, FILES)).select(*key), key, "left_anti")
                  .withColumn("ingested_at", stamp).withColumn("ingest_run", run))
     insert(file_rows, db, FILES)
+    # files tried again and ingested now leave sem.quarantine; a file keeps its latest outcome only
+    summary.healed = heal(spark, db, run_id) if summary.retried else 0
 
     # The summary counts what this run wrote (small aggregates only).
     written = {r["outcome"]: r["count"] for r in staged.groupBy("outcome").count().collect()}
@@ -337,7 +348,7 @@ def _make_worker(config: Config):
         import pandas as pd
 
         from semspark.ingest.process import RawFile, process_files
-        from semspark.storage import decode_text, read_bytes
+        from semspark.storage import decode_text, read_bytes_retrying
 
         encode = image_encoder(ingest_config.image_size)
         for frame in batches:
@@ -350,12 +361,12 @@ def _make_worker(config: Config):
                                       f"{ingest_config.max_file_bytes} (ingest.max_file_bytes)")
                 else:
                     try:
-                        raw.data = read_bytes(row.path)
-                    except OSError as exc:
-                        raw.read_error = f"could not read: {exc}"
+                        raw.data = read_bytes_retrying(row.path)
+                    except OSError as exc:   # after the retries: a failure that may pass (io)
+                        raw.read_stage, raw.read_error = "io", f"could not read: {exc}"
                 if isinstance(row.sidecar_path, str):
                     try:
-                        raw.sidecar_text = decode_text(read_bytes(row.sidecar_path))
+                        raw.sidecar_text = decode_text(read_bytes_retrying(row.sidecar_path))
                     except OSError as exc:  # the image is still worth ingesting without it
                         log.warning("unreadable sidecar %s: %s", row.sidecar_path, exc)
                 raws.append(raw)

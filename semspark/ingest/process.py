@@ -31,7 +31,7 @@ class RawFile:
     data: bytes | None             # None when the file could not be read
     sidecar_text: str | None = None
     read_error: str | None = None
-    read_stage: str = "read"         # "limits" when the file was refused unread for its size
+    read_stage: str = "io"           # "limits" when the file was refused unread for its size
 
 
 @dataclass

@@ -317,7 +317,7 @@ def _make_worker(config: Config):
         from semspark.ingest.formats import BadImage
         from semspark.ingest.ocr import find_tessdata
         from semspark.ingest.process import databar_height, read_file_scale, scale_of, stored_content
-        from semspark.storage import decode_text, read_bytes
+        from semspark.storage import decode_text, read_bytes_retrying as read_bytes
 
         tessdata = find_tessdata(ingest_config.tessdata_dir)
         encode = image_encoder(ingest_config.image_size)
