@@ -120,6 +120,7 @@ def run_nightly(spark, config: Config, input_path: str, labels: str | None = Non
                     f"fix the cause and rerun (the run is recorded as {run_id} in {db}.{RUNS_VIEW})")
 
     log.info("nightly %s: ingest %s", run_id, input_path)
+    step_started = time.monotonic()
     try:
         ingest = run_ingest(spark, config, input_path, labels=labels)
     except Exception as exc:
@@ -129,6 +130,8 @@ def run_nightly(spark, config: Config, input_path: str, labels: str | None = Non
                   quarantined=sum(ingest.quarantined.values()))
     lines += ingest.lines()
 
+    log.info("nightly %s: ingest done in %.1f s: %d new images, %d quarantined", run_id,
+             time.monotonic() - step_started, ingest.new_images, sum(ingest.quarantined.values()))
     gate = ingest_gate(ingest, config.quality)
     scored = None
     model = production_model(spark, db)
@@ -141,6 +144,7 @@ def run_nightly(spark, config: Config, input_path: str, labels: str | None = Non
             scored = run_inference(spark, config, model)
         except Exception as exc:
             raise fail(f"scoring with {model}", exc) from exc
+        log.info("nightly %s: scoring done in %.1f s: %d images scored", run_id, scored.seconds, scored.scored)
         record.update(model_version=scored.model_version, scored=scored.scored, score_failures=scored.failures)
         lines += scored.lines()
         gate += infer_gate(scored, config.quality)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -94,7 +95,7 @@ def _config_file(spark, database: str, dataset: str) -> str:
 
 
 @pytest.mark.spark
-def test_a_night_of_mostly_bad_files_exits_3_with_a_json_summary(spark, tmp_path, capsys):
+def test_a_night_of_mostly_bad_files_exits_3_with_a_json_summary(spark, tmp_path, capsys, caplog):
     """Three files that are not images and one real SEM file: 3 of 4 quarantined is over the
     default gate (half), so the run's data is kept and the command exits 3 for the scheduler."""
     import shutil
@@ -106,12 +107,18 @@ def test_a_night_of_mostly_bad_files_exits_3_with_a_json_summary(spark, tmp_path
     (night / "notes.jpg").write_text("not a picture")
     shutil.copy(REAL_SAMPLES / "zeiss_auriga_2um_tagged.tif", night / "good.tif")
     config = _config_file(spark, "gated", "gated")
-    assert main(["--config", config, "ingest", "--input", str(night), "--json"]) == 3
+    with caplog.at_level(logging.INFO, logger="semspark"):
+        assert main(["--config", config, "ingest", "--input", str(night), "--json"]) == 3
     captured = capsys.readouterr()
+    # progress a log can hold: each phase with its count and rate, and the same phases in the summary
+    progress = [r.getMessage() for r in caplog.records if r.name == "semspark.ingest.job"]
+    assert any(m.startswith("processed 4 files (") and "files/s)" in m for m in progress), progress
     summary = json.loads(captured.out)
     assert (summary["new_images"], sum(summary["quarantined"].values()), summary["exit_code"]) == (1, 3, 3)
     assert summary["new_by_scale_bin"] == {"2um": 1}           # the file's printed label (manifest)
     assert "3 of 4 new files quarantined" in summary["quality_gate"][0]
+    assert set(summary["phase_seconds"]) == {"listing", "comparing", "processing", "writing"}
+    assert all(seconds >= 0 for seconds in summary["phase_seconds"].values())
     assert "quality gate" in captured.err
     # a rerun has nothing new to judge: it passes, and prints lines without --json
     assert main(["--config", config, "ingest", "--input", str(night)]) == 0

@@ -12,10 +12,11 @@ redoes them and writes only what is missing.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import shutil
-import dataclasses
+import time
 from dataclasses import dataclass, field
 
 from semspark.catalog import ensure_tables, insert, new_run_id, qualified, utc_now
@@ -47,6 +48,7 @@ class IngestSummary:
     new_by_scale_confidence: dict[str, int] = field(default_factory=dict)
     dataset_url: str = ""
     retried: int = 0                  # quarantined files tried again (their failure may pass)
+    phase_seconds: dict[str, float] = field(default_factory=dict)   # listing, comparing, processing, writing
     healed: int = 0                   # quarantine rows dropped: files ingested at last, older outcomes
 
     def as_dict(self) -> dict:
@@ -87,6 +89,7 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
     run_id = new_run_id()
     started = utc_now()
     summary = IngestSummary(run_id=run_id, dataset_url=dataset_url(config))
+    clock = _PhaseClock(summary.phase_seconds)
     root = _qualified_root(spark, input_path)
     ensure_tables(spark, db, INGEST_TABLES)
     heal(spark, db, run_id)         # what a run killed before its end left in sem.quarantine
@@ -97,7 +100,7 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
                .withColumn("rel", F.expr(f"substring(path, {len(root) + 2})")))
     listing = listing.persist()
     summary.listed = listing.count()
-    log.info("listed %d files under %s", summary.listed, root)
+    log.info("listed %d files under %s (%s)", summary.listed, root, clock.lap("listing", summary.listed, "files"))
 
     sidecar_exts = list(config.ingest.sidecar_extensions)
     image_side = listing.filter(~F.col("ext").isin(sidecar_exts))
@@ -124,7 +127,8 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
                        .count())
     n_sidecars = pending_sidecars.count()
     summary.already_known = summary.listed - n_pending - n_sidecars
-    log.info("%d files to process (%d already ingested)", n_pending, summary.already_known)
+    log.info("%d files to process (%d already ingested, %d tried again from quarantine) (%s)", n_pending,
+             summary.already_known, summary.retried, clock.lap("comparing", summary.listed, "files"))
     if n_pending == 0 and n_sidecars == 0:
         listing.unpersist()
         pending.unpersist()
@@ -140,6 +144,7 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
                  .mapInPandas(worker, schema=PROCESSED))
     log.info("processing %d files in %d tasks", n_pending, tasks)
     processed.write.mode("overwrite").parquet((staging / "processed").as_uri())
+    log.info("processed %d files (%s)", n_pending, clock.lap("processing", n_pending, "files"))
     staged = spark.read.parquet((staging / "processed").as_uri())
     if labels not in (None, "folders"):
         staged = _with_csv_id_labels(spark, staged, labels)
@@ -194,7 +199,22 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
     pending.unpersist()
     listing.unpersist()
     shutil.rmtree(staging, ignore_errors=True)
+    log.info("wrote %d new images, %d quarantined (%s)", summary.new_images, sum(summary.quarantined.values()),
+             clock.lap("writing", n_pending, "files"))
     return summary
+
+
+class _PhaseClock:
+    """Seconds per phase of a run, kept in ``into``; each lap reads well in a log: '12.3 s, 81 files/s'."""
+
+    def __init__(self, into: dict[str, float]):
+        self.into, self.last = into, time.monotonic()
+
+    def lap(self, phase: str, count: int, unit: str) -> str:
+        now = time.monotonic()
+        seconds, self.last = now - self.last, now
+        self.into[phase] = round(self.into.get(phase, 0.0) + seconds, 3)
+        return f"{seconds:.1f} s" + (f", {count / seconds:.0f} {unit}/s" if count and seconds > 0 else "")
 
 
 def _counts(df, column: str) -> dict[str, int]:
