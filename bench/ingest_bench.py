@@ -13,7 +13,11 @@ plus the real samples of ../shared/samples/real. Everything runs in this one pro
 - baseline (the same run, the same files): the same decode and band detection, then Tesseract
   (the same engine, no process start) on the whole band, as a naive reader would;
 - real samples: how many printed labels are read right and how many nm/px are within 5% of the
-  manifest's reference (the issue's measure), on ../shared/samples/real.
+  manifest's reference (the issue's measure), on ../shared/samples/real;
+- text laid over the image (JEOL, ``synth.vendor_databars.write_jeol_frames``: as written and
+  resized after drawing): labels right (the bar within 1%), wrong and unknown, and milliseconds per
+  image, for the whole reader against reader 2's way of reading it (saturated pixels only), measured
+  in the same run; and the cost of an image with no databar at all (the real sample without one).
 
 Machines here are noisy: compare the ratio to the baseline, not absolute times across runs.
 """
@@ -150,6 +154,57 @@ def real_samples(config):
             "no_databar_reported_unknown": f"{unknown_right}/{len(rows) - len(labels)}"}
 
 
+def text_over_image(folder: Path, config) -> dict:
+    """The whole reader against saturated pixels only (reader 2), on JEOL frames written by the
+    generator with their truth; plus the milliseconds of an image without any databar."""
+    from semspark.ingest.reader import DatabarReading, _read_bands
+    from semspark.synth.vendor_databars import write_jeol_frames
+
+    tessdata = find_tessdata(config.tessdata_dir)
+    frames = write_jeol_frames(folder / "jeol")
+    raws = [RawFile(f.path, Path(f.path).read_bytes()) for f in frames]
+
+    def score(readings):   # (value, unit, bar_px or None) per frame -> right / wrong / unknown per group
+        out = {}
+        for group in ("as_written", "resampled"):
+            chosen = [(f, r) for f, r in zip(frames, readings) if f.resampled == (group == "resampled")]
+            right = int(sum(r[0] is not None and (r[0], r[1]) == (f.value, f.unit)
+                            and abs(r[2] - f.bar_px) <= max(1.5, 0.01 * f.bar_px) for f, r in chosen))
+            unknown = sum(r[0] is None for _, r in chosen)
+            out[group] = {"frames": len(chosen), "right": right, "wrong": len(chosen) - right - unknown,
+                          "unknown": unknown}
+        return out
+
+    process_files(raws[:2], config, store=False)
+    started = time.perf_counter()
+    outcomes = process_files(raws, config, store=False)
+    whole_s = time.perf_counter() - started
+    whole = [(o.scale.scale_value, o.scale.scale_unit, o.scale.scale_bar_px) for o in outcomes]
+
+    started = time.perf_counter()
+    saturated = []
+    for raw in raws:
+        decoded = decode_gray(raw.data, sniff_format(raw.data), config.max_pixels)
+        planes = databar.colour_planes(decoded.gray, decoded.rgb)
+        reading = DatabarReading()
+        if _read_bands(databar.overlay_bands(planes), decoded.width, tessdata, reading):
+            saturated.append((reading.label.value, reading.label.unit, reading.bar.length_px))
+        else:
+            saturated.append((None, None, None))
+    saturated_s = time.perf_counter() - started
+
+    result = {"reader": {**score(whole), "ms_per_image": round(1000 * whole_s / len(raws), 1)},
+              "saturated_pixels_only_reader_2": {**score(saturated),
+                                                 "ms_per_image": round(1000 * saturated_s / len(raws), 1)}}
+    no_databar = REAL / "no_databar_rgb.tif"
+    if no_databar.exists():
+        raw = [RawFile(str(no_databar), no_databar.read_bytes())] * 5
+        started = time.perf_counter()
+        process_files(raw, config, store=False)
+        result["image_without_databar_ms"] = round(1000 * (time.perf_counter() - started) / len(raw), 1)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=240, help="synthetic images (default 240)")
@@ -166,6 +221,7 @@ def main() -> None:
         ocr_s, ocr_right, from_ocr = ocr_path(files, truth, config)
         base_s, base_right = baseline(files, truth, config)
         real = real_samples(config)
+        overlay = text_over_image(folder, config)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     n = len(files)
@@ -186,6 +242,7 @@ def main() -> None:
             "labels_right": base_right, "accuracy": round(base_right / n, 4)},
         "ocr_speedup_vs_baseline": round(ocr_rate / base_rate, 2),
         "real_samples": real,
+        "text_over_image": overlay,
     }
     result["targets"] = {
         "ocr_images_per_s_per_core >= 40": result["ocr_path"]["images_per_s_per_core"] >= TARGETS["ocr_images_per_s_per_core"],

@@ -287,45 +287,27 @@ JEOL_READ_WRONG = {
 
 @pytest.fixture(scope="module")
 def jeol_frames(tmp_path_factory):
-    """JEOL frames as the instrument wrote them and resampled afterwards (text of 10 px and more, the
-    reader's documented limit), over every morphology: the truth of what was drawn."""
-    import cv2
+    from semspark.synth.vendor_databars import write_jeol_frames
 
-    from semspark.synth.morphology import CATEGORIES, render
-    from semspark.synth.vendor_databars import draw_vendor
-
-    folder = tmp_path_factory.mktemp("jeol")
-    cases = []
-    sizes = [(800, 1.0), (800, 0.75), (800, 0.6), (1024, 1.0), (1024, 0.75), (1024, 0.5), (1280, 1.0), (1280, 0.6),
-             (1280, 0.5)]
-    for seed in range(4):
-        for k, (width, factor) in enumerate(sizes):
-            rng = np.random.default_rng([31, seed, k])
-            value, unit = VENDOR_SCALES[(seed * len(sizes) + k) % len(VENDOR_SCALES)]
-            content = (render(CATEGORIES[(seed * 3 + k) % 10], rng, width * 3 // 4, width) * 255).astype(np.uint8)
-            drawn = draw_vendor("jeol", content, f"{value:g} {unit}", int(rng.integers(width // 10, width // 4)), rng)
-            image = drawn.image[..., ::-1]
-            if factor != 1.0:
-                image = cv2.resize(image, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
-            name = f"jeol_{width}_x{factor:.2f}_s{seed}"
-            cv2.imwrite(str(folder / f"{name}.png"), image)
-            cases.append((name, folder / f"{name}.png", value, {"µm": "um"}.get(unit, unit), drawn.bar_px * factor))
-    return cases
+    return write_jeol_frames(tmp_path_factory.mktemp("jeol"))
 
 
 def test_jeol_overlays_as_written_and_resampled(jeol_frames):
     """Text laid over the image: read whether saturated (as written) or faint (resampled), the
     bar measured to 1%; what is not read stays unknown rather than wrong."""
-    outcomes = read_scale_files([str(case[1]) for case in jeol_frames])
+    outcomes = read_scale_files([frame.path for frame in jeol_frames])
     read, wrong = [], {}
-    for (name, path, value, unit, bar_px), outcome in zip(jeol_frames, outcomes):
+    for frame, outcome in zip(jeol_frames, outcomes):
         s = outcome.scale
         if s.scale_value is None:
             continue
-        if (s.scale_value, s.scale_unit) != (value, unit) or abs(s.scale_bar_px - bar_px) > max(1.5, 0.01 * bar_px):
-            wrong[name] = (value, unit, round(bar_px, 1), s.scale_value, s.scale_unit, round(s.scale_bar_px, 1))
+        bar_px = frame.bar_px
+        bar_right = abs(s.scale_bar_px - bar_px) <= max(1.5, 0.01 * bar_px)
+        if (s.scale_value, s.scale_unit) != (frame.value, frame.unit) or not bar_right:
+            wrong[frame.name] = (frame.value, frame.unit, round(bar_px, 1), s.scale_value, s.scale_unit,
+                                 round(s.scale_bar_px, 1))
         else:
-            read.append(name)
+            read.append(frame)
     assert set(wrong) == set(JEOL_READ_WRONG), wrong
-    resampled = [name for name in read if not name.endswith(("x1.00_s0", "x1.00_s1", "x1.00_s2", "x1.00_s3"))]
-    assert len(read) >= 20 and len(resampled) >= 12, (len(read), len(resampled), sorted(read))
+    resampled = [frame.name for frame in read if frame.resampled]
+    assert len(read) >= 20 and len(resampled) >= 12, (len(read), len(resampled), sorted(f.name for f in read))

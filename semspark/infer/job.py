@@ -11,12 +11,12 @@ So a rerun, or a run after a crash at any point, scores nothing twice and duplic
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
 import shutil
 import time
-import dataclasses
 from dataclasses import dataclass, field
 
 from semspark.catalog import ensure_tables, insert, new_run_id, qualified, unknown_scale_bins, utc_now
@@ -218,7 +218,7 @@ def run_inference(spark, config: Config, model: str | None = None,
          .write.mode("overwrite").parquet((staging / "scored").as_uri()))
     except Exception as exc:
         raise InferRunFailed(f"scoring with {model_version} failed ({_first_line(exc)}); nothing was written "
-                         "to the predictions table, rerun to try again") from exc
+                             "to the predictions table, rerun to try again") from exc
     finally:
         model_bytes.unpersist()
         if reference_bytes is not None:

@@ -6,34 +6,33 @@ stroke with the image under it: a 2-px white bar over a grey of 200 becomes a ro
 strokes the same, and no fixed level tells them from the image's own bright pixels. What still
 holds is the shape:
 
-- the bar is a long horizontal line brighter than the rows just above and below it, all along
-  its length. A vertical top-hat (the row minus the opening of its column) keeps such lines and
-  drops the image's slow variations; summed over three rows (a resampled 2-px bar spreads over
-  two or three) and averaged along a run of columns, a bar stands many times over the image's
-  noise, which averages out. Its ends are where that response falls to half the bar's own level
-  just inside the end (the level follows the grey the bar lies on), to a fraction of a pixel; a
-  few columns under half with the bar going on after them are a bright stroke of the image
-  crossing it.
+- the bar is a long horizontal line brighter than the rows on *both* sides of it (the edge of a
+  bright particle is not a line). Its step over those rows, as a share of ink over the image's own
+  level there, is the same all along the bar over dark and bright parts alike; summed over three
+  rows (a resampled 2-px bar spreads over two or three) and averaged along a run of columns, a bar
+  stands many times over the image's noise, which averages out. Its ends are where that share
+  falls to half the bar's own level just inside the end, to a fraction of a pixel; a few columns
+  under half with the bar going on after them are a bright stroke of the image crossing it.
 - the label is text in the same colour next to the bar, on the line just below it (JEOL) or just
   above it: the ink's strength is the bar's own (drawn alike, resampled alike), the line's rows
   are where that ink is dense, and strokes of the image crossing the line are cut to it.
 
-This runs only when neither a data band nor saturated overlay text gave a label (semspark/ingest/
-reader.py): it costs a few Tesseract calls on images with no databar at all. A faint label must
-also be physically plausible, since a stroke of the image read as a digit is the one way it can
-be wrong (``implausible``).
+semspark/ingest/reader.py makes this reading for every image whose bands give no label, beside the
+reading of saturated overlay pixels, and keeps a label only when the two do not contradict each
+other. A faint label must also be physically plausible, since a stroke of the image read as a digit
+is the one way it can be wrong (``implausible``).
 """
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import cv2
 import numpy as np
 
 from semspark.ingest import databar as db
-from semspark.ingest.ocr import LabelReading
+from semspark.ingest.metadata import unit_to_nm
+from semspark.ingest.ocr import DIGIT_LOOKALIKES, LABEL_PATTERN, LabelReading
 
 LINE_SIGMAS = 6.0            # a bar's averaged response stands this far above the image's noise
 BAR_ROWS = 3                 # a resampled bar spreads over up to this many rows
@@ -48,7 +47,6 @@ MIN_TEXT_ROWS = 7            # the text line's rows: smaller text (under ~10 px)
 READINGS = (1.0, 1.25, 1.5)
 # a scale bar's physical range in an SEM: the whole field from 20 nm to 30 mm
 FIELD_NM = (20.0, 3e7)
-_UNIT_NM = {"nm": 1.0, "um": 1e3, "mm": 1e6}
 
 
 @dataclass(frozen=True)
@@ -142,17 +140,41 @@ def _bar_end(response: np.ndarray, visible: np.ndarray, start: int, inward: int,
     return outer + inward * (half - smooth[outer]) / (smooth[last] - smooth[outer])
 
 
-def faint_label_crops(planes: np.ndarray) -> Iterator[tuple[db.ScaleBar, Callable[[float], db.LabelCrop | None]]]:
+@dataclass
+class OverlayRegion:
+    """The image's bottom rows as ink levels (white ink: the darkest channel; black ink: 255 - the
+    brightest), with their faint lines found once and shared by both uses of them."""
+    top: int                                    # the region's first row in the image
+    width: int
+    levels: tuple[np.ndarray, np.ndarray]
+    _lines: dict = field(default_factory=dict)
+
+    def lines(self, k: int) -> list[FaintLine]:
+        if k not in self._lines:
+            self._lines[k] = faint_lines(self.levels[k], self.width)
+        return self._lines[k]
+
+
+def overlay_region(planes: np.ndarray) -> OverlayRegion:
+    top = int(planes.shape[0] * (1 - db.OVERLAY_ROWS))
+    region = planes[top:]
+    if region.shape[2] > 1:
+        lowest, highest = region.min(axis=2), region.max(axis=2)
+    else:
+        lowest = highest = region[..., 0]
+    return OverlayRegion(top, planes.shape[1], (np.ascontiguousarray(lowest), np.ascontiguousarray(255 - highest)))
+
+
+def faint_label_crops(region: OverlayRegion) -> Iterator[tuple[db.ScaleBar, Callable[[float], db.LabelCrop]]]:
     """For each faint bar in the image's bottom rows (white ink, then black), the text line below
     it and the one above it: a function that cuts it at a magnification (``READINGS``), black on
     white for Tesseract, the image's own strokes cut away. Crops are cut only when asked for: most
     are read at one magnification only (no label there)."""
-    width = planes.shape[1]
-    top, levels = _overlay_levels(planes)
+    width, top = region.width, region.top
     guess = max(8.0, TEXT_HEIGHT_GUESS * width)
     kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (max(5, int(guess * 0.5) | 1),) * 2)
-    for level in levels:
-        lines = [line for line in faint_lines(level, width) if 0.03 * width <= line.length_px <= 0.85 * width]
+    for k, level in enumerate(region.levels):
+        lines = [line for line in region.lines(k) if 0.03 * width <= line.length_px <= 0.85 * width]
         if not lines:
             continue
         # thin bright strokes (text, the bar, the image's own edges) as their share of ink over the
@@ -188,27 +210,13 @@ def faint_label_crops(planes: np.ndarray) -> Iterator[tuple[db.ScaleBar, Callabl
                 yield bar, cut
 
 
-def _overlay_levels(planes: np.ndarray) -> tuple[int, tuple[np.ndarray, np.ndarray]]:
-    """The first row of the image's bottom rows, and their ink levels: white ink (the darkest
-    channel), then black ink (255 - the brightest)."""
-    top = int(planes.shape[0] * (1 - db.OVERLAY_ROWS))
-    region = planes[top:]
-    if region.shape[2] > 1:
-        lowest, highest = region.min(axis=2), region.max(axis=2)
-    else:
-        lowest = highest = region[..., 0]
-    return top, (np.ascontiguousarray(lowest), np.ascontiguousarray(255 - highest))
-
-
-def continuing_line(planes: np.ndarray, bar: db.ScaleBar) -> db.ScaleBar | None:
+def continuing_line(region: OverlayRegion, bar: db.ScaleBar) -> db.ScaleBar | None:
     """The whole bar, when ``bar`` (found on saturated overlay pixels) is only a piece of a longer
     line: a resampled bar loses its saturated pixels where it crosses brighter parts of the image,
     and a piece of it next to the label must not be taken for the bar."""
-    width = planes.shape[1]
-    top, levels = _overlay_levels(planes)
-    for level in levels:
-        for line in faint_lines(level, width):
-            row = top + line.row
+    for k in range(len(region.levels)):
+        for line in region.lines(k):
+            row = region.top + line.row
             if not bar.top - BAR_ROWS <= row <= bar.bottom + BAR_ROWS:
                 continue
             if line.x0 <= bar.x0 + 2 and line.x1 >= bar.x1 - 2 and line.length_px > 1.1 * bar.length_px:
@@ -276,10 +284,12 @@ def implausible(label: LabelReading, bar_px: float, width: int) -> str | None:
     A stroke of the image beside the number reads as a 1 or a 0 ("l10 µm" for "10 µm"): digit
     look-alikes are taken only as a number of their own ("lum" is 1 µm). And the whole field the
     label implies (value / bar * width) must be one an SEM can image."""
-    number = re.match(r"[\dlI|Oo]+(?:[.,][\dOo]+)?", label.text)
-    if number and len(number.group(0)) > 1 and re.search(r"[lI|Oo]", number.group(0)):
+    found = LABEL_PATTERN.match(label.text)          # the text the label was parsed from
+    number = found.group(1) if found else ""
+    lookalikes = set(DIGIT_LOOKALIKES) - {ord(",")}
+    if len(number) > 1 and any(ord(c) in lookalikes for c in number):
         return f"{label.text!r}: a digit look-alike beside other characters (a stroke of the image?)"
-    field = label.value * _UNIT_NM[label.unit] / max(bar_px, 1e-6) * width
+    field = label.value * unit_to_nm(label.unit) / max(bar_px, 1e-6) * width
     if not FIELD_NM[0] <= field <= FIELD_NM[1]:
         return f"{label.text!r} over {bar_px:.0f} px makes a field of {field / 1e6:.3g} mm, beyond an SEM's"
     return None

@@ -14,7 +14,8 @@ import numpy as np
 
 from semspark.ingest import databar as db
 from semspark.ingest.ocr import DIGIT_LOOKALIKES, UNIT_SPELLINGS, LabelReading, parse_label, recognise
-from semspark.ingest.overlay import READINGS, continuing_line, faint_label_crops, implausible
+from semspark.ingest.overlay import (READINGS, OverlayRegion, continuing_line, faint_label_crops, implausible,
+                                     overlay_region)
 
 
 @dataclass
@@ -55,15 +56,16 @@ def read_databar(gray: np.ndarray, rgb: np.ndarray | None, tessdata: str) -> Dat
     # leave the scale unknown rather than a guess.
     overlay = DatabarReading()
     saturated = _read_bands(db.overlay_bands(planes), width, tessdata, overlay)
+    region = overlay_region(planes)
     faint = DatabarReading()
-    faintly = _read_faint_overlay(planes, width, tessdata, faint)
+    faintly = _read_faint_overlay(region, tessdata, faint)
     if saturated and faintly and (overlay.label.value, overlay.label.unit) != (faint.label.value, faint.label.unit):
         reading.notes += faint.notes + [f"text laid over the image reads {overlay.label.text!r} from its saturated "
                                         f"pixels but {faint.label.text!r} from its strokes: left unknown"]
     elif saturated:
         overlay.band = fallback_band   # the text lies on the image: cut only a band at its bottom, if any
         overlay.notes = reading.notes + ["label read from text laid over the image (no data band)"]
-        whole = continuing_line(planes, overlay.bar)
+        whole = continuing_line(region, overlay.bar)
         if whole is not None:
             overlay.notes.append(f"the bar found ({overlay.bar.length_px:.1f} px) is a piece of a line "
                                  f"{whole.length_px:.1f} px long: that line is the bar")
@@ -80,10 +82,10 @@ def read_databar(gray: np.ndarray, rgb: np.ndarray | None, tessdata: str) -> Dat
     return reading
 
 
-def _read_faint_overlay(planes: np.ndarray, width: int, tessdata: str, reading: DatabarReading) -> bool:
+def _read_faint_overlay(region: OverlayRegion, tessdata: str, reading: DatabarReading) -> bool:
     """The first faint bar whose text line holds a plausible label that reads the same at every
     magnification of ``READINGS`` (semspark/ingest/overlay.py)."""
-    for bar, cut in faint_label_crops(planes):
+    for bar, cut in faint_label_crops(region):
         crop = cut(READINGS[0])
         words = recognise(crop.image, tessdata, one_line=True)
         label = parse_label(words, crop.image, crop.bar_span, crop.bar_y)
@@ -98,7 +100,7 @@ def _read_faint_overlay(planes: np.ndarray, width: int, tessdata: str, reading: 
             if again is None or (again.value, again.unit) != (label.value, label.unit):
                 break
         else:
-            doubt = implausible(label, bar.length_px, width)
+            doubt = implausible(label, bar.length_px, region.width)
             if doubt:
                 reading.notes.append(f"faint overlay bar {bar.length_px:.1f} px: {doubt}")
                 continue

@@ -353,9 +353,12 @@ def _make_worker(config: Config):
                     bar = float(row.corr_bar_px) if pd.notna(row.corr_bar_px) else None
                     correction = (float(row.corr_value), row.corr_unit, bar, row.corr_source)
                 record.update(scale_of(decoded, metadata, reading, ingest_config, correction).as_dict())
-                moved = pd.isna(row.stored_databar_px) or databar_height(decoded, reading) != int(row.stored_databar_px)
-                # the databar moved: the stored image is cut again (else only what is measured of it)
-                record.update(stored_content(decoded, reading, ingest_config, encode if moved else None))
+                height = databar_height(decoded, reading)
+                if pd.isna(row.stored_databar_px) or height != int(row.stored_databar_px):
+                    # the databar moved: the stored image is cut again, with what is measured of it
+                    record.update(stored_content(decoded, reading, ingest_config, encode))
+                else:
+                    record["databar_px"] = height
                 records.append(record)
             yield pd.DataFrame.from_records(records, columns=RESCALED.fieldNames())
 

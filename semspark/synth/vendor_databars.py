@@ -22,6 +22,7 @@ Distractors with length units (WD, HFW, View field) are there on purpose.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -242,3 +243,46 @@ def _jeol(content, label, bar_px, font_px, rng) -> VendorDrawing:
     y_bar = y_text - int(font_px * 0.5)
     d.rectangle([x0, y_bar, x0 + bar_px - 1, y_bar + 1], fill=white)
     return VendorDrawing(np.asarray(canvas), h, float(bar_px))
+
+
+# JEOL frames as the instrument wrote them (x1.00) and resampled afterwards, with text of 10 px and
+# more (the reader's documented limit): the set of tests/test_scale.py and bench/ingest_bench.py.
+JEOL_SIZES = ((800, 1.0), (800, 0.75), (800, 0.6), (1024, 1.0), (1024, 0.75), (1024, 0.5), (1280, 1.0),
+              (1280, 0.6), (1280, 0.5))
+JEOL_SCALES = ((200, "nm"), (1, "µm"), (2, "µm"), (10, "µm"), (50, "µm"), (500, "nm"), (1, "mm"))
+
+
+@dataclass(frozen=True)
+class JeolFrame:
+    name: str               # jeol_<width>_x<factor>_s<seed>
+    path: str
+    value: float            # the label drawn, unit nm | um | mm
+    unit: str
+    bar_px: float           # the bar's length in the written file
+    resampled: bool
+
+
+def write_jeol_frames(folder, seeds=range(4), sizes=JEOL_SIZES) -> list[JeolFrame]:
+    """JEOL frames over every morphology, resized with INTER_AREA where the factor is not 1, as PNG."""
+    import cv2
+
+    from semspark.synth.morphology import CATEGORIES, render
+
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    frames = []
+    for seed in seeds:
+        for k, (width, factor) in enumerate(sizes):
+            rng = np.random.default_rng([31, seed, k])
+            value, unit = JEOL_SCALES[(seed * len(sizes) + k) % len(JEOL_SCALES)]
+            content = (render(CATEGORIES[(seed * 3 + k) % 10], rng, width * 3 // 4, width) * 255).astype(np.uint8)
+            drawn = draw_vendor("jeol", content, f"{value:g} {unit}", int(rng.integers(width // 10, width // 4)), rng)
+            image = drawn.image[..., ::-1]
+            if factor != 1.0:
+                image = cv2.resize(image, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
+            name = f"jeol_{width}_x{factor:.2f}_s{seed}"
+            path = Path(folder) / f"{name}.png"
+            if not cv2.imwrite(str(path), image):
+                raise OSError(f"could not write {path}")
+            frames.append(JeolFrame(name, str(path), float(value), {"µm": "um"}.get(unit, unit),
+                                    drawn.bar_px * factor, factor != 1.0))
+    return frames
