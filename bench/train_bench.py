@@ -64,7 +64,7 @@ def rank_throughput(payload):
 
     hvd.init()
     model = compiled(payload["arch"], len(payload["classes"]), payload["size"], 0.01, distributed=hvd)
-    data = tf_dataset(payload["url"], set(payload["ids"]), payload["classes"], payload["stored"], payload["size"],
+    data = tf_dataset(payload["url"], payload["label_of"], payload["stored"], payload["size"],
                       payload["batch"], hvd.rank(), hvd.size(), repeat=True, shuffle_buffer=64)
     # Everyone starts from rank 0's weights, as in training.
     cb = hvd.callbacks.BroadcastGlobalVariablesCallback(0)
@@ -103,11 +103,11 @@ def main() -> None:
         generate(home / "raw", args.images, seed=0, width=384, height=288)
         run_ingest(spark, config, str(home / "raw"), labels="folders")
         images = labelled_images(spark, "sem")
-        ids, classes, url = images.image_ids, images.class_names, dataset_url(config)
+        classes, url = images.class_names, dataset_url(config)
 
         # In memory: the same images, decoded once, resized once.
         pixels, labels = [], []
-        for image, label, _ in read_shard(url, set(ids), classes, 0, 1):
+        for image, label, _ in read_shard(url, images.label_of(), 0, 1):
             pixels.append(tf.image.resize(image[..., None].astype("float32"), (args.input_size, args.input_size),
                                           antialias=True).numpy())
             labels.append(label)
@@ -116,7 +116,7 @@ def main() -> None:
         model = compiled(args.arch, len(classes), args.input_size, 0.01)
         in_memory = timed_fit(model, memory, args.steps, args.warmup, args.batch)
 
-        payload = {"arch": args.arch, "size": args.input_size, "stored": stored, "url": url, "ids": ids,
+        payload = {"arch": args.arch, "size": args.input_size, "stored": stored, "url": url, "label_of": images.label_of(),
                    "classes": classes, "batch": args.batch, "steps": args.steps, "warmup": args.warmup}
         real = {}
         for ranks in (1, 2):

@@ -119,7 +119,7 @@ def cli_alexnet(seed: int) -> dict:
     metadata = json.loads((home / "models" / "alex" / "1" / "metadata.json").read_text())
     run = json.loads((home / "runs" / metadata["run_id"] / "split.json").read_text())
     test_ids = "','".join(run["test"])
-    query = ("SELECT avg(CAST(p.category = i.label AS INT)) AS accuracy FROM sem.predictions p JOIN sem.images i "
+    query = ("SELECT avg(CAST(p.category = i.label AS INT)) AS accuracy FROM sem.predictions p JOIN sem.current_labels i "
              f"USING (image_id) WHERE p.model_version = 'alex/1' AND p.image_id IN ('{test_ids}')")
     printed = subprocess.run(semspark + ["sql", query, "--format", "json"], env=env, check=True,
                              capture_output=True, text=True).stdout

@@ -1,6 +1,6 @@
 """``semspark <command>``: the one command line for people; ``jobs/*.py`` call the same commands.
 
-Commands: synth, ingest, rescale, train, infer, promote, models, nightly, quarantine, analyze, sql,
+Commands: synth, ingest, rescale, train, infer, promote, models, nightly, label, quarantine, analyze, sql,
 sql-server, scale, spark-conf, demo. Each parses its arguments, loads the config, builds the SparkSession if it needs one, calls
 one library function and prints a result.
 
@@ -65,6 +65,14 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("nightly", help="ingest what is new and score it with the production model")
     add_ingest_arguments(p)
+
+    p = sub.add_parser("label", help="add or correct labels in sem.labels (the one label source; training reads "
+                                     "the current ones) without touching pixels")
+    p.add_argument("--csv", metavar="FILE.csv", help="rows image_id,label or path,label; an empty label removes it")
+    p.add_argument("--image-id", help="one image (with --label): a person's correction")
+    p.add_argument("--label", help="the label for --image-id; '' removes the image's label")
+    p.add_argument("--who", help="who labels (default: $SEMSPARK_USER or the login name)")
+    add_json_argument(p)
 
     p = sub.add_parser("quarantine", help="files that could not be ingested: list them, or have the next "
                                           "ingest try them again")
@@ -344,6 +352,22 @@ def cmd_nightly(args) -> int:
                       gate=lambda result, quality: result.quality_gate)
 
 
+def cmd_label(args) -> int:
+    from semspark.labels import label_from_csv, label_one
+
+    if bool(args.csv) == bool(args.image_id):
+        raise UserError("give --csv FILE, or --image-id ID with --label NAME")
+    if args.image_id and args.label is None:
+        raise UserError("--image-id needs --label (an empty --label '' removes the label)")
+    if args.csv and args.label is not None:
+        raise UserError("--label goes with --image-id; a CSV carries its labels")
+    if args.csv:
+        return _run_stage(args, "label", lambda spark, config: label_from_csv(
+            spark, config.catalog.database, args.csv, labelled_by=args.who))
+    return _run_stage(args, "label", lambda spark, config: label_one(
+        spark, config.catalog.database, args.image_id, args.label or None, labelled_by=args.who))
+
+
 def cmd_quarantine(args) -> int:
     from semspark.ingest.quarantine import list_quarantine, mark_retryable
 
@@ -453,7 +477,7 @@ def cmd_demo(args) -> int:
 
 COMMANDS = {"synth": cmd_synth, "ingest": cmd_ingest, "rescale": cmd_rescale, "train": cmd_train, "infer": cmd_infer,
             "promote": cmd_promote, "models": cmd_models, "nightly": cmd_nightly, "analyze": cmd_analyze,
-            "quarantine": cmd_quarantine, "sql": cmd_sql, "sql-server": cmd_sql_server,
+            "quarantine": cmd_quarantine, "label": cmd_label, "sql": cmd_sql, "sql-server": cmd_sql_server,
             "scale": cmd_scale, "spark-conf": cmd_spark_conf, "demo": cmd_demo}
 
 

@@ -70,8 +70,8 @@ def run_demo(config: Config, n: int = 600, seed: int = 0, train: bool = True) ->
             ("images per scale bin", f"SELECT scale_bin, count(*) AS images FROM {db}.images "
                                      "GROUP BY scale_bin ORDER BY images DESC"),
             ("images per category in the paper's 1um-2um subset",
-             f"SELECT label, count(*) AS images FROM {db}.images WHERE scale_bin IN ('1um', '2um') "
-             "GROUP BY label ORDER BY label"),
+             f"SELECT l.label, count(*) AS images FROM {db}.images i JOIN {db}.current_labels l USING (image_id) "
+             "WHERE scale_bin IN ('1um', '2um') GROUP BY l.label ORDER BY l.label"),
             ("where the scale came from", f"SELECT scale_source, count(*) AS images, "
                                           f"sum(CAST(scale_mismatch AS INT)) AS tag_disagrees_with_bar "
                                           f"FROM {db}.images GROUP BY scale_source ORDER BY images DESC"),

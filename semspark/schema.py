@@ -43,7 +43,8 @@ IMAGES = TableSpec(
         ("scale_bin", StringType()),
     ),
     partition_by=("scale_bin",),
-    comment="One row per distinct image (SHA-256 of its bytes), with its scale and label.",
+    comment="One row per distinct image (SHA-256 of its bytes), with its scale and the label it was ingested "
+            "with (the current label is in current_labels).",
 )
 
 FILES = TableSpec(
@@ -76,6 +77,16 @@ SCALE_CORRECTIONS = TableSpec(
     ),
     comment="Scale corrections given by people (a CSV to semspark rescale); the latest per image wins, "
             "also over later re-readings.",
+)
+
+LABELS = TableSpec(
+    name="labels",
+    schema=_fields(
+        ("image_id", StringType()), ("label", StringType()), ("source", StringType()),
+        ("labelled_by", StringType()), ("labelled_at", TimestampType()), ("label_run", StringType()),
+    ),
+    comment="Every labelling of an image (source folders, csv or person; an empty label removes it); the "
+            "latest per image is its current label (the view current_labels), which training reads.",
 )
 
 INGEST_TABLES = (IMAGES, FILES, QUARANTINE)

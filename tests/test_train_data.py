@@ -50,13 +50,13 @@ def test_two_horovod_ranks_read_disjoint_shards_covering_the_training_images(spa
     train = set(split.ids("train"))
     url = dataset_url(CONFIG)
 
-    def read(url, train, class_names):
+    def read(url, label_of):
         import horovod.tensorflow as hvd
 
         hvd.init()
-        return sorted(i for _, _, i in read_shard(url, train, class_names, hvd.rank(), hvd.size()))
+        return sorted(i for _, _, i in read_shard(url, label_of, hvd.rank(), hvd.size()))
 
-    shards = horovod.spark.run(read, args=(url, train, images.class_names), num_proc=2)
+    shards = horovod.spark.run(read, args=(url, images.label_of(train)), num_proc=2)
     assert len(shards) == 2 and all(shards)
     assert not set(shards[0]) & set(shards[1])
     assert set(shards[0]) | set(shards[1]) == train
@@ -66,7 +66,7 @@ def test_tf_dataset_batches_images_and_label_indices(spark, ingested):
     images = labelled_images(spark, "traindata")
     split = make_split(images, seed=1)
     test_ids = set(split.ids("test"))
-    data = tf_dataset(dataset_url(CONFIG), test_ids, images.class_names, image_size=64, input_size=75,
+    data = tf_dataset(dataset_url(CONFIG), images.label_of(test_ids), image_size=64, input_size=75,
                       batch_size=4)
     seen = 0
     for x, y in data:

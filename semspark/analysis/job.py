@@ -19,6 +19,7 @@ import numpy as np
 from semspark.catalog import ensure_tables, new_run_id, qualified, utc_now
 from semspark.config import Config
 from semspark.ingest.job import dataset_url
+from semspark.labels import current_labels, ensure_labels
 from semspark.schema import ANALYSIS_TABLES, CLUSTER_SCORES, CLUSTERS, IMAGES, PREDICTIONS
 from semspark.storage import home_path
 from semspark.train import registry
@@ -75,10 +76,12 @@ def run_analysis(spark, config: Config, request: AnalysisRequest) -> AnalysisSum
         if not spark.catalog.tableExists(qualified(db, table)):
             raise AnalysisError(f"there is no table {qualified(db, table)}: run semspark ingest and infer first")
     ensure_tables(spark, db, ANALYSIS_TABLES)
+    ensure_labels(spark, db)
 
     rows = (spark.table(qualified(db, PREDICTIONS)).filter(F.col("model_version") == model_version)
             .select("image_id", "category", F.col(features).alias("features"))
-            .join(spark.table(qualified(db, IMAGES)).select("image_id", "label", "scale_bin"), "image_id"))
+            .join(spark.table(qualified(db, IMAGES)).select("image_id", "scale_bin"), "image_id")
+            .join(current_labels(spark, db), "image_id", "left"))
     if bins:
         rows = rows.filter(F.col("scale_bin").isin(list(bins)))
     if request.within_category:

@@ -105,17 +105,22 @@ def create_latest_view(spark, database: str, model_version: str) -> None:
 
     The version is written into the view as a literal (registry names cannot hold a quote), so a
     query on the view reads one partition of sem.predictions."""
+    from semspark.labels import CURRENT_LABELS_VIEW, ensure_labels
+
     registry.check_name(model_version.split("/")[0])
+    ensure_labels(spark, database)
     images, predictions = qualified(database, IMAGES), qualified(database, PREDICTIONS)
+    labels = qualified(database, CURRENT_LABELS_VIEW)
     spark.sql(f"""
         CREATE OR REPLACE VIEW {qualified(database, LATEST_VIEW)}
         COMMENT 'Every image with the prediction of the production model ({model_version})'
         AS SELECT i.image_id, i.path, i.format, i.width, i.height, i.scale_bin, i.scale_value, i.scale_unit,
-                  i.nm_per_px, i.label, i.ingested_at, p.model_version, p.category, p.confidence,
+                  i.nm_per_px, l.label, i.ingested_at, p.model_version, p.category, p.confidence,
                   p.uncertain, p.out_of_distribution, p.ood_distance, p.ood_reason,
                   p.probabilities, p.logits, p.embedding, p.predicted_at
         FROM {images} i LEFT JOIN {predictions} p
-          ON p.image_id = i.image_id AND p.model_version = '{model_version}'""")
+          ON p.image_id = i.image_id AND p.model_version = '{model_version}'
+        LEFT JOIN {labels} l ON l.image_id = i.image_id""")
 
 
 def run_inference(spark, config: Config, model: str | None = None,

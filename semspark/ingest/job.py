@@ -5,8 +5,10 @@ Every listed file ends in exactly one place: ``sem.files`` (an image, or the sid
 time): a rerun over the same input does nothing, a grown folder adds only the new files, and a
 file rewritten in place is ingested again.
 
+Labels (folders or a CSV) go to sem.labels, the one label source (semspark/labels.py).
+
 Crash safety: the work is computed into a staging folder, then written in this order, each write
-keeping only what is not there yet: dataset -> sem.images -> sem.quarantine -> sem.files. A run
+keeping only what is not there yet: dataset -> sem.labels -> sem.images -> sem.quarantine -> sem.files. A run
 killed at any point leaves files that are not in sem.files or sem.quarantine, so the next run
 redoes them and writes only what is missing.
 """
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 from semspark.catalog import ensure_tables, insert, new_run_id, qualified, utc_now
 from semspark.config import Config
 from semspark.ingest.quarantine import heal, retryable_column, waiting_files
+from semspark.labels import append_changes, current_user, ensure_labels
 from semspark.schema import FILES, IMAGES, INGEST_TABLES, PROCESSED, QUARANTINE, image_encoder, image_unischema
 from semspark.storage import home_path
 
@@ -92,6 +95,7 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
     clock = _PhaseClock(summary.phase_seconds)
     root = _qualified_root(spark, input_path)
     ensure_tables(spark, db, INGEST_TABLES)
+    ensure_labels(spark, db)
     heal(spark, db, run_id)         # what a run killed before its end left in sem.quarantine
 
     listing = (_list_files(spark, root)
@@ -163,6 +167,9 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
     new_images = spark.read.parquet((staging / "new_images").as_uri())
 
     _write_dataset(spark, config, new_images, summary.dataset_url)
+    if labels is not None:   # before sem.images: a rerun after a crash finds them and adds nothing
+        append_changes(spark, db, new_images.filter(F.col("label").isNotNull()).select("image_id", "label"),
+                       "folders" if labels == "folders" else "csv", current_user(), run_id, at=started)
     insert(new_images, db, IMAGES)
 
     bad = staged.filter(F.col("outcome") == "quarantine")

@@ -28,19 +28,29 @@ class LabelledImages:
     def class_names(self) -> list[str]:
         return sorted(set(self.labels))
 
+    def label_of(self, image_ids=None) -> dict[str, int]:
+        """image_id -> class index (in ``class_names``) of ``image_ids`` (default: every image)."""
+        index = {name: i for i, name in enumerate(self.class_names)}
+        chosen = None if image_ids is None else set(image_ids)
+        return {i: index[label] for i, label in zip(self.image_ids, self.labels) if chosen is None or i in chosen}
+
 
 def labelled_images(spark, database: str, scale_bins: list[str] | None = None) -> LabelledImages:
-    """Every labelled image in sem.images (optionally only some scale bins), metadata only."""
+    """Every image with a current label in sem.labels (optionally only some scale bins), metadata
+    only: the labels are the current ones, not those the images were ingested with."""
     from pyspark.sql import functions as F
 
     from semspark.catalog import ensure_tables
+    from semspark.labels import current_labels, ensure_labels
     from semspark.schema import INGEST_TABLES
 
     ensure_tables(spark, database, INGEST_TABLES)  # a catalog from an older semspark gains phash
-    rows = spark.table(qualified(database, IMAGES)).filter(F.col("label").isNotNull())
+    ensure_labels(spark, database)
+    rows = spark.table(qualified(database, IMAGES)).select("image_id", "phash", "scale_bin")
     if scale_bins:
         rows = rows.filter(F.col("scale_bin").isin(scale_bins))
-    rows = rows.select("image_id", "label", "phash").orderBy("image_id").collect()
+    rows = (rows.join(current_labels(spark, database), "image_id")
+            .select("image_id", "label", "phash").orderBy("image_id").collect())
     return LabelledImages(image_ids=[r["image_id"] for r in rows], labels=[r["label"] for r in rows],
                           phashes=[int(r["phash"], 16) if r["phash"] else None for r in rows])
 
@@ -50,29 +60,30 @@ def make_split(images: LabelledImages, seed: int, validation: float = 0.1, test:
                         validation=validation, test=test)
 
 
-def read_shard(dataset_url: str, image_ids: set[str], class_names: list[str], rank: int, ranks: int,
-               num_epochs: int | None = 1):
-    """Rows (image, label index, image_id) of this rank's shard restricted to ``image_ids``."""
+def read_shard(dataset_url: str, label_of: dict[str, int], rank: int, ranks: int, num_epochs: int | None = 1):
+    """Rows (image, label index, image_id) of this rank's shard, for the images of ``label_of``
+    (image_id -> class index, from sem.labels as the driver read it; the label stored in the
+    Petastorm row is the one the image was ingested with and is not read)."""
     from petastorm import make_reader
     from petastorm.predicates import in_set
 
-    index = {name: i for i, name in enumerate(class_names)}
-    with make_reader(dataset_url, schema_fields=["image_id", "label", "image"], num_epochs=num_epochs,
-                     predicate=in_set(image_ids, "image_id"), cur_shard=rank, shard_count=ranks,
+    with make_reader(dataset_url, schema_fields=["image_id", "image"], num_epochs=num_epochs,
+                     predicate=in_set(set(label_of), "image_id"), cur_shard=rank, shard_count=ranks,
                      reader_pool_type=READER_POOL, shuffle_row_groups=False) as reader:
         for row in reader:
-            yield row.image, index[row.label], row.image_id
+            yield row.image, label_of[row.image_id], row.image_id
 
 
-def tf_dataset(dataset_url: str, image_ids: set[str], class_names: list[str], image_size: int,
+def tf_dataset(dataset_url: str, label_of: dict[str, int], image_size: int,
                input_size: int, batch_size: int, rank: int = 0, ranks: int = 1, repeat: bool = False,
                shuffle_buffer: int = 0, seed: int = 0):
-    """A tf.data pipeline of (image (S, S, 1) float32 0..255, label) batches for one rank."""
+    """A tf.data pipeline of (image (S, S, 1) float32 0..255, label index) batches for one rank,
+    over the images of ``label_of`` (image_id -> class index)."""
     import tensorflow as tf
 
     def rows():
         yield from ((image, label) for image, label, _ in
-                    read_shard(dataset_url, image_ids, class_names, rank, ranks, num_epochs=None if repeat else 1))
+                    read_shard(dataset_url, label_of, rank, ranks, num_epochs=None if repeat else 1))
 
     data = tf.data.Dataset.from_generator(rows, output_signature=(
         tf.TensorSpec((image_size, image_size), tf.uint8), tf.TensorSpec((), tf.int32)))

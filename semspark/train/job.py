@@ -188,7 +188,9 @@ def run_training(spark, config: Config, request: TrainRequest) -> TrainResult:
         for image_id, label in zip(images.image_ids, images.labels):
             if image_id in train_ids:
                 counts[label] += 1
+        # the labels as read now: a resumed run trains on the same ones whatever is corrected meanwhile
         split = {"class_names": images.class_names, "train": parts.ids("train"), "train_class_counts": counts,
+                 "labels": dict(zip(images.image_ids, images.labels)),
                  "validation": parts.ids("validation"), "test": parts.ids("test"),
                  "groups_merged": parts.groups_merged, "images_in_merged_groups": parts.images_in_merged_groups}
         run.mkdir(parents=True, exist_ok=True)
@@ -200,6 +202,15 @@ def run_training(spark, config: Config, request: TrainRequest) -> TrainResult:
         _, _, folder = registry.resolve(init.value)
         init_value = str(folder / "model.keras")
 
+    if "labels" not in split:   # a run split by a semspark older than sem.labels
+        images = labelled_images(spark, db, list(request.scale_bins) or None)
+        split["labels"] = dict(zip(images.image_ids, images.labels))
+    index = {name: i for i, name in enumerate(split["class_names"])}
+    held = [i for side in ("train", "validation", "test") for i in split[side]]
+    unlabelled = [i for i in held if split["labels"].get(i) not in index]
+    if unlabelled:
+        raise TrainError(f"{len(unlabelled)} images of run {run_id}'s split have no label among its classes "
+                         f"(e.g. {unlabelled[0]}); start a new run")
     url = dataset_url(config)
     payload = {**dataclasses.asdict(request), "input_size": request.resolved_input_size,
                "learning_rate": request.resolved_learning_rate,
@@ -207,6 +218,7 @@ def run_training(spark, config: Config, request: TrainRequest) -> TrainResult:
                "train_class_counts": split.get("train_class_counts"), "run_dir": str(run), "dataset_url": url,
                "image_size": _stored_image_size(url), "class_names": split["class_names"],
                "train_ids": split["train"], "validation_ids": split["validation"], "test_ids": split["test"],
+               "label_of": {i: index[split["labels"][i]] for i in held},
                "init_kind": init.kind, "init_value": init_value}
     log.info("training %s at %d px (%s, init %s, peak learning rate %g per rank) on %d images with %d Horovod "
              "ranks", request.arch, request.resolved_input_size, request.mode, request.init,

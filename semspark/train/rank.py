@@ -69,14 +69,15 @@ def train_on_rank(payload: dict) -> dict | None:
                                           payload["input_size"], payload["batch_size"])
     counts = payload.get("train_class_counts")
     weights = class_weights({classes.index(c): n for c, n in counts.items()} if counts else None, recipe)
-    train = tf_dataset(url, train_ids, classes, image_size, input_size, batch, rank, size, repeat=True,
+    label_of = payload["label_of"]
+    train = tf_dataset(url, {i: label_of[i] for i in train_ids}, image_size, input_size, batch, rank, size, repeat=True,
                        shuffle_buffer=min(512, len(train_ids)), seed=payload["seed"])
 
     def evaluate(ids) -> tuple[float, float]:
         """(accuracy, loss) on held-out images."""
         if not ids:
             return float("nan"), float("nan")
-        scores = model.evaluate(tf_dataset(url, set(ids), classes, image_size, input_size, batch), verbose=0,
+        scores = model.evaluate(tf_dataset(url, {i: label_of[i] for i in ids}, image_size, input_size, batch), verbose=0,
                                 return_dict=True)
         return scores["accuracy"], scores["loss"]
 
@@ -170,7 +171,7 @@ def _evaluate_best(payload, run: Path, state: dict, classes, url, image_size, in
     def outputs(ids):
         embeddings, logits, truth = [], [], []
         if ids:
-            for x, y in tf_dataset(url, set(ids), classes, image_size, input_size, batch):
+            for x, y in tf_dataset(url, {i: payload["label_of"][i] for i in ids}, image_size, input_size, batch):
                 e, z = heads(x, training=False)
                 embeddings.append(e.numpy().reshape(len(e), -1))
                 logits.append(z.numpy())

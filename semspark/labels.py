@@ -1,0 +1,187 @@
+"""The one source of labels: sem.labels, an append-only history, and the view sem.current_labels.
+
+Every labelling is a row (image_id, label, source, labelled_by, labelled_at, label_run): ingest
+adds one for each new image its folders or CSV label (source ``folders`` / ``csv``), ``semspark
+label --csv`` adds corrections (``csv``), a person's correction one at a time (``person``). An
+image's current label is its latest row; a row with an empty label removes the label. Training,
+the analysis' NMI and sem.latest_predictions read the current labels, never the label a file was
+ingested with (sem.images.label and the Petastorm rows keep that one, as history): a correction
+reaches the next training without touching pixels.
+
+A row is appended only when it changes an image's current label, so rerunning a labelling (or an
+ingest killed after writing its labels) adds nothing.
+"""
+from __future__ import annotations
+
+import getpass
+import logging
+import os
+from dataclasses import dataclass, field
+
+from semspark.catalog import ensure_tables, insert, new_run_id, qualified, utc_now
+from semspark.schema import FILES, IMAGES, LABELS
+
+log = logging.getLogger(__name__)
+
+CURRENT_LABELS_VIEW = "current_labels"
+SOURCES = ("folders", "csv", "person")
+
+
+class LabelError(ValueError):
+    """A labelling that cannot be applied as given (unknown images, a bad CSV); nothing was written."""
+
+
+@dataclass
+class LabelSummary:
+    run_id: str
+    rows: int = 0                     # labelled rows in the input
+    changed: int = 0                  # rows appended to sem.labels (a new or a different label)
+    unchanged: int = 0                # the image had that label already
+    removed: int = 0                  # of the changed: labels removed (an empty label)
+    by_label: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        from dataclasses import asdict
+        return asdict(self)
+
+    def lines(self) -> list[str]:
+        out = [f"labelling {self.run_id}", f"  rows:       {self.rows}", f"  changed:    {self.changed}",
+               f"  unchanged:  {self.unchanged}", f"  removed:    {self.removed}"]
+        out += [f"    {label:<20}{n}" for label, n in sorted(self.by_label.items())]
+        return out
+
+
+def current_user() -> str:
+    """Who labels: $SEMSPARK_USER, else the login name."""
+    try:
+        return os.environ.get("SEMSPARK_USER") or getpass.getuser()
+    except (KeyError, OSError):   # a container's uid without a passwd entry
+        return f"uid {os.getuid()}"
+
+
+def ensure_labels(spark, database: str) -> None:
+    """sem.labels and the view sem.current_labels; a catalog from before sem.labels gets its
+    ingest-time labels from sem.images once, as the first entries of the history."""
+    existed = spark.catalog.tableExists(qualified(database, LABELS))
+    ensure_tables(spark, database, (LABELS,))
+    if not existed and spark.catalog.tableExists(qualified(database, IMAGES)):
+        _backfill_from_images(spark, database)
+    spark.sql(f"""
+        CREATE OR REPLACE VIEW {qualified(database, CURRENT_LABELS_VIEW)}
+        COMMENT 'The current label of every labelled image: its latest row in labels'
+        AS SELECT image_id, label, source, labelled_by, labelled_at, label_run
+        FROM (SELECT *, row_number() OVER (PARTITION BY image_id ORDER BY labelled_at DESC, label_run DESC) AS n
+              FROM {qualified(database, LABELS)})
+        WHERE n = 1 AND label IS NOT NULL""")
+
+
+def _backfill_from_images(spark, database: str) -> None:
+    from pyspark.sql import functions as F
+
+    images = spark.table(qualified(database, IMAGES)).filter(F.col("label").isNotNull())
+    parent = F.element_at(F.split("path", "/"), -2)
+    rows = images.select(
+        "image_id", "label",
+        F.when(parent == F.col("label"), F.lit("folders")).otherwise(F.lit("csv")).alias("source"),
+        F.lit("migration").alias("labelled_by"), F.col("ingested_at").alias("labelled_at"),
+        F.col("ingest_run").alias("label_run"))
+    insert(rows, database, LABELS)
+    log.info("sem.labels starts from the labels sem.images was ingested with")
+
+
+def current_labels(spark, database: str):
+    """DataFrame (image_id, label) of every image's current label (after ``ensure_labels``)."""
+    return spark.table(qualified(database, CURRENT_LABELS_VIEW)).select("image_id", "label")
+
+
+def append_changes(spark, database: str, proposed, source: str, labelled_by: str, run_id: str, at=None) -> dict:
+    """Append the rows of ``proposed`` (image_id, label; label null = remove) that change an image's
+    current label. Returns {"changed", "unchanged", "removed", "by_label"}."""
+    from pyspark.sql import functions as F
+
+    if source not in SOURCES:
+        raise ValueError(f"label source {source!r} is none of {SOURCES}")
+    ensure_labels(spark, database)
+    current = current_labels(spark, database).withColumnRenamed("label", "current")
+    joined = proposed.select("image_id", "label").join(current, "image_id", "left")
+    same = F.col("label").eqNullSafe(F.col("current"))
+    changes = (joined.filter(~same)
+               .select("image_id", "label", F.lit(source).alias("source"), F.lit(labelled_by).alias("labelled_by"),
+                       F.lit(at or utc_now()).cast("timestamp").alias("labelled_at"), F.lit(run_id).alias("label_run")))
+    staged = changes.localCheckpoint()   # computed once against the history before it grows
+    counts = {(r["label"] is None, r["label"]): r["count"] for r in staged.groupBy("label").count().collect()}
+    insert(staged, database, LABELS)
+    changed = sum(counts.values())
+    total = joined.count()
+    return {"changed": changed, "unchanged": total - changed,
+            "removed": sum(n for (removed, _), n in counts.items() if removed),
+            "by_label": {label: n for (removed, label), n in counts.items() if not removed}}
+
+
+def label_from_csv(spark, database: str, csv_path: str, labelled_by: str | None = None,
+                   source: str = "csv") -> LabelSummary:
+    """Add or correct labels from a CSV with a header: ``image_id,label`` or ``path,label`` (the
+    path of an ingested file, as sem.files holds it or as a local path). An empty label removes
+    the image's label. Every row must name an ingested image, and an image must not get two
+    different labels in one file: otherwise nothing is written and the error lists the rows."""
+    from pathlib import Path
+
+    from pyspark.sql import functions as F
+
+    if "://" not in csv_path and not Path(csv_path).is_file():
+        raise LabelError(f"label file {csv_path!r} does not exist; give a CSV with a header image_id,label or "
+                         "path,label")
+    table = spark.read.option("header", True).csv(csv_path)
+    columns = set(table.columns)
+    if "label" not in columns or not ({"path", "image_id"} & columns):
+        raise LabelError(f"label file {csv_path} needs a header with 'label' and 'image_id' or 'path'; it has "
+                         f"{sorted(columns)}")
+    ensure_labels(spark, database)
+    label = F.when(F.trim("label") == "", F.lit(None)).otherwise(F.trim("label"))
+    by_id = F.lower(F.trim("image_id")) if "image_id" in columns else F.lit(None).cast("string")
+    by_path = F.trim("path") if "path" in columns else F.lit(None).cast("string")
+    rows = table.select(by_id.alias("given_id"), by_path.alias("given_path"), label.alias("label"),
+                        F.monotonically_increasing_id().alias("row"))
+    rows = rows.filter(F.col("given_id").isNotNull() | F.col("given_path").isNotNull())
+    uri = (F.when(F.col("given_path").rlike(r"^[a-zA-Z][a-zA-Z0-9+.-]*:"), F.col("given_path"))
+           .otherwise(F.concat(F.lit("file:"), F.col("given_path"))))
+    files = spark.table(qualified(database, FILES)).filter(F.col("role") == "image").select(
+        F.col("path").alias("file_uri"), F.col("image_id").alias("file_image_id")).dropDuplicates(["file_uri"])
+    images = spark.table(qualified(database, IMAGES)).select(F.col("image_id").alias("known_id"))
+    resolved = (rows.join(files, uri == F.col("file_uri"), "left")
+                .withColumn("image_id", F.coalesce("given_id", "file_image_id"))
+                .join(images, F.col("image_id") == F.col("known_id"), "left")).localCheckpoint()
+    unknown = resolved.filter(F.col("known_id").isNull()).select("given_id", "given_path").limit(6).collect()
+    if unknown:
+        n = resolved.filter(F.col("known_id").isNull()).count()
+        named = ", ".join(r["given_id"] or r["given_path"] for r in unknown[:5])
+        raise LabelError(f"{n} rows of {csv_path} name no ingested image ({named}{', ...' if n > 5 else ''}); "
+                         f"nothing was written: fix or drop them (image ids are in {database}.images, paths in "
+                         f"{database}.files)")
+    conflicts = (resolved.groupBy("image_id").agg(F.countDistinct(F.coalesce("label", F.lit("\0"))).alias("n"))
+                 .filter("n > 1").select("image_id").limit(5).collect())
+    if conflicts:
+        raise LabelError(f"{csv_path} gives different labels to the same image ({', '.join(r[0] for r in conflicts)}); "
+                         "nothing was written: keep one row per image")
+    run_id = new_run_id("label-")
+    proposed = resolved.select("image_id", "label").dropDuplicates(["image_id"])
+    counts = append_changes(spark, database, proposed, source, labelled_by or current_user(), run_id)
+    summary = LabelSummary(run_id=run_id, rows=resolved.count(), changed=counts["changed"],
+                           unchanged=counts["unchanged"], removed=counts["removed"], by_label=counts["by_label"])
+    log.info("%s: %d labels changed, %d unchanged", csv_path, summary.changed, summary.unchanged)
+    return summary
+
+
+def label_one(spark, database: str, image_id: str, label: str | None, labelled_by: str | None = None) -> LabelSummary:
+    """A person's label (or its removal: None) for one image."""
+    from pyspark.sql import functions as F
+
+    image_id = image_id.strip().lower()
+    if not spark.table(qualified(database, IMAGES)).filter(F.col("image_id") == image_id).limit(1).collect():
+        raise LabelError(f"no image {image_id} in {database}.images")
+    ensure_labels(spark, database)
+    run_id = new_run_id("label-")
+    proposed = spark.createDataFrame([(image_id, (label or "").strip() or None)], "image_id string, label string")
+    counts = append_changes(spark, database, proposed, "person", labelled_by or current_user(), run_id)
+    return LabelSummary(run_id=run_id, rows=1, changed=counts["changed"], unchanged=counts["unchanged"],
+                        removed=counts["removed"], by_label=counts["by_label"])

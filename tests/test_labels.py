@@ -1,0 +1,165 @@
+"""One label source (sem.labels): ingest records the folders' labels, a CSV corrects and removes
+labels without touching pixels, reruns add nothing, and the next training reads the corrected
+labels. The expected labels come from the generator's manifest, and the corrections from this file."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+
+import pytest
+
+from semspark.config import CatalogConfig, Config, IngestConfig
+from semspark.ingest.job import dataset_url, run_ingest
+from semspark.labels import LabelError, ensure_labels, label_from_csv, label_one
+from semspark.synth.generate import generate
+from semspark.train import registry
+from semspark.train.data import labelled_images, read_shard
+from semspark.train.job import TrainRequest, run_training
+
+pytestmark = pytest.mark.spark
+
+DB = "labelling"
+CONFIG = Config(catalog=CatalogConfig(database=DB),
+                ingest=IngestConfig(image_size=64, dataset_dir="datasets/labelling", files_per_task=16))
+
+
+def sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def ingested(spark, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("labelling_raw")
+    records = generate(folder, 40, seed=41, width=256, height=192)
+    run_ingest(spark, CONFIG, str(folder), labels="folders")
+    truth = {sha(folder / r.file): r.category for r in records}
+    return folder, records, truth
+
+
+def current(spark) -> dict[str, str]:
+    return {r["image_id"]: r["label"] for r in spark.table(f"{DB}.current_labels").collect()}
+
+
+def write_csv(path, header, rows):
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def corrected(spark, ingested, tmp_path_factory):
+    """One image relabelled by its path, one by its id, one label removed (an empty cell)."""
+    folder, records, truth = ingested
+    moved, renamed, removed = records[0], records[1], records[2]
+    new_for_moved = next(r.category for r in records if r.category != moved.category)
+    new_for_renamed = next(r.category for r in records if r.category not in (renamed.category, new_for_moved))
+    table = write_csv(tmp_path_factory.mktemp("labels") / "corrections.csv", ["path", "image_id", "label"], [
+        [str(folder / moved.file), "", new_for_moved],
+        ["", sha(folder / renamed.file).upper(), new_for_renamed],   # ids in any case
+        [str(folder / removed.file), "", ""],
+    ])
+    summary = label_from_csv(spark, DB, table, labelled_by="curator")
+    expected = dict(truth)
+    expected[sha(folder / moved.file)] = new_for_moved
+    expected[sha(folder / renamed.file)] = new_for_renamed
+    del expected[sha(folder / removed.file)]
+    return table, summary, expected
+
+
+def test_ingest_records_each_folder_label_once(spark, ingested):
+    _, _, truth = ingested
+    rows = spark.table(f"{DB}.labels").collect()
+    assert len(rows) == len(truth) == 40
+    assert {r["image_id"]: r["label"] for r in rows} == truth
+    assert {r["source"] for r in rows} == {"folders"}
+
+
+def test_a_csv_corrects_and_removes_labels_and_a_rerun_adds_nothing(spark, corrected):
+    table, summary, expected = corrected
+    assert (summary.rows, summary.changed, summary.unchanged, summary.removed) == (3, 3, 0, 1)
+    assert current(spark) == expected
+    history = spark.table(f"{DB}.labels").filter("source = 'csv'").collect()
+    assert len(history) == 3 and {r["labelled_by"] for r in history} == {"curator"}
+    again = label_from_csv(spark, DB, table, labelled_by="curator")
+    assert (again.changed, again.unchanged) == (0, 3)
+    assert spark.table(f"{DB}.labels").count() == 43
+
+
+def test_bad_label_files_write_nothing_and_say_why(spark, ingested, corrected, tmp_path):
+    folder, records, _ = ingested
+    before = spark.table(f"{DB}.labels").count()
+    unknown = write_csv(tmp_path / "unknown.csv", ["path", "label"],
+                        [[str(folder / records[5].file), "Fibres"], [str(folder / "not-ingested.tif"), "Fibres"]])
+    with pytest.raises(LabelError, match="1 rows .* name no ingested image .*not-ingested.tif"):
+        label_from_csv(spark, DB, unknown)
+    twice = write_csv(tmp_path / "twice.csv", ["path", "label"],
+                      [[str(folder / records[5].file), "Fibres"], [str(folder / records[5].file), "Films"]])
+    with pytest.raises(LabelError, match="different labels to the same image"):
+        label_from_csv(spark, DB, twice)
+    with pytest.raises(LabelError, match="needs a header"):
+        label_from_csv(spark, DB, write_csv(tmp_path / "header.csv", ["file", "category"], [["a", "b"]]))
+    with pytest.raises(LabelError, match="no image"):
+        label_one(spark, DB, "0" * 64, "Fibres")
+    assert spark.table(f"{DB}.labels").count() == before
+
+
+def test_a_person_corrects_one_image_and_the_pixels_stay_as_they_are(spark, ingested, corrected):
+    from pathlib import Path
+
+    folder, records, _ = ingested
+    dataset = Path(dataset_url(CONFIG)[len("file://"):])
+    stamps = sorted((str(f), f.stat().st_mtime_ns) for f in dataset.rglob("*"))
+    image_id = sha(folder / records[7].file)
+    other = next(r.category for r in records if r.category != records[7].category)
+    summary = label_one(spark, DB, image_id, other, labelled_by="a person")
+    assert summary.changed == 1 and current(spark)[image_id] == other
+    latest = spark.table(f"{DB}.labels").filter(f"image_id = '{image_id}'").orderBy("labelled_at").collect()[-1]
+    assert (latest["source"], latest["labelled_by"]) == ("person", "a person")
+    assert sorted((str(f), f.stat().st_mtime_ns) for f in dataset.rglob("*")) == stamps
+
+
+def test_the_label_command_with_its_exit_codes_and_json(spark, ingested, corrected, tmp_path, capsys):
+    from semspark.cli import main
+
+    folder, records, _ = ingested
+    image_id = sha(folder / records[9].file)
+    table = write_csv(tmp_path / "one.csv", ["image_id", "label"], [[image_id, records[9].category]])
+    assert main(["label", "--csv", table, "--who", "cli", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (printed["rows"], printed["changed"], printed["unchanged"], printed["exit_code"]) == (1, 0, 1, 0)
+    assert main(["label", "--image-id", "f" * 64, "--label", "Fibres"]) == 2
+    assert "no image" in capsys.readouterr().err
+    assert main(["label", "--image-id", image_id]) == 2          # a label is needed
+    assert main(["label"]) == 2
+
+
+def test_the_next_training_reads_the_corrected_labels(spark, ingested, corrected):
+    images = labelled_images(spark, DB)
+    assert dict(zip(images.image_ids, images.labels)) == current(spark)
+    # what a rank reads: pixels from the Petastorm rows, the label index from sem.labels
+    label_of = images.label_of()
+    read = {image_id: label for _, label, image_id in read_shard(dataset_url(CONFIG), label_of, 0, 1)}
+    assert {i: images.class_names[k] for i, k in read.items()} == dict(zip(images.image_ids, images.labels))
+
+    result = run_training(spark, CONFIG, TrainRequest(arch="compact_cnn", epochs=1, batch_size=8, num_proc=1,
+                                                      name="relabelled", patience=100))
+    split = json.loads((registry.run_dir(result.run_id) / "split.json").read_text())
+    held = split["train"] + split["validation"] + split["test"]
+    assert {i: split["labels"][i] for i in held} == {i: label for i, label in current(spark).items()}
+    counts = {}
+    for image_id in split["train"]:
+        counts[current(spark)[image_id]] = counts.get(current(spark)[image_id], 0) + 1
+    assert {k: v for k, v in split["train_class_counts"].items() if v} == counts
+
+
+def test_an_older_catalog_starts_its_history_from_the_ingested_labels(spark, ingested):
+    _, _, truth = ingested
+    spark.sql(f"CREATE DATABASE IF NOT EXISTS {DB}_old")
+    spark.sql(f"CREATE TABLE {DB}_old.images USING parquet AS SELECT * FROM {DB}.images")
+    ensure_labels(spark, f"{DB}_old")
+    rows = spark.table(f"{DB}_old.labels").collect()
+    assert {r["image_id"]: r["label"] for r in rows} == truth     # the labels the files were ingested with
+    assert {r["source"] for r in rows} == {"folders"} and {r["labelled_by"] for r in rows} == {"migration"}
