@@ -67,7 +67,8 @@ def main() -> None:
 
     from semspark.config import CatalogConfig, Config, InferConfig, IngestConfig
     from semspark.infer.job import run_inference
-    from semspark.ingest.job import dataset_url, run_ingest
+    from semspark.dataset import dataset_url
+    from semspark.ingest.job import run_ingest
     from semspark.session import build_session
     from semspark.synth.generate import CATEGORIES, generate
 

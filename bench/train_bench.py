@@ -90,7 +90,8 @@ def main() -> None:
     import tensorflow as tf
 
     from semspark.config import Config, IngestConfig
-    from semspark.ingest.job import dataset_url, run_ingest
+    from semspark.dataset import dataset_url
+    from semspark.ingest.job import run_ingest
     from semspark.session import build_session
     from semspark.synth.generate import generate
     from semspark.train.data import labelled_images, read_shard

@@ -8,6 +8,7 @@ import logging
 import uuid
 from datetime import date, datetime, timezone
 from decimal import Decimal
+from pathlib import Path
 
 from semspark.schema import TableSpec
 
@@ -30,8 +31,10 @@ def qualified(database: str, table: TableSpec | str) -> str:
 
 def ensure_tables(spark, database: str, tables: tuple[TableSpec, ...]) -> None:
     """Create the database and the tables if missing (Parquet, partitioned as declared); add the
-    columns a newer semspark declares to tables an older one created (additive migration)."""
+    columns a newer semspark declares to tables an older one created (additive migration); finish
+    any table rewrite a killed process left half done."""
     spark.sql(f"CREATE DATABASE IF NOT EXISTS {database}")
+    finish_rewrites(spark, database)
     for table in tables:
         name = qualified(database, table)
         if spark.catalog.tableExists(name):
@@ -50,9 +53,96 @@ def ensure_tables(spark, database: str, tables: tuple[TableSpec, ...]) -> None:
 
 def insert(df, database: str, table: TableSpec) -> None:
     """Append rows, columns matched by name: insertInto matches by position, and a migrated table
-    has its added columns after the older ones."""
+    has its added columns after the older ones. Under the writer lock: a compaction rewriting the
+    table meanwhile would not see the rows."""
+    from semspark.storage import writer_lock
+
     name = qualified(database, table)
-    df.select(*df.sparkSession.table(name).columns).write.insertInto(name)
+    with writer_lock(purpose=f"appending to {name}"):
+        df.select(*df.sparkSession.table(name).columns).write.insertInto(name)
+
+
+def _journal_dir():
+    from semspark.storage import home_path
+    return home_path("journal")
+
+
+def rewrite_table(spark, database: str, table: TableSpec, rows, reason: str,
+                  partitions_only: bool = False, drop_partitions: tuple[str, ...] = ()) -> int:
+    """Replace a table's rows with ``rows`` (a DataFrame that may read the table itself), safe if
+    the process is killed at any point: the rows are written to a staging folder first, then a
+    journal names it, then the table is overwritten from it and the journal removed. A journal
+    left by a killed process is replayed by the next ``ensure_tables`` (the staging folder holds
+    the complete new rows, so replaying is idempotent). ``partitions_only``: replace only the
+    partitions ``rows`` has (the others stay); ``drop_partitions``: values of the single partition
+    column to drop afterwards (partitions left empty). Returns the rows written. Holds the writer
+    lock throughout: no append can slip between the snapshot and the overwrite."""
+    from semspark.storage import home_path, writer_lock
+
+    name = qualified(database, table)
+    run = new_run_id()
+    staging = home_path(f"staging/rewrite-{database}.{table.name}-{run}")
+    with writer_lock(purpose=f"rewriting {name} ({reason})"):
+        columns = spark.table(name).columns
+        rows.select(*columns).write.mode("overwrite").parquet(staging.as_uri())
+        count = spark.read.parquet(staging.as_uri()).count()
+        journal = _journal_dir() / f"{database}.{table.name}.{run}.json"
+        journal.parent.mkdir(parents=True, exist_ok=True)
+        temporary = journal.with_suffix(".tmp")
+        temporary.write_text(json.dumps({"database": database, "table": table.name, "staging": str(staging),
+                                         "rows": count, "partitions_only": partitions_only,
+                                         "drop_partitions": list(drop_partitions), "reason": reason}))
+        temporary.replace(journal)   # the journal appears whole or not at all
+        from semspark.storage import pause_point
+        pause_point("rewrite-journalled")
+        _apply_rewrite(spark, journal)
+    return count
+
+
+def _apply_rewrite(spark, journal) -> None:
+    import shutil
+
+    entry = json.loads(journal.read_text())
+    name = f"{entry['database']}.{entry['table']}"
+    staged = spark.read.parquet(Path(entry["staging"]).as_uri()).select(*spark.table(name).columns)
+    previous = spark.conf.get("spark.sql.sources.partitionOverwriteMode")
+    spark.conf.set("spark.sql.sources.partitionOverwriteMode", "dynamic" if entry["partitions_only"] else "static")
+    try:
+        staged.write.insertInto(name, overwrite=True)
+    finally:
+        spark.conf.set("spark.sql.sources.partitionOverwriteMode", previous)
+    spec = next((s for s in _table_specs() if s.name == entry["table"]), None)
+    for value in entry["drop_partitions"]:
+        column = spec.partition_by[0]
+        quoted = str(value).replace("'", "\\'")
+        spark.sql(f"ALTER TABLE {name} DROP IF EXISTS PARTITION ({column}='{quoted}')")
+    spark.catalog.refreshTable(name)
+    journal.unlink()
+    shutil.rmtree(entry["staging"], ignore_errors=True)
+
+
+def _table_specs() -> list[TableSpec]:
+    import semspark.schema as schema
+
+    return [v for v in vars(schema).values() if isinstance(v, TableSpec)]
+
+
+def finish_rewrites(spark, database: str) -> int:
+    """Replay the table rewrites of ``database`` a killed process journalled and did not finish."""
+    from semspark.storage import writer_lock
+
+    folder = _journal_dir()
+    if not folder.is_dir() or not any(folder.glob(f"{database}.*.json")):
+        return 0
+    done = 0
+    with writer_lock(purpose=f"finishing rewrites of {database}"):
+        for journal in sorted(folder.glob(f"{database}.*.json")):   # none left by a live writer: it holds the lock
+            log.warning("finishing a rewrite a killed process left: %s", journal.name)
+            _apply_rewrite(spark, journal)
+            done += 1
+        for stale in folder.glob(f"{database}.*.tmp"):
+            stale.unlink()
+    return done
 
 
 def run_sql(spark, query: str, limit: int = 10_000):

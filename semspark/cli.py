@@ -1,6 +1,6 @@
 """``semspark <command>``: the one command line for people; ``jobs/*.py`` call the same commands.
 
-Commands: synth, ingest, rescale, train, infer, promote, models, nightly, label, quarantine, analyze, sql,
+Commands: synth, ingest, rescale, train, infer, promote, models, nightly, label, quarantine, compact, analyze, sql,
 sql-server, scale, spark-conf, demo. Each parses its arguments, loads the config, builds the SparkSession if it needs one, calls
 one library function and prints a result.
 
@@ -65,6 +65,14 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("nightly", help="ingest what is new and score it with the production model")
     add_ingest_arguments(p)
+
+    p = sub.add_parser("compact", help="rewrite tables and dataset bins holding many small files into few "
+                                       "(safe if killed; the nightly does it past the compaction thresholds)")
+    p.add_argument("--force", action="store_true", help="every table, partition and bin holding more files than "
+                                                        "its size needs, not only those over the thresholds")
+    p.add_argument("--check", action="store_true", help="only check the dataset's Petastorm metadata against its "
+                                                        "files, and count files; rebuild the metadata if it differs")
+    add_json_argument(p)
 
     p = sub.add_parser("label", help="add or correct labels in sem.labels (the one label source; training reads "
                                      "the current ones) without touching pixels")
@@ -352,6 +360,24 @@ def cmd_nightly(args) -> int:
                       gate=lambda result, quality: result.quality_gate)
 
 
+def cmd_compact(args) -> int:
+    from semspark.compaction import compact, file_counts
+    from semspark.dataset import ensure_consistent
+
+    if args.check:
+        config = _config(args)
+        with _session(config, "compact") as spark:
+            repaired = ensure_consistent(spark, config)
+            counts = file_counts(spark, config)
+        if args.json:
+            print(json.dumps({"repaired": repaired, "files": counts, "exit_code": 0}))
+        else:
+            print("dataset metadata: " + ("rebuilt (" + "; ".join(repaired) + ")" if repaired else "matches the files"))
+            print("\n".join(f"  {name:<32}{n} files" for name, n in sorted(counts.items())))
+        return 0
+    return _run_stage(args, "compact", lambda spark, config: compact(spark, config, force=args.force))
+
+
 def cmd_label(args) -> int:
     from semspark.labels import label_from_csv, label_one
 
@@ -477,7 +503,7 @@ def cmd_demo(args) -> int:
 
 COMMANDS = {"synth": cmd_synth, "ingest": cmd_ingest, "rescale": cmd_rescale, "train": cmd_train, "infer": cmd_infer,
             "promote": cmd_promote, "models": cmd_models, "nightly": cmd_nightly, "analyze": cmd_analyze,
-            "quarantine": cmd_quarantine, "label": cmd_label, "sql": cmd_sql, "sql-server": cmd_sql_server,
+            "quarantine": cmd_quarantine, "label": cmd_label, "compact": cmd_compact, "sql": cmd_sql, "sql-server": cmd_sql_server,
             "scale": cmd_scale, "spark-conf": cmd_spark_conf, "demo": cmd_demo}
 
 

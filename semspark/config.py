@@ -86,6 +86,20 @@ class QualityConfig:
 
 
 @dataclass(frozen=True)
+class CompactionConfig:
+    """When small files are rewritten into fewer (``semspark compact``, and the nightly after its work)."""
+    nightly: bool = True                 # the nightly compacts what is over the thresholds
+    table_files: int = 64                # a table (or a partition of one) with more files than this
+    dataset_files_per_bin: int = 16      # a scale bin of the dataset with more files than this
+    target_file_mb: int = 128            # a compacted table file holds about this much
+
+    def __post_init__(self) -> None:
+        _require(self.table_files >= 1 and self.dataset_files_per_bin >= 1,
+                 "compaction.table_files and compaction.dataset_files_per_bin must be at least 1")
+        _require(self.target_file_mb >= 1, "compaction.target_file_mb must be at least 1")
+
+
+@dataclass(frozen=True)
 class AnalysisConfig:
     scale_bins: tuple[str, ...] = ("1um", "2um")   # the paper's subset; [] = every bin
     features: str = "embedding"                    # embedding (penultimate layer) | logits
@@ -126,6 +140,7 @@ class Config:
     infer: InferConfig = field(default_factory=InferConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
+    compaction: CompactionConfig = field(default_factory=CompactionConfig)
 
 
 def _require(condition: bool, message: str) -> None:

@@ -40,13 +40,14 @@ def is_usage_error(exc: BaseException) -> bool:
     from semspark.ingest.ocr import OcrUnavailable
     from semspark.ingest.quarantine import QuarantineError
     from semspark.ingest.rescale import RescaleError
+    from semspark.dataset import DatasetError
     from semspark.labels import LabelError
     from semspark.train.job import TrainError
     from semspark.train.registry import RegistryError
     from semspark.train.spec import ModelError
 
     usage = (ConfigError, IngestError, TrainError, ModelError, RegistryError, InferError, AnalysisError,
-             AnalysisMemoryError, RescaleError, OcrUnavailable, QuarantineError, LabelError)
+             AnalysisMemoryError, RescaleError, OcrUnavailable, QuarantineError, LabelError, DatasetError)
     return isinstance(exc, usage) and not isinstance(exc, RunFailed)
 
 

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 from semspark.catalog import ensure_tables, insert, new_run_id, qualified, utc_now
+from semspark.compaction import CompactionSummary, compact, needs_compaction
 from semspark.config import Config
 from semspark.errors import RunFailed, infer_gate, ingest_gate, is_usage_error
 from semspark.infer.job import InferSummary, production_model, run_inference
@@ -47,6 +48,7 @@ class NightlyResult:
     ingest: IngestSummary | None = None
     infer: InferSummary | None = None
     quality_gate: list[str] = field(default_factory=list)
+    compaction: CompactionSummary | None = None
 
     def lines(self) -> list[str]:
         return self.lines_
@@ -55,7 +57,8 @@ class NightlyResult:
         """The summary for ``--json``: the run's record, and each step's own summary."""
         return {**{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in self.record.items()},
                 "ingest": self.ingest.as_dict() if self.ingest else None,
-                "infer": self.infer.as_dict() if self.infer else None, "quality_gate": self.quality_gate}
+                "infer": self.infer.as_dict() if self.infer else None, "quality_gate": self.quality_gate,
+                "compaction": self.compaction.as_dict() if self.compaction else None}
 
 
 def ensure_run_log(spark, database: str) -> None:
@@ -85,7 +88,8 @@ def _close_interrupted(spark, database: str) -> list[str]:
 
 
 def _remove_stale_staging() -> None:
-    """Staging folders a killed ingest or infer left behind (live ones are minutes old)."""
+    """Staging folders a killed ingest or infer left behind (live ones are minutes old). Runs after
+    ensure_tables, which replays (and so removes) any journalled rewrite's staging folder first."""
     root = home_path("staging")
     if not root.is_dir():
         return
@@ -148,6 +152,14 @@ def run_nightly(spark, config: Config, input_path: str, labels: str | None = Non
         record.update(model_version=scored.model_version, scored=scored.scored, score_failures=scored.failures)
         lines += scored.lines()
         gate += infer_gate(scored, config.quality)
+    compaction = None
+    if config.compaction.nightly and needs_compaction(spark, config):
+        log.info("nightly %s: compacting small files", run_id)
+        try:
+            compaction = compact(spark, config)
+        except Exception as exc:
+            raise fail("compaction", exc) from exc
+        lines += compaction.lines()
     status = "gated" if gate else "succeeded"
     if gate:
         record["message"] = "; ".join(filter(None, [record.get("message"), "quality gate: " + "; ".join(gate)]))
@@ -156,4 +168,4 @@ def run_nightly(spark, config: Config, input_path: str, labels: str | None = Non
     seconds = (record["ended_at"] - record["started_at"]).total_seconds()
     lines.append(f"nightly run {run_id} {status} in {seconds:.0f} s" + ("".join(f"\n  quality gate: {g}" for g in gate)))
     return NightlyResult(run_id=run_id, status=status, record=record, lines_=lines, ingest=ingest, infer=scored,
-                         quality_gate=gate)
+                         quality_gate=gate, compaction=compaction)

@@ -89,3 +89,77 @@ def home_path(relative: str) -> Path:
     if home != path and home not in path.parents:
         raise ValueError(f"{relative!r} leaves SEMSPARK_HOME ({home})")
     return path
+
+
+_held_locks: dict[str, tuple[object, int]] = {}
+
+
+class writer_lock:
+    """The catalog's writer lock: one writer at a time rewrites or appends to semspark's tables and
+    dataset (``$SEMSPARK_HOME/locks/NAME.lock``, an flock, released by the kernel when the process
+    dies, so a killed job never leaves it held). Re-entrant within a process. Readers never take
+    it. A writer that finds it held waits, saying for whom, up to ``wait_s`` seconds."""
+
+    def __init__(self, name: str = "catalog", purpose: str = "", wait_s: float = 6 * 3600):
+        self.name, self.purpose, self.wait_s = name, purpose, wait_s
+
+    def __enter__(self):
+        import fcntl
+        import logging
+        import os
+        import time
+
+        held = _held_locks.get(self.name)
+        if held is not None:
+            _held_locks[self.name] = (held[0], held[1] + 1)
+            return self
+        path = home_path(f"locks/{self.name}.lock")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+")
+        deadline, said = time.monotonic() + self.wait_s, False
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not said:
+                    handle.seek(0)
+                    logging.getLogger(__name__).warning(
+                        "waiting for the %s lock (%s), held by %s", self.name, path, handle.read().strip() or "?")
+                    said = True
+                if time.monotonic() > deadline:
+                    handle.close()
+                    raise TimeoutError(f"the {self.name} lock ({path}) was held for over {self.wait_s:.0f} s by "
+                                       "another semspark process; rerun when it is done")
+                time.sleep(0.5)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} {self.purpose}\n")
+        handle.flush()
+        _held_locks[self.name] = (handle, 1)
+        return self
+
+    def __exit__(self, *exc):
+        import fcntl
+
+        handle, depth = _held_locks[self.name]
+        if depth > 1:
+            _held_locks[self.name] = (handle, depth - 1)
+            return False
+        del _held_locks[self.name]
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+        return False
+
+
+def pause_point(name: str) -> None:
+    """A named point where a test stops the process to kill it there: with SEMSPARK_PAUSE_AT=NAME,
+    the process writes ``$SEMSPARK_HOME/paused-NAME`` and waits to be killed. Does nothing otherwise."""
+    import os
+    import time
+
+    if os.environ.get("SEMSPARK_PAUSE_AT") != name:
+        return
+    home_path(f"paused-{name}").write_text(str(os.getpid()))
+    while True:
+        time.sleep(1)

@@ -67,7 +67,7 @@ def test_predictions_agree_with_the_model_run_directly(spark, scoring, first_sco
     import tensorflow as tf
 
     import semspark.train.models  # noqa: F401  registers semspark's layers with Keras
-    from semspark.ingest.job import dataset_url
+    from semspark.dataset import dataset_url
 
     stored = pq.read_table(dataset_url(scoring.config)[len("file://"):], columns=["image_id", "image"]).to_pydict()
     ids = stored["image_id"]
@@ -113,7 +113,7 @@ def test_a_rerun_scores_only_new_images(spark, scoring, first_scoring, tmp_path)
     # the pixels came only from the dataset files that hold a new image (found here with pyarrow)
     import pyarrow.parquet as pq
 
-    from semspark.ingest.job import dataset_url
+    from semspark.dataset import dataset_url
 
     root = Path(dataset_url(scoring.config)[len("file://"):])
     files = sorted(root.glob("scale_bin=*/*.parquet"))

@@ -13,7 +13,8 @@ import pytest
 import dataclasses
 
 from semspark.config import CatalogConfig, Config, IngestConfig
-from semspark.ingest.job import IngestError, dataset_url, run_ingest
+from semspark.dataset import dataset_url
+from semspark.ingest.job import IngestError, run_ingest
 from semspark.synth.generate import generate
 
 from .conftest import REAL_SAMPLES

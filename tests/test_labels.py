@@ -10,7 +10,8 @@ import json
 import pytest
 
 from semspark.config import CatalogConfig, Config, IngestConfig
-from semspark.ingest.job import dataset_url, run_ingest
+from semspark.dataset import dataset_url
+from semspark.ingest.job import run_ingest
 from semspark.labels import LabelError, ensure_labels, label_from_csv, label_one
 from semspark.synth.generate import generate
 from semspark.train import registry

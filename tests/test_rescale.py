@@ -9,7 +9,8 @@ import pytest
 
 from semspark.catalog import qualified
 from semspark.config import CatalogConfig, Config, IngestConfig
-from semspark.ingest.job import dataset_url, run_ingest
+from semspark.dataset import dataset_url
+from semspark.ingest.job import run_ingest
 from semspark.ingest.rescale import RescaleError, run_rescale
 from semspark.ingest.scale import READER_VERSION
 
@@ -124,7 +125,7 @@ def test_a_databar_found_elsewhere_cuts_the_stored_image_again(spark, ingested):
     from petastorm.etl.dataset_metadata import materialize_dataset
     from pyspark.sql import functions as F
 
-    from semspark.ingest.rescale import finish_dataset_swap
+    from semspark.dataset import finish_swaps as finish_dataset_swap
     from semspark.schema import image_encoder, image_unischema
 
     root, records = ingested

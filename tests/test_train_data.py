@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from semspark.config import CatalogConfig, Config, IngestConfig
-from semspark.ingest.job import dataset_url, run_ingest
+from semspark.dataset import dataset_url
+from semspark.ingest.job import run_ingest
 from semspark.synth.generate import generate
 from semspark.train.data import labelled_images, make_split, read_shard, tf_dataset
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from semspark.catalog import ensure_tables, new_run_id, qualified, utc_now
 from semspark.config import Config
-from semspark.ingest.job import dataset_url
+from semspark.dataset import dataset_url
 from semspark.labels import current_labels, ensure_labels
 from semspark.schema import ANALYSIS_TABLES, CLUSTER_SCORES, CLUSTERS, IMAGES, PREDICTIONS
 from semspark.storage import home_path

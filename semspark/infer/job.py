@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from semspark.catalog import ensure_tables, insert, new_run_id, qualified, unknown_scale_bins, utc_now
 from semspark.config import Config
 from semspark.errors import RunFailed
-from semspark.ingest.job import dataset_url
+from semspark.dataset import dataset_url, ensure_consistent
 from semspark.schema import IMAGES, INFER_TABLES, INGEST_TABLES, PREDICTION, PREDICTIONS, PROMOTIONS
 from semspark.storage import home_path
 from semspark.train import registry
@@ -137,6 +137,7 @@ def run_inference(spark, config: Config, model: str | None = None,
     if not spark.catalog.tableExists(qualified(db, IMAGES)):
         raise InferError(f"there is no table {qualified(db, IMAGES)}: run semspark ingest first")
     ensure_tables(spark, db, INGEST_TABLES + INFER_TABLES)
+    ensure_consistent(spark, config)   # a dataset swap a killed process left is finished before pixels are read
     if model is None:
         model = production_model(spark, db)
         if model is None:

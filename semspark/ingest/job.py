@@ -23,15 +23,14 @@ from dataclasses import dataclass, field
 
 from semspark.catalog import ensure_tables, insert, new_run_id, qualified, utc_now
 from semspark.config import Config
+from semspark.dataset import IMAGES_PER_FILE, dataset_url, ensure_consistent
 from semspark.ingest.quarantine import heal, retryable_column, waiting_files
 from semspark.labels import append_changes, current_user, ensure_labels
 from semspark.schema import FILES, IMAGES, INGEST_TABLES, PROCESSED, QUARANTINE, image_encoder, image_unischema
-from semspark.storage import home_path
+from semspark.storage import home_path, pause_point, writer_lock
 
 log = logging.getLogger(__name__)
 
-
-IMAGES_PER_FILE = 2000  # ~100 MB of 299x299 PNGs
 
 
 class IngestError(RuntimeError):
@@ -80,10 +79,6 @@ class IngestSummary:
         return out
 
 
-def dataset_url(config: Config) -> str:
-    return home_path(config.ingest.dataset_dir).as_uri()
-
-
 def run_ingest(spark, config: Config, input_path: str, labels: str | None = None) -> IngestSummary:
     """Ingest everything new under ``input_path``; ``labels`` is None, 'folders' or a CSV path."""
     from pyspark.sql import functions as F
@@ -97,6 +92,7 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
     ensure_tables(spark, db, INGEST_TABLES)
     ensure_labels(spark, db)
     heal(spark, db, run_id)         # what a run killed before its end left in sem.quarantine
+    ensure_consistent(spark, config)   # a swap or a metadata step a killed run left half done
 
     listing = (_list_files(spark, root)
                .withColumn("ext", F.lower(F.regexp_extract("path", r"\.([^./]+)$", 1)))
@@ -362,9 +358,11 @@ def _write_dataset(spark, config: Config, new_images, url: str) -> None:
     # About IMAGES_PER_FILE images per Parquet file in each scale bin, not one small file per task
     # and bin: readers (and Petastorm's row-group bookkeeping) cope badly with many tiny files.
     buckets = F.pmod(F.hash("image_id"), F.lit(max(1, count // IMAGES_PER_FILE)))
-    with materialize_dataset(spark, url, schema, config.ingest.row_group_size_mb):
-        (rows.repartition("scale_bin", buckets).write.mode("append")
-         .partitionBy("scale_bin").parquet(url))
+    with writer_lock(purpose="appending to the dataset"):
+        with materialize_dataset(spark, url, schema, config.ingest.row_group_size_mb):
+            (rows.repartition("scale_bin", buckets).write.mode("append")
+             .partitionBy("scale_bin").parquet(url))
+            pause_point("dataset-appended")   # committed; Petastorm's metadata step not run yet
 
 
 def _make_worker(config: Config):

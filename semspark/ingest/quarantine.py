@@ -15,12 +15,10 @@ is something to drop; ingest calls it at its start (finishing what a killed run 
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import dataclass
 
-from semspark.catalog import ensure_tables, format_result, qualified
+from semspark.catalog import ensure_tables, format_result, qualified, rewrite_table
 from semspark.schema import FILES, INGEST_TABLES, QUARANTINE
-from semspark.storage import home_path
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +60,7 @@ def heal(spark, database: str, run_id: str) -> int:
     total, keeping = table.count(), kept.count()
     if keeping == total:
         return 0
-    # Staged first: Spark cannot overwrite a table it is reading in the same job.
-    staging = home_path(f"staging/quarantine-{run_id}")
-    kept.select(*table.columns).write.mode("overwrite").parquet(staging.as_uri())
-    spark.read.parquet(staging.as_uri()).select(*table.columns).write.insertInto(name, overwrite=True)
-    spark.catalog.refreshTable(name)
-    shutil.rmtree(staging, ignore_errors=True)
+    rewrite_table(spark, database, QUARANTINE, kept, "healing")
     log.info("quarantine: %d rows dropped (files ingested since, or older outcomes of a file)", total - keeping)
     return total - keeping
 
@@ -99,12 +92,9 @@ def mark_retryable(spark, config, stages: tuple[str, ...] = (), run_id: str = "r
     chosen = F.col("stage").isin(list(stages)) if stages else F.lit(True)
     marked = table.filter(chosen & ~F.coalesce(F.col("retryable"), F.lit(False))).count()
     if marked:
-        staging = home_path(f"staging/quarantine-{run_id}")
-        (table.withColumn("retryable", F.when(chosen, F.lit(True)).otherwise(F.col("retryable")))
-         .select(*table.columns).write.mode("overwrite").parquet(staging.as_uri()))
-        spark.read.parquet(staging.as_uri()).select(*table.columns).write.insertInto(name, overwrite=True)
-        spark.catalog.refreshTable(name)
-        shutil.rmtree(staging, ignore_errors=True)
+        rewrite_table(spark, database, QUARANTINE,
+                      table.withColumn("retryable", F.when(chosen, F.lit(True)).otherwise(F.col("retryable"))),
+                      "marking files to retry")
     return RetryResult(marked=marked, stages=tuple(stages))
 
 

@@ -26,12 +26,13 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from semspark.catalog import ensure_tables, insert, new_run_id, qualified, utc_now
+from semspark.catalog import ensure_tables, insert, new_run_id, qualified, rewrite_table, utc_now
 from semspark.config import Config
 from semspark.ingest.metadata import normalise_unit
 from semspark.ingest.scale import READER_VERSION
-from semspark.schema import FILES, IMAGES, INGEST_TABLES, RESCALED, SCALE_CORRECTIONS, image_encoder, image_unischema
-from semspark.storage import home_path
+from semspark.schema import FILES, IMAGES, INGEST_TABLES, RESCALED, SCALE_CORRECTIONS, image_encoder
+from semspark.dataset import DatasetError, dataset_root, dataset_url, ensure_consistent, rebuild_metadata, swap_partitions
+from semspark.storage import home_path, writer_lock
 
 log = logging.getLogger(__name__)
 
@@ -224,21 +225,13 @@ def _rewrite_images(spark, db: str, changes, staging: Path) -> None:
                 .join(changes.select("image_id", *SCALE_COLUMNS, *CONTENT_COLUMNS, "image").alias("new"), "image_id")
                 .select(*updated_cols))
     kept = images.filter(F.col("scale_bin").isin(list(bins))).join(changes.select("image_id"), "image_id", "left_anti")
-    # Staged first: Spark cannot overwrite a table it is reading in the same job.
+    # Staged first: the bins that remain are known before the table is touched.
     kept.select(*images.columns).unionByName(new_rows.select(*images.columns)) \
         .write.mode("overwrite").parquet((staging / "images").as_uri())
     rewritten = spark.read.parquet((staging / "images").as_uri())
     remaining = {r[0] for r in rewritten.select("scale_bin").distinct().collect()}
-    previous = spark.conf.get("spark.sql.sources.partitionOverwriteMode")
-    spark.conf.set("spark.sql.sources.partitionOverwriteMode", "dynamic")
-    try:
-        rewritten.select(*images.columns).write.insertInto(name, overwrite=True)
-    finally:
-        spark.conf.set("spark.sql.sources.partitionOverwriteMode", previous)
-    for empty in sorted(bins - remaining):
-        quoted = empty.replace("'", "\\'")
-        spark.sql(f"ALTER TABLE {name} DROP IF EXISTS PARTITION (scale_bin='{quoted}')")
-    spark.catalog.refreshTable(name)
+    rewrite_table(spark, db, IMAGES, rewritten, "rescale", partitions_only=True,
+                  drop_partitions=tuple(sorted(bins - remaining)))
 
 
 def _rewrite_dataset(spark, config: Config, changes, staging: Path) -> None:
@@ -247,18 +240,20 @@ def _rewrite_dataset(spark, config: Config, changes, staging: Path) -> None:
     Each touched partition is written anew beside the dataset, then swapped in by renames; the
     swap is journalled so that a rerun after a crash finishes it. Petastorm's metadata is made again.
     """
-    from petastorm.etl.dataset_metadata import materialize_dataset
+    url = dataset_url(config)
+    try:
+        root = dataset_root(url)
+    except DatasetError as exc:
+        raise RescaleError(f"rescale moves dataset partitions: {exc}") from exc
+    with writer_lock(purpose="rescale: moving images between the dataset's partitions"):
+        ensure_consistent(spark, config)
+        if any(root.glob("scale_bin=*/*.parquet")):
+            _move_dataset_rows(spark, config, changes, staging, url, root)
+
+
+def _move_dataset_rows(spark, config: Config, changes, staging: Path, url: str, root: Path) -> None:
     from pyspark.sql import functions as F
 
-    from semspark.ingest.job import dataset_url
-
-    url = dataset_url(config)
-    root = Path(url[len("file://"):]) if url.startswith("file://") else None
-    if root is None:
-        raise RescaleError(f"rescale moves dataset partitions on a local or mounted file system; {url} is not one")
-    finish_dataset_swap(root)
-    if not any(root.glob("scale_bin=*/*.parquet")):
-        return
     dataset = spark.read.parquet(url)
     moved = dataset.join(changes.select("image_id"), "image_id", "left_semi")
     bins = {r[0] for r in moved.select("scale_bin").distinct().collect()} | \
@@ -271,39 +266,8 @@ def _rewrite_dataset(spark, config: Config, changes, staging: Path) -> None:
     target = staging / "dataset"
     (kept.select(*columns).unionByName(new_rows.select(*columns))
      .repartition("scale_bin").write.mode("overwrite").partitionBy("scale_bin").parquet(target.as_uri()))
-    journal = root / "_rescale_swap"
-    journal.mkdir(exist_ok=True)
-    for bin_name in sorted(bins):
-        part = f"scale_bin={bin_name}"
-        (journal / part).mkdir(exist_ok=True)
-        new_part = target / part
-        if new_part.exists():
-            shutil.move(str(new_part), str(journal / part / "new"))
-        (journal / part / "ready").touch()
-    finish_dataset_swap(root)
-    schema = image_unischema(config.ingest.image_size)
-    with materialize_dataset(spark, url, schema, config.ingest.row_group_size_mb):
-        pass  # no rows to write: regenerate Petastorm's row-group metadata over the files now there
-
-
-def finish_dataset_swap(root: Path) -> None:
-    """Complete a journalled partition swap: each ready partition's new files replace the old."""
-    journal = root / "_rescale_swap"
-    if not journal.exists():
-        return
-    for entry in sorted(journal.iterdir()):
-        if not (entry / "ready").exists():
-            shutil.rmtree(entry)          # never finished preparing: the dataset was not touched
-            continue
-        live = root / entry.name
-        if (entry / "new").exists():
-            if live.exists():
-                shutil.rmtree(live)
-            shutil.move(str(entry / "new"), str(live))
-        elif live.exists():
-            shutil.rmtree(live)           # the partition is empty now
-        shutil.rmtree(entry)
-    journal.rmdir()
+    swap_partitions(root, target, bins)
+    rebuild_metadata(spark, config, url)
 
 
 def _make_worker(config: Config):

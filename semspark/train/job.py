@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from semspark.catalog import ensure_tables, insert, new_run_id, qualified, unknown_scale_bins, utc_now
 from semspark.config import PROJECT_ROOT, Config
 from semspark.errors import RunFailed
-from semspark.ingest.job import dataset_url
+from semspark.dataset import dataset_url, ensure_consistent, stored_image_size
 from semspark.schema import IMAGES, MODELS, TRAIN_TABLES, TRAINING_HISTORY
 from semspark.train import registry
 from semspark.train.data import labelled_images, make_split
@@ -212,6 +212,7 @@ def run_training(spark, config: Config, request: TrainRequest) -> TrainResult:
         raise TrainError(f"{len(unlabelled)} images of run {run_id}'s split have no label among its classes "
                          f"(e.g. {unlabelled[0]}); start a new run")
     url = dataset_url(config)
+    ensure_consistent(spark, config)   # the ranks' Petastorm readers need metadata that names every file
     payload = {**dataclasses.asdict(request), "input_size": request.resolved_input_size,
                "learning_rate": request.resolved_learning_rate,
                "uncertain_target": request.uncertain_target,
@@ -283,12 +284,10 @@ def _executor_python(spark) -> str | None:
 def _stored_image_size(url: str) -> int:
     """The side of the stored images, from the dataset's own schema: the config may have changed
     since the images were ingested."""
-    from petastorm.etl.dataset_metadata import get_schema_from_dataset_url
-
-    try:
-        return int(get_schema_from_dataset_url(url).fields["image"].shape[0])
-    except Exception as exc:
-        raise TrainError(f"no readable image dataset at {url}: run semspark ingest first ({exc})") from exc
+    size = stored_image_size(url)
+    if size is None:
+        raise TrainError(f"no readable image dataset at {url}: run semspark ingest first")
+    return size
 
 
 def _train(payload):

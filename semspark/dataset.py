@@ -1,0 +1,231 @@
+"""The Petastorm image dataset, shared by every stage: where it is, what it stores, and keeping its
+files and Petastorm's metadata in step.
+
+Petastorm readers find the row groups of each Parquet file in ``_common_metadata``; a file missing
+from it makes every reader fail, a file that was removed is ignored. Two things change the files:
+appends (ingest) and partition swaps (rescale moving images between bins, compaction rewriting a
+bin into fewer files). A swap is journalled in ``_swap/`` inside the dataset (Spark and pyarrow
+skip ``_`` folders) and finished by the next writer if the process dies in it; the metadata is
+checked against the files before every use and rebuilt when they differ, so a kill between the
+Parquet commit and Petastorm's metadata step heals itself instead of breaking readers.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from semspark.config import Config
+from semspark.schema import image_unischema
+from semspark.storage import home_path, pause_point, writer_lock
+
+log = logging.getLogger(__name__)
+
+IMAGES_PER_FILE = 2000           # ~100 MB of 299x299 PNGs: the size ingest and compaction aim at
+SWAP_JOURNAL = "_swap"
+_OLDER_SWAP_JOURNALS = ("_rescale_swap",)
+ROW_GROUPS_KEY = b"dataset-toolkit.num_row_groups_per_file.v1"
+UNISCHEMA_KEY = b"dataset-toolkit.unischema.v1"
+
+
+class DatasetError(RuntimeError):
+    """The dataset cannot be used as configured (not on a file system semspark can swap files on)."""
+
+
+def dataset_url(config: Config) -> str:
+    return home_path(config.ingest.dataset_dir).as_uri()
+
+
+def dataset_root(url: str) -> Path:
+    if not url.startswith("file://"):
+        raise DatasetError(f"the dataset must be on a local or mounted file system (file://); {url} is not")
+    return Path(url[len("file://"):])
+
+
+def data_files(root: Path) -> list[str]:
+    """The dataset's Parquet files, relative to its root, as Petastorm keys them."""
+    return sorted(str(p.relative_to(root)) for p in root.glob("scale_bin=*/*.parquet"))
+
+
+def files_per_bin(root: Path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for relative in data_files(root):
+        name = relative.split("/", 1)[0][len("scale_bin="):]
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def stored_image_size(url: str) -> int | None:
+    """The side of the stored images from the dataset's own schema (the config may have changed
+    since they were ingested); None when there is no readable schema."""
+    from petastorm.etl.dataset_metadata import get_schema_from_dataset_url
+
+    try:
+        return int(get_schema_from_dataset_url(url).fields["image"].shape[0])
+    except Exception:   # no dataset yet, or metadata unreadable: the caller decides
+        return None
+
+
+def metadata_problems(root: Path) -> list[str]:
+    """How Petastorm's metadata differs from the files: [] when a reader will find every file."""
+    import pyarrow.parquet as pq
+
+    files = data_files(root)
+    common = root / "_common_metadata"
+    if not files:
+        return []
+    if not common.exists():
+        return ["no _common_metadata"]
+    try:
+        meta = pq.read_schema(common).metadata or {}
+    except Exception as exc:   # a write killed half way leaves a file pyarrow cannot read
+        return [f"_common_metadata unreadable ({type(exc).__name__})"]
+    if UNISCHEMA_KEY not in meta:
+        return ["no Unischema in _common_metadata"]
+    if ROW_GROUPS_KEY not in meta:
+        return ["no row-group counts in _common_metadata"]
+    counted = set(json.loads(meta[ROW_GROUPS_KEY].decode()))
+    missing = sorted(set(files) - counted)
+    gone = sorted(counted - set(files))
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} files without row-group counts (e.g. {missing[0]})")
+    if gone:
+        problems.append(f"{len(gone)} counted files no longer there (e.g. {gone[0]})")
+    return problems
+
+
+def rebuild_metadata(spark, config: Config, url: str) -> None:
+    """Petastorm's metadata made again over the files there are: the Unischema and each file's
+    row-group count (read from the footers, in Spark tasks)."""
+    from petastorm.etl.dataset_metadata import materialize_dataset
+
+    root = dataset_root(url)
+    size = stored_image_size(url) or config.ingest.image_size
+    common = root / "_common_metadata"
+    problems = metadata_problems(root)
+    if common.exists() and problems and "unreadable" in problems[0]:
+        common.unlink()     # Petastorm would try to extend it
+    with writer_lock(purpose="rebuilding the dataset's metadata"):
+        with materialize_dataset(spark, url, image_unischema(size), config.ingest.row_group_size_mb):
+            pass   # no rows to write: the metadata step over the files now there
+
+
+def ensure_consistent(spark, config: Config) -> list[str]:
+    """Before using the dataset: finish a partition swap a killed process left, then check the
+    metadata against the files and rebuild it if they differ. Returns what was wrong ([] if nothing)."""
+    url = dataset_url(config)
+    root = dataset_root(url)
+    if not root.exists():
+        return []
+    repaired = []
+    if any((root / name).exists() for name in (SWAP_JOURNAL, *_OLDER_SWAP_JOURNALS)):
+        with writer_lock(purpose="finishing a dataset swap"):
+            finish_swaps(root)
+        repaired.append("finished a partition swap a killed process left")
+    problems = metadata_problems(root)
+    if problems:
+        log.warning("the dataset's Petastorm metadata does not match its files (%s): rebuilding it",
+                    "; ".join(problems))
+        rebuild_metadata(spark, config, url)
+        left = metadata_problems(root)
+        if left:   # not bad input: Petastorm's metadata step did not do what it does
+            raise RuntimeError(f"rebuilding the metadata of {url} left it inconsistent: {'; '.join(left)}")
+        repaired += problems
+    return repaired
+
+
+def swap_partitions(root: Path, staged: Path, bins) -> None:
+    """Replace the dataset's partitions ``bins`` with the ones written under ``staged`` (a bin
+    missing there is removed). Journalled: every new partition is moved into ``_swap`` and marked
+    ready before the first live partition is touched, so ``finish_swaps`` completes it after a kill."""
+    journal = root / SWAP_JOURNAL
+    journal.mkdir(exist_ok=True)
+    for bin_name in sorted(bins):
+        part = f"scale_bin={bin_name}"
+        (journal / part).mkdir(exist_ok=True)
+        if (staged / part).exists():
+            shutil.move(str(staged / part), str(journal / part / "new"))
+        (journal / part / "ready").touch()
+    pause_point("dataset-swap-ready")
+    finish_swaps(root)
+
+
+def finish_swaps(root: Path) -> None:
+    """Complete journalled partition swaps: each ready partition's new files replace the old."""
+    for name in (SWAP_JOURNAL, *_OLDER_SWAP_JOURNALS):
+        journal = root / name
+        if not journal.exists():
+            continue
+        for entry in sorted(journal.iterdir()):
+            if not (entry / "ready").exists():
+                shutil.rmtree(entry)          # never finished preparing: the dataset was not touched
+                continue
+            live = root / entry.name
+            if (entry / "new").exists():
+                if live.exists():
+                    shutil.rmtree(live)
+                shutil.move(str(entry / "new"), str(live))
+            elif live.exists():
+                shutil.rmtree(live)           # the partition is empty now
+            shutil.rmtree(entry)
+        journal.rmdir()
+
+
+@dataclass
+class DatasetCompaction:
+    files_before: int = 0
+    files_after: int = 0
+    bins_rewritten: dict[str, tuple[int, int]] = field(default_factory=dict)   # bin -> (files before, after)
+
+
+def compact_dataset(spark, config: Config, max_files_per_bin: int, staging: Path,
+                    force: bool = False) -> DatasetCompaction:
+    """Rewrite each scale bin holding more than ``max_files_per_bin`` files (every bin with more
+    files than it needs, with ``force``) into ceil(images / IMAGES_PER_FILE) files, swapped in
+    whole, then make the metadata again. Same rows before and after (checked before the swap)."""
+    from petastorm.etl.dataset_metadata import materialize_dataset
+    from pyspark.sql import functions as F
+
+    url = dataset_url(config)
+    root = dataset_root(url)
+    result = DatasetCompaction()
+    if not root.exists():
+        return result
+    with writer_lock(purpose="compacting the dataset"):
+        ensure_consistent(spark, config)
+        counts = files_per_bin(root)
+        result.files_before = result.files_after = sum(counts.values())
+        if not counts:
+            return result
+        dataset = spark.read.parquet(url)
+        rows_per_bin = {r["scale_bin"]: r["count"] for r in dataset.groupBy("scale_bin").count().collect()}
+        chosen = {}
+        for bin_name, files in counts.items():
+            needed = max(1, math.ceil(rows_per_bin.get(bin_name, 0) / IMAGES_PER_FILE))
+            if files > needed and (force or files > max_files_per_bin):
+                chosen[bin_name] = needed
+        if not chosen:
+            return result
+        size = stored_image_size(url) or config.ingest.image_size
+        target = staging / "dataset"
+        columns = [f.name for f in image_unischema(size).fields.values()]
+        for bin_name, needed in sorted(chosen.items()):
+            rows = dataset.filter(F.col("scale_bin") == bin_name).select(*columns)
+            # the Petastorm row-group size, as ingest writes; the metadata is made once, after the swap
+            with materialize_dataset(spark, target.as_uri(), image_unischema(size), config.ingest.row_group_size_mb):
+                rows.repartition(needed).write.mode("append").partitionBy("scale_bin").parquet(target.as_uri())
+            written = spark.read.parquet(target.as_uri()).filter(F.col("scale_bin") == bin_name).count()
+            if written != rows_per_bin[bin_name]:
+                raise DatasetError(f"compacting scale bin {bin_name} wrote {written} rows of "
+                                   f"{rows_per_bin[bin_name]}; the dataset was left as it was")
+        swap_partitions(root, target, chosen)
+        pause_point("dataset-compacted-before-metadata")
+        rebuild_metadata(spark, config, url)
+        after = files_per_bin(root)
+        result.files_after = sum(after.values())
+        result.bins_rewritten = {b: (counts[b], after.get(b, 0)) for b in sorted(chosen)}
+    return result

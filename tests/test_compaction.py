@@ -1,0 +1,186 @@
+"""Bounded files: compaction rewrites the small files of the tables and the dataset into few, with
+the same rows, and survives a kill at any point; Petastorm's metadata is checked against the files
+and rebuilt, also after a kill between an ingest's Parquet commit and its metadata step.
+
+The expected contents come from outside the code under test: the SHA-256 of every raw file
+(hashlib), the files on disk (os.walk), and Petastorm's own reader."""
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from semspark.compaction import compact, needs_compaction
+from semspark.config import CatalogConfig, CompactionConfig, Config, IngestConfig
+from semspark.dataset import dataset_url
+from semspark.ingest.job import run_ingest
+from semspark.synth.generate import generate
+
+pytestmark = pytest.mark.spark
+
+VENV_BIN = Path(sys.executable).parent
+DB = "compacting"
+CONFIG = Config(catalog=CatalogConfig(database=DB),
+                ingest=IngestConfig(image_size=48, dataset_dir="datasets/compacting", files_per_task=8),
+                compaction=CompactionConfig(table_files=2, dataset_files_per_bin=2))
+IMAGE_SUFFIXES = (".tif", ".png", ".jpg")
+
+
+def raw_ids(*folders) -> set[str]:
+    return {hashlib.sha256(p.read_bytes()).hexdigest() for folder in folders for p in Path(folder).rglob("*")
+            if p.suffix in IMAGE_SUFFIXES}
+
+
+def parquet_files(folder: Path) -> dict[str, int]:
+    """Parquet data files per folder under ``folder``, counted on disk."""
+    counts: dict[str, int] = {}
+    for parent, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(("_", "."))]
+        n = sum(1 for f in files if f.endswith(".parquet") or f.startswith("part-"))
+        if n:
+            counts[os.path.relpath(parent, folder)] = n
+    return counts
+
+
+def petastorm_ids(url: str) -> list[str]:
+    from petastorm import make_reader
+
+    with make_reader(url, schema_fields=["image_id"], reader_pool_type="dummy", num_epochs=1) as reader:
+        return sorted(row.image_id for row in reader)
+
+
+def rows(spark, table: str) -> list[tuple]:
+    return sorted(tuple(str(v) for v in r) for r in spark.table(f"{DB}.{table}").collect())
+
+
+@pytest.fixture(scope="module")
+def three_nights(spark, semspark_home, tmp_path_factory):
+    root = tmp_path_factory.mktemp("compacting_raw")
+    for night in range(3):
+        generate(root / f"night{night}", 6, seed=300 + night, width=256, height=192)
+        run_ingest(spark, CONFIG, str(root / f"night{night}"), labels="folders")
+    return root, semspark_home / "warehouse" / f"{DB}.db"
+
+
+def test_compaction_rewrites_small_files_into_few_with_the_same_rows(spark, three_nights):
+    root, warehouse = three_nights
+    truth = raw_ids(*(root / f"night{n}" for n in range(3)))
+    url = dataset_url(CONFIG)
+    dataset = Path(url[len("file://"):])
+    before_tables = {t: parquet_files(warehouse / t) for t in ("images", "files", "labels")}
+    before_dataset = parquet_files(dataset)
+    assert max(before_dataset.values()) == 3 and max(before_tables["files"].values()) >= 3   # a file a night
+    contents = {t: rows(spark, t) for t in ("images", "files", "labels")}
+    assert needs_compaction(spark, CONFIG)
+
+    def over_threshold_become_one(before: dict[str, int]) -> dict[str, int]:
+        return {folder: 1 if n > 2 else n for folder, n in before.items()}
+
+    summary = compact(spark, CONFIG)
+    assert summary.files_after < summary.files_before
+    for table in ("images", "files", "labels"):
+        assert parquet_files(warehouse / table) == over_threshold_become_one(before_tables[table]), table
+        assert rows(spark, table) == contents[table]
+    assert parquet_files(dataset) == over_threshold_become_one(before_dataset)
+    assert petastorm_ids(url) == sorted(truth)      # Petastorm's reader: every image once, metadata in step
+    assert not needs_compaction(spark, CONFIG)
+    again = compact(spark, CONFIG)                  # nothing over the thresholds any more
+    assert again.tables == {} and again.dataset_bins == {} and again.files_after == again.files_before
+
+    forced = compact(spark, CONFIG, force=True)     # everything that has more files than it needs
+    for table in ("images", "files", "labels"):
+        assert set(parquet_files(warehouse / table).values()) == {1} and rows(spark, table) == contents[table]
+    assert set(parquet_files(dataset).values()) == {1} and petastorm_ids(url) == sorted(truth)
+    left_over = [n for before in (*before_tables.values(), before_dataset) for n in before.values() if n == 2]
+    assert forced.files_before - forced.files_after == len(left_over)
+
+
+@pytest.fixture(scope="module")
+def separate_home(tmp_path_factory):
+    """A SEMSPARK_HOME of its own for processes that are killed (Derby admits one JVM per catalog)."""
+    root = tmp_path_factory.mktemp("compaction_kills")
+    conf = root / "semspark.yaml"
+    conf.write_text("ingest:\n  image_size: 48\n  files_per_task: 8\n"
+                    "compaction:\n  table_files: 2\n  dataset_files_per_bin: 2\n")
+    env = dict(os.environ, SEMSPARK_HOME=str(root / "home"), SEMSPARK_CONF=str(conf), SEMSPARK_MASTER="local[2]",
+               PYSPARK_PYTHON=sys.executable, PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    env.pop("SEMSPARK_PAUSE_AT", None)
+    return root, env
+
+
+def semspark(env, *args, timeout=300) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(VENV_BIN / "semspark"), *args], env=env, capture_output=True, text=True,
+                            timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def killed_at(env, point: str, *args, timeout=300) -> None:
+    """Run a command until it reaches ``point`` (storage.pause_point), then SIGKILL its process group."""
+    marker = Path(env["SEMSPARK_HOME"]) / f"paused-{point}"
+    marker.unlink(missing_ok=True)
+    process = subprocess.Popen([str(VENV_BIN / "semspark"), *args], env=dict(env, SEMSPARK_PAUSE_AT=point),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while not marker.exists():
+            assert process.poll() is None, f"{args} ended before {point}:\n{process.stderr.read()[-3000:]}"
+            assert time.monotonic() < deadline, f"{args} never reached {point}"
+            time.sleep(0.5)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=60)
+    marker.unlink()
+
+
+def test_killed_between_the_parquet_commit_and_the_metadata_step_readers_recover(separate_home):
+    root, env = separate_home
+    for night in range(2):
+        generate(root / f"night{night}", 6, seed=400 + night, width=256, height=192)
+    semspark(env, "ingest", "--input", str(root / "night0"), "--labels", "folders")
+    url = (Path(env["SEMSPARK_HOME"]) / "datasets" / "images").as_uri()
+    assert petastorm_ids(url) == sorted(raw_ids(root / "night0"))
+
+    killed_at(env, "dataset-appended", "ingest", "--input", str(root / "night1"), "--labels", "folders")
+    with pytest.raises(Exception):          # the new files are not in Petastorm's metadata: readers fail
+        petastorm_ids(url)
+    checked = semspark(env, "compact", "--check", "--json").stdout
+    assert '"repaired": ["' in checked and "without row-group counts" in checked
+    assert set(petastorm_ids(url)) == raw_ids(root / "night0") | raw_ids(root / "night1")
+    semspark(env, "ingest", "--input", str(root / "night1"), "--labels", "folders")   # finishes the tables
+    assert petastorm_ids(url) == sorted(raw_ids(root / "night0", root / "night1"))   # each image once
+
+
+def test_compaction_killed_in_a_table_rewrite_and_in_the_dataset_swap_then_rerun(separate_home):
+    root, env = separate_home
+    generate(root / "night2", 6, seed=402, width=256, height=192)
+    semspark(env, "ingest", "--input", str(root / "night2"), "--labels", "folders")
+    truth = raw_ids(root / "night0", root / "night1", root / "night2")
+    home = Path(env["SEMSPARK_HOME"])
+    warehouse, dataset = home / "warehouse" / "sem.db", home / "datasets" / "images"
+    assert max(parquet_files(warehouse / "files").values()) >= 3 and max(parquet_files(dataset).values()) >= 3
+
+    killed_at(env, "rewrite-journalled", "compact")             # the first table: staged and journalled
+    assert list((home / "journal").glob("sem.*.json"))
+    killed_at(env, "dataset-swap-ready", "compact")             # replays the table, then dies in the swap
+    assert not list((home / "journal").glob("sem.*.json"))
+    assert (dataset / "_swap").is_dir()
+    checked = semspark(env, "compact", "--check", "--json").stdout
+    assert "partition swap" in checked
+    assert not (dataset / "_swap").exists()
+    assert petastorm_ids((dataset).as_uri()) == sorted(truth)
+    assert all(n == 1 for n in parquet_files(dataset).values())
+    out = semspark(env, "sql", "--format", "csv", "SELECT (SELECT count(*) FROM sem.images) AS images, "
+                   "(SELECT count(DISTINCT image_id) FROM sem.images) AS distinct_images, "
+                   "(SELECT count(*) FROM sem.files WHERE role = 'image') AS files, "
+                   "(SELECT count(*) FROM sem.labels) AS labels").stdout.strip().splitlines()[-1]
+    assert out == f"{len(truth)},{len(truth)},{len(truth)},{len(truth)}"
+    final = semspark(env, "compact").stdout
+    assert all(n <= 2 for table in ("images", "files", "labels", "quarantine")
+               for n in parquet_files(warehouse / table).values()), final
