@@ -32,7 +32,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def register(arch: str, classes: list[str], input_size: int, name: str) -> str:
-    from semspark.train import registry
+    from semspark import registry
     from semspark.train.models import build_model
 
     model = build_model(arch, len(classes), input_size)
@@ -90,7 +90,7 @@ def main() -> None:
         stored = pq.read_table(dataset_url(config)[len("file://"):], columns=["image"]).column("image").to_pylist()
         images = np.stack([cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_GRAYSCALE) for b in stored])
         x = images[..., None].astype(np.float32)
-        from semspark.train import registry
+        from semspark import registry
         from semspark.train.models import load_saved_model
 
         # What a scoring worker spends on the model: Keras's full load of model.keras, against what

@@ -36,14 +36,14 @@ def is_usage_error(exc: BaseException) -> bool:
     from semspark.analysis.job import AnalysisError
     from semspark.config import ConfigError
     from semspark.infer.job import InferError
-    from semspark.ingest.job import IngestError
+    from semspark.ingest.listing import IngestError
     from semspark.ingest.ocr import OcrUnavailable
     from semspark.ingest.quarantine import QuarantineError
     from semspark.ingest.rescale import RescaleError
     from semspark.dataset import DatasetError
     from semspark.labels import LabelError
     from semspark.train.job import TrainError
-    from semspark.train.registry import RegistryError
+    from semspark.registry import RegistryError
     from semspark.train.spec import ModelError
 
     usage = (ConfigError, IngestError, TrainError, ModelError, RegistryError, InferError, AnalysisError,

@@ -95,7 +95,7 @@ def register_copy(source, name: str) -> str:
     Tests score with a copy when they must not change what another test counts for the original."""
     import shutil
 
-    from semspark.train import registry
+    from semspark import registry
 
     version, folder = registry.new_version(name)
     for file in ("model.keras", "metadata.json", registry.REFERENCE_EMBEDDINGS):

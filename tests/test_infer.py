@@ -11,7 +11,7 @@ import pytest
 
 from semspark.infer.job import InferError, production_model, promote, run_inference
 from semspark.synth.generate import generate
-from semspark.train import registry
+from semspark import registry
 
 from .conftest import register_copy
 

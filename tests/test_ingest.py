@@ -14,7 +14,8 @@ import dataclasses
 
 from semspark.config import CatalogConfig, Config, IngestConfig
 from semspark.dataset import dataset_url
-from semspark.ingest.job import IngestError, run_ingest
+from semspark.ingest.job import run_ingest
+from semspark.ingest.listing import IngestError
 from semspark.synth.generate import generate
 
 from .conftest import REAL_SAMPLES
@@ -348,14 +349,14 @@ def test_an_unreadable_file_is_quarantined_as_io_and_retryable(tmp_path):
     task's own function): stage io after the retries, which the next ingest tries again."""
     import pandas as pd
 
-    from semspark.ingest.job import _make_worker
+    from semspark.ingest.processing import make_worker
     from semspark.ingest.quarantine import RETRYABLE_STAGES
 
     link = tmp_path / "late.tif"
     link.symlink_to(tmp_path / "not_there_yet.tif")
     frame = pd.DataFrame([{"path": uri(link), "size": 1000, "modification_time": pd.Timestamp("2026-01-01"),
                            "sidecar_path": None, "label": None}])
-    out = pd.concat(list(_make_worker(CONFIG)(iter([frame]))))
+    out = pd.concat(list(make_worker(CONFIG)(iter([frame]))))
     assert (out["outcome"][0], out["stage"][0]) == ("quarantine", "io") and "could not read" in out["reason"][0]
     assert "io" in RETRYABLE_STAGES and "read" not in RETRYABLE_STAGES    # an empty file stays quarantined
 

@@ -14,7 +14,7 @@ from semspark.dataset import dataset_url
 from semspark.ingest.job import run_ingest
 from semspark.labels import LabelError, ensure_labels, label_from_csv, label_one
 from semspark.synth.generate import generate
-from semspark.train import registry
+from semspark import registry
 from semspark.train.data import labelled_images, read_shard
 from semspark.train.job import TrainRequest, run_training
 

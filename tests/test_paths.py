@@ -12,7 +12,7 @@ from semspark import config as config_module
 from semspark.analysis.job import analysis_key
 from semspark.config import ConfigError
 from semspark.storage import home_path
-from semspark.train import registry
+from semspark import registry
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 from semspark.config import CatalogConfig, Config, IngestConfig
 from semspark.ingest.job import run_ingest
 from semspark.synth.generate import generate
-from semspark.train import registry
+from semspark import registry
 from semspark.train.job import TrainError, TrainRequest, run_training
 
 pytestmark = pytest.mark.spark

@@ -22,7 +22,7 @@ from semspark.dataset import dataset_url
 from semspark.labels import current_labels, ensure_labels
 from semspark.schema import ANALYSIS_TABLES, CLUSTER_SCORES, CLUSTERS, IMAGES, PREDICTIONS
 from semspark.storage import home_path
-from semspark.train import registry
+from semspark import registry
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from semspark.errors import RunFailed
 from semspark.dataset import dataset_url, ensure_consistent
 from semspark.schema import IMAGES, INFER_TABLES, INGEST_TABLES, PREDICTION, PREDICTIONS, PROMOTIONS
 from semspark.storage import home_path
-from semspark.train import registry
+from semspark import registry
 from semspark.train.evaluation import AppearanceBounds
 
 log = logging.getLogger(__name__)

@@ -23,18 +23,23 @@ from dataclasses import dataclass, field
 
 from semspark.catalog import ensure_tables, insert, new_run_id, qualified, utc_now
 from semspark.config import Config
-from semspark.dataset import IMAGES_PER_FILE, dataset_url, ensure_consistent
+from semspark.dataset import dataset_url, ensure_consistent
+from semspark.ingest.listing import (
+    list_files,
+    qualified_root,
+    with_csv_id_labels,
+    with_csv_path_labels,
+    with_folder_labels,
+)
+from semspark.ingest.processing import make_worker
 from semspark.ingest.quarantine import heal, retryable_column, waiting_files
+from semspark.ingest.writing import sidecar_rows, write_dataset
 from semspark.labels import append_changes, current_user, ensure_labels
-from semspark.schema import FILES, IMAGES, INGEST_TABLES, PROCESSED, QUARANTINE, image_encoder, image_unischema
-from semspark.storage import home_path, pause_point, writer_lock
+from semspark.schema import FILES, IMAGES, INGEST_TABLES, PROCESSED, QUARANTINE
+from semspark.storage import home_path
 
 log = logging.getLogger(__name__)
 
-
-
-class IngestError(RuntimeError):
-    """The ingest cannot start (bad input path, bad label file); the message says what to do."""
 
 
 @dataclass
@@ -88,13 +93,13 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
     started = utc_now()
     summary = IngestSummary(run_id=run_id, dataset_url=dataset_url(config))
     clock = _PhaseClock(summary.phase_seconds)
-    root = _qualified_root(spark, input_path)
+    root = qualified_root(spark, input_path)
     ensure_tables(spark, db, INGEST_TABLES)
     ensure_labels(spark, db)
     heal(spark, db, run_id)         # what a run killed before its end left in sem.quarantine
     ensure_consistent(spark, config)   # a swap or a metadata step a killed run left half done
 
-    listing = (_list_files(spark, root)
+    listing = (list_files(spark, root)
                .withColumn("ext", F.lower(F.regexp_extract("path", r"\.([^./]+)$", 1)))
                .withColumn("stem", F.regexp_replace("path", r"\.[^./]+$", ""))
                .withColumn("rel", F.expr(f"substring(path, {len(root) + 2})")))
@@ -117,9 +122,9 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
 
     pending = pending.join(
         attached.select("stem", F.col("path").alias("sidecar_path")).dropDuplicates(["stem"]), "stem", "left")
-    pending = _with_folder_labels(pending) if labels == "folders" else pending.withColumn("label", F.lit(None).cast("string"))
+    pending = with_folder_labels(pending) if labels == "folders" else pending.withColumn("label", F.lit(None).cast("string"))
     if labels not in (None, "folders"):
-        pending = _with_csv_path_labels(spark, pending, labels, root)
+        pending = with_csv_path_labels(spark, pending, labels, root)
 
     pending = pending.persist()
     n_pending = pending.count()
@@ -138,7 +143,7 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
     # Big enough batches for OCR, but never fewer tasks than cores while there is work for them.
     tasks = max(math.ceil(n_pending / config.ingest.files_per_task),
                 min(n_pending, spark.sparkContext.defaultParallelism), 1)
-    worker = _make_worker(config)
+    worker = make_worker(config)
     processed = (pending.select("path", "size", "modification_time", "sidecar_path", "label")
                  .repartition(tasks, "path")
                  .mapInPandas(worker, schema=PROCESSED))
@@ -147,7 +152,7 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
     log.info("processed %d files (%s)", n_pending, clock.lap("processing", n_pending, "files"))
     staged = spark.read.parquet((staging / "processed").as_uri())
     if labels not in (None, "folders"):
-        staged = _with_csv_id_labels(spark, staged, labels)
+        staged = with_csv_id_labels(spark, staged, labels)
 
     stamp = F.lit(started).cast("timestamp")
     run = F.lit(run_id)
@@ -162,14 +167,14 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
      .write.mode("overwrite").parquet((staging / "new_images").as_uri()))
     new_images = spark.read.parquet((staging / "new_images").as_uri())
 
-    _write_dataset(spark, config, new_images, summary.dataset_url)
+    write_dataset(spark, config, new_images, summary.dataset_url)
     if labels is not None:   # before sem.images: a rerun after a crash finds them and adds nothing
         append_changes(spark, db, new_images.filter(F.col("label").isNotNull()).select("image_id", "label"),
                        "folders" if labels == "folders" else "csv", current_user(), run_id, at=started)
     insert(new_images, db, IMAGES)
 
     bad = staged.filter(F.col("outcome") == "quarantine")
-    sidecar_rows, orphan_sidecars = _sidecar_rows(spark, db, pending_sidecars, good)
+    sidecar_file_rows, orphan_sidecars = sidecar_rows(spark, db, pending_sidecars, good)
     quarantine_rows = (bad.select("path", "sha256", "size", "modification_time", "stage", "reason")
                        .unionByName(orphan_sidecars)
                        .join(waiting_files(spark, db), key, "left_anti")
@@ -179,7 +184,7 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
 
     file_rows = (good.select("path", F.col("sha256").alias("image_id"), "size", "modification_time")
                  .withColumn("role", F.lit("image"))
-                 .unionByName(sidecar_rows)
+                 .unionByName(sidecar_file_rows)
                  .join(spark.table(qualified(db, FILES)).select(*key), key, "left_anti")
                  .withColumn("ingested_at", stamp).withColumn("ingest_run", run))
     insert(file_rows, db, FILES)
@@ -222,198 +227,3 @@ class _PhaseClock:
 
 def _counts(df, column: str) -> dict[str, int]:
     return {r[column]: r["count"] for r in df.groupBy(column).count().collect()}
-
-
-def _list_files(spark, root: str):
-    """(path, size, modification_time) of every file under root, empty files included.
-
-    Spark's file scan gives the first two without reading content, but a zero-length file has no
-    split and yields no row; the file index still holds it, so the difference is stat'ed here.
-    """
-    from pyspark.sql import functions as F
-
-    from semspark.storage import from_index_uri
-
-    scan = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(root)
-    listed = scan.select("path", F.col("length").alias("size"), F.col("modificationTime").alias("modification_time"))
-    indexed = spark.createDataFrame([(from_index_uri(u),) for u in scan.inputFiles()], "path string")
-    missing = [r["path"] for r in indexed.join(listed, "path", "left_anti").collect()]
-    if not missing:
-        return listed
-    jvm = spark.sparkContext._jvm
-    conf = spark.sparkContext._jsc.hadoopConfiguration()
-    rows = []
-    for path in missing:
-        status = jvm.org.apache.hadoop.fs.Path(path)
-        status = status.getFileSystem(conf).getFileStatus(status)
-        rows.append((path, int(status.getLen()), int(status.getModificationTime())))
-    extra = (spark.createDataFrame(rows, "path string, size long, mtime_ms long")
-             .select("path", "size", (F.col("mtime_ms") / 1000).cast("timestamp").alias("modification_time")))
-    return listed.unionByName(extra)
-
-
-def _qualified_root(spark, input_path: str) -> str:
-    jvm = spark.sparkContext._jvm
-    conf = spark.sparkContext._jsc.hadoopConfiguration()
-    path = jvm.org.apache.hadoop.fs.Path(input_path)
-    try:
-        fs = path.getFileSystem(conf)
-        qualified_path = fs.makeQualified(path)
-        exists = fs.exists(qualified_path)
-    except Exception as exc:
-        raise IngestError(f"cannot open input {input_path!r}: {exc}") from exc
-    if not exists:
-        raise IngestError(f"input {input_path!r} does not exist; give a folder of SEM images "
-                          f"(a local path, or file://, hdfs://, s3a:// URI)")
-    return qualified_path.toString().rstrip("/")
-
-
-def _with_folder_labels(df):
-    from pyspark.sql import functions as F
-
-    # The top folder under the input root names the category (the published SEM data set's layout);
-    # files directly in the root have no label.
-    top = F.regexp_extract("rel", r"^([^/]+)/", 1)
-    return df.withColumn("label", F.when(top == "", F.lit(None)).otherwise(top))
-
-
-def _read_label_csv(spark, labels_path: str):
-    from pathlib import Path
-
-    from pyspark.sql import functions as F
-
-    if not Path(labels_path).exists() and "://" not in labels_path:
-        raise IngestError(f"label file {labels_path!r} does not exist; --labels takes 'folders' or a CSV "
-                          "with a header: path,label or image_id,label")
-    table = spark.read.option("header", True).csv(labels_path)
-    columns = set(table.columns)
-    if "label" not in columns or not ({"path", "image_id"} & columns):
-        raise IngestError(f"label file {labels_path} needs a header with 'label' and 'path' or 'image_id'; "
-                          f"it has {sorted(columns)}")
-    return table.filter(F.col("label").isNotNull() & (F.trim("label") != ""))
-
-
-def _with_csv_path_labels(spark, pending, labels_path: str, root: str):
-    from pyspark.sql import functions as F
-
-    table = _read_label_csv(spark, labels_path)
-    if "path" not in table.columns:
-        return pending
-    # A relative path is relative to the input root; an absolute one is made a file: URI.
-    uri = (F.when(F.col("path").rlike(r"^[a-zA-Z][a-zA-Z0-9+.-]*:"), F.col("path"))
-           .when(F.col("path").startswith("/"), F.concat(F.lit("file:"), F.col("path")))
-           .otherwise(F.concat(F.lit(root + "/"), F.col("path"))))
-    mapping = table.select(uri.alias("path"), F.col("label").alias("csv_label")).dropDuplicates(["path"])
-    return (pending.join(mapping, "path", "left")
-            .withColumn("label", F.coalesce("csv_label", "label")).drop("csv_label"))
-
-
-def _with_csv_id_labels(spark, staged, labels_path: str):
-    from pyspark.sql import functions as F
-
-    table = _read_label_csv(spark, labels_path)
-    if "image_id" not in table.columns:
-        return staged
-    mapping = table.select(F.lower("image_id").alias("sha256"), F.col("label").alias("id_label")) \
-        .dropDuplicates(["sha256"])
-    return (staged.join(mapping, "sha256", "left")
-            .withColumn("label", F.coalesce("id_label", "label")).drop("id_label"))
-
-
-def _sidecar_rows(spark, db, pending_sidecars, good):
-    """sem.files rows for sidecars whose image is ingested; quarantine rows for the others."""
-    from pyspark.sql import functions as F
-
-    images_by_stem = (good.select(F.regexp_replace("path", r"\.[^./]+$", "").alias("stem"),
-                                  F.col("sha256").alias("image_id"))
-                      .unionByName(spark.table(qualified(db, FILES)).filter(F.col("role") == "image")
-                                   .select(F.regexp_replace("path", r"\.[^./]+$", "").alias("stem"), "image_id"))
-                      .dropDuplicates(["stem"]))
-    with_image = pending_sidecars.join(images_by_stem, "stem", "left")
-    rows = (with_image.filter(F.col("image_id").isNotNull())
-            .select("path", "image_id", "size", "modification_time").withColumn("role", F.lit("sidecar")))
-    orphans = (with_image.filter(F.col("image_id").isNull())
-               .select("path", F.lit(None).cast("string").alias("sha256"), "size", "modification_time",
-                       F.lit("sidecar").alias("stage"),
-                       F.lit("metadata sidecar whose image was quarantined").alias("reason")))
-    return rows, orphans
-
-
-def _write_dataset(spark, config: Config, new_images, url: str) -> None:
-    """Append the new images to the Petastorm dataset (partitioned by scale_bin)."""
-    from pathlib import Path
-
-    from petastorm.etl.dataset_metadata import materialize_dataset
-    from pyspark.sql import functions as F
-
-    schema = image_unischema(config.ingest.image_size)
-    rows = new_images.select(*[F.col(name) for name in ("image_id", "label", "scale_bin", "nm_per_px", "image")])
-    local = Path(url[len("file://"):]) if url.startswith("file://") else None
-    if local is not None and local.exists() and any(local.glob("scale_bin=*/*.parquet")):
-        present = spark.read.parquet(url).select("image_id")
-        rows = rows.join(present, "image_id", "left_anti")  # a rerun after a crash writes nothing twice
-    count = rows.count()
-    if count == 0:  # nothing new (or only bad files): leave the dataset as it is
-        return
-    # About IMAGES_PER_FILE images per Parquet file in each scale bin, not one small file per task
-    # and bin: readers (and Petastorm's row-group bookkeeping) cope badly with many tiny files.
-    buckets = F.pmod(F.hash("image_id"), F.lit(max(1, count // IMAGES_PER_FILE)))
-    with writer_lock(purpose="appending to the dataset"):
-        with materialize_dataset(spark, url, schema, config.ingest.row_group_size_mb):
-            (rows.repartition("scale_bin", buckets).write.mode("append")
-             .partitionBy("scale_bin").parquet(url))
-            pause_point("dataset-appended")   # committed; Petastorm's metadata step not run yet
-
-
-def _make_worker(config: Config):
-    """The function each Spark task runs over its batch of files (mapInPandas)."""
-    ingest_config = config.ingest
-
-    def process_partition(batches):
-        import pandas as pd
-
-        from semspark.ingest.process import RawFile, process_files
-        from semspark.storage import decode_text, read_bytes_retrying
-
-        encode = image_encoder(ingest_config.image_size)
-        for frame in batches:
-            raws, meta = [], []
-            for row in frame.itertuples(index=False):
-                raw = RawFile(row.path, None)
-                if int(row.size) > ingest_config.max_file_bytes:
-                    raw.read_stage = "limits"
-                    raw.read_error = (f"file of {int(row.size)} bytes is over the limit of "
-                                      f"{ingest_config.max_file_bytes} (ingest.max_file_bytes)")
-                else:
-                    try:
-                        raw.data = read_bytes_retrying(row.path)
-                    except OSError as exc:   # after the retries: a failure that may pass (io)
-                        raw.read_stage, raw.read_error = "io", f"could not read: {exc}"
-                if isinstance(row.sidecar_path, str):
-                    try:
-                        raw.sidecar_text = decode_text(read_bytes_retrying(row.sidecar_path))
-                    except OSError as exc:  # the image is still worth ingesting without it
-                        log.warning("unreadable sidecar %s: %s", row.sidecar_path, exc)
-                raws.append(raw)
-                meta.append(row)
-            outcomes = process_files(raws, ingest_config, encode=encode)
-            records = []
-            for row, out in zip(meta, outcomes):
-                record = {"outcome": "image" if out.ok else "quarantine", "path": row.path,
-                          "sha256": out.sha256, "size": int(row.size),
-                          "modification_time": row.modification_time, "stage": out.stage,
-                          "reason": out.reason, "format": out.format, "width": out.width,
-                          "height": out.height, "bit_depth": out.bit_depth, "color": out.color,
-                          "databar_px": out.databar_px, "phash": out.phash,
-                          "chroma": out.chroma, "contrast": out.contrast,
-                          "label": row.label if isinstance(row.label, str) else None,
-                          "image": out.image_png}
-                scale = out.scale.as_dict() if out.scale is not None else {}
-                for key in ("scale_value", "scale_unit", "scale_bar_px", "nm_per_px", "scale_source",
-                            "scale_mismatch", "metadata_nm_per_px", "scale_label_text", "scale_confidence",
-                            "scale_reason", "scale_reader", "scale_bin"):
-                    record[key] = scale.get(key)
-                records.append(record)
-            yield pd.DataFrame.from_records(records, columns=PROCESSED.fieldNames())
-
-    return process_partition

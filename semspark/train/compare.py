@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from semspark.train import registry
+from semspark import registry
 
 
 def _history(folder: Path) -> list[dict]:

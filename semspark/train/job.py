@@ -22,7 +22,7 @@ from semspark.config import PROJECT_ROOT, Config
 from semspark.errors import RunFailed
 from semspark.dataset import dataset_url, ensure_consistent, stored_image_size
 from semspark.schema import IMAGES, MODELS, TRAIN_TABLES, TRAINING_HISTORY
-from semspark.train import registry
+from semspark import registry
 from semspark.train.data import labelled_images, make_split
 from semspark.train.spec import (ARCHITECTURES, MIN_INPUT_SIZES, MODES, ModelError, input_size_for,
                                  learning_rate_for, parse_init)

@@ -25,7 +25,7 @@ def train_on_rank(payload: dict) -> dict | None:
     from semspark.train.recipe import (DecoupledWeightDecay, Recipe, SmoothedSparseCrossentropy, class_weights,
                                        learning_rate_schedule, make_optimizer, restore_optimizer_state,
                                        save_optimizer_state)
-    from semspark.train.registry import read_json, write_json
+    from semspark.registry import read_json, write_json
 
     hvd.init()
     rank, size = hvd.rank(), hvd.size()
