@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Make this machine ready to run semspark, idempotently:
 #   Debian packages: tesseract-ocr-eng (Tesseract's English model; the engine is the tesserocr wheel's),
-#   Java 17 (Spark), cmake and g++ (Horovod build);
+#   Java 17 (Spark), cmake and g++ (Horovod build), postgresql and libpostgresql-jdbc-java (the
+#   metastore for teams: deploy/metastore.sh, and the tests that start one);
 #   .venv with the locked stack of requirements.lock, Horovod built from source as ../shared/STACK.md shows;
 #   semspark itself installed in .venv in editable mode.
 # When everything is already there it only checks stamps and returns in a second or two.
@@ -20,6 +21,8 @@ ls /usr/share/tesseract-ocr/*/tessdata/eng.traineddata >/dev/null 2>&1 || missin
 command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 command -v g++ >/dev/null 2>&1 || missing+=(g++)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+[ -f /usr/share/java/postgresql.jar ] || missing+=(libpostgresql-jdbc-java)
 if ((${#missing[@]})); then
     sudo=""
     [ "$(id -u)" = 0 ] || sudo="sudo"

@@ -1,6 +1,6 @@
 """``semspark <command>``: the one command line for people; ``jobs/*.py`` call the same commands.
 
-Commands: synth, ingest, rescale, train, infer, promote, models, nightly, label, quarantine, compact, analyze, sql,
+Commands: synth, ingest, rescale, train, infer, promote, models, nightly, label, quarantine, compact, catalog, analyze, sql,
 sql-server, scale, spark-conf, demo. Each parses its arguments, loads the config, builds the SparkSession if it needs one, calls
 one library function and prints a result.
 
@@ -65,6 +65,16 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("nightly", help="ingest what is new and score it with the production model")
     add_ingest_arguments(p)
+
+    p = sub.add_parser("catalog", help="the catalog's metastore: move an embedded Derby catalog to PostgreSQL")
+    catalog = p.add_subparsers(dest="catalog_command", required=True, metavar="action")
+    q = catalog.add_parser("move-to-postgresql", help="describe the Derby catalog's tables and views in the "
+                                                      "PostgreSQL metastore this configuration names (data stays)")
+    add_json_argument(q)
+    q = catalog.add_parser("init", help="make the PostgreSQL metastore's schema (once; deploy/metastore.sh start "
+                                        "runs it)")
+    # (the init makes no database: each is made, at its place under SEMSPARK_HOME, by its first use)
+    add_json_argument(q)
 
     p = sub.add_parser("compact", help="rewrite tables and dataset bins holding many small files into few "
                                        "(safe if killed; the nightly does it past the compaction thresholds)")
@@ -234,7 +244,14 @@ def _explain(exc: Exception) -> tuple[str, int] | None:
     if "Another instance of Derby" in text or "Failed to start database" in text:
         from semspark.config import semspark_home
         return (f"the embedded catalog under {semspark_home()} is in use by another semspark process "
-                "(Derby admits one at a time); wait for it to finish, or use an external metastore", EXIT_RETRY)
+                "(Derby admits one at a time); wait for it to finish, or use a PostgreSQL metastore "
+                "(catalog.metastore: postgresql, deploy/metastore.sh)", EXIT_RETRY)
+    if "Required table missing" in text:
+        return ("the PostgreSQL metastore has no schema yet: run semspark catalog init (deploy/metastore.sh start "
+                "does) and rerun", EXIT_USAGE)
+    if "org.postgresql" in text and ("Connection refused" in text or "Connection to" in text):
+        return ("the PostgreSQL metastore (catalog.postgresql_url) does not answer: start it "
+                "(deploy/metastore.sh start) and rerun", EXIT_RETRY)
     try:
         from pyspark.errors import AnalysisException, ParseException
     except ImportError:  # pragma: no cover
@@ -249,19 +266,20 @@ def _config(args):
     return load_config(args.config)
 
 
-def _session(config, app: str):
+def _session(config, app: str, extra: dict | None = None):
     from semspark.session import session_scope
     # Spark's progress bars redraw one line with carriage returns: fine on a terminal, noise in a
     # scheduler's log file, where semspark's own progress lines say what happens.
     progress = "true" if sys.stderr.isatty() else "false"
-    return session_scope(config, app_name=f"semspark-{app}", extra={"spark.ui.showConsoleProgress": progress})
+    return session_scope(config, app_name=f"semspark-{app}",
+                         extra={"spark.ui.showConsoleProgress": progress, **(extra or {})})
 
 
-def _run_stage(args, app: str, run, gate=None) -> int:
+def _run_stage(args, app: str, run, gate=None, extra: dict | None = None) -> int:
     """Load the config, run ``run(spark, config)`` in a session, print its summary (lines, or one
     JSON object with ``--json``); exit 3 when ``gate(result, config.quality)`` gives reasons."""
     config = _config(args)
-    with _session(config, app) as spark:
+    with _session(config, app, extra) as spark:
         result = run(spark, config)
     reasons = gate(result, config.quality) if gate else []
     code = EXIT_QUALITY_GATE if reasons else EXIT_OK
@@ -358,6 +376,22 @@ def cmd_nightly(args) -> int:
 
     return _run_stage(args, "nightly", lambda spark, config: run_nightly(spark, config, args.input, labels=args.labels),
                       gate=lambda result, quality: result.quality_gate)
+
+
+def cmd_catalog(args) -> int:
+    from semspark.metastore import InitSummary, init_schema, move_to_postgresql, warm_up
+
+    config = _config(args)
+    # DataNucleus may add its own tables during the first operations of an init or a move (the
+    # schema exists by then: nothing can deadlock)
+    url = init_schema(config)
+    first_use = {"spark.hadoop.datanucleus.schema.autoCreateAll": "true"}
+    if args.catalog_command == "init":
+        def init(spark, config):
+            warm_up(spark)
+            return InitSummary(url=url, database=config.catalog.database)
+        return _run_stage(args, "catalog", init, extra=first_use)
+    return _run_stage(args, "catalog", lambda spark, config: move_to_postgresql(spark, config), extra=first_use)
 
 
 def cmd_compact(args) -> int:
@@ -491,7 +525,7 @@ def cmd_spark_conf(args) -> int:
 
     # Unquoted, for `spark-submit $(semspark spark-conf) ...`: the shell splits the words on white
     # space and would keep quotes literally; no value holds white space (SEMSPARK_HOME must not).
-    print(" ".join(spark_submit_flags()))
+    print(" ".join(spark_submit_flags(_config(args))))
     return 0
 
 
@@ -503,7 +537,7 @@ def cmd_demo(args) -> int:
 
 COMMANDS = {"synth": cmd_synth, "ingest": cmd_ingest, "rescale": cmd_rescale, "train": cmd_train, "infer": cmd_infer,
             "promote": cmd_promote, "models": cmd_models, "nightly": cmd_nightly, "analyze": cmd_analyze,
-            "quarantine": cmd_quarantine, "label": cmd_label, "compact": cmd_compact, "sql": cmd_sql, "sql-server": cmd_sql_server,
+            "quarantine": cmd_quarantine, "label": cmd_label, "compact": cmd_compact, "catalog": cmd_catalog, "sql": cmd_sql, "sql-server": cmd_sql_server,
             "scale": cmd_scale, "spark-conf": cmd_spark_conf, "demo": cmd_demo}
 
 

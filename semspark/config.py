@@ -28,6 +28,18 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class CatalogConfig:
     database: str = "sem"
+    # derby: embedded, zero setup, one process at a time; postgresql: a PostgreSQL database holds
+    # the Hive metastore, and the SQL server, spark-sql users and the nightly run at the same time
+    metastore: str = "derby"
+    postgresql_url: str = "jdbc:postgresql://127.0.0.1:5433/semspark_metastore"
+    postgresql_user: str = "semspark"
+    postgresql_password_env: str = "SEMSPARK_METASTORE_PASSWORD"   # the password is read from this variable
+    jdbc_driver_jar: str = "/usr/share/java/postgresql.jar"         # Debian's libpostgresql-jdbc-java
+
+    def __post_init__(self) -> None:
+        _require(self.metastore in ("derby", "postgresql"), "catalog.metastore must be derby or postgresql")
+        _require(self.postgresql_url.startswith("jdbc:postgresql://"),
+                 "catalog.postgresql_url must be a jdbc:postgresql://HOST:PORT/DATABASE URL")
 
 
 @dataclass(frozen=True)

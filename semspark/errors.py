@@ -42,12 +42,14 @@ def is_usage_error(exc: BaseException) -> bool:
     from semspark.ingest.rescale import RescaleError
     from semspark.dataset import DatasetError
     from semspark.labels import LabelError
+    from semspark.metastore import MoveError
+    from semspark.session import MetastoreError
     from semspark.train.job import TrainError
     from semspark.registry import RegistryError
     from semspark.train.spec import ModelError
 
     usage = (ConfigError, IngestError, TrainError, ModelError, RegistryError, InferError, AnalysisError,
-             AnalysisMemoryError, RescaleError, OcrUnavailable, QuarantineError, LabelError, DatasetError)
+             AnalysisMemoryError, RescaleError, OcrUnavailable, QuarantineError, LabelError, DatasetError, MetastoreError, MoveError)
     return isinstance(exc, usage) and not isinstance(exc, RunFailed)
 
 

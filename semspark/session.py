@@ -27,6 +27,50 @@ def _under_spark_submit() -> bool:
     return "PYSPARK_GATEWAY_PORT" in os.environ
 
 
+class MetastoreError(RuntimeError):
+    """The configured metastore cannot be used (no password, no JDBC driver); the message says what to do."""
+
+
+def catalog_conf(config: Config, home: Path | None = None, with_password: bool = True) -> dict[str, str]:
+    """Spark conf of the catalog ``config`` names: warehouse and scratch space under SEMSPARK_HOME,
+    the metastore in embedded Derby (there too) or in PostgreSQL. The PostgreSQL password comes from
+    the environment variable ``catalog.postgresql_password_env``; ``with_password=False`` leaves it
+    out (for command lines, which every user of the host can read)."""
+    catalog = config.catalog
+    if catalog.metastore == "derby":
+        return embedded_catalog_conf(home)
+    home = home or semspark_home()
+    if not Path(catalog.jdbc_driver_jar).is_file():
+        raise MetastoreError(f"the PostgreSQL JDBC driver {catalog.jdbc_driver_jar} is missing: apt-get install "
+                             "libpostgresql-jdbc-java, or set catalog.jdbc_driver_jar")
+    conf = {
+        "spark.sql.catalogImplementation": "hive",
+        "spark.sql.warehouse.dir": str(home / "warehouse"),
+        "spark.hadoop.javax.jdo.option.ConnectionURL": catalog.postgresql_url,
+        "spark.hadoop.javax.jdo.option.ConnectionDriverName": "org.postgresql.Driver",
+        "spark.hadoop.javax.jdo.option.ConnectionUserName": catalog.postgresql_user,
+        # The schema is made once, whole, by `semspark catalog init`: made lazily, table by table, it
+        # deadlocks PostgreSQL (DataNucleus adds a foreign key from a second connection while the
+        # first one's transaction holds the table it refers to). Missing, it is a clear error.
+        "spark.hadoop.datanucleus.schema.autoCreateAll": "false",
+        "spark.hadoop.hive.metastore.schema.verification": "false",
+        "spark.hadoop.hive.exec.scratchdir": str(home / "tmp" / "hive"),
+        "spark.driver.extraClassPath": catalog.jdbc_driver_jar,
+    }
+    if with_password:
+        conf["spark.hadoop.javax.jdo.option.ConnectionPassword"] = metastore_password(config)
+    return conf
+
+
+def metastore_password(config: Config) -> str:
+    variable = config.catalog.postgresql_password_env
+    value = os.environ.get(variable)
+    if not value:
+        raise MetastoreError(f"catalog.metastore is postgresql: set {variable} to the password of role "
+                             f"{config.catalog.postgresql_user} (deploy/metastore.sh start prints where it is)")
+    return value
+
+
 def embedded_catalog_conf(home: Path | None = None) -> dict[str, str]:
     """Spark conf that puts warehouse, Derby metastore and scratch space under SEMSPARK_HOME."""
     home = home or semspark_home()
@@ -62,6 +106,10 @@ def build_session(config: Config, app_name: str | None = None, extra: dict[str, 
         # semspark's SQL settings hold on a cluster too (UTC timestamps, Arrow, few shuffle
         # partitions for catalog-sized tables), unless the operator set them.
         defaults = {**_sql_defaults(config), **config.spark.extra, **(extra or {})}
+        if config.catalog.metastore == "postgresql":
+            # the password from the environment, never from a command line (`semspark spark-conf`
+            # prints the rest): the metastore client starts after this, inside the driver's JVM
+            defaults["spark.hadoop.javax.jdo.option.ConnectionPassword"] = metastore_password(config)
         for key, value in defaults.items():
             if not given.contains(key):
                 builder = builder.config(key, value)
@@ -84,12 +132,13 @@ def build_session(config: Config, app_name: str | None = None, extra: dict[str, 
             "spark.local.dir": str(home / "tmp" / "spark"),
             **_sql_defaults(config),
         }
-        settings.update(embedded_catalog_conf(home))
+        settings.update(catalog_conf(config, home))
         settings.update(config.spark.extra)
         settings.update(extra or {})
         for key, value in settings.items():
             builder = builder.config(key, value)
-        log.info("embedded Spark: %s, catalog under %s", settings["spark.master"], home)
+        log.info("embedded Spark: %s, catalog under %s (metastore: %s)", settings["spark.master"], home,
+                 config.catalog.metastore)
 
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
@@ -118,10 +167,11 @@ def _quiet_hive(spark) -> None:
         log.debug("could not lower Hive's log level", exc_info=True)
 
 
-def spark_submit_flags(home: Path | None = None) -> list[str]:
-    """``--conf k=v`` arguments that give a spark-submit run the embedded catalog."""
+def spark_submit_flags(config: Config, home: Path | None = None) -> list[str]:
+    """``--conf k=v`` arguments that give a spark-submit run the catalog of ``config`` (without the
+    PostgreSQL password: semspark's jobs read it from the environment)."""
     flags: list[str] = []
-    for key, value in embedded_catalog_conf(home).items():
+    for key, value in catalog_conf(config, home, with_password=False).items():
         flags += ["--conf", f"{key}={value}"]
     return flags
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from semspark.config import Config, semspark_home
-from semspark.session import spark_submit_flags
+from semspark.session import catalog_conf
 
 THRIFT_SERVER_CLASS = "org.apache.spark.sql.hive.thriftserver.HiveThriftServer2"
 
@@ -47,10 +47,16 @@ def thrift_server_command(config: Config, host: str, port: int, master: str | No
     home = semspark_home()
     for sub in ("warehouse", "metastore", "tmp"):
         (home / sub).mkdir(parents=True, exist_ok=True)
+    # The catalog's settings in a file only this user reads: a PostgreSQL metastore's password must
+    # not appear on a command line, which every user of the host can list.
+    properties = home / "tmp" / "sql-server.conf"
+    properties.touch(mode=0o600)
+    properties.chmod(0o600)
+    properties.write_text("".join(f"{key} {value}\n" for key, value in catalog_conf(config, home).items()))
     return [spark_bin("spark-submit"), "--class", THRIFT_SERVER_CLASS, "--name", "semspark-sql-server",
             "--master", master or os.environ.get("SEMSPARK_MASTER", config.spark.local_master),
             "--driver-memory", config.spark.driver_memory,
-            *spark_submit_flags(home), "--conf", "spark.sql.session.timeZone=UTC",
+            "--properties-file", str(properties), "--conf", "spark.sql.session.timeZone=UTC",
             "--conf", f"spark.local.dir={home / 'tmp' / 'spark'}",
             "spark-internal",
             "--hiveconf", f"hive.server2.thrift.bind.host={host}",

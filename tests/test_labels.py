@@ -128,13 +128,15 @@ def test_the_label_command_with_its_exit_codes_and_json(spark, ingested, correct
     folder, records, _ = ingested
     image_id = sha(folder / records[9].file)
     table = write_csv(tmp_path / "one.csv", ["image_id", "label"], [[image_id, records[9].category]])
-    assert main(["label", "--csv", table, "--who", "cli", "--json"]) == 0
+    conf = tmp_path / "labelling.yaml"
+    conf.write_text(f"catalog:\n  database: {DB}\n")
+    assert main(["--config", str(conf), "label", "--csv", table, "--who", "cli", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (printed["rows"], printed["changed"], printed["unchanged"], printed["exit_code"]) == (1, 0, 1, 0)
-    assert main(["label", "--image-id", "f" * 64, "--label", "Fibres"]) == 2
+    assert main(["--config", str(conf), "label", "--image-id", "f" * 64, "--label", "Fibres"]) == 2
     assert "no image" in capsys.readouterr().err
-    assert main(["label", "--image-id", image_id]) == 2          # a label is needed
-    assert main(["label"]) == 2
+    assert main(["--config", str(conf), "label", "--image-id", image_id]) == 2          # a label is needed
+    assert main(["--config", str(conf), "label"]) == 2
 
 
 def test_the_next_training_reads_the_corrected_labels(spark, ingested, corrected):
