@@ -371,3 +371,31 @@ def test_a_read_that_fails_is_tried_again_after_a_pause(tmp_path):
     assert read_bytes_retrying(str(late), attempts=3, pause_s=0.4) == b"arrived"
     with pytest.raises(FileNotFoundError):
         read_bytes_retrying(str(tmp_path / "never.bin"), attempts=2, pause_s=0.01)
+
+
+def test_a_task_holds_one_file_at_a_time_whatever_its_batch_weighs(tmp_path):
+    """Memory per ingest task: six 8 MB files in one batch; Python's own allocation tracer
+    (tracemalloc) sees a peak near one file's bytes, not the batch's 48 MB."""
+    import tracemalloc
+
+    import pandas as pd
+
+    from semspark.ingest.processing import make_worker
+
+    size = 8 * 1024 * 1024
+    rows = []
+    for i in range(6):
+        path = tmp_path / f"heavy{i}.tif"
+        path.write_bytes(os.urandom(size))          # not an image: read whole, then refused (decode)
+        rows.append({"path": uri(path), "size": size, "modification_time": pd.Timestamp("2026-01-01"),
+                     "sidecar_path": None, "label": None})
+    worker = make_worker(dataclasses.replace(CONFIG, ingest=dataclasses.replace(CONFIG.ingest,
+                                                                                max_file_bytes=4 * size)))
+    tracemalloc.start()
+    try:
+        out = pd.concat(list(worker(iter([pd.DataFrame(rows)]))))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert list(out["stage"]) == ["decode"] * 6
+    assert size <= peak < 2.5 * size, f"peak {peak / 2**20:.1f} MB for six files of 8 MB"

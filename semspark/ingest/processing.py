@@ -17,12 +17,18 @@ def make_worker(config: Config):
     def process_partition(batches):
         import pandas as pd
 
-        from semspark.ingest.process import RawFile, process_files
+        from semspark.ingest.ocr import find_tessdata
+        from semspark.ingest.process import RawFile, process_file
         from semspark.storage import decode_text, read_bytes_retrying
 
         encode = image_encoder(ingest_config.image_size)
+        tessdata = find_tessdata(ingest_config.tessdata_dir)
         for frame in batches:
-            raws, meta = [], []
+            records = []
+            # One file at a time: its bytes and pixels are dropped before the next is read, so a
+            # task holds at most one file (<= ingest.max_file_bytes) and its decoded pixels (<=
+            # ingest.max_pixels) whatever the batch's files weigh; what it keeps is small (the
+            # stored PNG and the scale).
             for row in frame.itertuples(index=False):
                 raw = RawFile(row.path, None)
                 if int(row.size) > ingest_config.max_file_bytes:
@@ -39,11 +45,8 @@ def make_worker(config: Config):
                         raw.sidecar_text = decode_text(read_bytes_retrying(row.sidecar_path))
                     except OSError as exc:  # the image is still worth ingesting without it
                         log.warning("unreadable sidecar %s: %s", row.sidecar_path, exc)
-                raws.append(raw)
-                meta.append(row)
-            outcomes = process_files(raws, ingest_config, encode=encode)
-            records = []
-            for row, out in zip(meta, outcomes):
+                out = process_file(raw, ingest_config, tessdata, encode)
+                del raw
                 record = {"outcome": "image" if out.ok else "quarantine", "path": row.path,
                           "sha256": out.sha256, "size": int(row.size),
                           "modification_time": row.modification_time, "stage": out.stage,
