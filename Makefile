@@ -8,7 +8,9 @@ env:
 demo: env
 	.venv/bin/semspark demo
 
+# Airflow lives in a venv of its own (.airflow-venv): tests/test_airflow.py runs the DAG with it.
 test: env
+	@bash deploy/airflow/setup-venv.sh >/dev/null
 	.venv/bin/python -m pytest -q tests
 
 bench: env

@@ -4,9 +4,11 @@ Embedded default (``semspark <command>`` or ``python jobs/x.py``): ``local[*]``,
 embedded Derby metastore, warehouse and metastore under ``$SEMSPARK_HOME``.
 
 Under spark-submit the master and the catalog come from Spark's own configuration (``--master``,
-``--conf``, ``spark-defaults.conf``, ``hive-site.xml``); semspark only enables the Hive catalog and
-leaves everything the operator set alone. ``semspark spark-conf`` prints the ``--conf`` flags that
-point a spark-submit run at the same embedded catalog as the CLI.
+``--conf``, ``spark-defaults.conf``, ``hive-site.xml``); semspark enables the Hive catalog and
+leaves everything the operator set alone. When nothing there names a metastore, the run uses
+semspark's catalog as the CLI does (conf/semspark.yaml's, under SEMSPARK_HOME) rather than Spark's
+default of a new Derby catalog in the working folder. ``semspark spark-conf`` prints the ``--conf``
+flags that say the same explicitly.
 """
 from __future__ import annotations
 
@@ -110,10 +112,20 @@ def build_session(config: Config, app_name: str | None = None, extra: dict[str, 
             # the password from the environment, never from a command line (`semspark spark-conf`
             # prints the rest): the metastore client starts after this, inside the driver's JVM
             defaults["spark.hadoop.javax.jdo.option.ConnectionPassword"] = metastore_password(config)
+        if not _metastore_given(given):
+            # Nobody said where the catalog is (no --conf, no hive-site.xml): semspark's own, as the
+            # CLI uses it, rather than Spark's default of a new Derby catalog in the working folder.
+            # (Settings of the driver's JVM itself, already started, are left out.)
+            for key, value in catalog_conf(config, home).items():
+                if not key.startswith("spark.driver."):
+                    defaults.setdefault(key, value)
+            log.info("spark-submit run: master from Spark's configuration; no metastore configured there, so "
+                     "semspark's catalog under %s", home)
+        else:
+            log.info("spark-submit run: master and catalog from Spark's configuration")
         for key, value in defaults.items():
             if not given.contains(key):
                 builder = builder.config(key, value)
-        log.info("spark-submit run: master and catalog from Spark's configuration")
     else:
         # Workers run the driver's interpreter (the project's .venv), not whatever python3 is first
         # on PATH; pyspark reads this variable when the SparkContext starts.
@@ -144,6 +156,18 @@ def build_session(config: Config, app_name: str | None = None, extra: dict[str, 
     spark.sparkContext.setLogLevel("WARN")
     _quiet_hive(spark)
     return spark
+
+
+def _metastore_given(given) -> bool:
+    """Did the operator configure the catalog's metastore for this spark-submit run?"""
+    if given.contains("spark.hadoop.javax.jdo.option.ConnectionURL") or given.contains("spark.sql.warehouse.dir"):
+        return True
+    if given.contains("spark.sql.catalogImplementation") and given.get("spark.sql.catalogImplementation") != "hive":
+        return True
+    from pyspark import SparkContext
+
+    loader = SparkContext._jvm.java.lang.Thread.currentThread().getContextClassLoader()
+    return loader.getResource("hive-site.xml") is not None
 
 
 def _sql_defaults(config: Config) -> dict[str, str]:
