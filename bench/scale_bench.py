@@ -109,7 +109,7 @@ def main() -> None:
     from semspark.session import build_session
     from semspark.synth.morphology import CATEGORIES
 
-    config = Config(ingest=IngestConfig(image_size=96, files_per_task=64))
+    config = Config(ingest=IngestConfig(files_per_task=64))   # stored at 299 px, as in production
     spark = build_session(config, app_name="scale-bench", extra={
         "spark.master": f"local[{args.cores}]", "spark.ui.enabled": "true", "spark.ui.port": str(free_port()),
         "spark.ui.showConsoleProgress": "false"})

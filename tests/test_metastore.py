@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -98,13 +99,15 @@ def test_an_embedded_catalog_moves_to_postgresql_with_one_command(team, moved):
 def test_beeline_is_answered_while_a_nightly_writes(team, moved):
     env = team["postgres"]
     port = free_port()
+    # its log to a file: the Thrift server logs much, and a pipe nobody reads would stop it when full
+    server_log = team["root"] / "sql-server.log"
     server = subprocess.Popen([str(VENV_BIN / "semspark"), "sql-server", "--port", str(port)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                              stdout=subprocess.DEVNULL, stderr=open(server_log, "w"), start_new_session=True)
     nightly = None
     try:
         deadline = time.monotonic() + 180
         while True:
-            assert server.poll() is None, f"the server exited: {server.stderr.read()[-3000:]}"
+            assert server.poll() is None, f"the server exited: {server_log.read_text()[-3000:]}"
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 break
@@ -112,7 +115,7 @@ def test_beeline_is_answered_while_a_nightly_writes(team, moved):
                 assert time.monotonic() < deadline, "the Thrift server did not open its port in 180 s"
                 time.sleep(1)
         nightly = subprocess.Popen([str(VENV_BIN / "semspark"), "nightly", "--input", str(team["root"] / "night1"),
-                                    "--labels", "folders"], env=env, stdout=subprocess.PIPE,
+                                    "--labels", "folders"], env=env, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.PIPE, text=True, start_new_session=True)
 
         def beeline(query: str) -> list[str]:
@@ -122,20 +125,24 @@ def test_beeline_is_answered_while_a_nightly_writes(team, moved):
             assert result.returncode == 0, result.stderr[-2000:]
             return [line for line in result.stdout.splitlines() if line.strip()]
 
-        seen = []
-        for line in nightly.stderr:             # the nightly has the catalog open and is writing
-            seen.append(line)
-            if "processing" in line and "tasks" in line:
-                break
-        assert nightly.poll() is None, "the nightly ended before it wrote anything:\n" + "".join(seen[-20:])
+        seen: list[str] = []
+        # drained all along: a full pipe would stop the nightly in the middle of its work
+        drain = threading.Thread(target=lambda: seen.extend(nightly.stderr), daemon=True)
+        drain.start()
+        deadline = time.monotonic() + 300
+        while not any("processing" in line and "tasks" in line for line in list(seen)):
+            assert nightly.poll() is None, "the nightly ended before it wrote anything:\n" + "".join(seen[-20:])
+            assert time.monotonic() < deadline, "the nightly never started processing"
+            time.sleep(0.5)
         first = distinct_images(team["root"] / "night0")
         during = beeline(COUNTS)                # answered by the moved catalog while the nightly writes
         assert nightly.poll() is None, "the nightly ended before the query was answered: no overlap shown"
         both = distinct_images(team["root"] / "night0", team["root"] / "night1")
         assert during[-2].endswith("images,files,labels")
         assert all(int(n) in (first, both) for n in during[-1].split(",")), during   # before or after its writes
-        out, err = nightly.communicate(timeout=300)
-        assert nightly.returncode == 0, err[-3000:]
+        nightly.wait(timeout=300)
+        drain.join(timeout=30)
+        assert nightly.returncode == 0, "".join(seen[-40:])
         assert beeline(COUNTS)[-1] == f"{both},{both},{both}"
     finally:
         for process in (nightly, server):

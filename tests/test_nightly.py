@@ -192,12 +192,14 @@ def test_nightly_killed_mid_run_then_rerun_leaves_correct_tables(ops, nightly_ki
 
 def test_thrift_server_answers_beeline_on_loopback(ops, nightly_killed_and_rerun):
     port = free_port()
+    # its log to a file: a pipe nobody reads would stop the server when full
+    server_log = ops["home"].parent / "sql-server.log"
     server = subprocess.Popen([str(VENV_BIN / "semspark"), "sql-server", "--port", str(port)], env=ops["env"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                              stdout=subprocess.DEVNULL, stderr=open(server_log, "w"), start_new_session=True)
     try:
         deadline = time.monotonic() + 180
         while True:
-            assert server.poll() is None, f"the server exited: {server.stderr.read()[-3000:]}"
+            assert server.poll() is None, f"the server exited: {server_log.read_text()[-3000:]}"
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 break
