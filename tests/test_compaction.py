@@ -158,12 +158,17 @@ def test_killed_between_the_parquet_commit_and_the_metadata_step_readers_recover
     url = (Path(env["SEMSPARK_HOME"]) / "datasets" / "images").as_uri()
     assert petastorm_ids(url) == sorted(raw_ids(root / "night0"))
 
+    dataset = Path(env["SEMSPARK_HOME"]) / "datasets" / "images"
+    assert not list(dataset.glob("_ingest_pending-*"))        # a finished ingest leaves no marker
     killed_at(env, "dataset-appended", "ingest", "--input", str(root / "night1"), "--labels", "folders")
+    [marker] = dataset.glob("_ingest_pending-*")              # the dead run's ids: the next one checks them
+    assert set(marker.read_text().split()) == raw_ids(root / "night1")
     with pytest.raises((KeyError, PetastormMetadataError)):   # files Petastorm's metadata does not name
         petastorm_ids(url)
     rerun = semspark(env, "ingest", "--input", str(root / "night1"), "--labels", "folders")
     assert "does not match its files" in rerun.stderr                 # checked, and rebuilt
     assert petastorm_ids(url) == sorted(raw_ids(root / "night0", root / "night1"))   # each image once
+    assert not list(dataset.glob("_ingest_pending-*"))
 
 
 def test_compaction_killed_in_a_table_rewrite_and_in_the_dataset_swap_then_rerun(separate_home):

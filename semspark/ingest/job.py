@@ -33,7 +33,7 @@ from semspark.ingest.listing import (
 )
 from semspark.ingest.processing import make_worker
 from semspark.ingest.quarantine import heal, retryable_column, waiting_files
-from semspark.ingest.writing import sidecar_rows, write_dataset
+from semspark.ingest.writing import clear_pending, sidecar_rows, write_dataset
 from semspark.labels import append_changes, current_user, ensure_labels
 from semspark.schema import FILES, IMAGES, INGEST_TABLES, PROCESSED, QUARANTINE
 from semspark.storage import home_path
@@ -167,11 +167,12 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
      .write.mode("overwrite").parquet((staging / "new_images").as_uri()))
     new_images = spark.read.parquet((staging / "new_images").as_uri())
 
-    write_dataset(spark, config, new_images, summary.dataset_url)
+    write_dataset(spark, config, new_images, summary.dataset_url, run_id)
     if labels is not None:   # before sem.images: a rerun after a crash finds them and adds nothing
         append_changes(spark, db, new_images.filter(F.col("label").isNotNull()).select("image_id", "label"),
                        "folders" if labels == "folders" else "csv", current_user(), run_id, at=started)
     insert(new_images, db, IMAGES)
+    clear_pending(spark, summary.dataset_url, qualified(db, IMAGES))   # the ids sem.images now holds are done
 
     bad = staged.filter(F.col("outcome") == "quarantine")
     sidecar_file_rows, orphan_sidecars = sidecar_rows(spark, db, pending_sidecars, good)

@@ -28,8 +28,18 @@ def sidecar_rows(spark, db, pending_sidecars, good):
     return rows, orphans
 
 
-def write_dataset(spark, config: Config, new_images, url: str) -> None:
-    """Append the new images to the Petastorm dataset (partitioned by scale_bin)."""
+PENDING_PREFIX = "_ingest_pending-"   # Spark, pyarrow and Petastorm skip files named _...
+TRACKED = "_ingest_pending_tracked"
+
+
+def write_dataset(spark, config: Config, new_images, url: str, run_id: str) -> None:
+    """Append the new images to the Petastorm dataset (partitioned by scale_bin).
+
+    The images are new to sem.images; the dataset can hold some of them only if an ingest died
+    between its dataset write and its sem.images insert. Each write first leaves a marker naming
+    the ids it writes (``clear_pending`` drops the ids sem.images holds after the insert); only
+    while a marker is left (or for a dataset from before them) are the dataset's ids read to skip
+    what is there: a normal night does not read every id of the dataset."""
     from pathlib import Path
 
     from petastorm.etl.dataset_metadata import materialize_dataset
@@ -39,11 +49,19 @@ def write_dataset(spark, config: Config, new_images, url: str) -> None:
     rows = new_images.select(*[F.col(name) for name in ("image_id", "label", "scale_bin", "nm_per_px", "image")])
     local = Path(url[len("file://"):]) if url.startswith("file://") else None
     if local is not None and local.exists() and any(local.glob("scale_bin=*/*.parquet")):
-        present = spark.read.parquet(url).select("image_id")
-        rows = rows.join(present, "image_id", "left_anti")  # a rerun after a crash writes nothing twice
-    count = rows.count()
+        # a marker left (or a dataset from before them): the dataset may hold some of these images
+        if not (local / TRACKED).exists() or _pending_ids(local):
+            present = spark.read.parquet(url).select("image_id")
+            rows = rows.join(present, "image_id", "left_anti")  # a rerun after a crash writes nothing twice
+    ids = [r["image_id"] for r in rows.select("image_id").collect()]
+    count = len(ids)
     if count == 0:  # nothing new (or only bad files): leave the dataset as it is
         return
+    if local is not None:
+        local.mkdir(parents=True, exist_ok=True)
+        marker = local / f"{PENDING_PREFIX}{run_id}"
+        marker.with_suffix(".tmp").write_text("\n".join(ids))
+        marker.with_suffix(".tmp").replace(marker)
     # About IMAGES_PER_FILE images per Parquet file in each scale bin, not one small file per task
     # and bin: readers (and Petastorm's row-group bookkeeping) cope badly with many tiny files.
     buckets = F.pmod(F.hash("image_id"), F.lit(max(1, count // IMAGES_PER_FILE)))
@@ -52,3 +70,34 @@ def write_dataset(spark, config: Config, new_images, url: str) -> None:
             (rows.repartition("scale_bin", buckets).write.mode("append")
              .partitionBy("scale_bin").parquet(url))
             pause_point("dataset-appended")   # committed; Petastorm's metadata step not run yet
+
+
+def _pending_ids(local) -> set[str]:
+    return {i for marker in local.glob(PENDING_PREFIX + "*") if marker.suffix != ".tmp"
+            for i in marker.read_text().split()}
+
+
+def clear_pending(spark, url: str, images_table: str) -> None:
+    """After the sem.images insert: the markers' ids that sem.images holds are done; a marker keeps
+    the ids it does not (a dead run's images whose files were not ingested again yet)."""
+    from pathlib import Path
+
+    if not url.startswith("file://"):
+        return
+    local = Path(url[len("file://"):])
+    if not local.exists():
+        return
+    markers = [m for m in local.glob(PENDING_PREFIX + "*") if m.suffix != ".tmp"]
+    pending = _pending_ids(local)
+    held = set()
+    if pending:
+        wanted = spark.createDataFrame([(i,) for i in pending], "image_id string")
+        held = {r["image_id"] for r in spark.table(images_table).select("image_id")
+                .join(wanted, "image_id", "left_semi").collect()}
+    for marker in markers:
+        left = [i for i in marker.read_text().split() if i not in held]
+        if left:
+            marker.write_text("\n".join(left))
+        else:
+            marker.unlink(missing_ok=True)
+    (local / TRACKED).touch()
