@@ -111,7 +111,7 @@ def _apply_rewrite(spark, journal) -> None:
         staged.write.insertInto(name, overwrite=True)
     finally:
         spark.conf.set("spark.sql.sources.partitionOverwriteMode", previous)
-    spec = next((s for s in _table_specs() if s.name == entry["table"]), None)
+    spec = next((s for s in table_specs() if s.name == entry["table"]), None)
     for value in entry["drop_partitions"]:
         column = spec.partition_by[0]
         quoted = str(value).replace("'", "\\'")
@@ -121,7 +121,8 @@ def _apply_rewrite(spark, journal) -> None:
     shutil.rmtree(entry["staging"], ignore_errors=True)
 
 
-def _table_specs() -> list[TableSpec]:
+def table_specs() -> list[TableSpec]:
+    """Every table semspark declares (semspark/schema.py)."""
     import semspark.schema as schema
 
     return [v for v in vars(schema).values() if isinstance(v, TableSpec)]

@@ -19,7 +19,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from semspark.catalog import finish_rewrites, new_run_id, qualified, rewrite_table
+from semspark.catalog import finish_rewrites, new_run_id, qualified, rewrite_table, table_specs
 from semspark.config import Config
 from semspark.dataset import DatasetCompaction, compact_dataset, dataset_root, dataset_url, files_per_bin
 from semspark.schema import TableSpec
@@ -52,10 +52,7 @@ class CompactionSummary:
 
 def semspark_tables(spark, database: str) -> list[TableSpec]:
     """The semspark tables that exist in ``database``."""
-    import semspark.schema as schema
-
-    specs = [v for v in vars(schema).values() if isinstance(v, TableSpec)]
-    return [s for s in specs if spark.catalog.tableExists(qualified(database, s))]
+    return [s for s in table_specs() if spark.catalog.tableExists(qualified(database, s))]
 
 
 def table_files(spark, database: str, table: TableSpec) -> dict[str, list[tuple[str, int]]]:

@@ -102,3 +102,44 @@ def register_copy(source, name: str) -> str:
         if (Path(source) / file).exists():
             shutil.copy(Path(source) / file, folder / file)
     return f"{name}/{version}"
+
+
+def start_sql_server(env: dict, port: int, log_file: Path, timeout: float = 180):
+    """`semspark sql-server` on 127.0.0.1:port in its own process group, once its port is open.
+    Its log goes to ``log_file``: the Thrift server logs much, and a pipe nobody reads would stop
+    it when full."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    server = subprocess.Popen([str(Path(sys.executable).parent / "semspark"), "sql-server", "--port", str(port)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=open(log_file, "w"), start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while True:
+        if server.poll() is not None:
+            raise AssertionError(f"the server exited: {log_file.read_text()[-3000:]}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return server
+        except OSError:
+            if time.monotonic() > deadline:
+                stop_process_group(server)
+                raise AssertionError(f"the Thrift server did not open its port in {timeout:.0f} s")
+            time.sleep(1)
+
+
+def stop_process_group(process, timeout: float = 60) -> None:
+    """SIGTERM a process started with start_new_session, SIGKILL if it outlives ``timeout``."""
+    import os
+    import signal
+    import subprocess
+
+    if process is None or process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()

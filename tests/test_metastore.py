@@ -7,8 +7,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,7 +18,7 @@ import pytest
 
 from semspark.synth.generate import generate
 
-from .conftest import PROJECT_ROOT, free_port
+from .conftest import PROJECT_ROOT, free_port, start_sql_server, stop_process_group
 
 VENV_BIN = Path(sys.executable).parent
 IMAGE_SUFFIXES = (".tif", ".png", ".jpg")
@@ -99,21 +97,9 @@ def test_an_embedded_catalog_moves_to_postgresql_with_one_command(team, moved):
 def test_beeline_is_answered_while_a_nightly_writes(team, moved):
     env = team["postgres"]
     port = free_port()
-    # its log to a file: the Thrift server logs much, and a pipe nobody reads would stop it when full
-    server_log = team["root"] / "sql-server.log"
-    server = subprocess.Popen([str(VENV_BIN / "semspark"), "sql-server", "--port", str(port)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=open(server_log, "w"), start_new_session=True)
+    server = start_sql_server(env, port, team["root"] / "sql-server.log")
     nightly = None
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert server.poll() is None, f"the server exited: {server_log.read_text()[-3000:]}"
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the Thrift server did not open its port in 180 s"
-                time.sleep(1)
         nightly = subprocess.Popen([str(VENV_BIN / "semspark"), "nightly", "--input", str(team["root"] / "night1"),
                                     "--labels", "folders"], env=env, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -146,10 +132,4 @@ def test_beeline_is_answered_while_a_nightly_writes(team, moved):
         assert beeline(COUNTS)[-1] == f"{both},{both},{both}"
     finally:
         for process in (nightly, server):
-            if process is not None and process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    process.wait()
+            stop_process_group(process)

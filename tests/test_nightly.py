@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ from semspark.nightly import NightlyError, ensure_run_log, run_nightly
 from semspark.schema import RUN_EVENTS
 from semspark.synth.generate import generate
 
-from .conftest import free_port
+from .conftest import free_port, start_sql_server, stop_process_group
 from .test_infer import distinct_images
 
 pytestmark = pytest.mark.spark
@@ -192,20 +191,8 @@ def test_nightly_killed_mid_run_then_rerun_leaves_correct_tables(ops, nightly_ki
 
 def test_thrift_server_answers_beeline_on_loopback(ops, nightly_killed_and_rerun):
     port = free_port()
-    # its log to a file: a pipe nobody reads would stop the server when full
-    server_log = ops["home"].parent / "sql-server.log"
-    server = subprocess.Popen([str(VENV_BIN / "semspark"), "sql-server", "--port", str(port)], env=ops["env"],
-                              stdout=subprocess.DEVNULL, stderr=open(server_log, "w"), start_new_session=True)
+    server = start_sql_server(ops["env"], port, ops["home"].parent / "sql-server.log")
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert server.poll() is None, f"the server exited: {server_log.read_text()[-3000:]}"
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the Thrift server did not open its port in 180 s"
-                time.sleep(1)
         listening = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout
         assert "127.0.0.1" in listening and "0.0.0.0" not in listening and "*:" not in listening.split()[3]
         query = ("SELECT count(*) AS scored, count(DISTINCT model_version) AS models "
@@ -217,12 +204,7 @@ def test_thrift_server_answers_beeline_on_loopback(ops, nightly_killed_and_rerun
         lines = [line for line in result.stdout.splitlines() if line.strip()]
         assert lines[-2].endswith("scored,models") and lines[-1] == f"{len(ops['images'])},1", result.stdout
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_process_group(server)
 
 
 def test_spark_sql_finds_the_same_catalog(ops, nightly_killed_and_rerun):
