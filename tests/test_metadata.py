@@ -85,3 +85,35 @@ def test_ome_written_by_bio_formats(tmp_path, unit_attribute, nm):
            'SizeZ="1" Type="uint8"><TiffData IFD="0" PlaneCount="1"/></Pixels></Image></OME>')
     found = scale_from_tiff(write_tiff(tmp_path, description=xml.encode(), metadata=None))  # UTF-8, as Bio-Formats
     assert (found.source, found.nm_per_px, found.frame_width) == ("OME", nm, 30)
+
+
+def _olympus_sis_tiff(tmp_path, length_exponent: int, calibration: float) -> bytes:
+    """A TIFF with an Olympus SIS block (tag 33560) laid out byte by byte as the format is known
+    (header 'SIS0' with date and name, an index of (type, count, offset) entries, and the type-1
+    'general data' entry: a power of ten and the x and y calibration as doubles). The index entry
+    points to the general data by its offset in the file, known only once the block is placed."""
+    import struct
+
+    header = struct.pack("<4s6xhhhhh6x32sH", b"SIS0", 30, 14, 17, 2, 124, b"sample".ljust(32, b"\0"), 1)
+    general_at = len(header) + 8
+    general = struct.pack("<10xhdd8xd2x34s32s", length_exponent, calibration, calibration, 5000.0,
+                          b"camera".ljust(34, b"\0"), b"SEM".ljust(32, b"\0"))
+
+    def block(file_offset):
+        return header + struct.pack("<hhI", 1, 1, file_offset + general_at) + general
+
+    path = tmp_path / "sis.tif"
+    tifffile.imwrite(path, IMAGE, extratags=[(33560, "B", len(block(0)), block(0), True)])
+    with tifffile.TiffFile(path) as tif:
+        where = tif.pages.first.tags[33560].valueoffset
+    data = bytearray(path.read_bytes())
+    data[where:where + len(block(0))] = block(where)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("length_exponent, calibration", [(-9, 12.5), (-6, 0.0125)])
+def test_olympus_sis_calibration(tmp_path, length_exponent, calibration):
+    """12.5 nm per pixel, written as 12.5 x 10^-9 m (what Bio-Formats' SISReader calls nanometres
+    per pixel) or as 0.0125 x 10^-6 m: the same pixel size."""
+    found = scale_from_tiff(_olympus_sis_tiff(tmp_path, length_exponent, calibration))
+    assert found.source == "Olympus" and found.nm_per_px == pytest.approx(12.5)

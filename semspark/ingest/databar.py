@@ -533,6 +533,9 @@ def label_crop(band: BandInk, bar: ScaleBar, width: int) -> LabelCrop | None:
     for x, y, w, h in chosen:
         keep[max(0, y - y0):y - y0 + h, max(0, x - x0):x - x0 + w] = True
     keep &= ~np.isin(sub_labels, list(bar_ids))
+    # ... and only the ink with its soft edge (a pixel around it): the image behind text laid over it
+    # (a bright particle inside a glyph's box) is not text, whatever its distance from the background
+    keep &= cv2.dilate(ink[y0:y1, x0:x1], np.ones((3, 3), np.uint8)).astype(bool)
     # black text on white from the distance to the background: any colour, either polarity
     text = np.where(keep, 255.0 - np.clip(distance * (255.0 / max(band.contrast, 1.0)), 0, 255), 255.0)
     scale = LABEL_TEXT_HEIGHT / max(text_height, 1.0)

@@ -27,13 +27,13 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 # A number, then nm, mm, or micro in one of its OCR spellings (µ, μ, u, y, yu, j, p, H, w, e, or lost).
-# The number may carry digit look-alikes (l, I, | for 1; O, o for 0), which Tesseract produces
+# The number may carry digit look-alikes (l, I, i, | for 1; O, o for 0), which Tesseract produces
 # when a "1" sits next to the µ ("1 µm" -> "lum"). A number glued to a letter ("x300", "MMD7.6")
 # is another field, never a scale label.
 UNIT_SPELLINGS = r"nm|mm|[uµμyjpHwe]{1,2}m|m"
 LABEL_PATTERN = re.compile(
-    r"(?<![\w.,])([\dlI|Oo]+(?:[.,][\dOo]+)?)\s?[-–—~]?\s?(" + UNIT_SPELLINGS + r")(?![A-Za-z])")
-DIGIT_LOOKALIKES = str.maketrans({"l": "1", "I": "1", "|": "1", "O": "0", "o": "0", ",": "."})
+    r"(?<![\w.,])([\dlIi|Oo]+(?:[.,][\dOo]+)?)\s?[-–—~]?\s?(" + UNIT_SPELLINGS + r")(?![A-Za-z])")
+DIGIT_LOOKALIKES = str.maketrans({"l": "1", "I": "1", "i": "1", "|": "1", "O": "0", "o": "0", ",": "."})
 # Names of databar fields whose values carry a length unit; a number after one is never the label.
 FIELD_NAMES = re.compile(
     r"(?:^|[^A-Za-z])(WD|HFW|VFW|FOV|HV|EHT|Mag|MAG|Det|DET|Width|Height|field|Field|Stage|Z|T|X|Y|"

@@ -26,6 +26,9 @@ class DatabarReading:
     label_text: str = ""                 # everything Tesseract read around the bar
     label_box: tuple[int, int, int, int] | None = None   # the label in image coordinates
     notes: list[str] = field(default_factory=list)       # why, for people
+    # faint overlay readings not taken (not the same at every magnification): (bar, label) each,
+    # still witnesses against a saturated reading of the same bar
+    tentative: list[tuple[db.ScaleBar, LabelReading]] = field(default_factory=list)
     inked: db.BandInk | None = None      # the band the label was read in, for a second look (fields)
 
     @property
@@ -59,9 +62,10 @@ def read_databar(gray: np.ndarray, rgb: np.ndarray | None, tessdata: str) -> Dat
     region = overlay_region(planes)
     faint = DatabarReading()
     faintly = _read_faint_overlay(region, tessdata, faint)
-    if saturated and faintly and (overlay.label.value, overlay.label.unit) != (faint.label.value, faint.label.unit):
+    contradiction = _faint_contradiction(overlay, faint) if saturated else None
+    if contradiction:
         reading.notes += faint.notes + [f"text laid over the image reads {overlay.label.text!r} from its saturated "
-                                        f"pixels but {faint.label.text!r} from its strokes: left unknown"]
+                                        f"pixels but {contradiction!r} from its strokes: left unknown"]
     elif saturated:
         overlay.band = fallback_band   # the text lies on the image: cut only a band at its bottom, if any
         overlay.notes = reading.notes + ["label read from text laid over the image (no data band)"]
@@ -82,6 +86,25 @@ def read_databar(gray: np.ndarray, rgb: np.ndarray | None, tessdata: str) -> Dat
     return reading
 
 
+def _faint_contradiction(saturated: DatabarReading, faint: DatabarReading) -> str | None:
+    """The text of a faint reading that contradicts the saturated one, or None. A faint label taken
+    contradicts it whatever its bar; one not taken (illegible at some magnification) only when it
+    belongs to the same bar and no faint reading of that bar agrees: a resampled frame loses part of
+    its glyphs' saturated pixels (a 5 without its top reads as a 3), while its strokes keep them."""
+    def same(label: LabelReading) -> bool:
+        return (label.value, label.unit) == (saturated.label.value, saturated.label.unit)
+
+    if faint.label is not None:
+        return None if same(faint.label) else faint.label.text
+    bar = saturated.bar
+    witnesses = [label for other, label in faint.tentative
+                 if abs((other.top + other.bottom) - (bar.top + bar.bottom)) / 2 <= 3
+                 and min(other.x1, bar.x1) - max(other.x0, bar.x0) > 0.5 * min(other.length_px, bar.length_px)]
+    if witnesses and not any(same(label) for label in witnesses):
+        return witnesses[0].text
+    return None
+
+
 def _read_faint_overlay(region: OverlayRegion, tessdata: str, reading: DatabarReading) -> bool:
     """The first faint bar whose text line holds a plausible label that reads the same at every
     magnification of ``READINGS`` (semspark/ingest/overlay.py)."""
@@ -97,6 +120,8 @@ def _read_faint_overlay(region: OverlayRegion, tessdata: str, reading: DatabarRe
             again = parse_label(recognise(other.image, tessdata, one_line=True), other.image, other.bar_span,
                                 other.bar_y)
             others.append(again.text if again else None)
+            if again is not None:
+                reading.tentative.append((bar, again))
             if again is None or (again.value, again.unit) != (label.value, label.unit):
                 break
         else:
@@ -108,6 +133,7 @@ def _read_faint_overlay(region: OverlayRegion, tessdata: str, reading: DatabarRe
             reading.label_text = " ".join(w.text for w in words)
             reading.label_box = _label_box(label, crop)
             return True
+        reading.tentative.append((bar, label))
         reading.notes.append(f"faint overlay bar {bar.length_px:.1f} px: read {label.text!r}, then {others} at "
                              "other sizes: not legible enough")
     return False

@@ -27,7 +27,9 @@ from semspark.ingest.ocr import LabelReading
 
 UNKNOWN_BIN = "unknown"
 # Recorded per image, so that `semspark rescale --select older` finds what an older reader read.
-READER_VERSION = 3      # 3: text laid over the image also read from its strokes (resampled JEOL frames)
+READER_VERSION = 4      # 3: text laid over the image also read from its strokes (resampled JEOL frames);
+                        # 4: a label crop keeps only the ink (not the image behind it), i read as 1, a faint
+                        #    reading not taken still contradicts a saturated one of the same bar
 PLAUSIBLE_NM_PER_PX = (0.01, 1e5)
 CONFIDENCES = ("high", "medium", "low", "none")
 
