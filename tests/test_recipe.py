@@ -50,6 +50,24 @@ def test_augmentation_keeps_the_spread_of_a_real_looking_image():
     assert np.all(spread >= 0.8 * ramp.std()) and np.all(spread <= 1.2 * ramp.std()), spread
 
 
+def test_augmentation_keeps_the_scale():
+    """Stripes of an 8-pixel period keep that period through everything training does to an image
+    before the network (the whole path from the input to the rescaling, whatever its layers): the
+    size of things in pixels is physical in an SEM image. A zoom or a resized random crop (15%)
+    moves the spectrum's peak off 64 / 8 = 8 cycles."""
+    tf.keras.utils.set_random_seed(3)
+    model = build_model("compact_cnn", 3, 64)
+    before_network = tf.keras.Model(model.input, model.get_layer("to_unit_range").input)
+    x = np.arange(64, dtype=np.float32)
+    stripes = np.tile(128 + 100 * np.sin(2 * np.pi * x / 8), (64, 1))[None, ..., None].repeat(32, axis=0)
+    out = before_network(tf.constant(stripes), training=True).numpy()[..., 0]
+    for image in out:
+        power = np.abs(np.fft.fft2(image - image.mean()))
+        fy, fx = np.unravel_index(np.argmax(power), power.shape)
+        cycles = math.hypot(min(fy, 64 - fy), min(fx, 64 - fx))
+        assert cycles == pytest.approx(8.0), cycles
+
+
 def test_inference_is_not_augmented():
     model = build_model("compact_cnn", 3, 32)
     image = np.random.default_rng(2).uniform(0, 255, (4, 32, 32, 1)).astype(np.float32)

@@ -192,6 +192,64 @@ def test_images_unlike_the_training_set_are_flagged_out_of_distribution(spark, l
     assert all((r["ood_reason"] is None) == (not r["out_of_distribution"]) for r in rows)
 
 
+def test_images_the_model_cannot_decide_are_flagged_uncertain(spark, learned, tmp_path):
+    """Images made to be ambiguous for this model: three generated images of different categories
+    mixed pixel by pixel, with the weights (on a grid of 0.05) at which the model, run directly here
+    on the pixels inference will see, is least sure: near where its decision changes, its top
+    probability is shared with another (about half or less, whatever the model). Ingested and scored through the real path,
+    every one is flagged uncertain (confidence under the threshold chosen on validation for 99%
+    accuracy among the confident), while most of the test split's images are not."""
+    import itertools
+
+    import cv2
+    import numpy as np
+    import tensorflow as tf
+
+    from semspark.infer.job import run_inference
+    from semspark.synth.morphology import CATEGORIES, render
+    from semspark.train.evaluation import softmax
+    from semspark.train.models import load_saved_model
+
+    folder = registry.models_root() / "learn" / "1"
+    metadata = json.loads((folder / "metadata.json").read_text())
+    threshold, temperature = (metadata["calibration"][k] for k in ("uncertain_below_confidence", "temperature"))
+    model = load_saved_model(folder / "model.keras")
+    heads = tf.keras.Model(model.inputs, model.get_layer("logits").output)
+    stored, size = CONFIG.ingest.image_size, metadata["input_size"]
+    weights = np.array([w for w in itertools.product(np.linspace(0, 1, 21), repeat=3) if abs(sum(w) - 1) < 1e-9])
+    rng = np.random.default_rng(17)
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    least_sure = []
+    for i in range(12):
+        parts = np.stack([render(CATEGORIES[k], rng, 2 * stored, 2 * stored)
+                          for k in rng.choice(len(CATEGORIES), 3, replace=False)])
+        candidates = (np.tensordot(weights, parts, axes=1) * 255).round().astype(np.uint8)
+        # what inference sees: ingest's INTER_AREA resize to the stored size, then the model's input size
+        seen = np.stack([cv2.resize(c, (stored, stored), interpolation=cv2.INTER_AREA) for c in candidates])
+        x = tf.image.resize(tf.constant(seen[..., None], tf.float32), (size, size), antialias=True)
+        confidence = softmax(heads.predict(x, verbose=0), temperature).max(axis=1)
+        best = int(np.argmin(confidence))
+        least_sure.append(float(confidence[best]))
+        cv2.imwrite(str(mixed / f"mixed_{i}.png"), candidates[best])
+    assert max(least_sure) < 0.55, least_sure
+    run_ingest(spark, CONFIG, str(mixed))
+    run_inference(spark, CONFIG, model=learned.model_version)
+    rows = spark.sql("SELECT regexp_extract(i.path, '[^/]+$', 0) AS file, p.image_id, p.uncertain, p.confidence, "
+                     "i.databar_px FROM training.predictions p JOIN training.images i USING (image_id) "
+                     f"WHERE p.model_version = '{learned.model_version}'").collect()
+    assert all(r["uncertain"] == (r["confidence"] < threshold) for r in rows)
+    made = {r["file"]: r for r in rows if r["file"].startswith("mixed_")}
+    assert len(made) == 12 and all(r["databar_px"] == 0 for r in made.values())
+    scored = [made[f"mixed_{i}.png"]["confidence"] for i in range(12)]
+    assert all(r["uncertain"] for r in made.values()), (threshold, scored)
+    assert scored == pytest.approx(least_sure, abs=0.02), (scored, least_sure)   # the direct run's, through Spark
+    split = json.loads((registry.run_dir(learned.run_id) / "split.json").read_text())
+    test_ids = set(split["test"])
+    plain = [r["uncertain"] for r in rows if r["image_id"] in test_ids]
+    assert len(plain) == len(test_ids) and sum(plain) <= 0.25 * len(plain), (threshold, sum(plain))
+
+
 def test_models_are_compared_on_one_plot(learned, tmp_path, capsys):
     """`semspark models compare` draws each run's test accuracy per epoch on one plot and prints
     their scores with intervals; `semspark models list` lists every version."""
