@@ -174,7 +174,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--fine-tune-epochs", type=int, default=d.fine_tune_epochs,
                    help="with --mode feature_extraction_then_fine_tuning: epochs of the fine-tuning phase")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="per rank")
+    p.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help="per rank; 0 (default): 32, smaller for a small training set so that an epoch takes at least "
+                        "16 steps (the default learning rate follows its square root)")
     p.add_argument("--learning-rate", type=float, default=d.learning_rate,
                    help="peak rate per rank, scaled by --num-proc (default: the architecture's own: alexnet "
                         "3e-4, the others 2e-3; a tenth of it with --mode fine_tuning)")

@@ -75,6 +75,21 @@ def test_inference_is_not_augmented():
     np.testing.assert_array_equal(a, b)
 
 
+def test_batch_and_rate_for_a_small_training_set_by_hand():
+    """210 training images on 2 ranks: 210 // (2 x 16) = 6 images a rank would keep 16 steps an
+    epoch; at least 8 (batch normalisation): 8, and the default rate times sqrt(8 / 32) = 1/2. A
+    large set keeps 32; a batch or a rate the user gives is theirs."""
+    from semspark.train.spec import batch_size_for, rate_for_batch
+
+    assert batch_size_for(0, 210, 2) == 8
+    assert batch_size_for(0, 448, 1) == 28            # 448 // 16
+    assert batch_size_for(0, 100_000, 4) == 32
+    assert batch_size_for(12, 210, 2) == 12
+    assert rate_for_batch(3e-4, 8, rate_requested=False) == pytest.approx(1.5e-4)
+    assert rate_for_batch(3e-4, 32, rate_requested=False) == pytest.approx(3e-4)
+    assert rate_for_batch(3e-4, 8, rate_requested=True) == pytest.approx(3e-4)
+
+
 def test_learning_rate_warms_up_then_decays_to_zero():
     """Peak 1e-3, 10 warm-up steps, 110 in all: by hand, 0 -> 5e-4 -> 1e-3 linearly, then
     1e-3 * (1 + cos(pi * (s - 10) / 100)) / 2."""

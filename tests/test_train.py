@@ -41,7 +41,7 @@ def test_requests_are_checked_before_anything_runs():
                        (dict(optimizer="lbfgs"), "--optimizer"), (dict(learning_rate=-1e-3), "--learning-rate"),
                        (dict(schedule="step"), "--schedule"),
                        (dict(label_smoothing=1.0), "--label-smoothing"), (dict(weight_decay=-1), "--weight-decay"),
-                       (dict(class_weighting="inverse"), "--class-weights"),
+                       (dict(class_weighting="inverse"), "--class-weights"), (dict(batch_size=-1), "--batch-size"),
                        (dict(arch="alexnet", input_size=64), "at least 67 for alexnet")]:
         with pytest.raises(TrainError, match=words):
             dataclasses.replace(FAST, **bad).check()
@@ -68,6 +68,7 @@ def test_two_ranks_learn_the_categories_and_register_the_model(spark, learned):
     assert metadata["class_names"] == sorted(metadata["class_names"]) and len(metadata["class_names"]) == 10
     assert metadata["architecture"] == "compact_cnn" and metadata["num_proc"] == 2
     assert metadata["input_size"] == 64 and metadata["recipe"]["schedule"] == "cosine"
+    assert (metadata["recipe"]["batch_size"], metadata["recipe"]["learning_rate"]) == (16, 1e-3)   # as given
     scores = metadata["test_scores"]
     assert scores["accuracy"]["value"] == pytest.approx(result.test_accuracy)
     assert scores["accuracy"]["low"] < result.test_accuracy <= scores["accuracy"]["high"]

@@ -24,8 +24,8 @@ from semspark.dataset import dataset_url, ensure_consistent, stored_image_size
 from semspark.schema import IMAGES, MODELS, TRAIN_TABLES, TRAINING_HISTORY
 from semspark import registry
 from semspark.train.data import labelled_images, make_split
-from semspark.train.spec import (ARCHITECTURES, MIN_INPUT_SIZES, MODES, ModelError, input_size_for,
-                                 learning_rate_for, parse_init)
+from semspark.train.spec import (ARCHITECTURES, MIN_INPUT_SIZES, MODES, ModelError, batch_size_for,
+                                 input_size_for, learning_rate_for, parse_init, rate_for_batch)
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class TrainRequest:
     scale_bins: tuple[str, ...] = ()
     epochs: int = 10
     fine_tune_epochs: int = 0              # feature_extraction_then_fine_tuning: the second phase
-    batch_size: int = 32
+    batch_size: int = 0                    # per rank; 0: 32, smaller for a small set (spec.batch_size_for)
     learning_rate: float = 0.0             # peak, per rank; 0: the architecture's own (spec.learning_rate_for)
     optimizer: str = "adam"                # adam | sgd (momentum 0.9)
     num_proc: int = 1
@@ -94,9 +94,11 @@ class TrainRequest:
             problems.append("--uncertain-target must be a share between 0 and 1 (e.g. 0.99)")
         if self.class_weighting not in ("balanced", "none"):
             problems.append("--class-weights must be balanced or none")
-        for flag, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size), ("--num-proc", self.num_proc)):
+        for flag, value in (("--epochs", self.epochs), ("--num-proc", self.num_proc)):
             if value < 1:
                 problems.append(f"{flag} must be at least 1")
+        if self.batch_size < 0:
+            problems.append("--batch-size must be at least 1 (or 0 for 32, smaller for a small training set)")
         if self.mode == "feature_extraction_then_fine_tuning" and self.fine_tune_epochs < 1:
             problems.append("--mode feature_extraction_then_fine_tuning needs --fine-tune-epochs (at least 1)")
         if not self.learning_rate >= 0:
@@ -196,6 +198,10 @@ def run_training(spark, config: Config, request: TrainRequest) -> TrainResult:
         run.mkdir(parents=True, exist_ok=True)
         registry.write_json(run / "split.json", split)
         registry.write_json(run / "request.json", {**dataclasses.asdict(request), "run_id": run_id})
+    # the batch and rate this run trains with, from its split (the same again on resume)
+    batch = batch_size_for(request.batch_size, len(split["train"]), request.num_proc)
+    request = dataclasses.replace(request, batch_size=batch, learning_rate=rate_for_batch(
+        request.resolved_learning_rate, batch, rate_requested=bool(request.learning_rate)))
     init = parse_init(request.init)
     init_value = init.value
     if init.kind == "model":
@@ -221,8 +227,8 @@ def run_training(spark, config: Config, request: TrainRequest) -> TrainResult:
                "train_ids": split["train"], "validation_ids": split["validation"], "test_ids": split["test"],
                "label_of": {i: index[split["labels"][i]] for i in held},
                "init_kind": init.kind, "init_value": init_value}
-    log.info("training %s at %d px (%s, init %s, peak learning rate %g per rank) on %d images with %d Horovod "
-             "ranks", request.arch, request.resolved_input_size, request.mode, request.init,
+    log.info("training %s at %d px (%s, init %s, batch %d and peak learning rate %g per rank) on %d images with %d "
+             "Horovod ranks", request.arch, request.resolved_input_size, request.mode, request.init, request.batch_size,
              request.resolved_learning_rate, len(split["train"]), request.num_proc)
     _check_gloo_without_fork()
     try:

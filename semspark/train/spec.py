@@ -2,6 +2,7 @@
 parser from these, and `semspark sql` should not pay for TensorFlow)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 ARCHITECTURES = ("compact_cnn", "alexnet", "inception_v3", "inception_v4", "inception_resnet_v2",
@@ -24,6 +25,35 @@ MIN_INPUT_SIZE = min(MIN_INPUT_SIZES.values())
 DEFAULT_LEARNING_RATE = {"compact_cnn": 2e-3, "alexnet": 3e-4, "inception_v3": 2e-3, "inception_v4": 2e-3,
                          "inception_resnet_v2": 2e-3, "convnext_tiny": 2e-3, "efficientnetv2_s": 2e-3}
 FINE_TUNING_RATE_FACTOR = 0.1
+
+
+# The batch of one rank the default rates are measured at, and what a small training set gets
+# instead: with 210 images on two ranks, batches of 32 make 4 steps an epoch (48 in 12 epochs), too
+# few to learn from; a smaller batch keeps MIN_STEPS_PER_EPOCH steps (at least MIN_BATCH_SIZE images
+# a rank, for batch normalisation), and the default rate follows the batch's square root (Adam's
+# scaling rule; Malladi et al. 2022). Measured (bench/train_quality_bench.py's set, AlexNet at 128
+# px, 12 epochs, 210 training images, seeds 0-2): batch 64 at 6e-4, 0.52 and 0.62 test accuracy
+# (seeds 0, 1); batch 16 at 3e-4, 0.73, 0.67 and 0.72.
+DEFAULT_BATCH_SIZE = 32
+MIN_BATCH_SIZE = 8
+MIN_STEPS_PER_EPOCH = 16
+
+
+def batch_size_for(requested: int, train_images: int, num_proc: int) -> int:
+    """The batch of one rank: the requested one, or (0) DEFAULT_BATCH_SIZE, smaller for a small
+    training set so that an epoch still takes MIN_STEPS_PER_EPOCH steps, never under MIN_BATCH_SIZE."""
+    if requested:
+        return requested
+    fitting = train_images // (max(1, num_proc) * MIN_STEPS_PER_EPOCH)
+    return max(MIN_BATCH_SIZE, min(DEFAULT_BATCH_SIZE, fitting))
+
+
+def rate_for_batch(rate: float, batch_size: int, rate_requested: bool) -> float:
+    """A default rate (measured at DEFAULT_BATCH_SIZE) moved to ``batch_size`` by the square-root
+    rule; a rate the user gave is theirs, for their batch."""
+    if rate_requested:
+        return rate
+    return rate * math.sqrt(batch_size / DEFAULT_BATCH_SIZE)
 
 
 def input_size_for(arch: str, requested: int = 0) -> int:
