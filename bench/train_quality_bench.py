@@ -1,7 +1,7 @@
 """Benchmark of what training learns. Prints one JSON document.
 
     .venv/bin/python bench/train_quality_bench.py [--archs compact_cnn,alexnet] [--seeds 0,1,2]
-        [--images 640] [--check-images 1000] [--cli-alexnet] [--learning-rate R] [--label-smoothing S]
+        [--images 640] [--epochs E] [--check-images 1000] [--cli-alexnet] [--learning-rate R] [--label-smoothing S]
         [--weight-decay W]
 
 Per architecture, at a CPU-sized input and a fixed epoch budget (BUDGETS), over several seeds:
@@ -146,6 +146,7 @@ def main() -> None:
     parser.add_argument("--archs", default="compact_cnn", help=f"comma-separated, of {', '.join(BUDGETS)}")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--images", type=int, default=640)
+    parser.add_argument("--epochs", type=int, help="override every architecture's epoch budget (BUDGETS)")
     parser.add_argument("--check-images", type=int, default=1000,
                         help="a larger held-out set (another generator seed) for accuracy and ECE; 0: none")
     parser.add_argument("--cli-alexnet", action="store_true", help="also the end-to-end AlexNet case (slow)")
@@ -155,6 +156,9 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, help="override the architecture's default peak rate")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
+    if args.epochs:
+        for arch, (size, _, batch) in list(BUDGETS.items()):
+            BUDGETS[arch] = (size, args.epochs, batch)
     overrides = {k: v for k, v in (("label_smoothing", args.label_smoothing), ("weight_decay", args.weight_decay),
                                    ("class_weighting", args.class_weights),
                                    ("learning_rate", args.learning_rate)) if v is not None}
