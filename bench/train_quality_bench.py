@@ -1,7 +1,7 @@
 """Benchmark of what training learns. Prints one JSON document.
 
     .venv/bin/python bench/train_quality_bench.py [--archs compact_cnn,alexnet] [--seeds 0,1,2]
-        [--images 640] [--epochs E] [--check-images 1000] [--cli-alexnet] [--learning-rate R] [--label-smoothing S]
+        [--images 640] [--epochs E] [--batch-size B] [--check-images 1000] [--cli-alexnet] [--learning-rate R] [--label-smoothing S]
         [--weight-decay W]
 
 Per architecture, at a CPU-sized input and a fixed epoch budget (BUDGETS), over several seeds:
@@ -102,7 +102,7 @@ def run_one(arch: str, seed: int, n: int, overrides: dict | None = None, check: 
                    "check_accuracy": round(float(np.mean(check_logits.argmax(1) == yc)), 4),
                    "check_ece_before": round(expected_calibration_error(softmax(check_logits), yc), 4),
                    "check_ece_after": round(expected_calibration_error(softmax(check_logits, temperature), yc), 4)}
-    return {**checked, "arch": arch, "seed": seed, "input_px": size, "epochs": epochs, "train_seconds": round(seconds, 1),
+    return {"arch": arch, "seed": seed, "input_px": size, "epochs": epochs, "train_seconds": round(seconds, 1),
             "train_images_per_s": round(a * epochs / seconds, 1),
             "test_accuracy": round(scores["accuracy"]["value"], 4),
             "test_accuracy_95": [round(scores["accuracy"]["low"], 4), round(scores["accuracy"]["high"], 4)],
@@ -111,7 +111,7 @@ def run_one(arch: str, seed: int, n: int, overrides: dict | None = None, check: 
             "ece_after": round(expected_calibration_error(softmax(logits["test"], temperature), y[test]), 4),
             "temperature": round(temperature, 3),
             "train_minus_inference_accuracy_on_training_images": round(training_mode - inference_mode, 4),
-            "final_training_accuracy": round(float(history.history["accuracy"][-1]), 4)}
+            "final_training_accuracy": round(float(history.history["accuracy"][-1]), 4), **checked}
 
 
 def cli_alexnet(seed: int) -> dict:
@@ -147,6 +147,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--images", type=int, default=640)
     parser.add_argument("--epochs", type=int, help="override every architecture's epoch budget (BUDGETS)")
+    parser.add_argument("--batch-size", type=int, help="override every architecture's batch (BUDGETS)")
     parser.add_argument("--check-images", type=int, default=1000,
                         help="a larger held-out set (another generator seed) for accuracy and ECE; 0: none")
     parser.add_argument("--cli-alexnet", action="store_true", help="also the end-to-end AlexNet case (slow)")
@@ -156,9 +157,8 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, help="override the architecture's default peak rate")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
-    if args.epochs:
-        for arch, (size, _, batch) in list(BUDGETS.items()):
-            BUDGETS[arch] = (size, args.epochs, batch)
+    for arch, (size, epochs, batch) in list(BUDGETS.items()):
+        BUDGETS[arch] = (size, args.epochs or epochs, args.batch_size or batch)
     overrides = {k: v for k, v in (("label_smoothing", args.label_smoothing), ("weight_decay", args.weight_decay),
                                    ("class_weighting", args.class_weights),
                                    ("learning_rate", args.learning_rate)) if v is not None}

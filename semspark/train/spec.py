@@ -31,10 +31,11 @@ FINE_TUNING_RATE_FACTOR = 0.1
 # instead: with 210 images on two ranks, batches of 32 make 4 steps an epoch (48 in 12 epochs), too
 # few to learn from; a smaller batch keeps MIN_STEPS_PER_EPOCH steps (at least MIN_BATCH_SIZE images
 # a rank, for batch normalisation), and the default rate follows the batch's square root (Adam's
-# scaling rule; Malladi et al. 2022). Measured (bench/train_quality_bench.py's set, AlexNet at 128
-# px, 12 epochs, 210 training images, seeds 0-2): batch 64 at 6e-4, 0.52 and 0.62 test accuracy
-# (seeds 0, 1); batch 16 at 3e-4, 0.73, 0.67 and 0.72. Through the CLI (300 images, two ranks,
-# --batch-size 0): 0.733, 0.770 and 0.717, where batches of 32 made 0.633 and 0.541.
+# scaling rule; Malladi et al. 2022). Measured in one process (bench/train_quality_bench.py --archs
+# alexnet --images 300 --batch-size B --learning-rate R: 128 px, 12 epochs, 210 training images):
+# batch 64 at 6e-4, 0.52 and 0.62 test accuracy (seeds 0, 1); batch 16 at 3e-4, 0.73, 0.67, 0.72.
+# Through the CLI (--cli-alexnet: 300 images, two ranks, --batch-size 0): 0.733, 0.770 and 0.717,
+# where batches of 32 made 0.633 and 0.541.
 DEFAULT_BATCH_SIZE = 32
 MIN_BATCH_SIZE = 8
 MIN_STEPS_PER_EPOCH = 16
