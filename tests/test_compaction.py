@@ -7,6 +7,7 @@ The expected contents come from outside the code under test: the SHA-256 of ever
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -99,6 +100,46 @@ def test_compaction_rewrites_small_files_into_few_with_the_same_rows(spark, thre
     assert set(parquet_files(dataset).values()) == {1} and petastorm_ids(url) == sorted(truth)
     left_over = [n for before in (*before_tables.values(), before_dataset) for n in before.values() if n == 2]
     assert forced.files_before - forced.files_after == len(left_over)
+
+
+def test_the_metadata_kept_up_to_date_is_the_one_petastorm_makes(spark, three_nights, tmp_path):
+    """semspark counts only new files' row groups after an append (dataset.update_metadata);
+    Petastorm's materialize_dataset counts every file. On a copy of the dataset given a file of
+    several row groups (written by pyarrow, 2 rows a group) and missing another: the same counts,
+    the same Unischema, and Petastorm's reader finds every row the files hold."""
+    import pickle
+    import shutil
+
+    import pyarrow.parquet as pq
+    from petastorm.etl.dataset_metadata import materialize_dataset
+
+    from semspark.dataset import ROW_GROUPS_KEY, UNISCHEMA_KEY, data_files, update_metadata
+    from semspark.schema import image_unischema
+
+    source = Path(dataset_url(CONFIG)[len("file://"):])
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    shutil.copytree(source, ours)
+    files = data_files(ours)
+    grown = pq.read_table(ours / files[0])
+    pq.write_table(grown, ours / files[0].replace(".parquet", "-grouped.parquet"), row_group_size=2)
+    removed = files[-1]
+    (ours / removed).unlink()
+    shutil.copytree(ours, theirs)
+    unischema = image_unischema(CONFIG.ingest.image_size)
+
+    counts = update_metadata(ours, unischema)
+    with materialize_dataset(spark, theirs.as_uri(), unischema, CONFIG.ingest.row_group_size_mb):
+        pass
+
+    def written(folder: Path) -> tuple[dict, object]:
+        meta = pq.read_schema(folder / "_common_metadata").metadata
+        schema = pickle.loads(meta[UNISCHEMA_KEY])
+        return json.loads(meta[ROW_GROUPS_KEY]), [(f, type(f.codec)) for f in schema.fields.values()]
+
+    assert written(ours) == written(theirs) and written(ours)[0] == counts
+    assert removed not in counts and max(counts.values()) == -(-grown.num_rows // 2) > 1
+    held = sum(pq.read_metadata(ours / f).num_rows for f in data_files(ours))
+    assert len(petastorm_ids(ours.as_uri())) == held
 
 
 @pytest.fixture(scope="module")

@@ -219,6 +219,39 @@ def test_rerun_adds_nothing(spark, raw, first_run):
     assert snapshot(spark) == before and dataset_ids(spark) == ids
 
 
+def test_the_directory_walk_lists_what_sparks_file_index_lists(spark, tmp_path):
+    """The driver's walk of a local root against Spark's own file index and file scan (the
+    listing every ingest used before): the same paths, sizes and times to the millisecond, for
+    names with spaces, percent signs, hashes and accents, names Spark hides, empty files, links to
+    files and folders; a link to nothing is named, not listed (Spark skips it silently)."""
+    from semspark.ingest.listing import _spark_listing, list_files, qualified_root
+
+    for n, rel in enumerate(["a/x.tif", "a b/y z.tif", "a%20b/p#1.tif", "\u00fcn\u00ef/\u00e7\u00e9.tif",
+                             "_hidden/h.tif", ".dot/d.tif", "a/_u.tif", "a/.v.tif", "p=1/_q=2.tif",
+                             "a/c.tif._COPYING_", "deep/er/st/f.TIF", "empty/e.tif", "a/x.txt"]):
+        path = tmp_path / "in" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"" if rel.startswith("empty") else os.urandom(10 + n))
+    root_dir = tmp_path / "in"
+    (root_dir / "link.tif").symlink_to(root_dir / "a" / "x.tif")
+    (root_dir / "folder_link").symlink_to(root_dir / "deep")
+    (root_dir / "late.tif").symlink_to(root_dir / "not_there_yet.tif")
+    root = qualified_root(spark, str(root_dir))
+    walked = list_files(spark, root)
+    by_spark = _spark_listing(spark, root)
+    rows = lambda frame: sorted(map(tuple, frame[["path", "size", "mtime_ms"]].values.tolist()))  # noqa: E731
+    assert rows(walked.files) == rows(by_spark)
+    names = {p[len(root) + 1:] for p in walked.files["path"]}
+    assert {"a b/y z.tif", "a%20b/p#1.tif", "p=1/_q=2.tif", "empty/e.tif", "link.tif",
+            "folder_link/er/st/f.TIF"} <= names
+    assert not names & {"_hidden/h.tif", ".dot/d.tif", "a/_u.tif", "a/.v.tif", "a/c.tif._COPYING_"}
+    assert len(names) == 10
+    assert walked.dangling_links == [f"{root}/late.tif"]
+    summary = run_ingest(spark, dataclasses.replace(CONFIG, catalog=CatalogConfig(database="walked")), str(root_dir))
+    assert (summary.listed, summary.dangling_links) == (10, 1)
+    assert "links to nothing (not listed until they point to a file): 1" in [s.strip() for s in summary.lines()]
+
+
 def test_a_grown_folder_adds_only_the_new_files(spark, raw, first_run, tmp_path):
     root, _ = raw
     before = snapshot(spark)

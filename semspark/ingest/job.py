@@ -25,8 +25,11 @@ from semspark.catalog import ensure_tables, insert, new_run_id, qualified, utc_n
 from semspark.config import Config
 from semspark.dataset import dataset_url, ensure_consistent
 from semspark.ingest.listing import (
+    known_keys,
     list_files,
     qualified_root,
+    table_keys,
+    to_spark_rows,
     with_csv_id_labels,
     with_csv_path_labels,
     with_folder_labels,
@@ -55,6 +58,7 @@ class IngestSummary:
     new_by_scale_confidence: dict[str, int] = field(default_factory=dict)
     dataset_url: str = ""
     retried: int = 0                  # quarantined files tried again (their failure may pass)
+    dangling_links: int = 0           # links to nothing under the root: not listed until they point somewhere
     phase_seconds: dict[str, float] = field(default_factory=dict)   # listing, comparing, processing, writing
     healed: int = 0                   # quarantine rows dropped: files ingested at last, older outcomes
 
@@ -71,6 +75,8 @@ class IngestSummary:
                f"  sidecar files:          {self.sidecars}",
                f"  quarantined:            {sum(self.quarantined.values())}",
                f"  tried again from quarantine: {self.retried} (left it: {self.healed})"]
+        if self.dangling_links:
+            out.append(f"  links to nothing (not listed until they point to a file): {self.dangling_links}")
         out += [f"    {stage:<22}{n}" for stage, n in sorted(self.quarantined.items())]
         if self.new_by_scale_bin:
             out.append("  new images per scale bin:")
@@ -86,6 +92,7 @@ class IngestSummary:
 
 def run_ingest(spark, config: Config, input_path: str, labels: str | None = None) -> IngestSummary:
     """Ingest everything new under ``input_path``; ``labels`` is None, 'folders' or a CSV path."""
+    import pandas as pd
     from pyspark.sql import functions as F
 
     db = config.catalog.database
@@ -99,45 +106,46 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
     heal(spark, db, run_id)         # what a run killed before its end left in sem.quarantine
     ensure_consistent(spark, config)   # a swap or a metadata step a killed run left half done
 
-    listing = (list_files(spark, root)
-               .withColumn("ext", F.lower(F.regexp_extract("path", r"\.([^./]+)$", 1)))
-               .withColumn("stem", F.regexp_replace("path", r"\.[^./]+$", ""))
-               .withColumn("rel", F.expr(f"substring(path, {len(root) + 2})")))
-    listing = listing.persist()
-    summary.listed = listing.count()
+    listing = list_files(spark, root)
+    files = listing.files
+    summary.listed = len(files)
+    summary.dangling_links = len(listing.dangling_links)
+    if listing.dangling_links:
+        log.warning("%d links under %s point to nothing and are not ingested until they do (e.g. %s)",
+                    len(listing.dangling_links), root, listing.dangling_links[0])
     log.info("listed %d files under %s (%s)", summary.listed, root, clock.lap("listing", summary.listed, "files"))
 
-    sidecar_exts = list(config.ingest.sidecar_extensions)
-    image_side = listing.filter(~F.col("ext").isin(sidecar_exts))
-    attached = (listing.filter(F.col("ext").isin(sidecar_exts))
-                .join(image_side.select("stem").distinct(), "stem", "left_semi"))
-    candidates = listing.join(attached.select("path"), "path", "left_anti")  # images, orphan .txt, junk
-
+    # In the driver, on plain columns: only what is new becomes Spark rows (see listing.py).
+    files["ext"] = files["path"].str.extract(r"\.([^./]+)$", expand=False).fillna("").str.lower()
+    files["stem"] = files["path"].str.replace(r"\.[^./]+$", "", regex=True)
+    files["rel"] = files["path"].str.slice(len(root) + 1)
+    is_sidecar_ext = files["ext"].isin(list(config.ingest.sidecar_extensions))
+    image_stems = set(files.loc[~is_sidecar_ext, "stem"])
+    is_attached = is_sidecar_ext & files["stem"].isin(image_stems)   # the sidecar of a listed image
     # quarantined files wait unless their failure may pass (read errors): those are tried again
-    known = (spark.table(qualified(db, FILES)).select("path", "size", "modification_time")
-             .unionByName(waiting_files(spark, db)))
-    key = ["path", "size", "modification_time"]
-    pending = candidates.join(known, key, "left_anti")
-    pending_sidecars = attached.join(known, key, "left_anti")
-
-    pending = pending.join(
-        attached.select("stem", F.col("path").alias("sidecar_path")).dropDuplicates(["stem"]), "stem", "left")
-    pending = with_folder_labels(pending) if labels == "folders" else pending.withColumn("label", F.lit(None).cast("string"))
-    if labels not in (None, "folders"):
-        pending = with_csv_path_labels(spark, pending, labels, root)
-
-    pending = pending.persist()
-    n_pending = pending.count()
-    summary.retried = (pending.select(*key).join(spark.table(qualified(db, QUARANTINE)).select(*key), key, "left_semi")
-                       .count())
-    n_sidecars = pending_sidecars.count()
+    known = known_keys(table_keys(spark.table(qualified(db, FILES)))) | known_keys(table_keys(waiting_files(spark, db)))
+    is_new = ~pd.Series([k in known for k in zip(files["path"], files["size"], files["mtime_ms"])],
+                        index=files.index, dtype=bool)
+    sidecar_of = (files[is_attached].sort_values("path").drop_duplicates("stem")
+                  .set_index("stem")["path"])
+    pending_files = files[~is_attached & is_new].copy()
+    pending_files["sidecar_path"] = pending_files["stem"].map(sidecar_of)
+    n_pending, n_sidecars = len(pending_files), int((is_attached & is_new).sum())
+    quarantined = known_keys(table_keys(spark.table(qualified(db, QUARANTINE))))
+    summary.retried = sum(k in quarantined for k in zip(pending_files["path"], pending_files["size"],
+                                                        pending_files["mtime_ms"]))
     summary.already_known = summary.listed - n_pending - n_sidecars
     log.info("%d files to process (%d already ingested, %d tried again from quarantine) (%s)", n_pending,
              summary.already_known, summary.retried, clock.lap("comparing", summary.listed, "files"))
     if n_pending == 0 and n_sidecars == 0:
-        listing.unpersist()
-        pending.unpersist()
         return summary
+
+    key = ["path", "size", "modification_time"]
+    pending = to_spark_rows(spark, pending_files, ("stem", "rel", "sidecar_path"))
+    pending_sidecars = to_spark_rows(spark, files[is_attached & is_new], ("stem",))
+    pending = with_folder_labels(pending) if labels == "folders" else pending.withColumn("label", F.lit(None).cast("string"))
+    if labels not in (None, "folders"):
+        pending = with_csv_path_labels(spark, pending, labels, root)
 
     staging = home_path(f"staging/ingest-{run_id}")
     # Big enough batches for OCR, but never fewer tasks than cores while there is work for them.
@@ -205,8 +213,6 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
                                   "stage")
     summary.sidecars = _counts(spark.table(qualified(db, FILES)).filter(F.col("ingest_run") == run_id),
                                "role").get("sidecar", 0)
-    pending.unpersist()
-    listing.unpersist()
     shutil.rmtree(staging, ignore_errors=True)
     log.info("wrote %d new images, %d quarantined (%s)", summary.new_images, sum(summary.quarantined.values()),
              clock.lap("writing", n_pending, "files"))

@@ -1,28 +1,103 @@
-"""Ingest, step 1: what is under the input root (every file, empty ones too) and the labels the
-input gives them (the top folder, or a CSV by path or by image id)."""
+"""Ingest, step 1: what is under the input root (every file, empty ones too), which of it is new
+against what the catalog knows, and the labels the input gives them (the top folder, or a CSV by
+path or by image id).
+
+A night adds a few hundred files to a repository of a hundred thousand: the listing and the
+comparison with sem.files are done in the driver, on columns of plain values (a file is known by
+path, size and modification time in milliseconds), so that only the night's files become Spark
+rows. On a local or mounted file system the listing is a directory walk; other file systems
+(hdfs://, s3a://) are listed by Spark's own file index.
+"""
 from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+LISTING_COLUMNS = ("path", "size", "mtime_ms")
 
 
 class IngestError(RuntimeError):
     """The ingest cannot start (bad input path, bad label file); the message says what to do."""
 
 
-def list_files(spark, root: str):
-    """(path, size, modification_time) of every file under root, empty files included.
+def hidden_from_spark(name: str) -> bool:
+    """Names Spark's file index leaves out of a listing (files and folders alike): ``_`` and ``.``
+    prefixes (a ``_`` name holding ``=`` is a partition and stays) and ``._COPYING_`` files half
+    copied by Hadoop. The same rule here, so that a file is listed the same way whichever lists it."""
+    exclude = (name.startswith("_") and "=" not in name) or name.startswith(".") or name.endswith("._COPYING_")
+    return exclude and not name.startswith(("_common_metadata", "_metadata"))
 
-    Spark's file scan gives the first two without reading content, but a zero-length file has no
-    split and yields no row; the file index still holds it, so the difference is stat'ed here.
-    """
+
+@dataclass
+class Listing:
+    """What is under the input root: a pandas frame of ``LISTING_COLUMNS`` (path as Spark names
+    it, ``file:/...``), and links that point to nothing (not listed; named so nobody wonders)."""
+    files: object
+    dangling_links: list[str] = field(default_factory=list)
+
+
+def list_files(spark, root: str) -> Listing:
+    """Every file under ``root`` (a qualified root, as ``qualified_root`` gives), empty files
+    included; sizes and modification times as Hadoop's file system reports them (milliseconds)."""
+    from semspark.storage import local_path
+
+    directory = local_path(root)
+    if directory is not None:
+        return _walk(root, directory)
+    return Listing(_spark_listing(spark, root))
+
+
+def _walk(root: str, directory: str) -> Listing:
+    """A local directory walk: symbolic links followed (as Hadoop's local file system follows
+    them), what Spark hides left out, a link to nothing set aside."""
+    import pandas as pd
+
+    paths, sizes, mtimes, dangling = [], [], [], []
+    prefix = root.rstrip("/")
+    folders = [""]
+    while folders:
+        relative = folders.pop()
+        with os.scandir(os.path.join(directory, relative) if relative else directory) as entries:
+            for entry in entries:
+                if hidden_from_spark(entry.name):
+                    continue
+                name = f"{relative}/{entry.name}" if relative else entry.name
+                try:
+                    if entry.is_dir():
+                        folders.append(name)
+                        continue
+                    status = entry.stat()
+                except FileNotFoundError:   # a link to nothing (or a file gone while listing)
+                    dangling.append(f"{prefix}/{name}")
+                    continue
+                paths.append(f"{prefix}/{name}")
+                sizes.append(status.st_size)
+                mtimes.append(status.st_mtime_ns // 1_000_000)
+    files = pd.DataFrame({"path": pd.Series(paths, dtype=object), "size": pd.Series(sizes, dtype="int64"),
+                          "mtime_ms": pd.Series(mtimes, dtype="int64")})
+    return Listing(files, sorted(dangling))
+
+
+def _spark_listing(spark, root: str):
+    """Spark's file index over a Hadoop file system. Its file scan gives size and time without
+    reading content, but a zero-length file has no split and yields no row; the file index still
+    holds it, so the difference is stat'ed here."""
     from pyspark.sql import functions as F
 
     from semspark.storage import from_index_uri
 
     scan = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(root)
-    listed = scan.select("path", F.col("length").alias("size"), F.col("modificationTime").alias("modification_time"))
-    indexed = spark.createDataFrame([(from_index_uri(u),) for u in scan.inputFiles()], "path string")
-    missing = [r["path"] for r in indexed.join(listed, "path", "left_anti").collect()]
+    listed = scan.select("path", F.col("length").alias("size"),
+                         F.expr("unix_millis(modificationTime)").alias("mtime_ms")).toPandas()
+    scanned = set(listed["path"])
+    missing = [p for p in (from_index_uri(u) for u in scan.inputFiles()) if p not in scanned]
     if not missing:
         return listed
+    import pandas as pd
+
     jvm = spark.sparkContext._jvm
     conf = spark.sparkContext._jsc.hadoopConfiguration()
     rows = []
@@ -30,9 +105,30 @@ def list_files(spark, root: str):
         status = jvm.org.apache.hadoop.fs.Path(path)
         status = status.getFileSystem(conf).getFileStatus(status)
         rows.append((path, int(status.getLen()), int(status.getModificationTime())))
-    extra = (spark.createDataFrame(rows, "path string, size long, mtime_ms long")
-             .select("path", "size", (F.col("mtime_ms") / 1000).cast("timestamp").alias("modification_time")))
-    return listed.unionByName(extra)
+    return pd.concat([listed, pd.DataFrame(rows, columns=list(LISTING_COLUMNS))], ignore_index=True)
+
+
+def known_keys(frame) -> set[tuple[str, int, int]]:
+    """(path, size, mtime_ms) tuples of a frame with those columns."""
+    return set(zip(frame["path"], frame["size"].astype("int64"), frame["mtime_ms"].astype("int64")))
+
+
+def table_keys(table):
+    """A Spark table's file keys as a pandas frame of ``LISTING_COLUMNS`` (three columns read)."""
+    from pyspark.sql import functions as F
+
+    return table.select("path", "size", F.expr("unix_millis(modification_time)").alias("mtime_ms")).toPandas()
+
+
+def to_spark_rows(spark, frame, extra: tuple[str, ...] = ()):
+    """A frame of the night's listed files as Spark rows: ``modification_time`` a timestamp again,
+    the ``extra`` string columns kept."""
+    from pyspark.sql import functions as F
+
+    columns = [*LISTING_COLUMNS, *extra]
+    schema = ", ".join(["path string", "size long", "mtime_ms long", *(f"{c} string" for c in extra)])
+    rows = spark.createDataFrame(frame[columns].reset_index(drop=True), schema)
+    return rows.withColumn("modification_time", F.expr("timestamp_millis(mtime_ms)")).drop("mtime_ms")
 
 
 def qualified_root(spark, input_path: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from semspark.catalog import qualified
 from semspark.config import Config
-from semspark.dataset import IMAGES_PER_FILE
+from semspark.dataset import IMAGES_PER_FILE, petastorm_parquet_settings, update_metadata
 from semspark.schema import FILES, image_unischema
 from semspark.storage import pause_point, writer_lock
 
@@ -65,11 +65,16 @@ def write_dataset(spark, config: Config, new_images, url: str, run_id: str) -> N
     # About IMAGES_PER_FILE images per Parquet file in each scale bin, not one small file per task
     # and bin: readers (and Petastorm's row-group bookkeeping) cope badly with many tiny files.
     buckets = F.pmod(F.hash("image_id"), F.lit(max(1, count // IMAGES_PER_FILE)))
+    appended = rows.repartition("scale_bin", buckets).write.mode("append").partitionBy("scale_bin")
     with writer_lock(purpose="appending to the dataset"):
-        with materialize_dataset(spark, url, schema, config.ingest.row_group_size_mb):
-            (rows.repartition("scale_bin", buckets).write.mode("append")
-             .partitionBy("scale_bin").parquet(url))
-            pause_point("dataset-appended")   # committed; Petastorm's metadata step not run yet
+        if local is None:   # not a local file system: Petastorm's own metadata step, over every file
+            with materialize_dataset(spark, url, schema, config.ingest.row_group_size_mb):
+                appended.parquet(url)
+            return
+        with petastorm_parquet_settings(spark, config.ingest.row_group_size_mb):
+            appended.parquet(url)
+        pause_point("dataset-appended")   # committed; Petastorm's metadata not updated yet
+        update_metadata(local, schema)    # the new files' row groups counted, the others kept
 
 
 def _pending_ids(local) -> set[str]:
