@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import pickle
+import re
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -40,6 +41,33 @@ SWAP_JOURNAL = "_swap"
 _OLDER_SWAP_JOURNALS = ("_rescale_swap",)
 ROW_GROUPS_KEY = b"dataset-toolkit.num_row_groups_per_file.v1"
 UNISCHEMA_KEY = b"dataset-toolkit.unischema.v1"
+
+
+# An ingest's files carry its run id (``part-<run id>-00000.parquet``): sem.images names each
+# image's ingest run, so scoring a night's images opens the files of that night's run, not the
+# image ids of every file (infer/job.py). Compaction's and rescale's files carry no run.
+RUN_FILE = re.compile(r"^part-(\d{8}T\d{6}Z-[0-9a-f]+)-\d{5}\.[a-z0-9.]*parquet$")
+STAGING = "_staging"
+
+
+def run_of_file(relative: str) -> str | None:
+    """The ingest run that wrote a dataset file (a ``data_files`` name), or None."""
+    match = RUN_FILE.match(relative.rsplit("/", 1)[-1])
+    return match.group(1) if match else None
+
+
+def move_in_run_files(root: Path, staged: Path, run_id: str) -> list[str]:
+    """Move the partition folders' Parquet files Spark wrote under ``staged`` into the dataset,
+    each renamed ``part-<run id>-<n>``. A rename within the dataset's file system: a reader sees
+    a file whole or not at all. Returns the new files (``data_files`` names)."""
+    moved = []
+    for n, source in enumerate(sorted(staged.glob("scale_bin=*/*.parquet"))):
+        suffix = source.name[source.name.index("."):] if "." in source.name else ".parquet"
+        relative = f"{source.parent.name}/part-{run_id}-{n:05d}{suffix}"
+        (root / source.parent.name).mkdir(exist_ok=True)
+        os.replace(source, root / relative)
+        moved.append(relative)
+    return moved
 
 
 class DatasetError(RuntimeError):

@@ -101,7 +101,7 @@ def test_a_rerun_scores_only_new_images(spark, scoring, first_scoring, tmp_path)
 
     more = tmp_path / "more"
     generate(more, 12, seed=22, width=384, height=288)
-    run_ingest(spark, scoring.config, str(more), labels="folders")
+    night = run_ingest(spark, scoring.config, str(more), labels="folders")
     new = distinct_images(more) - before
     assert new
     added = run_inference(spark, scoring.config, scoring.model.model_version)
@@ -120,6 +120,28 @@ def test_a_rerun_scores_only_new_images(spark, scoring, first_scoring, tmp_path)
     holding = [f for f in files if new & set(pq.read_table(f, columns=["image_id"]).column("image_id").to_pylist())]
     assert (added.dataset_files_read, added.dataset_files) == (len(holding), len(files))
     assert len(holding) < len(files)
+    from semspark.dataset import run_of_file
+    assert {run_of_file(f.name) for f in holding} == {night.run_id}   # found by the run's file names
+
+
+def test_images_in_files_without_a_run_name_are_found_by_their_ids(spark, scoring, first_scoring):
+    """A file that does not carry its ingest run (compaction's and rescale's, or from before run
+    names): scoring reads every file's ids and still finds every image."""
+    import shutil
+
+    from semspark.dataset import dataset_url, run_of_file, update_metadata
+    from semspark.schema import image_unischema
+
+    root = Path(dataset_url(scoring.config)[len("file://"):])
+    files = sorted(root.glob("scale_bin=*/*.parquet"))
+    named = [f for f in files if run_of_file(f.name)]
+    assert named == files                            # every ingest names its files
+    shutil.move(named[0], named[0].with_name("part-00000-5e1f0c2a-c000.snappy.parquet"))   # as Spark names them
+    update_metadata(root, image_unischema(scoring.config.ingest.image_size))
+    everything = spark.table("scoring.images").count()
+    summary = run_inference(spark, scoring.config, register_copy(scoring.model.path, "scorer-unnamed"))
+    assert (summary.scored, summary.missing_pixels) == (everything, 0)
+    assert summary.dataset_files_read == summary.dataset_files == len(files)
 
 
 def test_scale_bins_limit_what_is_scored(spark, scoring, first_scoring):

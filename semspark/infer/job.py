@@ -152,7 +152,7 @@ def run_inference(spark, config: Config, model: str | None = None,
     problem = unknown_scale_bins(spark, db, scale_bins)
     if problem:
         raise InferError(problem)
-    images = spark.table(qualified(db, IMAGES)).select("image_id", "scale_bin", "chroma", "contrast")
+    images = spark.table(qualified(db, IMAGES)).select("image_id", "scale_bin", "chroma", "contrast", "ingest_run")
     if scale_bins:
         images = images.filter(F.col("scale_bin").isin(scale_bins))
     scored = (spark.table(qualified(db, PREDICTIONS)).filter(F.col("model_version") == model_version)
@@ -166,7 +166,7 @@ def run_inference(spark, config: Config, model: str | None = None,
     if n_pending == 0:
         summary.seconds = time.monotonic() - started
         return summary
-    pending = images.join(scored, "image_id", "left_anti").select("image_id", "chroma", "contrast")
+    pending = images.join(scored, "image_id", "left_anti").select("image_id", "chroma", "contrast", "ingest_run")
 
     url = dataset_url(config)
     try:
@@ -175,10 +175,11 @@ def run_inference(spark, config: Config, model: str | None = None,
         raise InferError(f"no readable image dataset at {url}: run semspark ingest first ({exc})") from exc
     if scale_bins:
         stored = stored.filter(F.col("scale_bin").isin(scale_bins))  # reads only those partitions
-    source = _files_holding(spark, stored, pending, url, summary)
+    source = _files_holding(spark, stored, pending, n_pending, url, summary)
     # A left join: an image of sem.images without stored pixels reaches the model as NULL and comes
     # back as an error row (reported, retried next run) instead of vanishing.
-    pixels = pending.join(source.select("image_id", "image"), "image_id", "left").dropDuplicates(["image_id"])
+    pixels = (pending.drop("ingest_run").join(source.select("image_id", "image"), "image_id", "left")
+              .dropDuplicates(["image_id"]))
 
     # Tasks of at most images_per_task images. When there are fewer tasks than cores, each task's
     # TensorFlow gets the idle cores too (up to an executor's): measured here, one task with two
@@ -291,20 +292,35 @@ def _flag(column: str):
     return F.when(F.isnan(column) | F.col(column).isNull(), None).otherwise(F.col(column) > 0.5)
 
 
-def _files_holding(spark, stored, pending, url: str, summary: InferSummary):
+def _files_holding(spark, stored, pending, n_pending: int, url: str, summary: InferSummary):
     """The stored images, read only from the dataset files that hold an image to score.
 
     A night's images sit in the few files that night's ingest wrote; reading every file's pixels
     to find them would make each night cost as much as the whole repository (9 GB at 150,000
-    images). The ids of every file are one small column (Parquet reads it alone); the pixels are
-    then read from the files that hold a pending id, and no others."""
+    images). Ingest names its files after its run (dataset.RUN_FILE) and sem.images names each
+    image's run: when the files of the pending images' runs hold them all, only those are read.
+    Otherwise (files compacted or rescaled since, a dataset from before run names) the ids of
+    every file are read (one small column, Parquet reads it alone) and the pixels from the files
+    that hold a pending id, and no others."""
     from pyspark.sql import functions as F
 
+    from semspark.dataset import data_files, dataset_root, run_of_file
+
+    root = dataset_root(url)
+    every = data_files(root)
+    summary.dataset_files = len(every)
+    runs = {r["ingest_run"] for r in pending.select("ingest_run").distinct().collect()}
+    named = [f"file://{root / f}" for f in every if run_of_file(f) in runs]   # Hadoop paths: '=' as is
+    if named:
+        by_run = spark.read.option("basePath", url).parquet(*named)
+        if by_run.select("image_id").join(pending, "image_id", "left_semi").distinct().count() == n_pending:
+            summary.dataset_files_read = len(named)
+            log.info("reading the pixels of %d of %d dataset files (the pending images' ingest runs)",
+                     len(named), summary.dataset_files)
+            return by_run
     holders = (stored.select("image_id", F.col("_metadata.file_path").alias("file"))
                .join(pending.select("image_id"), "image_id", "left_semi").select("file").distinct())
     files = sorted(r["file"] for r in holders.collect())
-    # Spark's file index also lists Parquet's summary files (_common_metadata): not data
-    summary.dataset_files = sum(1 for f in stored.inputFiles() if not f.rsplit("/", 1)[-1].startswith("_"))
     summary.dataset_files_read = len(files)
     if not files:
         return stored.limit(0)

@@ -202,8 +202,7 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
 
     # The summary counts what this run wrote (small aggregates only).
     written = {r["outcome"]: r["count"] for r in staged.groupBy("outcome").count().collect()}
-    for row in (spark.table(qualified(db, IMAGES)).filter(F.col("ingest_run") == run_id)
-                .groupBy("scale_bin", "scale_confidence").count().collect()):   # one small aggregate
+    for row in new_images.groupBy("scale_bin", "scale_confidence").count().collect():   # the rows sem.images got
         bins, confidences = summary.new_by_scale_bin, summary.new_by_scale_confidence
         bins[row["scale_bin"]] = bins.get(row["scale_bin"], 0) + row["count"]
         confidences[row["scale_confidence"]] = confidences.get(row["scale_confidence"], 0) + row["count"]

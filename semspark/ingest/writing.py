@@ -2,9 +2,11 @@
 to the Petastorm dataset (under the writer lock, Petastorm's metadata made after)."""
 from __future__ import annotations
 
+import shutil
+
 from semspark.catalog import qualified
 from semspark.config import Config
-from semspark.dataset import IMAGES_PER_FILE, petastorm_parquet_settings, update_metadata
+from semspark.dataset import IMAGES_PER_FILE, STAGING, move_in_run_files, petastorm_parquet_settings, update_metadata
 from semspark.schema import FILES, image_unischema
 from semspark.storage import pause_point, writer_lock
 
@@ -71,8 +73,13 @@ def write_dataset(spark, config: Config, new_images, url: str, run_id: str) -> N
             with materialize_dataset(spark, url, schema, config.ingest.row_group_size_mb):
                 appended.parquet(url)
             return
+        # Written beside the dataset (a _ folder readers skip), then renamed in with the run's id
+        # in their names: scoring finds a night's images by their run (dataset.RUN_FILE).
+        shutil.rmtree(local / STAGING, ignore_errors=True)   # what a killed writer left: writers take turns
         with petastorm_parquet_settings(spark, config.ingest.row_group_size_mb):
-            appended.parquet(url)
+            appended.parquet((local / STAGING / run_id).as_uri())
+        move_in_run_files(local, local / STAGING / run_id, run_id)
+        shutil.rmtree(local / STAGING, ignore_errors=True)
         pause_point("dataset-appended")   # committed; Petastorm's metadata not updated yet
         update_metadata(local, schema)    # the new files' row groups counted, the others kept
 
