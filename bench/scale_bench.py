@@ -93,6 +93,10 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--height", type=int, default=192)
     parser.add_argument("--cores", type=int, default=os.cpu_count())
+    parser.add_argument("--table-files", type=int, help="compaction.table_files (default: the configured 64)")
+    parser.add_argument("--dataset-files-per-bin", type=int,
+                        help="compaction.dataset_files_per_bin (default: the configured 16; lower to see compaction "
+                             "bound the file counts within a few nights)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
 
@@ -101,7 +105,7 @@ def main() -> None:
     from pyspark.sql import functions as F
 
     from infer_bench import register
-    from semspark.config import Config, IngestConfig
+    from semspark.config import CompactionConfig, Config, IngestConfig
     from semspark.dataset import dataset_url
     from semspark.infer.job import promote, run_inference
     from semspark.ingest.job import run_ingest
@@ -109,7 +113,9 @@ def main() -> None:
     from semspark.session import build_session
     from semspark.synth.morphology import CATEGORIES
 
-    config = Config(ingest=IngestConfig(files_per_task=64))   # stored at 299 px, as in production
+    compaction = CompactionConfig(**{k: v for k, v in (("table_files", args.table_files),
+                                                       ("dataset_files_per_bin", args.dataset_files_per_bin)) if v})
+    config = Config(ingest=IngestConfig(files_per_task=64), compaction=compaction)   # stored at 299 px, as in production
     spark = build_session(config, app_name="scale-bench", extra={
         "spark.master": f"local[{args.cores}]", "spark.ui.enabled": "true", "spark.ui.port": str(free_port()),
         "spark.ui.showConsoleProgress": "false"})
@@ -117,7 +123,9 @@ def main() -> None:
     repository = home / "raw"
     report = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": args.cores,
                           "python": platform.python_version()},
-              "width": args.width, "height": args.height, "night_images": args.night_images, "sizes": {}}
+              "width": args.width, "height": args.height, "night_images": args.night_images,
+              "compaction": {"table_files": compaction.table_files, "dataset_files_per_bin": compaction.dataset_files_per_bin},
+              "sizes": {}}
     try:
         model = register("compact_cnn", list(CATEGORIES), 64, "nightly-bench")
         have, night_no = 0, 0

@@ -1,6 +1,8 @@
 """Bounded files: every append (an ingest, a night's scoring, a run's log rows) adds small files to
-the tables and the dataset; compaction rewrites a table, a table's partition or a dataset bin that
-holds more files than the configured threshold into as few as its size needs.
+the tables and the dataset; compaction rewrites a table or a table's partition that holds more
+files than the configured threshold into as few as its size needs, and merges the small files of
+a dataset bin that holds more small files than its threshold (its full files stay as they are:
+the pixels rewritten are the nights' since the last compaction, not the repository's).
 
 Safe if killed at any point: tables are rewritten through ``catalog.rewrite_table`` (staged,
 journalled, replayed by the next command that opens the catalog) and dataset bins through the
@@ -21,7 +23,8 @@ from pathlib import Path
 
 from semspark.catalog import finish_rewrites, new_run_id, qualified, rewrite_table, table_specs
 from semspark.config import Config
-from semspark.dataset import DatasetCompaction, compact_dataset, dataset_root, dataset_url, files_per_bin
+from semspark.dataset import (DatasetCompaction, compact_dataset, dataset_root, dataset_url, files_per_bin,
+                              small_files_per_bin)
 from semspark.schema import TableSpec
 from semspark.storage import home_path, writer_lock
 
@@ -90,7 +93,8 @@ def needs_compaction(spark, config: Config) -> bool:
         if any(len(files) > settings.table_files for files in table_files(spark, db, table).values()):
             return True
     root = dataset_root(dataset_url(config))
-    return root.exists() and any(n > settings.dataset_files_per_bin for n in files_per_bin(root).values())
+    return root.exists() and any(len(small) > settings.dataset_files_per_bin
+                                 for small in small_files_per_bin(root).values())
 
 
 def compact(spark, config: Config, force: bool = False) -> CompactionSummary:
@@ -103,7 +107,6 @@ def compact(spark, config: Config, force: bool = False) -> CompactionSummary:
     db = config.catalog.database
     summary = CompactionSummary(run_id=new_run_id("compact-"))
     target_bytes = settings.target_file_mb * 1024 * 1024
-    staging = home_path(f"staging/{summary.run_id}")
     with writer_lock(purpose=f"compaction {summary.run_id}"):
         finish_rewrites(spark, db)
         _drop_abandoned_staging(summary.run_id)
@@ -138,11 +141,11 @@ def compact(spark, config: Config, force: bool = False) -> CompactionSummary:
             summary.tables[name] = (before, after)
             summary.files_after += after
             log.info("compacted %s: %d -> %d files", name, before, after)
-        dataset: DatasetCompaction = compact_dataset(spark, config, settings.dataset_files_per_bin, staging, force)
+        dataset: DatasetCompaction = compact_dataset(spark, config, settings.dataset_files_per_bin, summary.run_id,
+                                                     force)
         summary.dataset_bins = dataset.bins_rewritten
         summary.files_before += dataset.files_before
         summary.files_after += dataset.files_after
-    shutil.rmtree(staging, ignore_errors=True)
     summary.seconds = round(time.monotonic() - started, 3)
     return summary
 

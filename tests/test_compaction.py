@@ -102,6 +102,46 @@ def test_compaction_rewrites_small_files_into_few_with_the_same_rows(spark, thre
     assert forced.files_before - forced.files_after == len(left_over)
 
 
+def test_compaction_merges_a_bins_small_files_and_keeps_its_full_ones(spark, semspark_home, tmp_path, monkeypatch):
+    """Tiered: the files of a big first load are full and stay (the same inode after the swap);
+    the nights' small files of the same bin are merged. Full means SMALL_FILE_IMAGES images or
+    more (1,000 in production, 3 here so that test-sized files are full)."""
+    import semspark.dataset as dataset_module
+
+    config = Config(catalog=CatalogConfig(database="tiered"),
+                    ingest=IngestConfig(image_size=32, dataset_dir="datasets/tiered", files_per_task=16),
+                    compaction=CompactionConfig(table_files=64, dataset_files_per_bin=1))
+    generate(tmp_path / "load", 40, seed=410, width=256, height=192)
+    run_ingest(spark, config, str(tmp_path / "load"), labels="folders")
+    for night in range(3):
+        generate(tmp_path / f"night{night}", 8, seed=420 + night, width=256, height=192)
+        run_ingest(spark, config, str(tmp_path / f"night{night}"), labels="folders")
+    monkeypatch.setattr(dataset_module, "SMALL_FILE_IMAGES", 3)
+    url = dataset_url(config)
+    root = Path(url[len("file://"):])
+    import pyarrow.parquet as pq
+    rows_of = {p: pq.read_metadata(p).num_rows for p in root.glob("scale_bin=*/*.parquet")}
+    full = {p: p.stat().st_ino for p, n in rows_of.items() if n >= 3}
+    small_by_bin: dict[str, list[Path]] = {}
+    for p, n in rows_of.items():
+        if n < 3:
+            small_by_bin.setdefault(p.parent.name, []).append(p)
+    merged_bins = {b for b, small in small_by_bin.items() if len(small) > 1}
+    assert full and merged_bins and any(p.parent.name in merged_bins for p in full)   # the case is there
+    truth = raw_ids(tmp_path)
+
+    summary = compact(spark, config)
+    assert set(summary.dataset_bins) == {b[len("scale_bin="):] for b in merged_bins}
+    for p, inode in full.items():
+        assert p.exists() and p.stat().st_ino == inode            # not rewritten, not copied
+    after = {p: pq.read_metadata(p).num_rows for p in root.glob("scale_bin=*/*.parquet")}
+    for bin_folder in merged_bins:
+        new = [p for p in after if p.parent.name == bin_folder and p not in full]
+        assert len(new) == 1 and after[new[0]] == sum(rows_of[p] for p in small_by_bin[bin_folder])
+    assert sum(after.values()) == sum(rows_of.values())
+    assert petastorm_ids(url) == sorted(truth)
+
+
 def test_the_metadata_kept_up_to_date_is_the_one_petastorm_makes(spark, three_nights, tmp_path):
     """semspark counts only new files' row groups after an append (dataset.update_metadata);
     Petastorm's materialize_dataset counts every file. On a copy of the dataset given a file of
