@@ -143,7 +143,7 @@ def petastorm_parquet_settings(spark, row_group_size_mb: int):
     sets them: row groups of ``row_group_size_mb``, checked from the third row on (images are big
     rows), and no Parquet summary files (Petastorm keeps its own row-group counts). Restored after."""
     conf = spark.sparkContext._jsc.hadoopConfiguration()
-    settings = {"parquet.summary.metadata.level": "NONE", "parquet.enable.summary-metadata": "false",
+    settings = {"parquet.summary.metadata.level": "NONE",
                 "parquet.block.size.row.check.min": "3", "parquet.row-group.size.row.check.min": "3",
                 "parquet.block.size": str(row_group_size_mb * 1024 * 1024)}
     before = {key: conf.get(key) for key in settings}

@@ -127,10 +127,7 @@ def run_inference(spark, config: Config, model: str | None = None,
                   scale_bins: list[str] | None = None) -> InferSummary:
     """Score every image in scope that ``model`` (NAME/VERSION, NAME/latest, or None for the
     production model) has not scored yet."""
-    from pyspark.ml.functions import predict_batch_udf
     from pyspark.sql import functions as F
-
-    from semspark.infer.predictor import NO_PIXELS, ModelPayload, make_predict_fn
 
     started = time.monotonic()
     db = config.catalog.database
@@ -157,16 +154,32 @@ def run_inference(spark, config: Config, model: str | None = None,
         images = images.filter(F.col("scale_bin").isin(scale_bins))
     scored = (spark.table(qualified(db, PREDICTIONS)).filter(F.col("model_version") == model_version)
               .select("image_id", F.lit(True).alias("scored")).distinct())
-    # One pass for both counts: images in scope, and those this version has scored.
-    counts = (images.join(scored, "image_id", "left")
-              .agg(F.count("*").alias("candidates"), F.count("scored").alias("scored")).first())
+    # The two tables' ids are read once (the counts, the pending images for the files to read and
+    # the pixels to join all come from this cached join): they are the part of a night's reading
+    # that grows with the repository.
+    joined = images.join(scored, "image_id", "left").persist()
+    try:
+        return _score(spark, config, joined, scored, scale_bins, model_version, metadata, summary, started)
+    finally:
+        joined.unpersist()
+
+
+def _score(spark, config: Config, joined, scored, scale_bins, model_version: str, metadata: dict,
+           summary: InferSummary, started: float) -> InferSummary:
+    from pyspark.ml.functions import predict_batch_udf
+    from pyspark.sql import functions as F
+
+    from semspark.infer.predictor import NO_PIXELS, ModelPayload, make_predict_fn
+
+    db, run_id = config.catalog.database, summary.run_id
+    counts = joined.agg(F.count("*").alias("candidates"), F.count("scored").alias("scored")).first()
     summary.candidates, summary.already_scored = counts["candidates"], counts["scored"]
     n_pending = summary.candidates - summary.already_scored
     log.info("%s: %d of %d images to score", model_version, n_pending, summary.candidates)
     if n_pending == 0:
         summary.seconds = time.monotonic() - started
         return summary
-    pending = images.join(scored, "image_id", "left_anti").select("image_id", "chroma", "contrast", "ingest_run")
+    pending = joined.filter(F.col("scored").isNull()).select("image_id", "chroma", "contrast", "ingest_run")
 
     url = dataset_url(config)
     try:
