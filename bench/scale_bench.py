@@ -2,11 +2,13 @@
 
     .venv/bin/python bench/scale_bench.py [--sizes 2000,8000,32000] [--nights 5] [--night-images 100]
                                           [--width 256 --height 192] [--cores 2]
+                                          [--table-files 64] [--dataset-files-per-bin 16]
 
 One growing repository of generated SEM images (small images are fine: the question is how costs
 grow, not what one image costs) is ingested up to each N; at each N, five nights of 100 new images
 each run the nightly's steps in this process (ingest, score with the production model, compact
-past the thresholds), on the embedded default. For each night: wall time per step; the bytes
+past the thresholds: the configured ones, or lower ones to see them bound the file counts within
+a few nights), on the embedded default. For each night: wall time per step; the bytes
 Spark read (its input metrics, from its REST API) in the ingest (listing and comparing against
 the tables) and in the scoring, against the new images' stored bytes; the dataset files the
 scoring read of all; the files under the warehouse and the dataset after the night. The bulk loads
