@@ -334,6 +334,7 @@ def compact_dataset(spark, config: Config, max_files_per_bin: int, staging_name:
             with petastorm_parquet_settings(spark, config.ingest.row_group_size_mb):
                 rows.repartition(needed).write.mode("append").partitionBy("scale_bin").parquet(target.as_uri())
             part = target / f"scale_bin={bin_name}"
+            part.mkdir(parents=True, exist_ok=True)   # small files of no rows leave Spark nothing to write
             for full in sorted(set(by_bin[bin_name]) - set(small)):
                 os.link(root / full, part / Path(full).name)
             staged = [str(p.relative_to(target)) for p in part.glob("*.parquet")]

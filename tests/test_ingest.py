@@ -241,6 +241,8 @@ def test_the_directory_walk_lists_what_sparks_file_index_lists(spark, tmp_path):
     by_spark = _spark_listing(spark, root)
     rows = lambda frame: sorted(map(tuple, frame[["path", "size", "mtime_ms"]].values.tolist()))  # noqa: E731
     assert rows(walked.files) == rows(by_spark)
+    (root_dir / "deep" / "er" / "up").symlink_to(root_dir)      # a loop: followed, the walk would not end
+    assert rows(list_files(spark, root).files) == rows(walked.files)
     names = {p[len(root) + 1:] for p in walked.files["path"]}
     assert {"a b/y z.tif", "a%20b/p#1.tif", "p=1/_q=2.tif", "empty/e.tif", "link.tif",
             "folder_link/er/st/f.TIF"} <= names

@@ -52,30 +52,41 @@ def list_files(spark, root: str) -> Listing:
 
 def _walk(root: str, directory: str) -> Listing:
     """A local directory walk: symbolic links followed (as Hadoop's local file system follows
-    them), what Spark hides left out, a link to nothing set aside."""
+    them), what Spark hides left out, a link to nothing set aside. A link to a folder that holds it
+    (which would make the walk endless) is not followed."""
     import pandas as pd
 
     paths, sizes, mtimes, dangling = [], [], [], []
     prefix = root.rstrip("/")
-    folders = [""]
+    top = os.stat(directory)
+    folders = [("", frozenset({(top.st_dev, top.st_ino)}))]   # (folder, the folders it lies in)
     while folders:
-        relative = folders.pop()
-        with os.scandir(os.path.join(directory, relative) if relative else directory) as entries:
-            for entry in entries:
-                if hidden_from_spark(entry.name):
-                    continue
-                name = f"{relative}/{entry.name}" if relative else entry.name
-                try:
-                    if entry.is_dir():
-                        folders.append(name)
+        relative, above = folders.pop()
+        try:
+            entries = list(os.scandir(os.path.join(directory, relative) if relative else directory))
+        except OSError as exc:   # not bad input of one file: the listing itself cannot be complete
+            raise IngestError(f"cannot list {prefix}/{relative}: {exc}; make it readable or move it out "
+                              "of the input folder") from exc
+        for entry in entries:
+            if hidden_from_spark(entry.name):
+                continue
+            name = f"{relative}/{entry.name}" if relative else entry.name
+            try:
+                if entry.is_dir():
+                    folder = entry.stat()
+                    key = (folder.st_dev, folder.st_ino)
+                    if key in above:
+                        log.warning("%s/%s links to a folder that holds it: not followed", prefix, name)
                         continue
-                    status = entry.stat()
-                except FileNotFoundError:   # a link to nothing (or a file gone while listing)
-                    dangling.append(f"{prefix}/{name}")
+                    folders.append((name, above | {key}))
                     continue
-                paths.append(f"{prefix}/{name}")
-                sizes.append(status.st_size)
-                mtimes.append(status.st_mtime_ns // 1_000_000)
+                status = entry.stat()
+            except FileNotFoundError:   # a link to nothing (or a file gone while listing)
+                dangling.append(f"{prefix}/{name}")
+                continue
+            paths.append(f"{prefix}/{name}")
+            sizes.append(status.st_size)
+            mtimes.append(status.st_mtime_ns // 1_000_000)
     files = pd.DataFrame({"path": pd.Series(paths, dtype=object), "size": pd.Series(sizes, dtype="int64"),
                           "mtime_ms": pd.Series(mtimes, dtype="int64")})
     return Listing(files, sorted(dangling))
