@@ -317,13 +317,13 @@ def _files_holding(spark, stored, pending, n_pending: int, url: str, summary: In
     that hold a pending id, and no others."""
     from pyspark.sql import functions as F
 
-    from semspark.dataset import data_files, dataset_root, run_of_file
+    from semspark.dataset import data_files, dataset_root, hadoop_path, run_of_file
 
     root = dataset_root(url)
     every = data_files(root)
     summary.dataset_files = len(every)
     runs = {r["ingest_run"] for r in pending.select("ingest_run").distinct().collect()}
-    named = [f"file://{root / f}" for f in every if run_of_file(f) in runs]   # Hadoop paths: '=' as is
+    named = [hadoop_path(root, f) for f in every if run_of_file(f) in runs]
     if named:
         by_run = spark.read.option("basePath", url).parquet(*named)
         if by_run.select("image_id").join(pending, "image_id", "left_semi").distinct().count() == n_pending:
