@@ -163,7 +163,18 @@ RUN_EVENTS = TableSpec(
             "the view runs shows the latest row of each run.",
 )
 
-INFER_TABLES = (PREDICTIONS, PROMOTIONS)
+SCORED_RUNS = TableSpec(
+    name="scored_runs",
+    schema=_fields(
+        ("model_version", StringType()), ("ingest_run", StringType()), ("images", LongType()),
+        ("infer_run", StringType()), ("recorded_at", TimestampType()),
+    ),
+    comment="Ingest runs whose every image (images: how many there were) a model version has scored: its "
+            "next runs look only at the other runs' images, so a night's scoring reads the night, not the "
+            "repository. A run that later holds more images than recorded is looked at again.",
+)
+
+INFER_TABLES = (PREDICTIONS, PROMOTIONS, SCORED_RUNS)
 
 CLUSTER_SCORES = TableSpec(
     name="cluster_scores",

@@ -98,6 +98,7 @@ def test_a_rerun_scores_only_new_images(spark, scoring, first_scoring, tmp_path)
     before = distinct_images(scoring.first)
     again = run_inference(spark, scoring.config, scoring.model.model_version)
     assert (again.scored, again.already_scored) == (0, len(before))
+    assert again.examined == 0            # every ingest run is recorded as finished by this version
 
     more = tmp_path / "more"
     generate(more, 12, seed=22, width=384, height=288)
@@ -106,6 +107,7 @@ def test_a_rerun_scores_only_new_images(spark, scoring, first_scoring, tmp_path)
     assert new
     added = run_inference(spark, scoring.config, scoring.model.model_version)
     assert added.scored == len(new)
+    assert added.examined == len(new)     # only the night's images were looked at
     rows = predictions(spark, scoring)
     assert len(rows) == rows["image_id"].nunique() == len(before | new)
     latest_run = rows[rows["infer_run"] == added.run_id]
@@ -122,6 +124,81 @@ def test_a_rerun_scores_only_new_images(spark, scoring, first_scoring, tmp_path)
     assert len(holding) < len(files)
     from semspark.dataset import run_of_file
     assert {run_of_file(f.name) for f in holding} == {night.run_id}   # found by the run's file names
+
+
+def table_rows(spark, table: str, columns: list[str]):
+    """A catalog table's rows read from its Parquet files with pyarrow (not through Spark)."""
+    from urllib.parse import unquote
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    spark.catalog.refreshTable(table)
+    files = [unquote(f[len("file:"):]) for f in spark.table(table).inputFiles()]
+    return pa.concat_tables([pq.read_table(f, columns=columns) for f in files]).to_pandas() if files else None
+
+
+def test_finished_ingest_runs_are_recorded_per_model(spark, scoring, first_scoring):
+    """sem.scored_runs holds each ingest run with as many images as sem.images' files hold for it."""
+    images = table_rows(spark, "scoring.images", ["ingest_run"])
+    recorded = table_rows(spark, "scoring.scored_runs", ["model_version", "ingest_run", "images"])
+    mine = recorded[recorded["model_version"] == scoring.model.model_version]
+    expected = images["ingest_run"].value_counts().to_dict()
+    assert {r: n for r, n in zip(mine["ingest_run"], mine["images"])} == expected
+
+
+def test_an_untrusted_record_costs_a_look_never_a_missed_or_doubled_image(spark, scoring, first_scoring):
+    """A crash after the predictions and before the record; a run that holds more images than its
+    record (an ingest seen half-committed); an image without pixels: each is looked at again."""
+    from pyspark.sql import functions as F
+
+    from semspark.catalog import insert, rewrite_table
+    from semspark.schema import IMAGES, SCORED_RUNS
+
+    spec = register_copy(scoring.model.path, "scorer-records")
+    first = run_inference(spark, scoring.config, spec)
+    everything = spark.table("scoring.images").count()
+    assert first.scored == first.examined == everything
+
+    def records():
+        rows = table_rows(spark, "scoring.scored_runs", ["model_version", "ingest_run", "images"])
+        return rows[rows["model_version"] == spec]
+
+    # the record lost (killed between the two inserts): the rerun looks at everything, scores nothing
+    rewrite_table(spark, "scoring", SCORED_RUNS, spark.table("scoring.scored_runs")
+                  .filter(F.col("model_version") != spec), "test: a lost record")
+    rerun = run_inference(spark, scoring.config, spec)
+    assert (rerun.examined, rerun.scored, rerun.already_scored) == (everything, 0, everything)
+    assert len(records()) == spark.table("scoring.images").select("ingest_run").distinct().count()
+
+    # a record of fewer images than its run holds, and one image of it unscored: that run is looked at
+    run = records().iloc[0]
+    victim = (spark.table("scoring.images").filter(F.col("ingest_run") == run["ingest_run"])
+              .select("image_id").first()["image_id"])
+    rewrite_table(spark, "scoring", SCORED_RUNS, spark.table("scoring.scored_runs").withColumn(
+        "images", F.when((F.col("model_version") == spec) & (F.col("ingest_run") == run["ingest_run"]),
+                         F.col("images") - 1).otherwise(F.col("images"))), "test: a short record")
+    from semspark.schema import PREDICTIONS
+    rewrite_table(spark, "scoring", PREDICTIONS, spark.table("scoring.predictions").filter(
+        (F.col("model_version") == spec) & (F.col("image_id") != victim)), "test: one image unscored",
+        partitions_only=True)
+    healed = run_inference(spark, scoring.config, spec)
+    assert (healed.examined, healed.scored) == (run["images"], 1)
+    rows = predictions(spark, scoring, spec)
+    assert len(rows) == rows["image_id"].nunique() == everything
+
+    # an image without pixels (in sem.images only): its run stays open, the others stay finished
+    ghost = spark.table("scoring.images").limit(1).withColumn("image_id", F.lit("0" * 64)) \
+        .withColumn("ingest_run", F.lit("ghost-run"))
+    insert(ghost, "scoring", IMAGES)
+    try:
+        for _ in range(2):
+            missing = run_inference(spark, scoring.config, spec)
+            assert (missing.examined, missing.scored, missing.missing_pixels) == (1, 0, 1)
+            assert "ghost-run" not in set(records()["ingest_run"])
+    finally:
+        rewrite_table(spark, "scoring", IMAGES, spark.table("scoring.images").filter(F.col("image_id") != "0" * 64),
+                      "test: the ghost removed")
 
 
 def test_images_in_files_without_a_run_name_are_found_by_their_ids(spark, scoring, first_scoring):

@@ -1,7 +1,8 @@
 """The infer stage: score with Spark every image a model version has not scored yet.
 
 The images to score are the rows of sem.images (optionally some scale bins) without a row of
-sem.predictions for this model version; their pixels come from the ingest stage's Petastorm
+sem.predictions for this model version, looked for only among the ingest runs sem.scored_runs does
+not record as finished by that version (so a night's scoring reads the night); their pixels come from the ingest stage's Petastorm
 dataset (plain Parquet to Spark: PNG bytes per row). ``predict_batch_udf`` runs the model once per
 Python worker on numpy batches; results are staged to Parquet once (the model runs once per image)
 and appended to sem.predictions, partitioned by model version, leaving out anything already there.
@@ -12,6 +13,7 @@ So a rerun, or a run after a crash at any point, scores nothing twice and duplic
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import hashlib
 import logging
 import math
@@ -23,7 +25,8 @@ from semspark.catalog import ensure_tables, insert, new_run_id, qualified, unkno
 from semspark.config import Config
 from semspark.errors import RunFailed
 from semspark.dataset import dataset_url, ensure_consistent
-from semspark.schema import IMAGES, INFER_TABLES, INGEST_TABLES, PREDICTION, PREDICTIONS, PROMOTIONS
+from semspark.schema import (IMAGES, INFER_TABLES, INGEST_TABLES, PREDICTION, PREDICTIONS, PROMOTIONS,
+                             SCORED_RUNS)
 from semspark.storage import home_path
 from semspark import registry
 from semspark.train.evaluation import AppearanceBounds
@@ -49,6 +52,7 @@ class InferSummary:
     run_id: str
     candidates: int = 0               # images in the chosen scale bins
     already_scored: int = 0
+    examined: int = 0                 # images of the ingest runs this version had not finished
     scored: int = 0
     missing_pixels: int = 0           # in sem.images but not in the dataset (reported, retried next run)
     dataset_files: int = 0            # files of the image dataset in scope ...
@@ -65,7 +69,8 @@ class InferSummary:
     def lines(self) -> list[str]:
         rate = f" ({self.scored / self.seconds:.1f} images/s)" if self.scored and self.seconds else ""
         out = [f"infer with {self.model_version} (run {self.run_id})",
-               f"  images in scope: {self.candidates}, already scored by this version: {self.already_scored}",
+               f"  images in scope: {self.candidates}, already scored by this version: {self.already_scored} "
+               f"({self.examined} looked at: the ingest runs it had not finished)",
                f"  scored now: {self.scored} in {self.seconds:.1f} s{rate}",
                f"  pixels read from {self.dataset_files_read} of {self.dataset_files} dataset files"]
         out += [f"    {name:<30}{n}" for name, n in sorted(self.by_category.items(), key=lambda kv: -kv[1])]
@@ -149,34 +154,105 @@ def run_inference(spark, config: Config, model: str | None = None,
     problem = unknown_scale_bins(spark, db, scale_bins)
     if problem:
         raise InferError(problem)
-    images = spark.table(qualified(db, IMAGES)).select("image_id", "scale_bin", "chroma", "contrast", "ingest_run")
+    images = spark.table(qualified(db, IMAGES))
     if scale_bins:
         images = images.filter(F.col("scale_bin").isin(scale_bins))
-    scored = (spark.table(qualified(db, PREDICTIONS)).filter(F.col("model_version") == model_version)
-              .select("image_id", F.lit(True).alias("scored")).distinct())
-    # The two tables' ids are read once (the counts, the pending images for the files to read and
-    # the pixels to join all come from this cached join): they are the part of a night's reading
-    # that grows with the repository.
-    joined = images.join(scored, "image_id", "left").persist()
+    runs = _open_runs(spark, db, images, model_version)
+    summary.candidates = runs.images_in_scope
+    summary.examined = runs.images_examined
+    candidates = (images.filter(runs.condition())
+                  .select("image_id", "scale_bin", "chroma", "contrast", "ingest_run"))
+    scored = spark.table(qualified(db, PREDICTIONS)).filter(F.col("model_version") == model_version)
+    if runs.scored_after is not None:
+        # An image is scored after it is ingested: older prediction files (their predicted_at
+        # statistics say so) are not opened. The margin covers clocks of different hosts.
+        scored = scored.filter(F.col("predicted_at") >= F.lit(runs.scored_after).cast("timestamp"))
+    scored = scored.select("image_id", F.lit(True).alias("scored")).distinct()
+    # Read once (the counts, the pending images for the files to read and the pixels to join all
+    # come from this cached join).
+    joined = candidates.join(scored, "image_id", "left").persist()
     try:
-        return _score(spark, config, joined, scored, scale_bins, model_version, metadata, summary, started)
+        return _score(spark, config, joined, scored, scale_bins, model_version, metadata, summary, runs, started)
     finally:
         joined.unpersist()
 
 
+# How much earlier than its image's ingest a prediction may be stamped (clocks of two hosts).
+CLOCK_MARGIN = datetime.timedelta(hours=1)
+
+
+@dataclass
+class _OpenRuns:
+    """The ingest runs a model version has not finished scoring, from the per-run counts of
+    sem.images in scope and sem.scored_runs."""
+    names: list[str]                   # open ingest runs (sem.images rows of them to look at)
+    unnamed: bool                      # rows without an ingest run (never recorded as finished)
+    images_in_scope: int
+    images_examined: int               # rows of the open runs
+    counts: dict[str | None, int]      # rows per open run
+    scored_after: datetime.datetime | None   # predictions older than this cannot be of them
+
+    def condition(self):
+        from pyspark.sql import functions as F
+
+        condition = F.col("ingest_run").isin(self.names) if self.names else F.lit(False)
+        return condition | F.col("ingest_run").isNull() if self.unnamed else condition
+
+
+def _open_runs(spark, database: str, images, model_version: str) -> _OpenRuns:
+    """Which of sem.images' ingest runs ``model_version`` may not have scored in full.
+
+    Reads two columns of sem.images that are constant within an ingest run (ingest_run and
+    ingested_at: Parquet keeps them in a few bytes per file) and sem.scored_runs. A run counts as
+    finished when scored_runs records it with at least as many images as it holds now; so a new
+    model version, or a catalog from before scored_runs, looks at everything once."""
+    from pyspark.sql import functions as F
+
+    per_run = {r["ingest_run"]: r for r in images.groupBy("ingest_run").agg(
+        F.count("*").alias("images"), F.min("ingested_at").alias("first"),
+        F.count("ingested_at").alias("stamped")).collect()}
+    finished = {r["ingest_run"]: r["images"] for r in spark.table(qualified(database, SCORED_RUNS))
+                .filter(F.col("model_version") == model_version).groupBy("ingest_run")
+                .agg(F.max("images").alias("images")).collect()}
+    open_runs = {run: row for run, row in per_run.items()
+                 if run is None or row["images"] > finished.get(run, -1)}
+    firsts = [row["first"] for row in open_runs.values()]
+    unstamped = any(row["stamped"] < row["images"] for row in open_runs.values())
+    return _OpenRuns(names=sorted(r for r in open_runs if r is not None), unnamed=None in open_runs,
+                     images_in_scope=sum(r["images"] for r in per_run.values()),
+                     images_examined=sum(r["images"] for r in open_runs.values()),
+                     counts={run: row["images"] for run, row in open_runs.items()},
+                     scored_after=None if unstamped or not firsts else min(firsts) - CLOCK_MARGIN)
+
+
+def _record_finished_runs(spark, database: str, model_version: str, runs: _OpenRuns, unfinished: set,
+                          run_id: str) -> None:
+    """sem.scored_runs gets the open runs whose every image is now scored."""
+    rows = [{"model_version": model_version, "ingest_run": run, "images": n, "infer_run": run_id,
+             "recorded_at": utc_now()} for run, n in runs.counts.items() if run is not None and run not in unfinished]
+    if rows:
+        insert(spark.createDataFrame(rows, SCORED_RUNS.schema), database, SCORED_RUNS)
+
+
 def _score(spark, config: Config, joined, scored, scale_bins, model_version: str, metadata: dict,
-           summary: InferSummary, started: float) -> InferSummary:
+           summary: InferSummary, runs: _OpenRuns, started: float) -> InferSummary:
     from pyspark.ml.functions import predict_batch_udf
     from pyspark.sql import functions as F
 
     from semspark.infer.predictor import NO_PIXELS, ModelPayload, make_predict_fn
 
     db, run_id = config.catalog.database, summary.run_id
-    counts = joined.agg(F.count("*").alias("candidates"), F.count("scored").alias("scored")).first()
-    summary.candidates, summary.already_scored = counts["candidates"], counts["scored"]
-    n_pending = summary.candidates - summary.already_scored
-    log.info("%s: %d of %d images to score", model_version, n_pending, summary.candidates)
+    counts = joined.agg(F.count("*").alias("examined"), F.count("scored").alias("scored")).first()
+    n_pending = counts["examined"] - counts["scored"]
+    summary.already_scored = summary.candidates - n_pending
+    # The record of finished runs counts every image of a run: with a subset of the scale bins,
+    # a run's images in the other bins were not looked at.
+    record = not scale_bins
+    log.info("%s: %d of %d images to score (%d of them looked at: the ingest runs it has not finished)",
+             model_version, n_pending, summary.candidates, summary.examined)
     if n_pending == 0:
+        if record:
+            _record_finished_runs(spark, db, model_version, runs, set(), run_id)
         summary.seconds = time.monotonic() - started
         return summary
     pending = joined.filter(F.col("scored").isNull()).select("image_id", "chroma", "contrast", "ingest_run")
@@ -262,6 +338,11 @@ def _score(spark, config: Config, joined, scored, scale_bins, model_version: str
     good = (staged.filter(F.col("error").isNull()).drop("error").dropDuplicates(["image_id"])
             .join(scored.select("image_id"), "image_id", "left_anti"))
     insert(good, db, PREDICTIONS)
+    if record:   # after the predictions: a crash between the two only costs the next run a look
+        unfinished = {r["ingest_run"] for r in staged.filter(F.col("error").isNotNull()).select("image_id")
+                      .join(joined.select("image_id", "ingest_run"), "image_id").select("ingest_run")
+                      .distinct().collect()}
+        _record_finished_runs(spark, db, model_version, runs, unfinished, run_id)
     log.info("written")
     shutil.rmtree(staging, ignore_errors=True)
     summary.seconds = time.monotonic() - started
