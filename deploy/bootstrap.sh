@@ -2,7 +2,8 @@
 # Make this machine ready to run semspark, idempotently:
 #   Debian packages: tesseract-ocr-eng (Tesseract's English model; the engine is the tesserocr wheel's),
 #   Java 17 (Spark), cmake and g++ (Horovod build), postgresql and libpostgresql-jdbc-java (the
-#   metastore for teams: deploy/metastore.sh, and the tests that start one);
+#   metastore for teams: deploy/metastore.sh, and the tests that start one), chromium and
+#   chromium-driver (tests/test_web.py drives the web app in a real browser);
 #   .venv with the locked stack of requirements.lock, Horovod built from source as ../shared/STACK.md shows;
 #   semspark itself installed in .venv in editable mode.
 # When everything is already there it only checks stamps and returns in a second or two.
@@ -23,6 +24,8 @@ command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 command -v g++ >/dev/null 2>&1 || missing+=(g++)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 [ -f /usr/share/java/postgresql.jar ] || missing+=(libpostgresql-jdbc-java)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)          # the web app's browser test
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 if ((${#missing[@]})); then
     sudo=""
     [ "$(id -u)" = 0 ] || sudo="sudo"

@@ -1,7 +1,7 @@
 """``semspark <command>``: the one command line for people; ``jobs/*.py`` call the same commands.
 
 Commands: synth, ingest, rescale, train, infer, promote, models, nightly, label, quarantine, compact, catalog, analyze, sql,
-sql-server, scale, spark-conf, demo. Each parses its arguments, loads the config, builds the SparkSession if it needs one, calls
+sql-server, scale, spark-conf, demo, web, web-user. Each parses its arguments, loads the config, builds the SparkSession if it needs one, calls
 one library function and prints a result.
 
 Exit codes (semspark/errors.py): 0 done; 1 the run failed and a rerun is the thing to do; 2 the command
@@ -125,6 +125,23 @@ def _parser() -> argparse.ArgumentParser:
                                                   "length measured) and the chosen label boxed")
 
     sub.add_parser("spark-conf", help="print spark-submit --conf flags for the embedded catalog")
+
+    p = sub.add_parser("web", help="the web app: gallery, image pages, corrections, JSON API (no Spark; it "
+                                   "never holds the catalog)")
+    p.add_argument("--host", help="address to listen on (default web.host: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, help="default web.port (8080)")
+
+    p = sub.add_parser("web-user", help="accounts of the web app (web.users_file): add, remove, token, list")
+    users = p.add_subparsers(dest="action", required=True, metavar="action")
+    q = users.add_parser("add", help="add a user, or set a user's password (asked for, or from stdin with "
+                                     "--password-stdin)")
+    q.add_argument("name")
+    q.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
+    q = users.add_parser("remove", help="remove a user and their API token")
+    q.add_argument("name")
+    q = users.add_parser("token", help="make an API token for a user (printed once; replaces the previous one)")
+    q.add_argument("name")
+    users.add_parser("list", help="the users")
 
     p = sub.add_parser("demo", help="generate a demo data set, ingest it, and show what is in the catalog")
     p.add_argument("--n", type=int, default=600, help="synthetic images (default 600)")
@@ -537,10 +554,61 @@ def cmd_demo(args) -> int:
     return run_demo(_config(args), n=args.n, seed=args.seed, train=not args.no_train)
 
 
+def cmd_web(args) -> int:
+    from semspark.web.app import serve
+
+    config = _config(args)
+    host, port = args.host or config.web.host, args.port or config.web.port
+    if not 0 < port < 65536:
+        raise UserError("--port must be within 1..65535")
+    import socket
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise UserError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port") from exc
+    print(f"semspark web on http://{host}:{port}/ (Ctrl-C stops it)", file=sys.stderr)
+    sys.stderr.flush()
+    serve(config, host, port)
+    return 0
+
+
+def cmd_web_user(args) -> int:
+    import getpass
+
+    from semspark.config import semspark_home
+    from semspark.web.accounts import AccountError, Accounts
+
+    accounts = Accounts(semspark_home() / _config(args).web.users_file)
+    try:
+        if args.action == "add":
+            if args.password_stdin:
+                password = sys.stdin.readline().rstrip("\n")
+            else:
+                password = getpass.getpass(f"password for {args.name}: ")
+                if getpass.getpass("again: ") != password:
+                    raise UserError("the two passwords differ")
+            accounts.add_user(args.name, password)
+            print(f"{args.name} can log in ({accounts.path})")
+        elif args.action == "remove":
+            if not accounts.remove_user(args.name):
+                raise UserError(f"no user {args.name} in {accounts.path}")
+            print(f"{args.name} removed")
+        elif args.action == "token":
+            print(accounts.new_token(args.name))
+            print("(shown once; scripts send it as Authorization: Bearer TOKEN)", file=sys.stderr)
+        else:
+            print("\n".join(accounts.names()))
+    except AccountError as exc:
+        raise UserError(str(exc)) from exc
+    return 0
+
+
 COMMANDS = {"synth": cmd_synth, "ingest": cmd_ingest, "rescale": cmd_rescale, "train": cmd_train, "infer": cmd_infer,
             "promote": cmd_promote, "models": cmd_models, "nightly": cmd_nightly, "analyze": cmd_analyze,
             "quarantine": cmd_quarantine, "label": cmd_label, "compact": cmd_compact, "catalog": cmd_catalog, "sql": cmd_sql, "sql-server": cmd_sql_server,
-            "scale": cmd_scale, "spark-conf": cmd_spark_conf, "demo": cmd_demo}
+            "scale": cmd_scale, "spark-conf": cmd_spark_conf, "demo": cmd_demo, "web": cmd_web,
+            "web-user": cmd_web_user}
 
 
 if __name__ == "__main__":  # pragma: no cover

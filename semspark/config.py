@@ -145,6 +145,21 @@ class AnalysisConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    host: str = "127.0.0.1"          # loopback: give 0.0.0.0 (or an address) to serve others, behind TLS
+    port: int = 8080
+    users_file: str = "web/users.yaml"   # in SEMSPARK_HOME: accounts (hashed passwords) and API tokens
+    sso_header: str = ""             # e.g. X-Remote-User: the user a single-sign-on proxy in front vouches for
+    page_size: int = 100             # gallery images per page
+    thumbnail_px: int = 160
+
+    def __post_init__(self) -> None:
+        _require(0 < self.port < 65536, "web.port must be a TCP port (1-65535)")
+        _require(1 <= self.page_size <= 500, "web.page_size must be 1 to 500")
+        _require(32 <= self.thumbnail_px <= 512, "web.thumbnail_px must be 32 to 512")
+
+
+@dataclass(frozen=True)
 class Config:
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
@@ -153,6 +168,7 @@ class Config:
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
     compaction: CompactionConfig = field(default_factory=CompactionConfig)
+    web: WebConfig = field(default_factory=WebConfig)
 
 
 def _require(condition: bool, message: str) -> None:

@@ -1,0 +1,271 @@
+"""`semspark web`: the lab's gallery over the catalog, image pages, and corrections, on a JSON API.
+
+Flask for the routes and templates (Jinja escapes every value), waitress to serve (a production
+WSGI server in pure Python, threads, no extra process). Pages and scripts use the same API under
+/api/ (a logged-in browser with its cookie, a script with ``Authorization: Bearer TOKEN``).
+
+Security: loopback unless told otherwise; every page and call needs a user (a login with a
+password from the users file, a token, or the single-sign-on header when configured); a write
+from a browser must carry the session's CSRF token (a form field or ``X-CSRF-Token``), so another
+site cannot make a logged-in browser write; images are named by id only; responses forbid framing
+and foreign scripts.
+"""
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+import logging
+import secrets
+from pathlib import Path
+
+from semspark.config import Config, semspark_home
+from semspark.web.accounts import Accounts
+from semspark.web.pictures import Pictures, valid_image_id
+from semspark.web.search import LEFT_ON_DISK, SORTS, TABLES, FilterError, Filters, choices, image, known_labels, search
+from semspark.web.tables import Tables, Warehouse
+from semspark.web.writes import CorrectionError, correct_label
+
+log = logging.getLogger(__name__)
+
+EXPORT_LIMIT = 200_000
+FORM_WRITES = ("POST", "PUT", "DELETE", "PATCH")
+
+
+def _secret_key(home: Path) -> bytes:
+    """The key that signs session cookies: made once, readable by its owner only."""
+    import os
+
+    path = home / "web" / "secret_key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(secrets.token_bytes(32))
+    return path.read_bytes()
+
+
+def _json_ready(value):
+    if isinstance(value, (datetime.datetime, datetime.date)):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, float) and value != value:   # NaN is not JSON
+        return None
+    return value
+
+
+def create_app(config: Config, home: Path | None = None):
+    from flask import Flask, abort, g, jsonify, redirect, render_template, request, session, url_for
+    from werkzeug.exceptions import HTTPException
+
+    from semspark.dataset import dataset_root, dataset_url
+
+    home = home or semspark_home()
+    web = config.web
+    app = Flask(__name__)
+    app.config.update(SECRET_KEY=_secret_key(home), SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
+                      PERMANENT_SESSION_LIFETIME=datetime.timedelta(hours=12), MAX_CONTENT_LENGTH=64 * 1024)
+    tables = Tables(Warehouse.of(home, config.catalog.database), TABLES, LEFT_ON_DISK)
+    pictures = Pictures(dataset_root(dataset_url(config)), home / "web" / "thumbnails", web.thumbnail_px)
+    accounts = Accounts(home / web.users_file)
+    app.extensions["semspark"] = {"tables": tables, "pictures": pictures, "accounts": accounts}
+
+    def is_api() -> bool:
+        return request.path.startswith("/api/")
+
+    @app.before_request
+    def identify():
+        g.user, g.by_token = None, False
+        if request.endpoint in ("login", "static"):
+            return None
+        header = request.headers.get("Authorization", "")
+        if header.startswith("Bearer "):
+            g.user, g.by_token = accounts.user_of_token(header[len("Bearer "):].strip()), True
+            if g.user is None:
+                return jsonify(error="the token is not valid: make one with semspark web-user token NAME"), 401
+        elif web.sso_header and request.headers.get(web.sso_header):
+            g.user = request.headers[web.sso_header]
+        else:
+            g.user = session.get("user")
+        if g.user is None:
+            if is_api():
+                return jsonify(error="log in first, or send Authorization: Bearer TOKEN"), 401
+            return redirect(url_for("login", next=request.full_path if request.query_string else request.path))
+        if request.method in FORM_WRITES and not g.by_token:
+            given = request.form.get("csrf") or request.headers.get("X-CSRF-Token") or ""
+            if not session.get("csrf") or not secrets.compare_digest(given, session["csrf"]):
+                message = "this request did not come from a semspark page (no valid CSRF token): reload and try again"
+                return (jsonify(error=message), 403) if is_api() else (render_template("error.html", message=message), 403)
+        return None
+
+    @app.after_request
+    def harden(response):
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["Referrer-Policy"] = "same-origin"
+        response.headers["Content-Security-Policy"] = ("default-src 'self'; img-src 'self' data:; "
+                                                       "style-src 'self'; script-src 'self'; frame-ancestors 'none'")
+        return response
+
+    @app.context_processor
+    def common():
+        if "csrf" not in session and getattr(g, "user", None) and not getattr(g, "by_token", False):
+            session["csrf"] = secrets.token_urlsafe(24)
+        return {"user": getattr(g, "user", None), "csrf": session.get("csrf", ""), "sso": bool(web.sso_header)}
+
+    @app.errorhandler(FilterError)
+    @app.errorhandler(CorrectionError)
+    def bad_request(exc):
+        return (jsonify(error=str(exc)), 400) if is_api() else (render_template("error.html", message=str(exc)), 400)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc):
+        if is_api():
+            return jsonify(error=exc.description), exc.code
+        return render_template("error.html", message=exc.description), exc.code
+
+    # --- login ------------------------------------------------------------------------------
+    @app.route("/login", methods=["GET", "POST"])
+    def login():
+        target = request.values.get("next") or "/"
+        if not target.startswith("/") or target.startswith("//"):
+            target = "/"    # only back into this app
+        if request.method == "POST":
+            name, password = request.form.get("user", ""), request.form.get("password", "")
+            if accounts.check_password(name, password):
+                session.clear()
+                session.permanent = True
+                session["user"], session["csrf"] = name, secrets.token_urlsafe(24)
+                log.info("web: %s logged in", name)
+                return redirect(target)
+            return render_template("login.html", next=target, error="unknown user or wrong password"), 401
+        if not accounts.names() and not web.sso_header:
+            return render_template("login.html", next=target,
+                                   error=f"no accounts yet: run semspark web-user add NAME ({accounts.path})")
+        return render_template("login.html", next=target, error=None)
+
+    @app.route("/logout", methods=["POST"])
+    def logout():
+        session.clear()
+        return redirect(url_for("login"))
+
+    # --- pages ------------------------------------------------------------------------------
+    @app.route("/")
+    def gallery():
+        filters = Filters.from_args(request.args, web.page_size)
+        found = search(tables, filters)
+        pictures.thumbnails({row["image_id"]: row["scale_bin"] for row in found["images"]})   # one read a page
+        pages = max(1, -(-found["total"] // filters.per_page))
+        return render_template("gallery.html", found=found, filters=filters, pages=pages,
+                               options=choices(tables, found["model"]), sorts=list(SORTS))
+
+    @app.route("/images/<image_id>")
+    def image_page(image_id):
+        row = _image_or_404(image_id)
+        return render_template("image.html", image=row, labels=known_labels(tables))
+
+    @app.route("/images/<image_id>/label", methods=["POST"])
+    def label_form(image_id):
+        _image_or_404(image_id)
+        label = request.form.get("accept") or request.form.get("other") or request.form.get("label")
+        result = correct_label(tables, image_id, label, g.user)
+        log.info("web: %s labelled %s %r (%s)", g.user, image_id[:12], result["label"],
+                 "changed" if result["changed"] else "unchanged")
+        return redirect(request.form.get("next") if (request.form.get("next") or "").startswith("/")
+                        and not request.form["next"].startswith("//") else url_for("image_page", image_id=image_id))
+
+    @app.route("/thumbnails/<image_id>.png")
+    def thumbnail(image_id):
+        if not valid_image_id(image_id):
+            abort(404, "no such image")
+        png = pictures.cached(image_id)
+        if png is None:
+            row = tables.query("SELECT scale_bin FROM images WHERE image_id = ?", [image_id])
+            if not row:
+                abort(404, "no such image")
+            png = pictures.thumbnails({image_id: row[0]["scale_bin"]}).get(image_id)
+            if png is None:
+                abort(404, "the image has no stored pixels in the dataset")
+        return _png(png, cache_seconds=86400)
+
+    @app.route("/pixels/<image_id>.png")
+    def pixels(image_id):
+        if not valid_image_id(image_id):
+            abort(404, "no such image")
+        row = tables.query("SELECT scale_bin FROM images WHERE image_id = ?", [image_id])
+        png = pictures.stored({image_id: row[0]["scale_bin"]}).get(image_id) if row else None
+        if png is None:
+            abort(404, "no stored pixels for this image")
+        return _png(png, cache_seconds=3600)
+
+    @app.route("/export.csv")
+    def export():
+        filters = Filters.from_args(request.args, web.page_size)
+        filters.page, filters.per_page = 1, EXPORT_LIMIT
+        found = search(tables, filters)
+        out = io.StringIO()
+        writer = csv.writer(out)
+        columns = list(found["images"][0]) if found["images"] else []
+        writer.writerow(columns)
+        for row in found["images"]:
+            writer.writerow([_json_ready(row[c]) for c in columns])
+        return app.response_class(out.getvalue(), mimetype="text/csv",
+                                  headers={"Content-Disposition": "attachment; filename=semspark-images.csv"})
+
+    # --- API --------------------------------------------------------------------------------
+    @app.route("/api/images")
+    def api_images():
+        found = search(tables, Filters.from_args(request.args, web.page_size))
+        pictures.thumbnails({row["image_id"]: row["scale_bin"] for row in found["images"]})
+        for row in found["images"]:
+            row["thumbnail"] = url_for("thumbnail", image_id=row["image_id"])
+        return jsonify(_json_ready(found))
+
+    @app.route("/api/images/<image_id>")
+    def api_image(image_id):
+        return jsonify(_json_ready(_image_or_404(image_id)))
+
+    @app.route("/api/images/<image_id>/labels", methods=["GET", "POST"])
+    def api_labels(image_id):
+        row = _image_or_404(image_id)
+        if request.method == "GET":
+            return jsonify(_json_ready({"image_id": image_id, "current_label": row["current_label"],
+                                        "history": row["label_history"]}))
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict) or "label" not in body or not (body["label"] is None or isinstance(body["label"], str)):
+            raise CorrectionError('send JSON {"label": "Category"} (null or "" removes the label)')
+        return jsonify(_json_ready(correct_label(tables, image_id, body["label"], g.user)))
+
+    @app.route("/api/whoami")
+    def whoami():
+        return jsonify(user=g.user, csrf=session.get("csrf") if not g.by_token else None)
+
+    def _image_or_404(image_id):
+        if not valid_image_id(image_id):
+            abort(404, f"no image {image_id!r}: an image id is 64 hexadecimal digits (its SHA-256)")
+        row = image(tables, image_id)
+        if row is None:
+            abort(404, f"no image {image_id} in the catalog")
+        return row
+
+    def _png(png: bytes, cache_seconds: int):
+        response = app.response_class(png, mimetype="image/png")
+        response.headers["Cache-Control"] = f"private, max-age={cache_seconds}"
+        return response
+
+    return app
+
+
+def serve(config: Config, host: str | None = None, port: int | None = None, threads: int = 8) -> None:
+    """Serve until interrupted (waitress: a production WSGI server)."""
+    from waitress import serve as waitress_serve
+
+    app = create_app(config)
+    host, port = host or config.web.host, port or config.web.port
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("serving on %s: other hosts can reach it; put TLS (a proxy) in front", host)
+    log.info("semspark web on http://%s:%d/ (Ctrl-C stops it)", host if ":" not in host else f"[{host}]", port)
+    waitress_serve(app, host=host, port=port, threads=threads, ident="semspark")

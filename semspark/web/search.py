@@ -1,0 +1,242 @@
+"""The gallery's questions to the tables: filters from a request, checked, to SQL with parameters.
+
+Every value of a request reaches DuckDB as a bound parameter; sort keys and column names come
+from the lists below, never from the request.
+"""
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass, field, fields
+
+from semspark.schema import FILES, IMAGES, LABELS, PREDICTIONS, PROMOTIONS, TRAINING_HISTORY, MODELS
+from semspark.web.tables import Tables
+
+TABLES = (IMAGES, FILES, LABELS, PREDICTIONS, PROMOTIONS, MODELS, TRAINING_HISTORY)
+LEFT_ON_DISK = frozenset({"logits", "embedding"})   # hundreds of floats per image; no page shows them
+UNLABELLED = "(none)"
+SORTS = {
+    "newest": "i.ingested_at DESC, i.image_id",
+    "oldest": "i.ingested_at, i.image_id",
+    "confidence": "p.confidence NULLS FIRST, i.image_id",
+    "-confidence": "p.confidence DESC NULLS LAST, i.image_id",
+    "scale": "i.nm_per_px NULLS LAST, i.image_id",
+    "-scale": "i.nm_per_px DESC NULLS LAST, i.image_id",
+    "path": "i.path, i.image_id",
+}
+MAX_PAGE_SIZE = 500
+GALLERY_COLUMNS = ("image_id", "path", "width", "height", "scale_bin", "scale_value", "scale_unit", "nm_per_px",
+                   "scale_source", "scale_confidence", "ingested_at", "ingest_run", "label", "category",
+                   "confidence", "uncertain", "out_of_distribution", "model_version")
+
+CURRENT_LABELS = """(SELECT image_id, label, source, labelled_by, labelled_at FROM (
+    SELECT *, row_number() OVER (PARTITION BY image_id ORDER BY labelled_at DESC, label_run DESC) AS n FROM labels)
+  WHERE n = 1 AND label IS NOT NULL)"""
+
+
+class FilterError(ValueError):
+    """A request's filters that cannot be used; the message names the parameter and what it takes."""
+
+
+@dataclass
+class Filters:
+    category: str | None = None            # predicted by the model
+    label: str | None = None               # current label; UNLABELLED for none
+    min_confidence: float | None = None
+    max_confidence: float | None = None
+    scale_bin: list[str] = field(default_factory=list)
+    min_nm_per_px: float | None = None
+    max_nm_per_px: float | None = None
+    scale_source: str | None = None
+    scale_confidence: str | None = None
+    ingested_from: datetime.date | None = None
+    ingested_to: datetime.date | None = None
+    path: str | None = None                # text the path contains
+    model: str | None = None               # model version; the production model when not given
+    uncertain: bool | None = None
+    out_of_distribution: bool | None = None
+    disagrees: bool | None = None          # prediction differs from the label
+    sort: str = "newest"
+    page: int = 1
+    per_page: int = 100
+
+    @classmethod
+    def from_args(cls, args, default_page_size: int = 100) -> "Filters":
+        """From a request's query (a mapping with ``getlist``); empty values mean no filter."""
+        problems, values = [], {}
+        kinds = {f.name: f.type for f in fields(cls)}
+        known = set(kinds)
+        for name in args:
+            if name not in known and name not in ("csrf",):
+                problems.append(f"unknown parameter {name!r} (known: {', '.join(sorted(known))})")
+        for name, kind in kinds.items():
+            raw = [v.strip() for v in args.getlist(name) if v.strip()] if name in args else []
+            if not raw:
+                continue
+            try:
+                values[name] = _parse(kind, raw)
+            except ValueError as exc:
+                problems.append(f"{name}: {exc}")
+        filters = cls(**values)
+        if "per_page" not in values:
+            filters.per_page = default_page_size
+        if filters.sort not in SORTS:
+            problems.append(f"sort: {filters.sort!r} is none of {', '.join(SORTS)}")
+        if not 1 <= filters.per_page <= MAX_PAGE_SIZE:
+            problems.append(f"per_page: from 1 to {MAX_PAGE_SIZE}")
+        if filters.page < 1:
+            problems.append("page: from 1")
+        for low, high in (("min_confidence", "max_confidence"), ("min_nm_per_px", "max_nm_per_px"),
+                          ("ingested_from", "ingested_to")):
+            a, b = getattr(filters, low), getattr(filters, high)
+            if a is not None and b is not None and a > b:
+                problems.append(f"{low} is above {high}")
+        if problems:
+            raise FilterError("; ".join(problems))
+        return filters
+
+    def as_args(self, **changes) -> dict:
+        """The filters as query parameters (for links to other pages of the same search)."""
+        out = {}
+        for f in fields(self):
+            value = changes.get(f.name, getattr(self, f.name))
+            if value in (None, [], "") or (f.name == "sort" and value == "newest") or (f.name == "page" and value == 1):
+                continue
+            out[f.name] = ([str(v) for v in value] if isinstance(value, list)
+                           else ("true" if value is True else "false" if value is False else str(value)))
+        return out
+
+
+def _parse(kind: str, raw: list[str]):
+    if kind.startswith("list"):
+        return raw
+    value = raw[-1]
+    if "float" in kind:
+        return float(value)
+    if kind == "int":
+        return int(value)
+    if "bool" in kind:
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{value!r} is not true or false")
+    if "date" in kind:
+        return datetime.date.fromisoformat(value)
+    if len(value) > 500:
+        raise ValueError("longer than 500 characters")
+    return value
+
+
+def production_model(tables: Tables) -> str | None:
+    rows = tables.query("SELECT model_version FROM promotions WHERE stage = 'production' "
+                        "ORDER BY promoted_at DESC LIMIT 1")
+    return rows[0]["model_version"] if rows else None
+
+
+def _where(filters: Filters) -> tuple[str, list]:
+    clauses, params = [], []
+
+    def add(sql: str, *values):
+        clauses.append(sql)
+        params.extend(values)
+
+    if filters.category:
+        add("p.category = ?", filters.category)
+    if filters.label == UNLABELLED:
+        add("l.label IS NULL")
+    elif filters.label:
+        add("l.label = ?", filters.label)
+    if filters.min_confidence is not None:
+        add("p.confidence >= ?", filters.min_confidence)
+    if filters.max_confidence is not None:
+        add("p.confidence <= ?", filters.max_confidence)
+    if filters.scale_bin:
+        add(f"i.scale_bin IN ({', '.join('?' for _ in filters.scale_bin)})", *filters.scale_bin)
+    if filters.min_nm_per_px is not None:
+        add("i.nm_per_px >= ?", filters.min_nm_per_px)
+    if filters.max_nm_per_px is not None:
+        add("i.nm_per_px <= ?", filters.max_nm_per_px)
+    if filters.scale_source:
+        add("i.scale_source = ?", filters.scale_source)
+    if filters.scale_confidence:
+        add("i.scale_confidence = ?", filters.scale_confidence)
+    if filters.ingested_from:
+        add("i.ingested_at >= CAST(? AS TIMESTAMP)", filters.ingested_from.isoformat())
+    if filters.ingested_to:
+        add("i.ingested_at < CAST(? AS TIMESTAMP) + INTERVAL 1 DAY", filters.ingested_to.isoformat())
+    if filters.path:
+        add("strpos(lower(i.path), lower(?)) > 0", filters.path)
+    if filters.uncertain is not None:
+        add("coalesce(p.uncertain, false) = ?", filters.uncertain)
+    if filters.out_of_distribution is not None:
+        add("coalesce(p.out_of_distribution, false) = ?", filters.out_of_distribution)
+    if filters.disagrees is not None:
+        add("(p.category IS NOT NULL AND l.label IS NOT NULL AND p.category <> l.label) = ?", filters.disagrees)
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+def _from(model: str | None) -> tuple[str, list]:
+    return (f"""FROM images i LEFT JOIN {CURRENT_LABELS} l USING (image_id)
+        LEFT JOIN (SELECT image_id, category, confidence, uncertain, out_of_distribution, model_version
+                   FROM predictions WHERE model_version = ?) p USING (image_id)""", [model or ""])
+
+
+def search(tables: Tables, filters: Filters) -> dict:
+    """One page of the gallery: {"model", "total", "page", "per_page", "images": [row, ...]}."""
+    model = filters.model or production_model(tables)
+    source, source_params = _from(model)
+    where, params = _where(filters)
+    columns = ", ".join(f"l.{c}" if c == "label" else f"p.{c}" if c in ("category", "confidence", "uncertain",
+                        "out_of_distribution", "model_version") else f"i.{c}" for c in GALLERY_COLUMNS)
+    total = tables.query(f"SELECT count(*) AS n {source}{where}", source_params + params)[0]["n"]
+    rows = tables.query(f"SELECT {columns} {source}{where} ORDER BY {SORTS[filters.sort]} LIMIT ? OFFSET ?",
+                        source_params + params + [filters.per_page, (filters.page - 1) * filters.per_page])
+    return {"model": model, "total": total, "page": filters.page, "per_page": filters.per_page, "images": rows}
+
+
+def choices(tables: Tables, model: str | None) -> dict:
+    """What the gallery's filter fields offer: categories, labels, bins, sources, model versions."""
+    rows = tables.query(f"""SELECT
+        (SELECT list(DISTINCT category ORDER BY category) FROM predictions WHERE model_version = ?) AS categories,
+        (SELECT list(DISTINCT label ORDER BY label) FROM {CURRENT_LABELS}) AS labels,
+        (SELECT list(DISTINCT scale_bin ORDER BY scale_bin) FROM images) AS scale_bins,
+        (SELECT list(DISTINCT scale_source ORDER BY scale_source) FROM images) AS scale_sources,
+        (SELECT list(DISTINCT scale_confidence ORDER BY scale_confidence) FROM images) AS scale_confidences,
+        (SELECT list(DISTINCT model_version ORDER BY model_version) FROM predictions) AS models""", [model or ""])[0]
+    return {k: [v for v in (rows[k] or []) if v is not None] for k in rows}
+
+
+def image(tables: Tables, image_id: str) -> dict | None:
+    """One image: its sem.images row, files, every model's prediction, current label and history."""
+    found = tables.query("SELECT * FROM images WHERE image_id = ?", [image_id])
+    if not found:
+        return None
+    row = found[0]
+    row["files"] = tables.query("SELECT path, role, size, ingested_at FROM files WHERE image_id = ? ORDER BY path",
+                                [image_id])
+    row["predictions"] = tables.query(
+        "SELECT model_version, category, confidence, probabilities, uncertain, out_of_distribution, ood_reason, "
+        "predicted_at FROM predictions WHERE image_id = ? ORDER BY predicted_at DESC", [image_id])
+    classes = {r["model_version"]: r["classes"] for r in tables.query(
+        "SELECT model_version, classes FROM models WHERE model_version IN "
+        "(SELECT model_version FROM predictions WHERE image_id = ?)", [image_id])}
+    for prediction in row["predictions"]:
+        names = (classes.get(prediction["model_version"]) or "").split(",")
+        probabilities = prediction.pop("probabilities") or []
+        prediction["probabilities"] = sorted(
+            ({"category": names[k] if k < len(names) and names[k] else str(k), "probability": float(p)}
+             for k, p in enumerate(probabilities)), key=lambda e: -e["probability"])
+    row["label_history"] = tables.query(
+        "SELECT label, source, labelled_by, labelled_at, label_run FROM labels WHERE image_id = ? "
+        "ORDER BY labelled_at DESC, label_run DESC", [image_id])
+    current = row["label_history"][0] if row["label_history"] else None
+    row["current_label"] = current["label"] if current else None
+    return row
+
+
+def known_labels(tables: Tables) -> list[str]:
+    """Categories a person may choose: every current label and every model's class."""
+    labels = {r["label"] for r in tables.query(f"SELECT DISTINCT label FROM {CURRENT_LABELS}")}
+    for r in tables.query("SELECT classes FROM models"):
+        labels.update(c for c in (r["classes"] or "").split(",") if c)
+    return sorted(labels)

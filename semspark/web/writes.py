@@ -1,0 +1,74 @@
+"""A person's corrections from the web app, appended to the catalog's tables without Spark.
+
+A correction is one row of sem.labels (source ``person``, who, when): the table training,
+the analysis and sem.latest_predictions read the current label from (semspark/labels.py). An
+append to a Parquet table is a new file in its folder, so the web app writes that file itself,
+under the catalog's writer lock like every semspark writer (a compaction cannot swap the folder
+meanwhile), to a hidden name first and renamed into place (a reader sees all of it or none). No
+Spark session and no metastore connection: the web app never holds the embedded Derby catalog
+that the nightly needs. Timestamps are written as Spark writes them (INT96, UTC).
+"""
+from __future__ import annotations
+
+import os
+import uuid
+
+from semspark.catalog import new_run_id, utc_now
+from semspark.schema import LABELS
+from semspark.storage import writer_lock
+from semspark.web.search import CURRENT_LABELS
+from semspark.web.tables import Tables
+
+MAX_LABEL = 100
+
+
+class CorrectionError(ValueError):
+    """A correction that cannot be written as given; the message says why."""
+
+
+def clean_label(label: str | None) -> str | None:
+    """A label as stored: trimmed, None (removes the label) when empty."""
+    label = (label or "").strip()
+    if len(label) > MAX_LABEL:
+        raise CorrectionError(f"a label has at most {MAX_LABEL} characters")
+    if any(ord(c) < 32 for c in label):
+        raise CorrectionError("a label cannot hold control characters")
+    return label or None
+
+
+def correct_label(tables: Tables, image_id: str, label: str | None, user: str) -> dict:
+    """Append a person's label for ``image_id`` (None removes it) when it changes the current one.
+    Returns {"changed": bool, "label": ..., "label_run": ...}."""
+    label = clean_label(label)
+    folder = tables.warehouse.folder(LABELS)
+    if not folder.is_dir():
+        raise CorrectionError(f"the catalog has no table {LABELS.name} yet ({folder}): run semspark ingest "
+                              "with labels, or semspark label, once")
+    with writer_lock(purpose=f"web: label of {image_id[:12]} by {user}"):
+        if not tables.query("SELECT 1 FROM images WHERE image_id = ?", [image_id], fresh=True):
+            raise CorrectionError(f"no image {image_id}")
+        current = tables.query(f"SELECT label FROM {CURRENT_LABELS} WHERE image_id = ?", [image_id])
+        if (current[0]["label"] if current else None) == label:
+            return {"changed": False, "label": label, "label_run": None}
+        run = new_run_id("web-")
+        _append(folder, {"image_id": image_id, "label": label, "source": "person", "labelled_by": user,
+                         "labelled_at": utc_now(), "label_run": run})
+    tables.refresh(force=True)   # the next page shows it
+    return {"changed": True, "label": label, "label_run": run}
+
+
+def _append(folder, row: dict) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([("image_id", pa.string()), ("label", pa.string()), ("source", pa.string()),
+                        ("labelled_by", pa.string()), ("labelled_at", pa.timestamp("us")),
+                        ("label_run", pa.string())])
+    assert [f.name for f in LABELS.schema.fields] == schema.names, "sem.labels changed: update the web app's writer"
+    table = pa.Table.from_pylist([row], schema=schema)
+    name = f"part-00000-{uuid.uuid4()}-c000.snappy.parquet"
+    hidden = folder / f".{name}.writing"
+    pq.write_table(table, hidden, compression="snappy", use_deprecated_int96_timestamps=True)
+    with open(hidden, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(hidden, folder / name)

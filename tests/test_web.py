@@ -1,0 +1,219 @@
+"""`semspark web` for real: the server as a user starts it (its own process, waitress), driven by
+Debian's Chromium through chromium-driver (Selenium), on the test session's ingested and scored
+catalog. The truths are the catalog as Spark reads it and the generator's folders."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from .conftest import stop_process_group
+
+pytestmark = pytest.mark.spark
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+PASSWORD = "microscope-2026"
+
+
+def _port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def web(spark, scoring, tmp_path_factory):
+    """The web app over the `scoring` catalog, with one account made by `semspark web-user add`."""
+    from semspark.infer.job import production_model, promote, run_inference
+
+    if production_model(spark, "scoring") is None:
+        promote(spark, scoring.config, scoring.model.model_version)
+    run_inference(spark, scoring.config)            # every image has the production model's prediction
+    folder = tmp_path_factory.mktemp("web")
+    config = folder / "semspark.yaml"
+    port = _port()
+    config.write_text(f"catalog: {{database: scoring}}\n"
+                      f"ingest: {{image_size: {scoring.config.ingest.image_size}, dataset_dir: {scoring.config.ingest.dataset_dir}}}\n"
+                      f"web: {{port: {port}, users_file: web-test/users.yaml}}\n")
+    semspark = [str(Path(sys.executable).parent / "semspark"), "--config", str(config)]
+    made = subprocess.run(semspark + ["web-user", "add", "scientist", "--password-stdin"], input=PASSWORD + "\n",
+                          capture_output=True, text=True, env=os.environ.copy())
+    assert made.returncode == 0, made.stderr
+    token = subprocess.run(semspark + ["web-user", "token", "scientist"], capture_output=True, text=True,
+                           check=True).stdout.strip()
+    log = open(folder / "web.log", "w")
+    server = subprocess.Popen(semspark + ["web"], stdout=log, stderr=log, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                stop_process_group(server)
+                raise AssertionError(f"semspark web did not start: {(folder / 'web.log').read_text()[-3000:]}")
+            time.sleep(0.3)
+    try:
+        yield {"url": f"http://127.0.0.1:{port}", "token": token, "config": config, "folder": folder}
+    finally:
+        stop_process_group(server)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.fail("the browser test needs Debian's chromium and chromium-driver: apt-get install chromium "
+                    "chromium-driver (make test installs them)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--window-size=1400,1000", "--disable-extensions"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.implicitly_wait(10)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _get(url: str, headers: dict | None = None) -> tuple[int, dict]:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def _screenshot(browser, name: str) -> None:
+    """Screenshots for the README: kept when SEMSPARK_SCREENSHOTS names a folder."""
+    target = os.environ.get("SEMSPARK_SCREENSHOTS")
+    if target:
+        Path(target).mkdir(parents=True, exist_ok=True)
+        browser.save_screenshot(str(Path(target) / f"{name}.png"))
+
+
+def test_nothing_is_served_without_a_login(web):
+    status, body = _get(web["url"] + "/api/images")
+    assert status == 401 and "log in" in body["error"]
+    status, _ = _get(web["url"] + "/api/images", {"Authorization": "Bearer not-a-token"})
+    assert status == 401
+    with pytest.raises(urllib.error.HTTPError) as refused:   # a write without a session or token
+        urllib.request.urlopen(urllib.request.Request(
+            web["url"] + "/api/images/" + "0" * 64 + "/labels", data=b'{"label": "x"}', method="POST",
+            headers={"Content-Type": "application/json"}), timeout=30)
+    assert refused.value.code == 401
+    # a page redirects to the login form instead
+    with urllib.request.urlopen(web["url"] + "/?category=x", timeout=30) as response:
+        assert "/login" in response.url
+
+
+def test_the_api_answers_a_script_with_a_token(spark, web):
+    expected = spark.table("scoring.images").count()
+    status, body = _get(web["url"] + "/api/images?per_page=5", {"Authorization": f"Bearer {web['token']}"})
+    assert status == 200
+    assert body["total"] == expected and len(body["images"]) == 5
+    status, body = _get(web["url"] + "/api/images?sort=sideways", {"Authorization": f"Bearer {web['token']}"})
+    assert status == 400 and "sort" in body["error"]
+
+
+def test_log_in_filter_open_and_correct_an_image(spark, web, browser, scoring):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    from semspark.cli import main
+
+    browser.get(web["url"] + "/")
+    assert "/login" in browser.current_url
+    browser.find_element(By.ID, "user").send_keys("scientist")
+    browser.find_element(By.ID, "password").send_keys("wrong password")
+    browser.find_element(By.ID, "login").click()
+    assert "wrong password" in browser.find_element(By.ID, "login-error").text
+    browser.find_element(By.ID, "user").clear()
+    browser.find_element(By.ID, "user").send_keys("scientist")
+    browser.find_element(By.ID, "password").send_keys(PASSWORD)
+    _screenshot(browser, "login")
+    browser.find_element(By.ID, "login").click()
+
+    # the gallery: every image of the catalog, thumbnails drawn
+    total = spark.table("scoring.images").count()
+    assert int(browser.find_element(By.ID, "total").text) == total
+    tiles = browser.find_elements(By.CSS_SELECTOR, "#gallery .tile")
+    assert len(tiles) == min(total, 100)
+    first_image = tiles[0].find_element(By.TAG_NAME, "img")
+    assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", first_image) > 0
+    _screenshot(browser, "gallery")
+
+    # filter by label: the count is the catalog's for that label (sem.current_labels, through Spark)
+    counts = {r["label"]: r["n"] for r in spark.sql(
+        "SELECT label, count(*) AS n FROM scoring.current_labels GROUP BY label").collect()}
+    label = sorted(counts)[0]
+    Select(browser.find_element(By.ID, "f-label")).select_by_visible_text(label)
+    browser.find_element(By.ID, "apply").click()
+    assert int(browser.find_element(By.ID, "total").text) == counts[label]
+    labels_shown = {e.text for e in browser.find_elements(By.CSS_SELECTOR, "#gallery .tile .label")}
+    assert labels_shown == {label}
+
+    # open the first image: its page names its file as sem.images does
+    tile = browser.find_element(By.CSS_SELECTOR, "#gallery .tile")
+    image_id = tile.get_attribute("data-image-id")
+    tile.find_element(By.TAG_NAME, "a").click()
+    path = spark.sql(f"SELECT path FROM scoring.images WHERE image_id = '{image_id}'").first()["path"]
+    assert browser.find_element(By.ID, "image-path").text == path
+    assert browser.find_element(By.ID, "current-label").text == label
+    _screenshot(browser, "image")
+
+    # correct its category; the page and the catalog (semspark sql) both say so, with who did it
+    other = sorted(set(counts) - {label})[0]
+    Select(browser.find_element(By.ID, "label-choice")).select_by_visible_text(other)
+    browser.find_element(By.ID, "save-label").click()
+    assert browser.find_element(By.ID, "current-label").text == other
+    # `semspark sql` runs in this process: a second one cannot open the embedded catalog the test
+    # session holds. This session listed the table's files before the web app added one.
+    spark.catalog.refreshTable("scoring.labels")
+    import contextlib
+    import io
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["--config", str(web["config"]), "sql", "SELECT label, source, labelled_by FROM "
+                     f"scoring.current_labels WHERE image_id = '{image_id}'", "--format", "json"]) == 0
+    row = json.loads(printed.getvalue().strip().splitlines()[-1])
+    assert row == {"label": other, "source": "person", "labelled_by": "scientist"}
+
+    # put it back (the catalog is shared with other tests): the history keeps both
+    Select(browser.find_element(By.ID, "label-choice")).select_by_visible_text(label)
+    browser.find_element(By.ID, "save-label").click()
+    assert browser.find_element(By.ID, "current-label").text == label
+    history = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#history tr")]
+    assert len(history) >= 3 and other in history[1]
+
+
+def test_a_form_from_another_site_cannot_write(spark, web, browser):
+    """The browser is logged in (the test above); a page elsewhere that posts to the app writes nothing
+    (the session cookie is not sent cross-site, and the post has no CSRF token either)."""
+    image_id = spark.table("scoring.images").orderBy("image_id").first()["image_id"]
+    headers = {"Authorization": f"Bearer {web['token']}"}
+    before = _get(f"{web['url']}/api/images/{image_id}/labels", headers)[1]
+    attacker = web["folder"] / "attacker.html"
+    attacker.write_text(f"""<form id="f" method="post" action="{web['url']}/images/{image_id}/label">
+        <input name="other" value="Vandalised"></form><script>document.getElementById('f').submit()</script>""")
+    browser.get(attacker.as_uri())
+    deadline = time.monotonic() + 10
+    while browser.current_url.startswith("file:") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "/login" in browser.current_url or "did not come from a semspark page" in browser.page_source
+    after = _get(f"{web['url']}/api/images/{image_id}/labels", headers)[1]
+    assert after == before and after["current_label"] != "Vandalised"
