@@ -244,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
 def add_rescale_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--select", choices=("all", "unknown", "low", "older", "corrections"), default="low",
                    help="which images to read again: all; unknown (scale_bin unknown); low (confidence low or "
-                        "none, the default); older (read by an older reader); corrections (only those in --corrections)")
+                        "none, the default); older (read by an older reader); corrections (only corrected images: "
+                        "those in --corrections, and those corrected elsewhere, e.g. in the web app, not applied yet)")
     p.add_argument("--corrections", metavar="FILE.csv",
                    help="corrections: path or image_id, value, unit[, bar_px] per row; kept in "
                         "sem.scale_corrections, they win over any reading")

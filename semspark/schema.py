@@ -89,7 +89,7 @@ LABELS = TableSpec(
             "latest per image is its current label (the view current_labels), which training reads.",
 )
 
-INGEST_TABLES = (IMAGES, FILES, QUARANTINE)
+INGEST_TABLES = (IMAGES, FILES, QUARANTINE, SCALE_CORRECTIONS)   # the last: people's scale corrections (web app, rescale)
 
 # What a rescale task returns for each image it read again.
 RESCALED = _fields(

@@ -217,3 +217,71 @@ def test_a_form_from_another_site_cannot_write(spark, web, browser):
     assert "/login" in browser.current_url or "did not come from a semspark page" in browser.page_source
     after = _get(f"{web['url']}/api/images/{image_id}/labels", headers)[1]
     assert after == before and after["current_label"] != "Vandalised"
+
+
+def test_the_review_queue_follows_the_confidence_order_and_keys_accept(spark, web, browser, scoring):
+    """/review/confidence opens the least confident image no person has labelled; the key a makes its
+    prediction its label (source person) and moves on; n skips."""
+    from selenium.webdriver.common.by import By
+
+    from semspark.infer.job import production_model
+
+    model = production_model(spark, "scoring")
+
+    def queue():
+        spark.catalog.refreshTable("scoring.labels")
+        return [r["image_id"] for r in spark.sql(f"""
+            SELECT p.image_id FROM scoring.predictions p LEFT JOIN scoring.current_labels l USING (image_id)
+            WHERE p.model_version = '{model}' AND (l.source IS NULL OR l.source <> 'person')
+            ORDER BY p.confidence, p.image_id""").collect()]
+
+    expected = queue()
+    browser.get(web["url"] + "/review/confidence")
+    first = browser.find_element(By.ID, "image-id").text
+    assert first == expected[0]
+    assert f"{len(expected)} to go" in browser.find_element(By.ID, "review").text
+    _screenshot(browser, "review")
+    predicted = spark.sql(f"SELECT category FROM scoring.predictions WHERE image_id = '{first}' "
+                          f"AND model_version = '{model}'").first()["category"]
+    browser.find_element(By.TAG_NAME, "body").send_keys("a")
+    deadline = time.monotonic() + 10
+    while browser.find_element(By.ID, "image-id").text == first and time.monotonic() < deadline:
+        time.sleep(0.2)
+    second = browser.find_element(By.ID, "image-id").text
+    assert second == queue()[0] == expected[1]       # the accepted image left the queue
+    label = spark.sql(f"SELECT label, source, labelled_by FROM scoring.current_labels WHERE image_id = '{first}'").first()
+    assert (label["label"], label["source"], label["labelled_by"]) == (predicted, "person", "scientist")
+    browser.find_element(By.TAG_NAME, "body").send_keys("n")
+    deadline = time.monotonic() + 10
+    while browser.find_element(By.ID, "image-id").text == second and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert browser.find_element(By.ID, "image-id").text == expected[2]
+
+
+def test_a_scale_corrected_in_the_app_is_applied_by_rescale(spark, web, scoring):
+    """A scale recorded through the API (label 500 nm over a bar of 100 px) is what the next
+    semspark rescale writes to sem.images: 5 nm per pixel, by hand."""
+    from semspark.ingest.rescale import run_rescale
+
+    image_id = spark.table("scoring.images").orderBy("image_id").first()["image_id"]
+    headers = {"Authorization": f"Bearer {web['token']}", "Content-Type": "application/json"}
+    for body, status in (({"value": -1, "unit": "nm"}, 400), ({"value": 500, "unit": "furlong"}, 400),
+                         ({"value": 500, "unit": "nm", "bar_px": 100}, 200)):
+        request = urllib.request.Request(f"{web['url']}/api/images/{image_id}/scale", data=json.dumps(body).encode(),
+                                         headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                assert response.status == status
+        except urllib.error.HTTPError as exc:
+            assert exc.code == status, exc.read()
+    spark.catalog.refreshTable("scoring.scale_corrections")
+    summary = run_rescale(spark, scoring.config, selection="corrections")
+    assert summary.selected == 1 and summary.changed == 1
+    spark.catalog.refreshTable("scoring.images")
+    row = spark.sql(f"SELECT scale_value, scale_unit, scale_bar_px, nm_per_px, scale_source FROM scoring.images "
+                    f"WHERE image_id = '{image_id}'").first()
+    assert (row["scale_value"], row["scale_unit"], row["scale_bar_px"], row["scale_source"]) == (500.0, "nm", 100.0,
+                                                                                                "correction")
+    assert row["nm_per_px"] == pytest.approx(5.0)
+    again = run_rescale(spark, scoring.config, selection="corrections")   # applied: nothing pending
+    assert again.selected == 0

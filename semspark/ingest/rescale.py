@@ -118,8 +118,6 @@ def run_rescale(spark, config: Config, selection: str = "low", corrections: str 
 
     if selection not in SELECTIONS:
         raise RescaleError(f"selection {selection!r}: choose one of {', '.join(SELECTIONS)}")
-    if selection == "corrections" and not corrections:
-        raise RescaleError("--select corrections needs --corrections FILE.csv")
     db = config.catalog.database
     ensure_tables(spark, db, INGEST_TABLES + (SCALE_CORRECTIONS,))
     run_id = new_run_id("rescale-")
@@ -160,7 +158,12 @@ def run_rescale(spark, config: Config, selection: str = "low", corrections: str 
               "corrections": F.lit(False)}[selection]
     this_run = (spark.table(qualified(db, SCALE_CORRECTIONS)).filter(F.col("rescale_run") == run_id)
                 .select("image_id").distinct())
-    chosen = images.filter(wanted).select("image_id").unionByName(this_run).distinct()
+    # Corrections people recorded elsewhere (the web app) that sem.images does not show yet are
+    # applied by every run, whatever it selects: a correction wins over any reading.
+    pending = (all_corrections.join(images.select("image_id", "scale_value", "scale_unit"), "image_id")
+               .filter(~(F.col("corr_value").eqNullSafe(F.col("scale_value"))
+                         & F.col("corr_unit").eqNullSafe(F.col("scale_unit")))).select("image_id"))
+    chosen = images.filter(wanted).select("image_id").unionByName(this_run).unionByName(pending).distinct()
     sidecars = (files.filter(F.col("role") == "sidecar")
                 .select(F.regexp_replace("path", r"\.[^./]+$", "").alias("stem"), F.col("path").alias("sidecar_path"))
                 .dropDuplicates(["stem"]))

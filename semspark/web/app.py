@@ -22,9 +22,10 @@ from pathlib import Path
 from semspark.config import Config, semspark_home
 from semspark.web.accounts import Accounts
 from semspark.web.pictures import Pictures, valid_image_id
-from semspark.web.search import LEFT_ON_DISK, SORTS, TABLES, FilterError, Filters, choices, image, known_labels, search
+from semspark.web.search import (LEFT_ON_DISK, QUEUES, SORTS, TABLES, FilterError, Filters, choices, image, known_labels,
+                                 review_queue, search)
 from semspark.web.tables import Tables, Warehouse
-from semspark.web.writes import CorrectionError, correct_label
+from semspark.web.writes import CorrectionError, correct_label, correct_scale
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,33 @@ def create_app(config: Config, home: Path | None = None):
     @app.route("/images/<image_id>")
     def image_page(image_id):
         row = _image_or_404(image_id)
-        return render_template("image.html", image=row, labels=known_labels(tables))
+        queue = request.args.get("queue")
+        review = None
+        if queue:
+            if queue not in QUEUES:
+                raise FilterError(f"queue: {queue!r} is none of {', '.join(QUEUES)}")
+            left = review_queue(tables, queue)
+            review = {"queue": queue, "title": QUEUES[queue], "left": len(left),
+                      "next": url_for("review", queue=queue, after=image_id)}
+        return render_template("image.html", image=row, labels=known_labels(tables), review=review)
+
+    @app.route("/review/<queue>")
+    def review(queue):
+        """The next image of a review queue (after ``after``, in the queue's order): its page."""
+        if queue not in QUEUES:
+            abort(404, f"no review queue {queue!r}: the queues are {', '.join(QUEUES)}")
+        ids = review_queue(tables, queue)
+        after = request.args.get("after")
+        position = ids.index(after) + 1 if after in ids else 0
+        if position >= len(ids):
+            return render_template("error.html", message=f"nothing left to review in \"{QUEUES[queue]}\""), 200
+        return redirect(url_for("image_page", image_id=ids[position], queue=queue))
+
+    def _back(image_id):
+        target = request.form.get("next") or ""
+        if target.startswith("/") and not target.startswith("//"):
+            return redirect(target)
+        return redirect(url_for("image_page", image_id=image_id))
 
     @app.route("/images/<image_id>/label", methods=["POST"])
     def label_form(image_id):
@@ -174,8 +201,16 @@ def create_app(config: Config, home: Path | None = None):
         result = correct_label(tables, image_id, label, g.user)
         log.info("web: %s labelled %s %r (%s)", g.user, image_id[:12], result["label"],
                  "changed" if result["changed"] else "unchanged")
-        return redirect(request.form.get("next") if (request.form.get("next") or "").startswith("/")
-                        and not request.form["next"].startswith("//") else url_for("image_page", image_id=image_id))
+        return _back(image_id)
+
+    @app.route("/images/<image_id>/scale", methods=["POST"])
+    def scale_form(image_id):
+        _image_or_404(image_id)
+        result = correct_scale(tables, image_id, request.form.get("value"), request.form.get("unit"),
+                               request.form.get("bar_px"), g.user)
+        log.info("web: %s corrected the scale of %s to %g %s", g.user, image_id[:12], result["scale_value"],
+                 result["scale_unit"])
+        return _back(image_id)
 
     @app.route("/thumbnails/<image_id>.png")
     def thumbnail(image_id):
@@ -238,6 +273,15 @@ def create_app(config: Config, home: Path | None = None):
         if not isinstance(body, dict) or "label" not in body or not (body["label"] is None or isinstance(body["label"], str)):
             raise CorrectionError('send JSON {"label": "Category"} (null or "" removes the label)')
         return jsonify(_json_ready(correct_label(tables, image_id, body["label"], g.user)))
+
+    @app.route("/api/images/<image_id>/scale", methods=["POST"])
+    def api_scale(image_id):
+        _image_or_404(image_id)
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict) or "value" not in body or "unit" not in body:
+            raise CorrectionError('send JSON {"value": 500, "unit": "nm", "bar_px": 120} (bar_px optional)')
+        return jsonify(_json_ready(correct_scale(tables, image_id, body["value"], body["unit"], body.get("bar_px"),
+                                                 g.user)))
 
     @app.route("/api/whoami")
     def whoami():

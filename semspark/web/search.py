@@ -8,10 +8,11 @@ from __future__ import annotations
 import datetime
 from dataclasses import dataclass, field, fields
 
-from semspark.schema import FILES, IMAGES, LABELS, PREDICTIONS, PROMOTIONS, TRAINING_HISTORY, MODELS
+from semspark.schema import (FILES, IMAGES, LABELS, MODELS, PREDICTIONS, PROMOTIONS, SCALE_CORRECTIONS,
+                             TRAINING_HISTORY)
 from semspark.web.tables import Tables
 
-TABLES = (IMAGES, FILES, LABELS, PREDICTIONS, PROMOTIONS, MODELS, TRAINING_HISTORY)
+TABLES = (IMAGES, FILES, LABELS, PREDICTIONS, PROMOTIONS, MODELS, TRAINING_HISTORY, SCALE_CORRECTIONS)
 LEFT_ON_DISK = frozenset({"logits", "embedding"})   # hundreds of floats per image; no page shows them
 UNLABELLED = "(none)"
 SORTS = {
@@ -232,6 +233,31 @@ def image(tables: Tables, image_id: str) -> dict | None:
     current = row["label_history"][0] if row["label_history"] else None
     row["current_label"] = current["label"] if current else None
     return row
+
+
+QUEUES = {"confidence": "least confident first", "disagrees": "prediction differs from the label",
+          "scale": "scale of low confidence or unknown"}
+QUEUE_LENGTH = 1000
+
+
+def review_queue(tables: Tables, queue: str) -> list[str]:
+    """Image ids of a review queue, in order: images a person has not looked at yet (their current
+    label is not a person's), of the production model's predictions; at most QUEUE_LENGTH."""
+    model = production_model(tables) or ""
+    source, params = _from(model)
+    not_reviewed = "(l.source IS NULL OR l.source <> 'person')"
+    where, order = {
+        "confidence": ("p.confidence IS NOT NULL", "p.confidence, i.image_id"),
+        "disagrees": ("p.category IS NOT NULL AND l.label IS NOT NULL AND p.category <> l.label",
+                      "p.confidence DESC, i.image_id"),
+        "scale": ("(i.scale_confidence IS NULL OR i.scale_confidence IN ('low', 'none') OR i.scale_bin = 'unknown')"
+                  " AND NOT EXISTS (SELECT 1 FROM scale_corrections c WHERE c.image_id = i.image_id)",
+                  "i.ingested_at DESC, i.image_id"),
+    }[queue]
+    if queue != "scale":
+        where = f"{where} AND {not_reviewed}"
+    rows = tables.query(f"SELECT i.image_id {source} WHERE {where} ORDER BY {order} LIMIT {QUEUE_LENGTH}", params)
+    return [r["image_id"] for r in rows]
 
 
 def known_labels(tables: Tables) -> list[str]:

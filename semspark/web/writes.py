@@ -1,7 +1,9 @@
 """A person's corrections from the web app, appended to the catalog's tables without Spark.
 
-A correction is one row of sem.labels (source ``person``, who, when): the table training,
-the analysis and sem.latest_predictions read the current label from (semspark/labels.py). An
+A label is one row of sem.labels (source ``person``, who, when): the table training, the
+analysis and sem.latest_predictions read the current label from (semspark/labels.py). A scale is
+one row of sem.scale_corrections (source ``web: USER``), which ``semspark rescale`` applies (it
+always takes up people's corrections that sem.images does not show yet). An
 append to a Parquet table is a new file in its folder, so the web app writes that file itself,
 under the catalog's writer lock like every semspark writer (a compaction cannot swap the folder
 meanwhile), to a hidden name first and renamed into place (a reader sees all of it or none). No
@@ -14,12 +16,13 @@ import os
 import uuid
 
 from semspark.catalog import new_run_id, utc_now
-from semspark.schema import LABELS
+from semspark.schema import LABELS, SCALE_CORRECTIONS
 from semspark.storage import writer_lock
 from semspark.web.search import CURRENT_LABELS
 from semspark.web.tables import Tables
 
 MAX_LABEL = 100
+UNITS = {"nm": "nm", "um": "um", "µm": "um", "μm": "um", "micron": "um", "mm": "mm"}
 
 
 class CorrectionError(ValueError):
@@ -57,14 +60,40 @@ def correct_label(tables: Tables, image_id: str, label: str | None, user: str) -
     return {"changed": True, "label": label, "label_run": run}
 
 
-def _append(folder, row: dict) -> None:
+def correct_scale(tables: Tables, image_id: str, value, unit: str, bar_px, user: str) -> dict:
+    """Record a person's scale for ``image_id`` (the label's value and unit, and the bar's length in
+    pixels when they measured it) in sem.scale_corrections; ``semspark rescale`` applies it."""
+    try:
+        value = float(value)
+        bar_px = float(bar_px) if bar_px not in (None, "") else None
+    except (TypeError, ValueError) as exc:
+        raise CorrectionError("the scale's value and bar length are numbers") from exc
+    unit = UNITS.get((unit or "").strip().lower().replace("micrometre", "um"))
+    if unit is None:
+        raise CorrectionError("the scale's unit is nm, µm (um) or mm")
+    if not (value > 0 and value < 1e7) or (bar_px is not None and not 0 < bar_px < 1e6):
+        raise CorrectionError("the scale's value and bar length are positive")
+    folder = tables.warehouse.folder(SCALE_CORRECTIONS)
+    if not folder.is_dir():
+        raise CorrectionError(f"the catalog has no table {SCALE_CORRECTIONS.name} yet ({folder}): run semspark "
+                              "rescale once, or an ingest of this release")
+    with writer_lock(purpose=f"web: scale of {image_id[:12]} by {user}"):
+        if not tables.query("SELECT 1 FROM images WHERE image_id = ?", [image_id], fresh=True):
+            raise CorrectionError(f"no image {image_id}")
+        run = new_run_id("web-")
+        _append(folder, {"image_id": image_id, "scale_value": value, "scale_unit": unit, "scale_bar_px": bar_px,
+                         "source": f"web: {user}", "corrected_at": utc_now(), "rescale_run": run}, SCALE_CORRECTIONS)
+    tables.refresh(force=True)
+    return {"image_id": image_id, "scale_value": value, "scale_unit": unit, "scale_bar_px": bar_px, "rescale_run": run}
+
+
+def _append(folder, row: dict, spec=LABELS) -> None:
+    """One row as a new Parquet file of the table ``spec`` (its declared columns and types)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = pa.schema([("image_id", pa.string()), ("label", pa.string()), ("source", pa.string()),
-                        ("labelled_by", pa.string()), ("labelled_at", pa.timestamp("us")),
-                        ("label_run", pa.string())])
-    assert [f.name for f in LABELS.schema.fields] == schema.names, "sem.labels changed: update the web app's writer"
+    types = {"string": pa.string(), "double": pa.float64(), "timestamp": pa.timestamp("us")}
+    schema = pa.schema([(f.name, types[f.dataType.simpleString()]) for f in spec.schema.fields])
     table = pa.Table.from_pylist([row], schema=schema)
     name = f"part-00000-{uuid.uuid4()}-c000.snappy.parquet"
     hidden = folder / f".{name}.writing"
