@@ -157,13 +157,16 @@ def run_inference(spark, config: Config, model: str | None = None,
     images = spark.table(qualified(db, IMAGES))
     if scale_bins:
         images = images.filter(F.col("scale_bin").isin(scale_bins))
-    runs = _open_runs(spark, db, images, model_version)
+    runs = _open_runs(spark, db, scale_bins, model_version)
     summary.candidates = runs.images_in_scope
     summary.examined = runs.images_examined
     candidates = (images.filter(runs.condition())
                   .select("image_id", "scale_bin", "chroma", "contrast", "ingest_run"))
     scored = spark.table(qualified(db, PREDICTIONS)).filter(F.col("model_version") == model_version)
-    if runs.scored_after is not None:
+    if not runs.check_predictions:
+        # no open run was ever looked at by this version: none of their images has a prediction
+        scored = scored.limit(0)
+    elif runs.scored_after is not None:
         # An image is scored after it is ingested: older prediction files (their predicted_at
         # statistics say so) are not opened. The margin covers clocks of different hosts.
         scored = scored.filter(F.col("predicted_at") >= F.lit(runs.scored_after).cast("timestamp"))
@@ -184,13 +187,15 @@ CLOCK_MARGIN = datetime.timedelta(hours=1)
 @dataclass
 class _OpenRuns:
     """The ingest runs a model version has not finished scoring, from the per-run counts of
-    sem.images in scope and sem.scored_runs."""
-    names: list[str]                   # open ingest runs (sem.images rows of them to look at)
+    sem.images and sem.scored_runs."""
+    names: list[str]                   # open ingest runs in scope (sem.images rows of them to look at)
     unnamed: bool                      # rows without an ingest run (never recorded as finished)
     images_in_scope: int
-    images_examined: int               # rows of the open runs
-    counts: dict[str | None, int]      # rows per open run
+    images_examined: int               # rows of the open runs in scope
+    counts: dict[str | None, int]      # rows per open run in scope
     scored_after: datetime.datetime | None   # predictions older than this cannot be of them
+    check_predictions: bool            # False: no open run was ever looked at, nothing of them is scored
+    first_contact: list[str]           # every run of sem.images, when this version has no record yet
 
     def condition(self):
         from pyspark.sql import functions as F
@@ -199,39 +204,69 @@ class _OpenRuns:
         return condition | F.col("ingest_run").isNull() if self.unnamed else condition
 
 
-def _open_runs(spark, database: str, images, model_version: str) -> _OpenRuns:
+def _open_runs(spark, database: str, scale_bins, model_version: str) -> _OpenRuns:
     """Which of sem.images' ingest runs ``model_version`` may not have scored in full.
 
-    Reads two columns of sem.images that are constant within an ingest run (ingest_run and
-    ingested_at: Parquet keeps them in a few bytes per file) and sem.scored_runs. A run counts as
-    finished when scored_runs records it with at least as many images as it holds now; so a new
-    model version, or a catalog from before scored_runs, looks at everything once."""
+    Reads three columns of sem.images that are constant within an ingest run or a partition
+    (ingest_run, ingested_at, scale_bin: Parquet keeps them in a few bytes per file) and
+    sem.scored_runs. A run counts as finished when scored_runs records it with at least as many
+    images as it holds now; so a new model version, or a catalog from before scored_runs, looks at
+    everything once. Before any prediction is written, every run it may be of is recorded as looked
+    at (0 images): on a version's first run with records, every run sem.images holds (its
+    predictions from before may be of any of them); later, the open runs in scope. So a run that is
+    not recorded at all has no prediction of this version (a night's new run): nothing to look for."""
     from pyspark.sql import functions as F
 
-    per_run = {r["ingest_run"]: r for r in images.groupBy("ingest_run").agg(
-        F.count("*").alias("images"), F.min("ingested_at").alias("first"),
-        F.count("ingested_at").alias("stamped")).collect()}
-    finished = {r["ingest_run"]: r["images"] for r in spark.table(qualified(database, SCORED_RUNS))
+    groups = (spark.table(qualified(database, IMAGES)).groupBy("ingest_run", "scale_bin")
+              .agg(F.count("*").alias("images"), F.min("ingested_at").alias("first"),
+                   F.count("ingested_at").alias("stamped")).collect())
+    per_run: dict[str | None, dict] = {}
+    every_run = set()
+    for g in groups:
+        every_run.add(g["ingest_run"])
+        if scale_bins and g["scale_bin"] not in scale_bins:
+            continue
+        run = per_run.setdefault(g["ingest_run"], {"images": 0, "first": None, "stamped": 0})
+        run["images"] += g["images"]
+        run["stamped"] += g["stamped"]
+        if g["first"] is not None and (run["first"] is None or g["first"] < run["first"]):
+            run["first"] = g["first"]
+    recorded = {r["ingest_run"]: r["images"] for r in spark.table(qualified(database, SCORED_RUNS))
                 .filter(F.col("model_version") == model_version).groupBy("ingest_run")
                 .agg(F.max("images").alias("images")).collect()}
     open_runs = {run: row for run, row in per_run.items()
-                 if run is None or row["images"] > finished.get(run, -1)}
-    firsts = [row["first"] for row in open_runs.values()]
-    unstamped = any(row["stamped"] < row["images"] for row in open_runs.values())
+                 if run is None or row["images"] > recorded.get(run, -1)}
+    maybe_scored = {run: row for run, row in open_runs.items() if not recorded or run is None or run in recorded}
+    firsts = [row["first"] for row in maybe_scored.values()]
+    unstamped = any(row["first"] is None or row["stamped"] < row["images"] for row in maybe_scored.values())
     return _OpenRuns(names=sorted(r for r in open_runs if r is not None), unnamed=None in open_runs,
                      images_in_scope=sum(r["images"] for r in per_run.values()),
                      images_examined=sum(r["images"] for r in open_runs.values()),
                      counts={run: row["images"] for run, row in open_runs.items()},
-                     scored_after=None if unstamped or not firsts else min(firsts) - CLOCK_MARGIN)
+                     scored_after=None if unstamped or not firsts else min(firsts) - CLOCK_MARGIN,
+                     check_predictions=bool(maybe_scored),
+                     first_contact=[] if recorded else sorted(r for r in every_run if r is not None))
+
+
+def _record_runs(spark, database: str, model_version: str, run_id: str, images: dict[str, int]) -> None:
+    """Rows of sem.scored_runs: ingest run -> images of it this version has scored (0: looked at)."""
+    rows = [{"model_version": model_version, "ingest_run": run, "images": n, "infer_run": run_id,
+             "recorded_at": utc_now()} for run, n in sorted(images.items()) if run is not None]
+    if rows:
+        insert(spark.createDataFrame(rows, SCORED_RUNS.schema), database, SCORED_RUNS)
 
 
 def _record_finished_runs(spark, database: str, model_version: str, runs: _OpenRuns, unfinished: set,
                           run_id: str) -> None:
     """sem.scored_runs gets the open runs whose every image is now scored."""
-    rows = [{"model_version": model_version, "ingest_run": run, "images": n, "infer_run": run_id,
-             "recorded_at": utc_now()} for run, n in runs.counts.items() if run is not None and run not in unfinished]
-    if rows:
-        insert(spark.createDataFrame(rows, SCORED_RUNS.schema), database, SCORED_RUNS)
+    _record_runs(spark, database, model_version, run_id,
+                 {run: n for run, n in runs.counts.items() if run not in unfinished})
+
+
+def _record_looked_at(spark, database: str, model_version: str, runs: _OpenRuns, run_id: str) -> None:
+    """Before predictions are written: the runs they may be of, as looked at (see _open_runs)."""
+    _record_runs(spark, database, model_version, run_id,
+                 {run: 0 for run in [*runs.counts, *runs.first_contact]})
 
 
 def _score(spark, config: Config, joined, scored, scale_bins, model_version: str, metadata: dict,
@@ -335,13 +370,18 @@ def _score(spark, config: Config, joined, scored, scale_bins, model_version: str
                                     .select("image_id", "error").limit(FAILURES_SHOWN).collect()]
     # Appended leaving out what is already there: after a crash in the middle of an earlier insert
     # the rerun fills in only the rest.
-    good = (staged.filter(F.col("error").isNull()).drop("error").dropDuplicates(["image_id"])
-            .join(scored.select("image_id"), "image_id", "left_anti"))
-    insert(good, db, PREDICTIONS)
-    if record:   # after the predictions: a crash between the two only costs the next run a look
+    good = staged.filter(F.col("error").isNull()).drop("error").dropDuplicates(["image_id"])
+    if runs.check_predictions:
+        good = good.join(scored.select("image_id"), "image_id", "left_anti")
+    _record_looked_at(spark, db, model_version, runs, run_id)   # before any prediction of them exists
+    unfinished = set()
+    if record and summary.failures + summary.missing_pixels:
+        # (before the insert: appending to sem.predictions drops the cached join, which reads it)
         unfinished = {r["ingest_run"] for r in staged.filter(F.col("error").isNotNull()).select("image_id")
                       .join(joined.select("image_id", "ingest_run"), "image_id").select("ingest_run")
                       .distinct().collect()}
+    insert(good, db, PREDICTIONS)
+    if record:   # after the predictions: a crash between the two only costs the next run a look
         _record_finished_runs(spark, db, model_version, runs, unfinished, run_id)
     log.info("written")
     shutil.rmtree(staging, ignore_errors=True)
