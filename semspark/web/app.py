@@ -22,7 +22,7 @@ from pathlib import Path
 from semspark.config import Config, semspark_home
 from semspark.web.accounts import Accounts
 from semspark.web.pictures import Pictures, valid_image_id
-from semspark.web.search import (LEFT_ON_DISK, QUEUES, SORTS, TABLES, FilterError, Filters, choices, image, known_labels,
+from semspark.web.search import (DERIVED, LEFT_ON_DISK, QUEUES, SORTS, TABLES, FilterError, Filters, choices, image, known_labels,
                                  review_queue, search)
 from semspark.web.tables import Tables, Warehouse
 from semspark.web.writes import CorrectionError, correct_label, correct_scale
@@ -69,7 +69,7 @@ def create_app(config: Config, home: Path | None = None):
     app = Flask(__name__)
     app.config.update(SECRET_KEY=_secret_key(home), SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
                       PERMANENT_SESSION_LIFETIME=datetime.timedelta(hours=12), MAX_CONTENT_LENGTH=64 * 1024)
-    tables = Tables(Warehouse.of(home, config.catalog.database), TABLES, LEFT_ON_DISK)
+    tables = Tables(Warehouse.of(home, config.catalog.database), TABLES, LEFT_ON_DISK, DERIVED)
     pictures = Pictures(dataset_root(dataset_url(config)), home / "web" / "thumbnails", web.thumbnail_px)
     accounts = Accounts(home / web.users_file)
     app.extensions["semspark"] = {"tables": tables, "pictures": pictures, "accounts": accounts}

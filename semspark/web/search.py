@@ -29,9 +29,12 @@ GALLERY_COLUMNS = ("image_id", "path", "width", "height", "scale_bin", "scale_va
                    "scale_source", "scale_confidence", "ingested_at", "ingest_run", "label", "category",
                    "confidence", "uncertain", "out_of_distribution", "model_version")
 
-CURRENT_LABELS = """(SELECT image_id, label, source, labelled_by, labelled_at FROM (
+# Every image's current label (the latest row of sem.labels, as the view sem.current_labels), made
+# once per change of the tables (Tables' derived tables) rather than for every page.
+DERIVED = {"current_labels": """SELECT image_id, label, source, labelled_by, labelled_at FROM (
     SELECT *, row_number() OVER (PARTITION BY image_id ORDER BY labelled_at DESC, label_run DESC) AS n FROM labels)
-  WHERE n = 1 AND label IS NOT NULL)"""
+  WHERE n = 1 AND label IS NOT NULL"""}
+CURRENT_LABELS = "current_labels"
 
 
 class FilterError(ValueError):

@@ -111,10 +111,12 @@ def table_view_sql(con, table: TableSpec, files: list[tuple[str, dict]]) -> str:
 class Tables:
     """Read-only SQL over copies of the catalog's tables, refreshed when their files change."""
 
-    def __init__(self, warehouse: Warehouse, tables: tuple[TableSpec, ...], left_on_disk: frozenset = frozenset()):
+    def __init__(self, warehouse: Warehouse, tables: tuple[TableSpec, ...], left_on_disk: frozenset = frozenset(),
+                 derived: dict[str, str] | None = None):
         import duckdb
 
         self.warehouse, self.tables, self.left_on_disk = warehouse, tables, left_on_disk
+        self.derived = derived or {}     # name -> SELECT over the tables, made again when any changes
         self._db = duckdb.connect(":memory:")
         self._db.execute("SET threads TO 2")
         self._listed: dict[str, tuple] = {}
@@ -130,6 +132,7 @@ class Tables:
             if not force and time.monotonic() - self._checked < LISTING_INTERVAL:
                 return
             self._checked = time.monotonic()
+            changed = False
             for table in self.tables:
                 files = self.warehouse.files(table)
                 key = tuple(path for path, _ in files)
@@ -149,6 +152,11 @@ class Tables:
                         files = self.warehouse.files(table)
                         key = tuple(path for path, _ in files)
                 self._listed[table.name] = key
+                changed = True
+            if changed:
+                con = self._db.cursor()
+                for name, select in self.derived.items():
+                    con.execute(f"CREATE OR REPLACE TABLE {name} AS {select}")
 
     def query(self, sql: str, parameters: list | None = None, fresh: bool = False) -> list[dict]:
         """Rows as dicts, from the tables as their files are now (``fresh``: listed now, not up
