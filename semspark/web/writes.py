@@ -39,17 +39,26 @@ def clean_label(label: str | None) -> str | None:
     return label or None
 
 
+def _table_folder(tables: Tables, spec, made_by: str):
+    folder = tables.warehouse.folder(spec)
+    if not folder.is_dir():
+        raise CorrectionError(f"the catalog has no table {spec.name} yet ({folder}): run {made_by} once")
+    return folder
+
+
+def _known_image(tables: Tables, image_id: str) -> None:
+    """(Under the writer lock) the image is in sem.images as its files are now."""
+    if not tables.query("SELECT 1 FROM images WHERE image_id = ?", [image_id], fresh=True):
+        raise CorrectionError(f"no image {image_id}")
+
+
 def correct_label(tables: Tables, image_id: str, label: str | None, user: str) -> dict:
     """Append a person's label for ``image_id`` (None removes it) when it changes the current one.
     Returns {"changed": bool, "label": ..., "label_run": ...}."""
     label = clean_label(label)
-    folder = tables.warehouse.folder(LABELS)
-    if not folder.is_dir():
-        raise CorrectionError(f"the catalog has no table {LABELS.name} yet ({folder}): run semspark ingest "
-                              "with labels, or semspark label, once")
+    folder = _table_folder(tables, LABELS, "semspark ingest with labels, or semspark label,")
     with writer_lock(purpose=f"web: label of {image_id[:12]} by {user}"):
-        if not tables.query("SELECT 1 FROM images WHERE image_id = ?", [image_id], fresh=True):
-            raise CorrectionError(f"no image {image_id}")
+        _known_image(tables, image_id)
         current = tables.query(f"SELECT label FROM {CURRENT_LABELS} WHERE image_id = ?", [image_id])
         if (current[0]["label"] if current else None) == label:
             return {"changed": False, "label": label, "label_run": None}
@@ -73,13 +82,9 @@ def correct_scale(tables: Tables, image_id: str, value, unit: str, bar_px, user:
         raise CorrectionError("the scale's unit is nm, µm (um) or mm")
     if not (value > 0 and value < 1e7) or (bar_px is not None and not 0 < bar_px < 1e6):
         raise CorrectionError("the scale's value and bar length are positive")
-    folder = tables.warehouse.folder(SCALE_CORRECTIONS)
-    if not folder.is_dir():
-        raise CorrectionError(f"the catalog has no table {SCALE_CORRECTIONS.name} yet ({folder}): run semspark "
-                              "rescale once, or an ingest of this release")
+    folder = _table_folder(tables, SCALE_CORRECTIONS, "semspark rescale (or an ingest of this release)")
     with writer_lock(purpose=f"web: scale of {image_id[:12]} by {user}"):
-        if not tables.query("SELECT 1 FROM images WHERE image_id = ?", [image_id], fresh=True):
-            raise CorrectionError(f"no image {image_id}")
+        _known_image(tables, image_id)
         run = new_run_id("web-")
         _append(folder, {"image_id": image_id, "scale_value": value, "scale_unit": unit, "scale_bar_px": bar_px,
                          "source": f"web: {user}", "corrected_at": utc_now(), "rescale_run": run}, SCALE_CORRECTIONS)
