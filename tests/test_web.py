@@ -285,3 +285,29 @@ def test_a_scale_corrected_in_the_app_is_applied_by_rescale(spark, web, scoring)
     assert row["nm_per_px"] == pytest.approx(5.0)
     again = run_rescale(spark, scoring.config, selection="corrections")   # applied: nothing pending
     assert again.selected == 0
+
+
+def test_the_models_and_runs_pages_show_the_catalogs_figures(spark, web, browser, scoring):
+    """The models page: each model's test accuracy as sem.models has it, a line per model with a point
+    per epoch of sem.training_history; the runs page: one row per nightly run of sem.run_events."""
+    from selenium.webdriver.common.by import By
+
+    version = scoring.model.model_version
+    browser.get(f"{web['url']}/models?model={version}")
+    expected = spark.sql(f"SELECT test_accuracy FROM scoring.models WHERE model_version = '{version}'").first()[0]
+    row = browser.find_element(By.CSS_SELECTOR, f'tr.model[data-model="{version}"]')
+    assert row.find_element(By.CLASS_NAME, "test-accuracy").text == f"{expected:.3f}"
+    epochs = spark.sql(f"SELECT count(*) FROM scoring.training_history WHERE model_version = '{version}' "
+                       "AND test_accuracy IS NOT NULL").first()[0]
+    line = browser.find_element(By.CSS_SELECTOR, f'#accuracy-chart polyline[data-model="{version}"]')
+    assert int(line.get_attribute("data-points")) == epochs > 0
+    _screenshot(browser, "models")
+    browser.get(f"{web['url']}/runs")
+    shown = browser.find_elements(By.CSS_SELECTOR, "#runs tr.run")
+    if spark.catalog.tableExists("scoring.run_events"):
+        assert len(shown) == spark.sql("SELECT count(DISTINCT run_id) FROM scoring.run_events").first()[0]
+    else:
+        assert not shown and browser.find_element(By.ID, "no-runs")
+    status, body = _get(f"{web['url']}/api/models", {"Authorization": f"Bearer {web['token']}"})
+    assert status == 200 and any(m["model_version"] == version and len(m["test_accuracy_per_epoch"]) == epochs
+                                 for m in body)

@@ -22,14 +22,16 @@ from pathlib import Path
 from semspark.config import Config, semspark_home
 from semspark.web.accounts import Accounts
 from semspark.web.pictures import Pictures, valid_image_id
-from semspark.web.search import (DERIVED, LEFT_ON_DISK, QUEUES, SORTS, TABLES, FilterError, Filters, choices, image, known_labels,
-                                 review_queue, search)
+from semspark.web.charts import line_chart
+from semspark.web.search import (DERIVED, LEFT_ON_DISK, QUEUES, SORTS, TABLES, FilterError, Filters, accuracy_per_epoch,
+                                 choices, image, known_labels, models, review_queue, runs, search)
 from semspark.web.tables import Tables, Warehouse
 from semspark.web.writes import CorrectionError, correct_label, correct_scale
 
 log = logging.getLogger(__name__)
 
 EXPORT_LIMIT = 200_000
+MODELS_SHOWN = 6       # the models page draws the newest this many unless told which
 FORM_WRITES = ("POST", "PUT", "DELETE", "PATCH")
 
 
@@ -250,6 +252,36 @@ def create_app(config: Config, home: Path | None = None):
         return app.response_class(out.getvalue(), mimetype="text/csv",
                                   headers={"Content-Disposition": "attachment; filename=semspark-images.csv"})
 
+    @app.route("/runs")
+    def runs_page():
+        return render_template("runs.html", runs=runs(tables))
+
+    @app.route("/models")
+    def models_page():
+        every = models(tables)
+        known = [m["model_version"] for m in every]
+        chosen = request.args.getlist("model") or known[:MODELS_SHOWN]
+        unknown = [m for m in chosen if m not in known]
+        if unknown:
+            raise FilterError(f"model: {', '.join(unknown)} is not in sem.models (there are {', '.join(known) or 'none'})")
+        history = accuracy_per_epoch(tables, chosen)
+        return render_template("models.html", models=every, chosen=chosen, chart=line_chart(history),
+                               confusions=[_confusion(m) for m in chosen])
+
+    def _confusion(model_version: str) -> dict:
+        """The test confusion matrix the training run kept in the registry (metadata.json)."""
+        import json
+
+        from semspark import registry
+
+        try:
+            _, _, folder = registry.resolve(model_version)
+            metadata = json.loads((folder / "metadata.json").read_text())
+        except (registry.RegistryError, OSError, ValueError):
+            return {"model_version": model_version, "classes": [], "matrix": []}
+        return {"model_version": model_version, "classes": metadata.get("class_names") or [],
+                "matrix": metadata.get("confusion_matrix") or []}
+
     # --- API --------------------------------------------------------------------------------
     @app.route("/api/images")
     def api_images():
@@ -282,6 +314,18 @@ def create_app(config: Config, home: Path | None = None):
             raise CorrectionError('send JSON {"value": 500, "unit": "nm", "bar_px": 120} (bar_px optional)')
         return jsonify(_json_ready(correct_scale(tables, image_id, body["value"], body["unit"], body.get("bar_px"),
                                                  g.user)))
+
+    @app.route("/api/runs")
+    def api_runs():
+        return jsonify(_json_ready(runs(tables)))
+
+    @app.route("/api/models")
+    def api_models():
+        every = models(tables)
+        history = accuracy_per_epoch(tables, [m["model_version"] for m in every])
+        for m in every:
+            m["test_accuracy_per_epoch"] = history.get(m["model_version"], [])
+        return jsonify(_json_ready(every))
 
     @app.route("/api/whoami")
     def whoami():

@@ -8,11 +8,11 @@ from __future__ import annotations
 import datetime
 from dataclasses import dataclass, field, fields
 
-from semspark.schema import (FILES, IMAGES, LABELS, MODELS, PREDICTIONS, PROMOTIONS, SCALE_CORRECTIONS,
+from semspark.schema import (FILES, IMAGES, LABELS, MODELS, PREDICTIONS, PROMOTIONS, RUN_EVENTS, SCALE_CORRECTIONS,
                              TRAINING_HISTORY)
 from semspark.web.tables import Tables
 
-TABLES = (IMAGES, FILES, LABELS, PREDICTIONS, PROMOTIONS, MODELS, TRAINING_HISTORY, SCALE_CORRECTIONS)
+TABLES = (IMAGES, FILES, LABELS, PREDICTIONS, PROMOTIONS, MODELS, TRAINING_HISTORY, SCALE_CORRECTIONS, RUN_EVENTS)
 LEFT_ON_DISK = frozenset({"logits", "embedding"})   # hundreds of floats per image; no page shows them
 UNLABELLED = "(none)"
 SORTS = {
@@ -269,3 +269,29 @@ def known_labels(tables: Tables) -> list[str]:
     for r in tables.query("SELECT classes FROM models"):
         labels.update(c for c in (r["classes"] or "").split(",") if c)
     return sorted(labels)
+
+
+def runs(tables: Tables, limit: int = 200) -> list[dict]:
+    """Nightly runs, newest first: each run's latest event (as the view sem.runs)."""
+    return tables.query("""SELECT * EXCLUDE (latest, recorded_at) FROM (
+        SELECT *, row_number() OVER (PARTITION BY run_id ORDER BY recorded_at DESC) AS latest FROM run_events)
+        WHERE latest = 1 ORDER BY started_at DESC NULLS LAST LIMIT ?""", [limit])
+
+
+def models(tables: Tables) -> list[dict]:
+    """Registered model versions, newest first, with their held-out figures (sem.models)."""
+    return tables.query("SELECT model_version, arch, mode, init, input_size, classes, scale_bins, train_images, "
+                        "test_images, best_epoch, validation_accuracy, test_accuracy, num_proc, trained_at "
+                        "FROM models ORDER BY trained_at DESC NULLS LAST, model_version")
+
+
+def accuracy_per_epoch(tables: Tables, versions: list[str]) -> dict[str, list[tuple[int, float]]]:
+    """Test accuracy per epoch of each version (sem.training_history): the paper's Figures 1 and 2."""
+    if not versions:
+        return {}
+    rows = tables.query(f"SELECT model_version, epoch, test_accuracy FROM training_history WHERE model_version IN "
+                        f"({', '.join('?' for _ in versions)}) AND test_accuracy IS NOT NULL ORDER BY epoch", versions)
+    out: dict[str, list[tuple[int, float]]] = {v: [] for v in versions}
+    for r in rows:
+        out[r["model_version"]].append((int(r["epoch"]), float(r["test_accuracy"])))
+    return out
