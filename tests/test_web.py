@@ -16,18 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import stop_process_group
+from .conftest import free_port, stop_process_group
 
 pytestmark = pytest.mark.spark
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 PASSWORD = "microscope-2026"
-
-
-def _port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +34,7 @@ def web(spark, scoring, tmp_path_factory):
     run_inference(spark, scoring.config)            # every image has the production model's prediction
     folder = tmp_path_factory.mktemp("web")
     config = folder / "semspark.yaml"
-    port = _port()
+    port = free_port()
     config.write_text(f"catalog: {{database: scoring}}\n"
                       f"ingest: {{image_size: {scoring.config.ingest.image_size}, dataset_dir: {scoring.config.ingest.dataset_dir}}}\n"
                       f"web: {{port: {port}, users_file: web-test/users.yaml}}\n")
@@ -98,6 +92,18 @@ def _get(url: str, headers: dict | None = None) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read() or b"{}")
 
 
+def _navigate(browser, element) -> None:
+    """Click something that loads a page, and wait for the new page: reading the old one meanwhile
+    would test nothing."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    old = browser.find_element(By.TAG_NAME, "html")
+    element.click()
+    WebDriverWait(browser, 30).until(expected_conditions.staleness_of(old))
+
+
 def _screenshot(browser, name: str) -> None:
     """Screenshots for the README: kept when SEMSPARK_SCREENSHOTS names a folder."""
     target = os.environ.get("SEMSPARK_SCREENSHOTS")
@@ -140,13 +146,13 @@ def test_log_in_filter_open_and_correct_an_image(spark, web, browser, scoring):
     assert "/login" in browser.current_url
     browser.find_element(By.ID, "user").send_keys("scientist")
     browser.find_element(By.ID, "password").send_keys("wrong password")
-    browser.find_element(By.ID, "login").click()
+    _navigate(browser, browser.find_element(By.ID, "login"))
     assert "wrong password" in browser.find_element(By.ID, "login-error").text
     browser.find_element(By.ID, "user").clear()
     browser.find_element(By.ID, "user").send_keys("scientist")
     browser.find_element(By.ID, "password").send_keys(PASSWORD)
     _screenshot(browser, "login")
-    browser.find_element(By.ID, "login").click()
+    _navigate(browser, browser.find_element(By.ID, "login"))
 
     # the gallery: every image of the catalog, thumbnails drawn
     total = spark.table("scoring.images").count()
@@ -162,7 +168,7 @@ def test_log_in_filter_open_and_correct_an_image(spark, web, browser, scoring):
         "SELECT label, count(*) AS n FROM scoring.current_labels GROUP BY label").collect()}
     label = sorted(counts)[0]
     Select(browser.find_element(By.ID, "f-label")).select_by_visible_text(label)
-    browser.find_element(By.ID, "apply").click()
+    _navigate(browser, browser.find_element(By.ID, "apply"))
     assert int(browser.find_element(By.ID, "total").text) == counts[label]
     labels_shown = {e.text for e in browser.find_elements(By.CSS_SELECTOR, "#gallery .tile .label")}
     assert labels_shown == {label}
@@ -170,7 +176,7 @@ def test_log_in_filter_open_and_correct_an_image(spark, web, browser, scoring):
     # open the first image: its page names its file as sem.images does
     tile = browser.find_element(By.CSS_SELECTOR, "#gallery .tile")
     image_id = tile.get_attribute("data-image-id")
-    tile.find_element(By.TAG_NAME, "a").click()
+    _navigate(browser, tile.find_element(By.TAG_NAME, "a"))
     path = spark.sql(f"SELECT path FROM scoring.images WHERE image_id = '{image_id}'").first()["path"]
     assert browser.find_element(By.ID, "image-path").text == path
     assert browser.find_element(By.ID, "current-label").text == label
@@ -179,7 +185,7 @@ def test_log_in_filter_open_and_correct_an_image(spark, web, browser, scoring):
     # correct its category; the page and the catalog (semspark sql) both say so, with who did it
     other = sorted(set(counts) - {label})[0]
     Select(browser.find_element(By.ID, "label-choice")).select_by_visible_text(other)
-    browser.find_element(By.ID, "save-label").click()
+    _navigate(browser, browser.find_element(By.ID, "save-label"))
     assert browser.find_element(By.ID, "current-label").text == other
     # `semspark sql` runs in this process: a second one cannot open the embedded catalog the test
     # session holds. This session listed the table's files before the web app added one.
@@ -195,7 +201,7 @@ def test_log_in_filter_open_and_correct_an_image(spark, web, browser, scoring):
 
     # put it back (the catalog is shared with other tests): the history keeps both
     Select(browser.find_element(By.ID, "label-choice")).select_by_visible_text(label)
-    browser.find_element(By.ID, "save-label").click()
+    _navigate(browser, browser.find_element(By.ID, "save-label"))
     assert browser.find_element(By.ID, "current-label").text == label
     history = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#history tr")]
     assert len(history) >= 3 and other in history[1]

@@ -75,6 +75,7 @@ def create_app(config: Config, home: Path | None = None):
     pictures = Pictures(dataset_root(dataset_url(config)), home / "web" / "thumbnails", web.thumbnail_px)
     accounts = Accounts(home / web.users_file)
     app.extensions["semspark"] = {"tables": tables, "pictures": pictures, "accounts": accounts}
+    options_kept: dict[tuple, dict] = {}
 
     def is_api() -> bool:
         return request.path.startswith("/api/")
@@ -162,8 +163,12 @@ def create_app(config: Config, home: Path | None = None):
         found = search(tables, filters)
         pictures.thumbnails({row["image_id"]: row["scale_bin"] for row in found["images"]})   # one read a page
         pages = max(1, -(-found["total"] // filters.per_page))
+        key = (tables.generation, found["model"])   # the filter fields' choices change only with the tables
+        if key not in options_kept:
+            options_kept.clear()
+            options_kept[key] = choices(tables, found["model"])
         return render_template("gallery.html", found=found, filters=filters, pages=pages,
-                               options=choices(tables, found["model"]), sorts=list(SORTS))
+                               options=options_kept[key], sorts=list(SORTS))
 
     @app.route("/images/<image_id>")
     def image_page(image_id):

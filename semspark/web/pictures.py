@@ -35,17 +35,14 @@ class Pictures:
         return path.read_bytes() if path.exists() else None
 
     def _dataset_files(self, scale_bins: set[str | None]) -> list[str]:
-        from urllib.parse import quote
+        """The dataset's files of those bins (all of them when a bin is unknown)."""
+        from urllib.parse import unquote
 
-        if None in scale_bins or not scale_bins:
-            return sorted(str(p) for p in self.dataset_root.glob("scale_bin=*/*.parquet"))
-        out = []
-        for scale_bin in sorted(scale_bins):
-            # Spark escapes a few characters of partition values in folder names
-            for folder in {self.dataset_root / f"scale_bin={scale_bin}",
-                           self.dataset_root / f"scale_bin={quote(scale_bin, safe=' ')}"}:
-                out += sorted(str(p) for p in folder.glob("*.parquet"))
-        return out
+        from semspark.dataset import bin_of, data_files
+
+        every = data_files(self.dataset_root)
+        wanted = None if None in scale_bins or not scale_bins else scale_bins
+        return [str(self.dataset_root / f) for f in every if wanted is None or unquote(bin_of(f)) in wanted]
 
     def stored(self, wanted: dict[str, str | None]) -> dict[str, bytes]:
         """The stored PNG of each image id (id -> scale bin, None when unknown) the dataset holds."""

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
 
+from semspark.ingest.listing import hidden_from_spark
 from semspark.schema import TableSpec
 
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
@@ -36,10 +37,6 @@ _DUCKDB_TYPES = {"string": "VARCHAR", "double": "DOUBLE", "float": "FLOAT", "int
 
 class TablesError(RuntimeError):
     """The warehouse or a table is not where the configuration says; the message says what to do."""
-
-
-def _hidden(name: str) -> bool:
-    return (name.startswith("_") and "=" not in name) or name.startswith(".") or name.endswith("._COPYING_")
 
 
 def duckdb_type(spark_type: str) -> str:
@@ -69,7 +66,7 @@ class Warehouse:
             return []
         out = []
         for folder, dirs, names in os.walk(top):
-            dirs[:] = sorted(d for d in dirs if not _hidden(d))
+            dirs[:] = sorted(d for d in dirs if not hidden_from_spark(d))
             relative = Path(folder).relative_to(top)
             values = {}
             for part in relative.parts:
@@ -77,7 +74,7 @@ class Warehouse:
                 value = unquote(value)
                 values[key] = None if value == HIVE_NULL else value
             out += [(str(Path(folder) / n), values) for n in sorted(names)
-                    if not _hidden(n) and n.endswith(".parquet")]
+                    if not hidden_from_spark(n) and n.endswith(".parquet")]
         return out
 
 
@@ -122,6 +119,7 @@ class Tables:
         self._listed: dict[str, tuple] = {}
         self._refreshing = threading.Lock()
         self._checked = 0.0
+        self.generation = 0    # counts the copies: what is computed from the tables may be kept until it moves
 
     def refresh(self, force: bool = False) -> None:
         """Copy again every table whose files changed since its last copy (an append, a compaction).
@@ -154,6 +152,7 @@ class Tables:
                 self._listed[table.name] = key
                 changed = True
             if changed:
+                self.generation += 1
                 con = self._db.cursor()
                 for name, select in self.derived.items():
                     con.execute(f"CREATE OR REPLACE TABLE {name} AS {select}")
