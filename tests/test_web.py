@@ -94,14 +94,18 @@ def _get(url: str, headers: dict | None = None) -> tuple[int, dict]:
 
 def _navigate(browser, element) -> None:
     """Click something that loads a page, and wait for the new page: reading the old one meanwhile
-    would test nothing."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
+    would test nothing. The old page is marked in its window object, which a new page does not
+    inherit; asking chromedriver whether an old element went stale instead can fail mid-navigation
+    ("Node with given id does not belong to the document"), so a query that fails while the page
+    changes is asked again."""
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    old = browser.find_element(By.TAG_NAME, "html")
+    browser.execute_script("window.semsparkOldPage = true;")
     element.click()
-    WebDriverWait(browser, 30).until(expected_conditions.staleness_of(old))
+    WebDriverWait(browser, 30, ignored_exceptions=(WebDriverException,)).until(
+        lambda driver: driver.execute_script(
+            "return window.semsparkOldPage === undefined && document.readyState === 'complete';"))
 
 
 def _screenshot(browser, name: str) -> None:
