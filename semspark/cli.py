@@ -517,7 +517,7 @@ def cmd_sql(args) -> int:
 def cmd_scale(args) -> int:
     from semspark.ingest.process import read_scale_files
 
-    from semspark.ingest.debug import reading_summary, write_debug_picture
+    from semspark.ingest.debug import reading_caption, reading_summary, write_debug_picture
 
     config = _config(args)
     for outcome in read_scale_files(args.files, config.ingest, keep_reading=True):
@@ -528,12 +528,8 @@ def cmd_scale(args) -> int:
             reading = outcome.extra["reading"]
             row.update(reading_summary(reading))
             if args.debug:
-                s = outcome.scale
-                caption = (f"{s.scale_value:g} {s.scale_unit}" if s.scale_value is not None else "no label") + \
-                          (f", {s.nm_per_px:.4g} nm/px" if s.nm_per_px else "") + f" ({s.scale_source}, " \
-                          f"{s.scale_confidence}); text read: {reading.label_text!r}"
                 row["debug_picture"] = str(write_debug_picture(args.debug, outcome.path, outcome.extra["decoded"],
-                                                               reading, caption))
+                                                               reading, reading_caption(outcome.scale, reading)))
         else:
             row.update(stage=outcome.stage, reason=outcome.reason)
         print(json.dumps(row, ensure_ascii=False))

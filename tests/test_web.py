@@ -184,6 +184,19 @@ def test_log_in_filter_open_and_correct_an_image(spark, web, browser, scoring):
     path = spark.sql(f"SELECT path FROM scoring.images WHERE image_id = '{image_id}'").first()["path"]
     assert browser.find_element(By.ID, "image-path").text == path
     assert browser.find_element(By.ID, "current-label").text == label
+
+    # its databar, read again from the original file and drawn: the generator's label and bar
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    record = next(r for r in scoring.records if path.endswith("/" + r.file))
+    WebDriverWait(browser, 60).until(lambda driver: driver.execute_script(
+        "const p = document.getElementById('scale-reading-picture'); return p.complete && p.naturalWidth > 0;"))
+    status, reading = _get(f"{web['url']}/api/images/{image_id}/scale-reading",
+                           {"Authorization": f"Bearer {web['token']}"})
+    assert status == 200 and reading["ok"], reading
+    assert (reading["scale"]["scale_value"], reading["scale"]["scale_unit"]) == (record.scale_value, record.scale_unit)
+    assert abs(reading["reading"]["bar"]["length_px"] - record.bar_px) <= 2
+    assert f"{record.scale_value:g} {record.scale_unit}" in browser.find_element(By.ID, "scale-reading-caption").text
     _screenshot(browser, "image")
 
     # correct its category; the page and the catalog (semspark sql) both say so, with who did it

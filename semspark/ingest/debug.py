@@ -27,11 +27,26 @@ def reading_summary(reading: DatabarReading) -> dict:
     return out
 
 
+def reading_caption(scale, reading: DatabarReading) -> str:
+    """One line: the scale taken (value, nm/px, source, confidence) and the text Tesseract read."""
+    value = f"{scale.scale_value:g} {scale.scale_unit}" if scale.scale_value is not None else "no label"
+    per_px = f", {scale.nm_per_px:.4g} nm/px" if scale.nm_per_px else ""
+    return f"{value}{per_px} ({scale.scale_source}, {scale.scale_confidence}); text read: {reading.label_text!r}"
+
+
 def write_debug_picture(folder: str | Path, source: str, decoded: DecodedImage, reading: DatabarReading,
                         caption: str) -> Path:
     """The image's lower part with the band, the bar (and its measured length) and the label boxed."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    target = folder / (Path(source).name + ".scale.png")
+    cv2.imwrite(str(target), debug_picture(decoded, reading, caption))
+    return target
+
+
+def debug_picture(decoded: DecodedImage, reading: DatabarReading, caption: str) -> np.ndarray:
+    """(BGR) the lower part of the image from a little above its databar, the reading drawn on it,
+    under a caption strip saying what was read."""
     image = decoded.rgb[..., ::-1].copy() if decoded.rgb is not None else cv2.cvtColor(decoded.gray, cv2.COLOR_GRAY2BGR)
     height, width = decoded.gray.shape
     if reading.band is not None:
@@ -52,6 +67,4 @@ def write_debug_picture(folder: str | Path, source: str, decoded: DecodedImage, 
     picture = np.vstack([strip, part])
     if width < 800:  # small images: twice the size, so the boxes can be seen
         picture = cv2.resize(picture, None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
-    target = folder / (Path(source).name + ".scale.png")
-    cv2.imwrite(str(target), picture)
-    return target
+    return picture

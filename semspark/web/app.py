@@ -22,6 +22,7 @@ from pathlib import Path
 from semspark.config import Config, semspark_home
 from semspark.web.accounts import Accounts
 from semspark.web.pictures import Pictures, valid_image_id
+from semspark.web.readings import ScaleReadings
 from semspark.web.charts import line_chart
 from semspark.web.search import (DERIVED, LEFT_ON_DISK, QUEUES, SORTS, TABLES, FilterError, Filters, accuracy_per_epoch,
                                  choices, image, known_labels, models, review_queue, runs, search)
@@ -74,7 +75,8 @@ def create_app(config: Config, home: Path | None = None):
     tables = Tables(Warehouse.of(home, config.catalog.database), TABLES, LEFT_ON_DISK, DERIVED)
     pictures = Pictures(dataset_root(dataset_url(config)), home / "web" / "thumbnails", web.thumbnail_px)
     accounts = Accounts(home / web.users_file)
-    app.extensions["semspark"] = {"tables": tables, "pictures": pictures, "accounts": accounts}
+    readings = ScaleReadings(config.ingest, home / "web" / "scale_readings")
+    app.extensions["semspark"] = {"tables": tables, "pictures": pictures, "accounts": accounts, "readings": readings}
     options_kept: dict[tuple, dict] = {}
 
     def is_api() -> bool:
@@ -242,6 +244,24 @@ def create_app(config: Config, home: Path | None = None):
         if png is None:
             abort(404, "no stored pixels for this image")
         return _png(png, cache_seconds=3600)
+
+    @app.route("/scale-readings/<image_id>.png")
+    def scale_reading_picture(image_id):
+        """The image's databar with the reading drawn on it (made from its original file if needed)."""
+        row = _image_or_404(image_id)
+        found = readings.reading(image_id, row["files"])
+        png = readings.picture(image_id)
+        if png is None:
+            abort(404, found.get("reason") or "no picture of the reading")
+        return _png(png, cache_seconds=3600)
+
+    @app.route("/api/images/<image_id>/scale-reading")
+    def api_scale_reading(image_id):
+        row = _image_or_404(image_id)
+        found = dict(readings.reading(image_id, row["files"]))
+        if found["ok"]:
+            found["picture"] = url_for("scale_reading_picture", image_id=image_id)
+        return jsonify(_json_ready(found))
 
     @app.route("/export.csv")
     def export():

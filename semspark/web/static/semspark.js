@@ -8,3 +8,26 @@ document.addEventListener("keydown", (event) => {
   if (event.key === "s") { const value = document.getElementById("scale-value"); if (value) { event.preventDefault(); value.focus(); } }
   if (event.key === "l") { const choice = document.getElementById("label-choice"); if (choice) { event.preventDefault(); choice.focus(); } }
 });
+
+// The image page's databar reading: made from the original file on first view (Tesseract, about a
+// second), so it is asked for after the page is shown, and its picture loaded once it exists.
+const scaleReading = document.getElementById("scale-reading");
+if (scaleReading) {
+  const caption = document.getElementById("scale-reading-caption");
+  fetch(scaleReading.dataset.reading, { credentials: "same-origin" })
+    .then((response) => response.json())
+    .then((found) => {
+      if (!found.ok) { caption.textContent = "not read again: " + (found.reason || found.error); return; }
+      caption.textContent = found.caption + " — " + found.file;
+      const notes = document.getElementById("scale-reading-notes");
+      for (const note of (found.reading.notes || [])) {
+        const item = document.createElement("li");
+        item.textContent = note;
+        notes.appendChild(item);
+      }
+      const picture = document.getElementById("scale-reading-picture");
+      picture.src = found.picture;
+      scaleReading.dataset.bar = JSON.stringify(found.reading.bar);
+    })
+    .catch((error) => { caption.textContent = "the reading failed: " + error; });
+}
