@@ -242,6 +242,34 @@ def test_a_form_from_another_site_cannot_write(spark, web, browser):
     assert after == before and after["current_label"] != "Vandalised"
 
 
+def test_more_like_this_is_the_nearest_by_the_production_models_embedding(spark, web, browser):
+    """The image page's "more like this" tiles are the images nearest by cosine similarity of the
+    production model's embeddings as Spark reads them from sem.predictions (scikit-learn, brute force)."""
+    import numpy as np
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    from sklearn.neighbors import NearestNeighbors
+
+    from semspark.infer.job import production_model
+
+    model = production_model(spark, "scoring")
+    rows = (spark.table("scoring.predictions").filter(f"model_version = '{model}' AND embedding IS NOT NULL")
+            .select("image_id", "embedding").orderBy("image_id").collect())
+    ids, matrix = [r["image_id"] for r in rows], np.array([r["embedding"] for r in rows], dtype=np.float64)
+    query = ids[len(ids) // 2]
+    _, nearest = NearestNeighbors(n_neighbors=13, metric="cosine", algorithm="brute").fit(matrix).kneighbors(
+        matrix[[ids.index(query)]])
+    expected = [ids[i] for i in nearest[0] if ids[i] != query][:12]
+    browser.get(f"{web['url']}/images/{query}")
+    WebDriverWait(browser, 60).until(lambda driver: driver.find_elements(By.CSS_SELECTOR, "#similar .tile"))
+    shown = [e.get_attribute("data-image-id") for e in browser.find_elements(By.CSS_SELECTOR, "#similar .tile")]
+    assert shown == expected
+    assert model in browser.find_element(By.ID, "similar-status").text
+    status, found = _get(f"{web['url']}/api/images/{query}/similar?k=3", {"Authorization": f"Bearer {web['token']}"})
+    assert status == 200 and [r["image_id"] for r in found["images"]] == expected[:3]
+    assert _get(f"{web['url']}/api/images/{query}/similar?k=0", {"Authorization": f"Bearer {web['token']}"})[0] == 400
+
+
 def test_the_review_queue_follows_the_confidence_order_and_keys_accept(spark, web, browser, scoring):
     """/review/confidence opens the least confident image no person has labelled; the key a makes its
     prediction its label (source person) and moves on; n skips."""

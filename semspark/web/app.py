@@ -22,10 +22,12 @@ from pathlib import Path
 from semspark.config import Config, semspark_home
 from semspark.web.accounts import Accounts
 from semspark.web.pictures import Pictures, valid_image_id
+from semspark.web.neighbours import Neighbours, NeighboursError
 from semspark.web.readings import ScaleReadings
 from semspark.web.charts import line_chart
 from semspark.web.search import (DERIVED, LEFT_ON_DISK, QUEUES, SORTS, TABLES, FilterError, Filters, accuracy_per_epoch,
-                                 choices, image, known_labels, models, review_queue, runs, search)
+                                 choices, described, image, known_labels, models, production_model,
+                                 review_queue, runs, search)
 from semspark.web.tables import Tables, Warehouse
 from semspark.web.writes import CorrectionError, correct_label, correct_scale
 
@@ -76,7 +78,9 @@ def create_app(config: Config, home: Path | None = None):
     pictures = Pictures(dataset_root(dataset_url(config)), home / "web" / "thumbnails", web.thumbnail_px)
     accounts = Accounts(home / web.users_file)
     readings = ScaleReadings(config.ingest, home / "web" / "scale_readings")
-    app.extensions["semspark"] = {"tables": tables, "pictures": pictures, "accounts": accounts, "readings": readings}
+    neighbours = Neighbours(tables.warehouse, home / "web" / "neighbours")
+    app.extensions["semspark"] = {"tables": tables, "pictures": pictures, "accounts": accounts, "readings": readings,
+                                  "neighbours": neighbours}
     options_kept: dict[tuple, dict] = {}
 
     def is_api() -> bool:
@@ -263,6 +267,32 @@ def create_app(config: Config, home: Path | None = None):
             found["picture"] = url_for("scale_reading_picture", image_id=image_id)
         return jsonify(_json_ready(found))
 
+    @app.route("/api/images/<image_id>/similar")
+    def api_similar(image_id):
+        """"More like this": the images nearest by the model's embedding (?model=, default the
+        production model; ?k= from 1 to 100, default 12)."""
+        if not valid_image_id(image_id):
+            abort(404, f"no image {image_id!r}: an image id is 64 hexadecimal digits (its SHA-256)")
+        model = request.args.get("model") or production_model(tables)
+        try:
+            k = int(request.args.get("k", 12))
+        except ValueError:
+            k = 0
+        if not 1 <= k <= 100:
+            raise FilterError("k: a whole number from 1 to 100")
+        if model is None:
+            abort(404, "no production model to compare by: name one with ?model=NAME/N")
+        try:
+            nearest = neighbours.nearest(model, image_id, k)
+        except NeighboursError as exc:
+            abort(404, str(exc))
+        about = described(tables, model, [i for i, _ in nearest])
+        pictures.thumbnails({i: about[i]["scale_bin"] for i, _ in nearest if i in about})
+        images = [{**about.get(i, {"image_id": i}), "similarity": round(s, 4),
+                   "thumbnail": url_for("thumbnail", image_id=i), "page": url_for("image_page", image_id=i)}
+                  for i, s in nearest]
+        return jsonify(_json_ready({"model": model, "image_id": image_id, "images": images}))
+
     @app.route("/export.csv")
     def export():
         filters = Filters.from_args(request.args, web.page_size)
@@ -376,7 +406,12 @@ def serve(config: Config, host: str | None = None, port: int | None = None, thre
     """Serve until interrupted (waitress: a production WSGI server)."""
     from waitress import serve as waitress_serve
 
+    import threading
+
     app = create_app(config)
+    parts = app.extensions["semspark"]
+    threading.Thread(target=lambda: parts["neighbours"].warm(production_model(parts["tables"])),
+                     name="more-like-this-index", daemon=True).start()
     host, port = host or config.web.host, port or config.web.port
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s: other hosts can reach it; put TLS (a proxy) in front", host)

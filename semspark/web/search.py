@@ -238,6 +238,16 @@ def image(tables: Tables, image_id: str) -> dict | None:
     return row
 
 
+def described(tables: Tables, model: str | None, image_ids: list[str]) -> dict[str, dict]:
+    """Path, scale bin, current label and ``model``'s category of each image id (for tiles)."""
+    if not image_ids:
+        return {}
+    source, params = _from(model)
+    rows = tables.query(f"SELECT i.image_id, i.path, i.scale_bin, i.nm_per_px, l.label, p.category, p.confidence {source} "
+                        f"WHERE i.image_id IN ({', '.join('?' for _ in image_ids)})", params + list(image_ids))
+    return {r["image_id"]: r for r in rows}
+
+
 QUEUES = {"confidence": "least confident first", "disagrees": "prediction differs from the label",
           "scale": "scale of low confidence or unknown"}
 QUEUE_LENGTH = 1000

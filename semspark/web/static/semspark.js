@@ -31,3 +31,38 @@ if (scaleReading) {
     })
     .catch((error) => { caption.textContent = "the reading failed: " + error; });
 }
+
+// "More like this": the nearest images by the model's embedding, as gallery tiles.
+const similar = document.getElementById("similar");
+if (similar) {
+  const status = document.getElementById("similar-status");
+  fetch(similar.dataset.similar, { credentials: "same-origin" })
+    .then((response) => response.json())
+    .then((found) => {
+      if (found.error) { status.textContent = found.error; return; }
+      status.textContent = "the " + found.images.length + " nearest images by the embedding of " + found.model +
+        " (cosine similarity)";
+      for (const image of found.images) {
+        const tile = document.createElement("li");
+        tile.className = "tile";
+        tile.dataset.imageId = image.image_id;
+        const link = document.createElement("a");
+        link.href = image.page;
+        const picture = document.createElement("img");
+        picture.src = image.thumbnail;
+        picture.alt = image.path || image.image_id;
+        link.appendChild(picture);
+        tile.appendChild(link);
+        for (const [name, text] of [["similarity", image.similarity.toFixed(3)],
+                                    ["category", (image.category || "—")],
+                                    ["label", image.label || "unlabelled"]]) {
+          const span = document.createElement("span");
+          span.className = name;
+          span.textContent = text;
+          tile.appendChild(span);
+        }
+        similar.appendChild(tile);
+      }
+    })
+    .catch((error) => { status.textContent = "could not find similar images: " + error; });
+}
