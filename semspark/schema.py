@@ -201,7 +201,19 @@ CLUSTERS = TableSpec(
     comment="Flat clusters of every analysed image for the configured k, per method.",
 )
 
-ANALYSIS_TABLES = (CLUSTER_SCORES, CLUSTERS)
+CLUSTER_NAMES = TableSpec(
+    name="cluster_names",
+    schema=_fields(
+        ("analysis", StringType()), ("analysis_run", StringType()), ("method", StringType()), ("k", IntegerType()),
+        ("cluster", IntegerType()), ("name", StringType()), ("named_by", StringType()), ("named_at", TimestampType()),
+        ("naming_run", StringType()),
+    ),
+    comment="Names people gave clusters in the web app, as proposed sub-categories: the latest per analysis "
+            "run, method, k and cluster holds (an empty name removes it). A name belongs to the analysis run "
+            "whose clusters it names; running the analysis again numbers the clusters anew.",
+)
+
+ANALYSIS_TABLES = (CLUSTER_SCORES, CLUSTERS, CLUSTER_NAMES)
 
 # What the prediction UDF returns for each image (error is set, and the rest empty, when the stored
 # image could not be decoded).

@@ -108,6 +108,18 @@ def _navigate(browser, element) -> None:
             "return window.semsparkOldPage === undefined && document.readyState === 'complete';"))
 
 
+def _open(browser, web, path: str) -> None:
+    """Open a page of the app, logging in first when the browser is not (a test run on its own)."""
+    from selenium.webdriver.common.by import By
+
+    browser.get(web["url"] + path)
+    if "/login" in browser.current_url:
+        browser.find_element(By.ID, "user").send_keys("scientist")
+        browser.find_element(By.ID, "password").send_keys(PASSWORD)
+        _navigate(browser, browser.find_element(By.ID, "login"))
+        assert "/login" not in browser.current_url
+
+
 def _screenshot(browser, name: str) -> None:
     """Screenshots for the README: kept when SEMSPARK_SCREENSHOTS names a folder."""
     target = os.environ.get("SEMSPARK_SCREENSHOTS")
@@ -260,7 +272,7 @@ def test_more_like_this_is_the_nearest_by_the_production_models_embedding(spark,
     _, nearest = NearestNeighbors(n_neighbors=13, metric="cosine", algorithm="brute").fit(matrix).kneighbors(
         matrix[[ids.index(query)]])
     expected = [ids[i] for i in nearest[0] if ids[i] != query][:12]
-    browser.get(f"{web['url']}/images/{query}")
+    _open(browser, web, f"/images/{query}")
     WebDriverWait(browser, 60).until(lambda driver: driver.find_elements(By.CSS_SELECTOR, "#similar .tile"))
     shown = [e.get_attribute("data-image-id") for e in browser.find_elements(By.CSS_SELECTOR, "#similar .tile")]
     assert shown == expected
@@ -287,7 +299,7 @@ def test_the_review_queue_follows_the_confidence_order_and_keys_accept(spark, we
             ORDER BY p.confidence, p.image_id""").collect()]
 
     expected = queue()
-    browser.get(web["url"] + "/review/confidence")
+    _open(browser, web, "/review/confidence")
     first = browser.find_element(By.ID, "image-id").text
     assert first == expected[0]
     assert f"{len(expected)} to go" in browser.find_element(By.ID, "review").text
@@ -344,7 +356,7 @@ def test_the_models_and_runs_pages_show_the_catalogs_figures(spark, web, browser
     from selenium.webdriver.common.by import By
 
     version = scoring.model.model_version
-    browser.get(f"{web['url']}/models?model={version}")
+    _open(browser, web, f"/models?model={version}")
     expected = spark.sql(f"SELECT test_accuracy FROM scoring.models WHERE model_version = '{version}'").first()[0]
     row = browser.find_element(By.CSS_SELECTOR, f'tr.model[data-model="{version}"]')
     assert row.find_element(By.CLASS_NAME, "test-accuracy").text == f"{expected:.3f}"
@@ -362,3 +374,63 @@ def test_the_models_and_runs_pages_show_the_catalogs_figures(spark, web, browser
     status, body = _get(f"{web['url']}/api/models", {"Authorization": f"Bearer {web['token']}"})
     assert status == 200 and any(m["model_version"] == version and len(m["test_accuracy_per_epoch"]) == epochs
                                  for m in body)
+
+
+def test_the_clusters_of_an_analysis_are_shown_named_and_filtered(spark, web, browser, scoring):
+    """An analysis of the production model: the clusters page shows each cluster's size and the labels
+    inside as Spark counts them from sem.clusters and sem.current_labels; a name given in the page is
+    a row of sem.cluster_names (who, which run); the gallery filtered to a cluster shows its images."""
+    import dataclasses
+
+    from selenium.webdriver.common.by import By
+
+    from semspark.analysis.job import AnalysisRequest, run_analysis
+    from semspark.config import AnalysisConfig
+    from semspark.infer.job import production_model
+
+    settings = AnalysisConfig(scale_bins=(), heatmap_images=20, cluster_ks=(3, 6), gallery_method="ward", gallery_k=3,
+                              gallery_clusters=3, gallery_images=2, autoencoder_epochs=5, id_repetitions=1,
+                              density_neighbours=5)
+    summary = run_analysis(spark, dataclasses.replace(scoring.config, analysis=settings),
+                           AnalysisRequest(model=production_model(spark, "scoring"), coding_dim="4"))
+    analysis = summary.analysis
+    sizes = {r["cluster"]: r["n"] for r in spark.sql(
+        f"SELECT cluster, count(*) AS n FROM scoring.clusters WHERE analysis = '{analysis}' AND method = 'ward' "
+        "AND k = 6 GROUP BY cluster").collect()}
+    _open(browser, web, "/clusters")
+    _navigate(browser, browser.find_element(By.LINK_TEXT, analysis))
+    _navigate(browser, browser.find_element(By.LINK_TEXT, "ward 6"))
+    shown = {int(e.get_attribute("data-cluster")): int(e.get_attribute("data-size"))
+             for e in browser.find_elements(By.CSS_SELECTOR, "#clusters .cluster")}
+    assert shown == sizes
+    largest = max(sizes, key=lambda c: (sizes[c], -c))
+    labels = {r["label"] or "(none)": r["n"] for r in spark.sql(
+        f"SELECT l.label, count(*) AS n FROM scoring.clusters c LEFT JOIN scoring.current_labels l USING (image_id) "
+        f"WHERE c.analysis = '{analysis}' AND c.method = 'ward' AND c.k = 6 AND c.cluster = {largest} "
+        "GROUP BY l.label").collect()}
+    item = browser.find_element(By.CSS_SELECTOR, f'#clusters .cluster[data-cluster="{largest}"]')
+    assert {e.get_attribute("data-label"): int(e.get_attribute("data-images"))
+            for e in item.find_elements(By.CSS_SELECTOR, ".composed")} == labels
+
+    # name it: a row of sem.cluster_names, shown on the page
+    item.find_element(By.CLASS_NAME, "name-input").send_keys("Bundled nanowires")
+    _navigate(browser, item.find_element(By.CLASS_NAME, "save-name"))
+    item = browser.find_element(By.CSS_SELECTOR, f'#clusters .cluster[data-cluster="{largest}"]')
+    assert item.find_element(By.CLASS_NAME, "cluster-name").text == "Bundled nanowires"
+    _screenshot(browser, "clusters")
+    spark.catalog.refreshTable("scoring.cluster_names")
+    run = spark.sql(f"SELECT max(analysis_run) FROM scoring.clusters WHERE analysis = '{analysis}'").first()[0]
+    names = spark.sql(f"SELECT analysis_run, method, k, cluster, name, named_by FROM scoring.cluster_names "
+                      f"WHERE analysis = '{analysis}'").collect()
+    assert [r.asDict() for r in names] == [{"analysis_run": run, "method": "ward", "k": 6, "cluster": largest,
+                                            "name": "Bundled nanowires", "named_by": "scientist"}]
+
+    # the gallery of that cluster
+    _navigate(browser, item.find_element(By.CLASS_NAME, "in-gallery"))
+    assert int(browser.find_element(By.ID, "total").text) == sizes[largest]
+    _screenshot(browser, "clusters-gallery")
+    headers = {"Authorization": f"Bearer {web['token']}"}
+    status, cut = _get(f"{web['url']}/api/clusters/{analysis}?method=ward&k=6", headers)
+    assert status == 200 and {c["cluster"]: c["size"] for c in cut["clusters"]} == sizes
+    assert _get(f"{web['url']}/api/clusters/{analysis}?method=ward&k=7", headers)[0] == 400    # not kept
+    assert _get(f"{web['url']}/api/images?analysis={analysis}&cluster=1", headers)[0] == 400   # half a cluster

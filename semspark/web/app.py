@@ -26,10 +26,10 @@ from semspark.web.neighbours import Neighbours, NeighboursError
 from semspark.web.readings import ScaleReadings
 from semspark.web.charts import line_chart
 from semspark.web.search import (DERIVED, LEFT_ON_DISK, QUEUES, SORTS, TABLES, FilterError, Filters, accuracy_per_epoch,
-                                 choices, described, image, known_labels, models, production_model,
-                                 review_queue, runs, search)
+                                 analyses, choices, clusters, described, image, known_labels, models,
+                                 production_model, review_queue, runs, search)
 from semspark.web.tables import Tables, Warehouse
-from semspark.web.writes import CorrectionError, correct_label, correct_scale
+from semspark.web.writes import CorrectionError, correct_label, correct_scale, name_cluster
 
 log = logging.getLogger(__name__)
 
@@ -306,6 +306,79 @@ def create_app(config: Config, home: Path | None = None):
             writer.writerow([_json_ready(row[c]) for c in columns])
         return app.response_class(out.getvalue(), mimetype="text/csv",
                                   headers={"Content-Disposition": "attachment; filename=semspark-images.csv"})
+
+    def _cut(analysis: str) -> dict:
+        """The cut a clusters request names (?method=&k=&page=), by default the report's gallery cut
+        when the analysis kept it, else its first."""
+        found = [a for a in analyses(tables) if a["analysis"] == analysis]
+        if not found:
+            abort(404, f"no analysis {analysis!r} in sem.cluster_scores: run semspark analyze")
+        cuts = found[0]["cuts"]
+        default = ({"method": config.analysis.gallery_method, "k": config.analysis.gallery_k}
+                   if {"method": config.analysis.gallery_method, "k": config.analysis.gallery_k} in cuts
+                   else cuts[0] if cuts else {"method": None, "k": None})
+        try:
+            k = int(request.args["k"]) if request.args.get("k") else default["k"]
+            page = int(request.args.get("page") or 1)
+        except ValueError as exc:
+            raise FilterError("k and page are whole numbers") from exc
+        if page < 1:
+            raise FilterError("page: from 1")
+        if default["method"] is None:
+            raise FilterError(f"{analysis} kept no clusters in sem.clusters (analysis.cluster_ks)")
+        return clusters(tables, analysis, request.args.get("method") or default["method"], k, page)
+
+    @app.route("/clusters")
+    def analyses_page():
+        return render_template("analyses.html", analyses=analyses(tables))
+
+    @app.route("/clusters/<analysis>")
+    def clusters_page(analysis):
+        cut = _cut(analysis)
+        about = next(a for a in analyses(tables) if a["analysis"] == analysis)
+        pictures.thumbnails({s["image_id"]: s["scale_bin"] for c in cut["clusters"] for s in c["samples"]})
+        pages = max(1, -(-cut["clusters_obtained"] // cut["per_page"]))
+        return render_template("clusters.html", cut=cut, about=about, pages=pages)
+
+    @app.route("/clusters/<analysis>/name", methods=["POST"])
+    def cluster_name_form(analysis):
+        form = request.form
+        try:
+            k, cluster = int(form.get("k", "")), int(form.get("cluster", ""))
+        except ValueError as exc:
+            raise CorrectionError("k and cluster are whole numbers") from exc
+        result = name_cluster(tables, analysis, form.get("method", ""), k, cluster, form.get("name"), g.user)
+        log.info("web: %s named cluster %d of %s (%s, k=%d) %r", g.user, cluster, analysis, result["method"], k,
+                 result["name"])
+        target = form.get("next") or ""
+        if target.startswith("/") and not target.startswith("//"):
+            return redirect(target)
+        return redirect(url_for("clusters_page", analysis=analysis, method=result["method"], k=k))
+
+    @app.route("/api/analyses")
+    def api_analyses():
+        return jsonify(_json_ready(analyses(tables)))
+
+    @app.route("/api/clusters/<analysis>")
+    def api_clusters(analysis):
+        cut = _cut(analysis)
+        for c in cut["clusters"]:
+            for s in c["samples"]:
+                s["thumbnail"] = url_for("thumbnail", image_id=s["image_id"])
+            c["gallery"] = url_for("gallery", analysis=analysis, method=cut["method"], k=cut["k"], cluster=c["cluster"])
+        return jsonify(_json_ready(cut))
+
+    @app.route("/api/clusters/<analysis>/names", methods=["POST"])
+    def api_cluster_names(analysis):
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict) or not {"method", "k", "cluster", "name"} <= set(body) or \
+                not isinstance(body["k"], int) or not isinstance(body["cluster"], int):
+            raise CorrectionError('send JSON {"method": "ward", "k": 10, "cluster": 3, "name": "Nanorods"} '
+                                  '(null or "" removes the name)')
+        if not (body["name"] is None or isinstance(body["name"], str)):
+            raise CorrectionError("the name is text, or null")
+        return jsonify(_json_ready(name_cluster(tables, analysis, str(body["method"]), body["k"], body["cluster"],
+                                                body["name"], g.user)))
 
     @app.route("/runs")
     def runs_page():

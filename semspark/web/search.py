@@ -8,11 +8,12 @@ from __future__ import annotations
 import datetime
 from dataclasses import dataclass, field, fields
 
-from semspark.schema import (FILES, IMAGES, LABELS, MODELS, PREDICTIONS, PROMOTIONS, RUN_EVENTS, SCALE_CORRECTIONS,
-                             TRAINING_HISTORY)
+from semspark.schema import (CLUSTER_NAMES, CLUSTER_SCORES, CLUSTERS, FILES, IMAGES, LABELS, MODELS, PREDICTIONS,
+                             PROMOTIONS, RUN_EVENTS, SCALE_CORRECTIONS, TRAINING_HISTORY)
 from semspark.web.tables import Tables
 
-TABLES = (IMAGES, FILES, LABELS, PREDICTIONS, PROMOTIONS, MODELS, TRAINING_HISTORY, SCALE_CORRECTIONS, RUN_EVENTS)
+TABLES = (IMAGES, FILES, LABELS, PREDICTIONS, PROMOTIONS, MODELS, TRAINING_HISTORY, SCALE_CORRECTIONS, RUN_EVENTS,
+          CLUSTER_SCORES, CLUSTERS, CLUSTER_NAMES)
 LEFT_ON_DISK = frozenset({"logits", "embedding"})   # hundreds of floats per image; no page shows them
 UNLABELLED = "(none)"
 SORTS = {
@@ -37,6 +38,9 @@ DERIVED = {"current_labels": """SELECT image_id, label, source, labelled_by, lab
 CURRENT_LABELS = "current_labels"
 
 
+CLUSTER_FILTER = ("analysis", "method", "k", "cluster")
+
+
 class FilterError(ValueError):
     """A request's filters that cannot be used; the message names the parameter and what it takes."""
 
@@ -59,6 +63,10 @@ class Filters:
     uncertain: bool | None = None
     out_of_distribution: bool | None = None
     disagrees: bool | None = None          # prediction differs from the label
+    analysis: str | None = None            # with method, k and cluster: the images of one cluster
+    method: str | None = None
+    k: int | None = None
+    cluster: int | None = None
     sort: str = "newest"
     page: int = 1
     per_page: int = 100
@@ -94,6 +102,9 @@ class Filters:
             a, b = getattr(filters, low), getattr(filters, high)
             if a is not None and b is not None and a > b:
                 problems.append(f"{low} is above {high}")
+        given = [n for n in CLUSTER_FILTER if getattr(filters, n) is not None]
+        if given and len(given) < len(CLUSTER_FILTER):
+            problems.append(f"a cluster is named by {', '.join(CLUSTER_FILTER)} together (given: {', '.join(given)})")
         if problems:
             raise FilterError("; ".join(problems))
         return filters
@@ -116,7 +127,7 @@ def _parse(kind: str, raw: list[str]):
     value = raw[-1]
     if "float" in kind:
         return float(value)
-    if kind == "int":
+    if kind.startswith("int"):
         return int(value)
     if "bool" in kind:
         if value.lower() in ("1", "true", "yes", "on"):
@@ -176,6 +187,9 @@ def _where(filters: Filters) -> tuple[str, list]:
         add("coalesce(p.out_of_distribution, false) = ?", filters.out_of_distribution)
     if filters.disagrees is not None:
         add("(p.category IS NOT NULL AND l.label IS NOT NULL AND p.category <> l.label) = ?", filters.disagrees)
+    if filters.cluster is not None:
+        add("i.image_id IN (SELECT image_id FROM clusters WHERE analysis = ? AND method = ? AND k = ? AND cluster = ?)",
+            filters.analysis, filters.method, filters.k, filters.cluster)
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
@@ -304,4 +318,70 @@ def accuracy_per_epoch(tables: Tables, versions: list[str]) -> dict[str, list[tu
     out: dict[str, list[tuple[int, float]]] = {v: [] for v in versions}
     for r in rows:
         out[r["model_version"]].append((int(r["epoch"]), float(r["test_accuracy"])))
+    return out
+
+
+def analyses(tables: Tables) -> list[dict]:
+    """Every analysis (sem.cluster_scores), newest first: its model, images, run, and each
+    method's best NMI with its k; with the (method, k) cuts sem.clusters holds for it."""
+    found = tables.query("""SELECT analysis, any_value(model_version) AS model_version, max(analyzed_at) AS analyzed_at,
+        max(images) AS images, max(labelled_images) AS labelled_images, max(analysis_run) AS analysis_run
+        FROM cluster_scores GROUP BY analysis ORDER BY analyzed_at DESC, analysis""")
+    best = tables.query("""SELECT analysis, method, arg_max(k, nmi) AS k, max(nmi) AS nmi FROM cluster_scores
+        WHERE method NOT IN ('good_scenario', 'uniform_scenario') AND nmi IS NOT NULL GROUP BY analysis, method
+        ORDER BY analysis, method""")
+    cuts = tables.query("SELECT DISTINCT analysis, method, k FROM clusters ORDER BY analysis, method, k")
+    for row in found:
+        row["best"] = [{"method": b["method"], "k": b["k"], "nmi": b["nmi"]} for b in best if b["analysis"] == row["analysis"]]
+        row["cuts"] = [{"method": c["method"], "k": c["k"]} for c in cuts if c["analysis"] == row["analysis"]]
+    return found
+
+
+def clusters(tables: Tables, analysis: str, method: str, k: int, page: int = 1, per_page: int = 20,
+             samples: int = 6) -> dict:
+    """One cut of an analysis: its clusters, largest first, a page of them, each with its size, the
+    current labels and the predicted categories inside (counts), a few image ids, and its name."""
+    about = [a for a in analyses(tables) if a["analysis"] == analysis]
+    if not about:
+        raise FilterError(f"analysis: no analysis {analysis!r} in sem.cluster_scores (run semspark analyze)")
+    about = about[0]
+    if {"method": method, "k": k} not in about["cuts"]:
+        kept = ", ".join(f"{c['method']} k={c['k']}" for c in about["cuts"]) or "none"
+        raise FilterError(f"{analysis} has no clusters for {method} at k={k} in sem.clusters (it has: {kept}; "
+                          "analysis.cluster_ks names the cuts kept)")
+    cut = "SELECT image_id, cluster FROM clusters WHERE analysis = ? AND method = ? AND k = ?"
+    key = [analysis, method, k]
+    sizes = tables.query(f"SELECT cluster, count(*) AS size FROM ({cut}) GROUP BY cluster ORDER BY size DESC, cluster", key)
+    shown = sizes[(page - 1) * per_page: page * per_page]
+    ids = [s["cluster"] for s in shown]
+    out = {"analysis": analysis, "model_version": about["model_version"], "analysis_run": about["analysis_run"],
+           "method": method, "k": k, "clusters_obtained": len(sizes), "images": sum(s["size"] for s in sizes),
+           "page": page, "per_page": per_page, "clusters": []}
+    if not ids:
+        return out
+    chosen = f"({cut} AND cluster IN ({', '.join('?' for _ in ids)}))"
+    params = key + ids
+    labels = tables.query(f"""SELECT c.cluster, coalesce(l.label, '{UNLABELLED}') AS name, count(*) AS n FROM {chosen} c
+        LEFT JOIN {CURRENT_LABELS} l USING (image_id) GROUP BY ALL ORDER BY c.cluster, n DESC, name""", params)
+    predicted = tables.query(f"""SELECT c.cluster, p.category AS name, count(*) AS n FROM {chosen} c
+        JOIN predictions p ON p.image_id = c.image_id AND p.model_version = ? GROUP BY ALL
+        ORDER BY c.cluster, n DESC, name""", params + [about["model_version"]])
+    images = tables.query(f"""SELECT cluster, image_id, scale_bin FROM (
+        SELECT c.cluster, c.image_id, i.scale_bin, row_number() OVER (PARTITION BY c.cluster ORDER BY c.image_id) AS r
+        FROM {chosen} c JOIN images i USING (image_id)) WHERE r <= ? ORDER BY cluster, image_id""", params + [samples])
+    names = tables.query("""SELECT cluster, name, named_by, named_at FROM (
+        SELECT *, row_number() OVER (PARTITION BY cluster ORDER BY named_at DESC, naming_run DESC) AS r
+        FROM cluster_names WHERE analysis = ? AND analysis_run = ? AND method = ? AND k = ?)
+        WHERE r = 1 AND name IS NOT NULL""", [analysis, about["analysis_run"], method, k])
+    name_of = {n["cluster"]: n for n in names}
+    for s in shown:
+        c = s["cluster"]
+        named = name_of.get(c)
+        out["clusters"].append({
+            "cluster": c, "size": s["size"],
+            "labels": [{"label": r["name"], "images": r["n"]} for r in labels if r["cluster"] == c],
+            "predicted": [{"category": r["name"], "images": r["n"]} for r in predicted if r["cluster"] == c],
+            "samples": [{"image_id": r["image_id"], "scale_bin": r["scale_bin"]} for r in images if r["cluster"] == c],
+            "name": named["name"] if named else None, "named_by": named["named_by"] if named else None,
+            "named_at": named["named_at"] if named else None})
     return out

@@ -16,7 +16,7 @@ import os
 import uuid
 
 from semspark.catalog import new_run_id, utc_now
-from semspark.schema import LABELS, SCALE_CORRECTIONS
+from semspark.schema import CLUSTER_NAMES, LABELS, SCALE_CORRECTIONS
 from semspark.storage import writer_lock
 from semspark.web.search import CURRENT_LABELS
 from semspark.web.tables import Tables
@@ -92,12 +92,31 @@ def correct_scale(tables: Tables, image_id: str, value, unit: str, bar_px, user:
     return {"image_id": image_id, "scale_value": value, "scale_unit": unit, "scale_bar_px": bar_px, "rescale_run": run}
 
 
+def name_cluster(tables: Tables, analysis: str, method: str, k: int, cluster: int, name: str | None, user: str) -> dict:
+    """Record a person's name for a cluster of an analysis's current run (a proposed sub-category;
+    None or "" removes it), in sem.cluster_names."""
+    name = clean_label(name)
+    folder = _table_folder(tables, CLUSTER_NAMES, "semspark analyze (this release)")
+    with writer_lock(purpose=f"web: name of cluster {cluster} of {analysis} by {user}"):
+        run = tables.query("SELECT max(analysis_run) AS run FROM clusters WHERE analysis = ? AND method = ? AND k = ? "
+                           "AND cluster = ?", [analysis, method, int(k), int(cluster)], fresh=True)[0]["run"]
+        if run is None:
+            raise CorrectionError(f"no cluster {cluster} of {analysis} for {method} at k={k} in sem.clusters")
+        naming = new_run_id("web-")
+        _append(folder, {"analysis": analysis, "analysis_run": run, "method": method, "k": int(k),
+                         "cluster": int(cluster), "name": name, "named_by": user, "named_at": utc_now(),
+                         "naming_run": naming}, CLUSTER_NAMES)
+    tables.refresh(force=True)
+    return {"analysis": analysis, "analysis_run": run, "method": method, "k": int(k), "cluster": int(cluster),
+            "name": name, "naming_run": naming}
+
+
 def _append(folder, row: dict, spec=LABELS) -> None:
     """One row as a new Parquet file of the table ``spec`` (its declared columns and types)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    types = {"string": pa.string(), "double": pa.float64(), "timestamp": pa.timestamp("us")}
+    types = {"string": pa.string(), "double": pa.float64(), "timestamp": pa.timestamp("us"), "int": pa.int32()}
     schema = pa.schema([(f.name, types[f.dataType.simpleString()]) for f in spec.schema.fields])
     table = pa.Table.from_pylist([row], schema=schema)
     name = f"part-00000-{uuid.uuid4()}-c000.snappy.parquet"
