@@ -152,6 +152,7 @@ class WebConfig:
     sso_header: str = ""             # e.g. X-Remote-User: the user a single-sign-on proxy in front vouches for
     page_size: int = 100             # gallery images per page
     thumbnail_px: int = 160
+    secure_cookies: bool = False     # true when users reach the app over HTTPS: the login cookie never goes over HTTP
 
     def __post_init__(self) -> None:
         _require(0 < self.port < 65536, "web.port must be a TCP port (1-65535)")

@@ -104,3 +104,48 @@ class Accounts:
             if hmac.compare_digest(str(stored), digest):
                 return name
         return None
+
+
+class LoginThrottle:
+    """Failed logins counted per user name and per address over a sliding window: past the limit,
+    logins are refused (even with the right password) until the oldest failure leaves the window,
+    so passwords cannot be guessed at the server's speed. The address limit is higher than the
+    user limit: a lab behind one address must not be locked out by one person's typos."""
+
+    def __init__(self, per_user: int = 5, per_address: int = 20, window_s: float = 900.0, clock=None):
+        import threading
+        import time
+
+        self.per_user, self.per_address, self.window_s = per_user, per_address, window_s
+        self.clock = clock or time.monotonic
+        self._failures: dict[tuple[str, str], list[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, key: tuple[str, str]) -> list[float]:
+        now = self.clock()
+        kept = [t for t in self._failures.get(key, []) if now - t < self.window_s]
+        if kept:
+            self._failures[key] = kept
+        else:
+            self._failures.pop(key, None)
+        return kept
+
+    def wait_s(self, user: str, address: str) -> float:
+        """Seconds until this user may try again from this address (0: now)."""
+        with self._lock:
+            waits = []
+            for key, limit in ((("user", user.lower()), self.per_user), (("address", address), self.per_address)):
+                recent = self._recent(key)
+                if len(recent) >= limit:
+                    waits.append(recent[-limit] + self.window_s - self.clock())
+            return max([0.0] + waits)
+
+    def failed(self, user: str, address: str) -> None:
+        with self._lock:
+            now = self.clock()
+            for key in (("user", user.lower()), ("address", address)):
+                self._failures.setdefault(key, []).append(now)
+
+    def succeeded(self, user: str) -> None:
+        with self._lock:
+            self._failures.pop(("user", user.lower()), None)

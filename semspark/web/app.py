@@ -20,7 +20,7 @@ import secrets
 from pathlib import Path
 
 from semspark.config import Config, semspark_home
-from semspark.web.accounts import Accounts
+from semspark.web.accounts import Accounts, LoginThrottle
 from semspark.web.pictures import Pictures, valid_image_id
 from semspark.web.neighbours import Neighbours, NeighboursError
 from semspark.web.readings import ScaleReadings
@@ -73,10 +73,12 @@ def create_app(config: Config, home: Path | None = None):
     web = config.web
     app = Flask(__name__)
     app.config.update(SECRET_KEY=_secret_key(home), SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
+                      SESSION_COOKIE_SECURE=web.secure_cookies,
                       PERMANENT_SESSION_LIFETIME=datetime.timedelta(hours=12), MAX_CONTENT_LENGTH=64 * 1024)
     tables = Tables(Warehouse.of(home, config.catalog.database), TABLES, LEFT_ON_DISK, DERIVED)
     pictures = Pictures(dataset_root(dataset_url(config)), home / "web" / "thumbnails", web.thumbnail_px)
     accounts = Accounts(home / web.users_file)
+    throttle = LoginThrottle()
     readings = ScaleReadings(config.ingest, home / "web" / "scale_readings")
     neighbours = Neighbours(tables.warehouse, home / "web" / "neighbours")
     app.extensions["semspark"] = {"tables": tables, "pictures": pictures, "accounts": accounts, "readings": readings,
@@ -145,12 +147,21 @@ def create_app(config: Config, home: Path | None = None):
             target = "/"    # only back into this app
         if request.method == "POST":
             name, password = request.form.get("user", ""), request.form.get("password", "")
+            address = request.remote_addr or "?"
+            wait = throttle.wait_s(name, address)
+            if wait > 0:
+                log.warning("web: login of %r from %s refused: too many failed logins", name, address)
+                return render_template("login.html", next=target, error=(
+                    f"too many failed logins for this user or from this address: try again in "
+                    f"{max(1, round(wait / 60))} minute(s), or ask the operator (semspark web-user)")), 429
             if accounts.check_password(name, password):
+                throttle.succeeded(name)
                 session.clear()
                 session.permanent = True
                 session["user"], session["csrf"] = name, secrets.token_urlsafe(24)
                 log.info("web: %s logged in", name)
                 return redirect(target)
+            throttle.failed(name, address)
             return render_template("login.html", next=target, error="unknown user or wrong password"), 401
         if not accounts.names() and not web.sso_header:
             return render_template("login.html", next=target,
@@ -487,6 +498,7 @@ def serve(config: Config, host: str | None = None, port: int | None = None, thre
                      name="more-like-this-index", daemon=True).start()
     host, port = host or config.web.host, port or config.web.port
     if host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("serving on %s: other hosts can reach it; put TLS (a proxy) in front", host)
+        log.warning("serving on %s: other hosts can reach it; put TLS (a proxy) in front%s", host,
+                    "" if config.web.secure_cookies else " and set web.secure_cookies: true")
     log.info("semspark web on http://%s:%d/ (Ctrl-C stops it)", host if ":" not in host else f"[{host}]", port)
     waitress_serve(app, host=host, port=port, threads=threads, ident="semspark")
