@@ -310,8 +310,10 @@ def described(tables: Tables, model: str | None, image_ids: list[str]) -> dict[s
     if not image_ids:
         return {}
     source, params = _from(model)
-    rows = tables.query(f"SELECT i.image_id, i.path, i.scale_bin, i.nm_per_px, l.label, p.category, p.confidence {source} "
-                        f"WHERE i.image_id IN ({', '.join('?' for _ in image_ids)})", params + list(image_ids))
+    source = "FROM (SELECT unnest(?::VARCHAR[]) AS image_id) wanted JOIN images i USING (image_id)" + \
+        source[len("FROM images i"):]
+    rows = tables.query(f"SELECT i.image_id, i.path, i.scale_bin, i.nm_per_px, l.label, p.category, p.confidence {source}",
+                        [list(image_ids)] + params)
     return {r["image_id"]: r for r in rows}
 
 
