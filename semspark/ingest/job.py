@@ -35,7 +35,7 @@ from semspark.ingest.listing import (
     with_folder_labels,
 )
 from semspark.ingest.processing import make_worker
-from semspark.ingest.quarantine import heal, retryable_column, waiting_files
+from semspark.ingest.quarantine import heal, needs_healing, quarantine_keys, retryable_column, waiting_files
 from semspark.ingest.writing import clear_pending, sidecar_rows, write_dataset
 from semspark.labels import append_changes, current_user, ensure_labels
 from semspark.schema import FILES, IMAGES, INGEST_TABLES, PROCESSED, QUARANTINE
@@ -103,8 +103,12 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
     root = qualified_root(spark, input_path)
     ensure_tables(spark, db, INGEST_TABLES)
     ensure_labels(spark, db)
-    heal(spark, db, run_id)         # what a run killed before its end left in sem.quarantine
     ensure_consistent(spark, config)   # a swap or a metadata step a killed run left half done
+    ingested = known_keys(table_keys(spark.table(qualified(db, FILES))))
+    quarantined = quarantine_keys(spark, db)
+    if needs_healing(quarantined, ingested):   # what a run killed before its end left in sem.quarantine
+        heal(spark, db, run_id)
+        quarantined = quarantine_keys(spark, db)
 
     listing = list_files(spark, root)
     files = listing.files
@@ -123,7 +127,7 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
     image_stems = set(files.loc[~is_sidecar_ext, "stem"])
     is_attached = is_sidecar_ext & files["stem"].isin(image_stems)   # the sidecar of a listed image
     # quarantined files wait unless their failure may pass (read errors): those are tried again
-    known = known_keys(table_keys(spark.table(qualified(db, FILES)))) | known_keys(table_keys(waiting_files(spark, db)))
+    known = ingested | known_keys(quarantined[~quarantined["retryable"].astype(bool)])
     is_new = ~pd.Series([k in known for k in zip(files["path"], files["size"], files["mtime_ms"])],
                         index=files.index, dtype=bool)
     sidecar_of = (files[is_attached].sort_values("path").drop_duplicates("stem")
@@ -131,9 +135,9 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
     pending_files = files[~is_attached & is_new].copy()
     pending_files["sidecar_path"] = pending_files["stem"].map(sidecar_of)
     n_pending, n_sidecars = len(pending_files), int((is_attached & is_new).sum())
-    quarantined = known_keys(table_keys(spark.table(qualified(db, QUARANTINE))))
-    summary.retried = sum(k in quarantined for k in zip(pending_files["path"], pending_files["size"],
-                                                        pending_files["mtime_ms"]))
+    retried = known_keys(quarantined)
+    summary.retried = sum(k in retried for k in zip(pending_files["path"], pending_files["size"],
+                                                    pending_files["mtime_ms"]))
     summary.already_known = summary.listed - n_pending - n_sidecars
     log.info("%d files to process (%d already ingested, %d tried again from quarantine) (%s)", n_pending,
              summary.already_known, summary.retried, clock.lap("comparing", summary.listed, "files"))
@@ -182,14 +186,19 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
     insert(new_images, db, IMAGES)
     clear_pending(spark, summary.dataset_url, qualified(db, IMAGES))   # the ids sem.images now holds are done
 
+    # The outcomes of the staged files (small): a night with nothing to quarantine and no sidecar
+    # starts no job to write or count either.
+    written = {r["outcome"]: r["count"] for r in staged.groupBy("outcome").count().collect()}
     bad = staged.filter(F.col("outcome") == "quarantine")
     sidecar_file_rows, orphan_sidecars = sidecar_rows(spark, db, pending_sidecars, good)
-    quarantine_rows = (bad.select("path", "sha256", "size", "modification_time", "stage", "reason")
-                       .unionByName(orphan_sidecars)
-                       .join(waiting_files(spark, db), key, "left_anti")
-                       .withColumn("ingested_at", stamp).withColumn("ingest_run", run)
-                       .withColumn("retryable", retryable_column()))
-    insert(quarantine_rows, db, QUARANTINE)
+    may_quarantine = written.get("quarantine", 0) > 0 or n_sidecars > 0
+    if may_quarantine:
+        quarantine_rows = (bad.select("path", "sha256", "size", "modification_time", "stage", "reason")
+                           .unionByName(orphan_sidecars)
+                           .join(waiting_files(spark, db), key, "left_anti")
+                           .withColumn("ingested_at", stamp).withColumn("ingest_run", run)
+                           .withColumn("retryable", retryable_column()))
+        insert(quarantine_rows, db, QUARANTINE)
 
     file_rows = (good.select("path", F.col("sha256").alias("image_id"), "size", "modification_time")
                  .withColumn("role", F.lit("image"))
@@ -201,7 +210,6 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
     summary.healed = heal(spark, db, run_id) if summary.retried else 0
 
     # The summary counts what this run wrote (small aggregates only).
-    written = {r["outcome"]: r["count"] for r in staged.groupBy("outcome").count().collect()}
     for row in new_images.groupBy("scale_bin", "scale_confidence").count().collect():   # the rows sem.images got
         bins, confidences = summary.new_by_scale_bin, summary.new_by_scale_confidence
         bins[row["scale_bin"]] = bins.get(row["scale_bin"], 0) + row["count"]
@@ -209,9 +217,9 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
     summary.new_images = sum(summary.new_by_scale_bin.values())
     summary.duplicate_files = written.get("image", 0) - summary.new_images
     summary.quarantined = _counts(spark.table(qualified(db, QUARANTINE)).filter(F.col("ingest_run") == run_id),
-                                  "stage")
+                                  "stage") if may_quarantine else {}
     summary.sidecars = _counts(spark.table(qualified(db, FILES)).filter(F.col("ingest_run") == run_id),
-                               "role").get("sidecar", 0)
+                               "role").get("sidecar", 0) if n_sidecars else 0
     shutil.rmtree(staging, ignore_errors=True)
     log.info("wrote %d new images, %d quarantined (%s)", summary.new_images, sum(summary.quarantined.values()),
              clock.lap("writing", n_pending, "files"))

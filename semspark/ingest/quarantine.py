@@ -45,6 +45,24 @@ def waiting_files(spark, database: str):
             .select(*KEY))
 
 
+def quarantine_keys(spark, database: str):
+    """Every sem.quarantine row's file key (path, size, mtime_ms) and whether it is retryable, in the
+    driver (one small read: the table holds one row per failed file)."""
+    from pyspark.sql import functions as F
+
+    return (spark.table(qualified(database, QUARANTINE))
+            .select("path", "size", F.expr("unix_millis(modification_time)").alias("mtime_ms"),
+                    F.coalesce(F.col("retryable"), F.lit(False)).alias("retryable")).toPandas())
+
+
+def needs_healing(quarantined, ingested: set) -> bool:
+    """Whether ``heal`` would drop anything: a file quarantined more than once, or one that is in
+    sem.files (``ingested``: its keys) since. Decided in the driver on the keys an ingest reads
+    anyway, so a run with nothing to heal starts no Spark job for it."""
+    keys = list(zip(quarantined["path"], quarantined["size"].astype("int64"), quarantined["mtime_ms"].astype("int64")))
+    return len(set(keys)) < len(keys) or any(k in ingested for k in keys)
+
+
 def heal(spark, database: str, run_id: str) -> int:
     """Drop quarantine rows of files now in sem.files, and all but the latest row of each file.
     Returns how many rows were dropped; rewrites the table only when there are any."""
