@@ -145,6 +145,9 @@ def build_session(config: Config, app_name: str | None = None, extra: dict[str, 
             **_sql_defaults(config),
         }
         settings.update(catalog_conf(config, home))
+        if config.spark.driver_jit == "c1":
+            options = settings.get("spark.driver.extraJavaOptions", "")
+            settings["spark.driver.extraJavaOptions"] = f"{options} -XX:TieredStopAtLevel=1".strip()
         settings.update(config.spark.extra)
         settings.update(extra or {})
         for key, value in settings.items():

@@ -1,6 +1,6 @@
 import pytest
 
-from semspark.config import DEFAULT_CONFIG_PATH, Config, ConfigError, IngestConfig, load_config
+from semspark.config import DEFAULT_CONFIG_PATH, Config, ConfigError, IngestConfig, SparkConfig, load_config
 
 
 def write(tmp_path, text):
@@ -63,3 +63,14 @@ def test_retired_scale_reader_keys_are_ignored_with_a_warning(caplog):
     config = config_from_mapping({"ingest": {"ocr_batch_size": 48, "tesseract_cmd": "tesseract", "files_per_task": 8}})
     assert config.ingest.files_per_task == 8
     assert "ingest.ocr_batch_size is ignored" in caplog.text and "ingest.tesseract_cmd is ignored" in caplog.text
+
+
+@pytest.mark.spark
+def test_the_embedded_jvm_compiles_with_c1_only_and_keeps_the_catalogs_options(spark, semspark_home):
+    """What the JVM itself reports it was started with (spark.driver_jit: c1, the default)."""
+    arguments = list(spark.sparkContext._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean()
+                     .getInputArguments())
+    assert "-XX:TieredStopAtLevel=1" in arguments
+    assert f"-Dderby.system.home={semspark_home / 'metastore'}" in arguments
+    with pytest.raises(ConfigError, match="driver_jit"):
+        SparkConfig(driver_jit="fast")
