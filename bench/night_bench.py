@@ -82,7 +82,8 @@ def main() -> None:
         configs[jit] = home / f"{jit}.yaml"
         configs[jit].write_text(f"spark: {{driver_jit: {jit}}}\n")
 
-    run(["synth", "--out", str(raw / "bulk"), "--n", str(args.repository), "--seed", "1"], env, logs / "synth.log")
+    # the categories are the top folders of the input (--labels folders): the bulk is the root
+    run(["synth", "--out", str(raw), "--n", str(args.repository), "--seed", "1"], env, logs / "synth.log")
     bulk_s = run(["ingest", "--input", str(raw), "--labels", "folders"], env, logs / "bulk.log")
     train_s = run(["train", "--arch", "compact_cnn", "--epochs", "2", "--input-size", "64", "--num-proc", "1",
                    "--name", "nightbench"], env, logs / "train.log")

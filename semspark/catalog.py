@@ -51,6 +51,19 @@ def ensure_tables(spark, database: str, tables: tuple[TableSpec, ...]) -> None:
         spark.sql(f"CREATE TABLE IF NOT EXISTS {name} ({columns}) USING parquet{partition} COMMENT '{comment}'")
 
 
+def ensure_view(spark, name: str, comment: str, select: str) -> None:
+    """The view ``name`` as ``select`` with ``comment``: replaced only when the metastore holds
+    another definition. Replacing a view rewrites its metastore rows (about a second on the
+    embedded catalog) and every command that uses a view asks for it, so asking costs one read."""
+    wanted = " ".join(select.split())
+    if spark.catalog.tableExists(name):
+        stored = {r[0]: r[1] for r in spark.sql(f"DESCRIBE TABLE EXTENDED {name}").collect()}
+        if " ".join((stored.get("View Text") or "").split()) == wanted and (stored.get("Comment") or "") == comment:
+            return
+    escaped = comment.replace("\\", "\\\\").replace("'", "\\'")
+    spark.sql(f"CREATE OR REPLACE VIEW {name} COMMENT '{escaped}' AS {select}")
+
+
 def insert(df, database: str, table: TableSpec) -> None:
     """Append rows, columns matched by name: insertInto matches by position, and a migrated table
     has its added columns after the older ones. Under the writer lock: a compaction rewriting the

@@ -55,10 +55,14 @@ class SparkConfig:
     # 28-31 s instead of 35-38 s, an ingest of 2,000 images 38 s instead of 43-44 s (C2's compiler
     # threads compete with the Python workers). The SQL server always runs with the full JIT.
     driver_jit: str = "c1"
+    # How old the SQL server's knowledge of a table's files may get: a connection kept open (a BI
+    # tool's pool) sees what a nightly appended within this many seconds, without REFRESH TABLE.
+    sql_server_cache_ttl_s: int = 60
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _require(self.driver_jit in ("c1", "full"), "spark.driver_jit must be c1 or full")
+        _require(self.sql_server_cache_ttl_s >= 1, "spark.sql_server_cache_ttl_s must be at least 1")
 
 
 @dataclass(frozen=True)

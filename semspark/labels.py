@@ -18,7 +18,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from semspark.catalog import ensure_tables, insert, new_run_id, qualified, utc_now
+from semspark.catalog import ensure_tables, ensure_view, insert, new_run_id, qualified, utc_now
 from semspark.schema import FILES, IMAGES, LABELS
 
 log = logging.getLogger(__name__)
@@ -66,10 +66,9 @@ def ensure_labels(spark, database: str) -> None:
     ensure_tables(spark, database, (LABELS,))
     if not existed and spark.catalog.tableExists(qualified(database, IMAGES)):
         _backfill_from_images(spark, database)
-    spark.sql(f"""
-        CREATE OR REPLACE VIEW {qualified(database, CURRENT_LABELS_VIEW)}
-        COMMENT 'The current label of every labelled image: its latest row in labels'
-        AS SELECT image_id, label, source, labelled_by, labelled_at, label_run
+    ensure_view(spark, qualified(database, CURRENT_LABELS_VIEW),
+                "The current label of every labelled image: its latest row in labels",
+                f"""SELECT image_id, label, source, labelled_by, labelled_at, label_run
         FROM (SELECT *, row_number() OVER (PARTITION BY image_id ORDER BY labelled_at DESC, label_run DESC) AS n
               FROM {qualified(database, LABELS)})
         WHERE n = 1 AND label IS NOT NULL""")

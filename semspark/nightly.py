@@ -16,7 +16,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 
-from semspark.catalog import ensure_tables, insert, new_run_id, qualified, utc_now
+from semspark.catalog import ensure_tables, ensure_view, insert, new_run_id, qualified, utc_now
 from semspark.compaction import CompactionSummary, compact, needs_compaction
 from semspark.config import Config
 from semspark.errors import RunFailed, infer_gate, ingest_gate, is_usage_error
@@ -63,10 +63,9 @@ class NightlyResult:
 
 def ensure_run_log(spark, database: str) -> None:
     ensure_tables(spark, database, (RUN_EVENTS,))
-    spark.sql(f"""
-        CREATE OR REPLACE VIEW {qualified(database, RUNS_VIEW)}
-        COMMENT 'One row per nightly run: its latest state (running, succeeded, gated, failed, interrupted)'
-        AS SELECT {', '.join(c for c in RUN_EVENTS.columns if c != 'recorded_at')}
+    ensure_view(spark, qualified(database, RUNS_VIEW),
+                "One row per nightly run: its latest state (running, succeeded, gated, failed, interrupted)",
+                f"""SELECT {', '.join(c for c in RUN_EVENTS.columns if c != 'recorded_at')}
         FROM (SELECT *, row_number() OVER (PARTITION BY run_id ORDER BY recorded_at DESC) AS latest
               FROM {qualified(database, RUN_EVENTS)})
         WHERE latest = 1""")

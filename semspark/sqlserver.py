@@ -57,6 +57,9 @@ def thrift_server_command(config: Config, host: str, port: int, master: str | No
             "--master", master or os.environ.get("SEMSPARK_MASTER", config.spark.local_master),
             "--driver-memory", config.spark.driver_memory,
             "--properties-file", str(properties), "--conf", "spark.sql.session.timeZone=UTC",
+            # A session caches a table's file listing; another process's append (a nightly) would
+            # stay unseen by a connection kept open until REFRESH TABLE. The TTL bounds that.
+            "--conf", f"spark.sql.metadataCacheTTLSeconds={config.spark.sql_server_cache_ttl_s}",
             "--conf", f"spark.local.dir={home / 'tmp' / 'spark'}",
             "spark-internal",
             "--hiveconf", f"hive.server2.thrift.bind.host={host}",

@@ -166,3 +166,29 @@ def test_an_older_catalog_starts_its_history_from_the_ingested_labels(spark, ing
     rows = spark.table(f"{DB}_old.labels").collect()
     assert {r["image_id"]: r["label"] for r in rows} == truth     # the labels the files were ingested with
     assert {r["source"] for r in rows} == {"folders"} and {r["labelled_by"] for r in rows} == {"migration"}
+
+
+@pytest.mark.spark
+def test_a_view_is_replaced_only_when_its_definition_changes(spark):
+    """Every command asks for its views; the metastore's own record (its DDL time) shows whether one
+    was written again."""
+    import time
+
+    from semspark.catalog import ensure_view
+
+    spark.sql("CREATE DATABASE IF NOT EXISTS viewcheck")
+    spark.sql("CREATE TABLE IF NOT EXISTS viewcheck.t (a int) USING parquet")
+
+    def stored():
+        rows = {r[0]: r[1] for r in spark.sql("DESCRIBE TABLE EXTENDED viewcheck.w").collect()}
+        return rows["View Text"], rows["Comment"], rows["Table Properties"]
+
+    ensure_view(spark, "viewcheck.w", "the lab's view", "SELECT a\n  FROM viewcheck.t WHERE a > 1")
+    first = stored()
+    assert first[:2] == ("SELECT a\n  FROM viewcheck.t WHERE a > 1", "the lab's view")
+    time.sleep(1.1)   # the DDL time counts seconds
+    ensure_view(spark, "viewcheck.w", "the lab's view", "SELECT a FROM viewcheck.t\n WHERE a > 1")   # same, spaced
+    assert stored() == first
+    ensure_view(spark, "viewcheck.w", "the lab's view", "SELECT a FROM viewcheck.t WHERE a > 2")
+    changed = stored()
+    assert changed[0] == "SELECT a FROM viewcheck.t WHERE a > 2" and changed[2] != first[2]

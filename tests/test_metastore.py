@@ -5,6 +5,7 @@ catalog at once, which embedded Derby refuses. Expected counts come from the raw
 from __future__ import annotations
 
 import hashlib
+import re
 import os
 import shutil
 import subprocess
@@ -55,7 +56,8 @@ def team(postgres, tmp_path_factory):
     derby_conf = root / "derby.yaml"
     derby_conf.write_text("ingest:\n  image_size: 48\n  files_per_task: 8\n")
     postgres_conf = root / "postgres.yaml"
-    postgres_conf.write_text(postgres["catalog_section"] + "ingest:\n  image_size: 48\n  files_per_task: 8\n")
+    postgres_conf.write_text(postgres["catalog_section"] + "ingest:\n  image_size: 48\n  files_per_task: 8\n"
+                             "spark:\n  sql_server_cache_ttl_s: 3\n")
     base = dict(os.environ, SEMSPARK_HOME=str(root / "home"), SEMSPARK_MASTER="local[2]",
                 PYSPARK_PYTHON=sys.executable, PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
                 SEMSPARK_METASTORE_PASSWORD=postgres["password"])
@@ -98,8 +100,25 @@ def test_beeline_is_answered_while_a_nightly_writes(team, moved):
     env = team["postgres"]
     port = free_port()
     server = start_sql_server(env, port, team["root"] / "sql-server.log")
-    nightly = None
+    nightly = held = None
     try:
+        # A connection kept open across the nightly (a BI tool's pool): it has read the tables once
+        # before the nightly, waits in a shell command of beeline's until the nightly has ended (and
+        # the server's cache TTL, 3 s here, has passed), then asks again in the same session.
+        done = team["root"] / "nightly-done"
+        script = team["root"] / "held-session.sql"
+        script.write_text(f"{COUNTS};\n!sh sh -c 'while [ ! -f {done} ]; do sleep 0.5; done; sleep 4'\n{COUNTS};\n")
+        held = subprocess.Popen([str(VENV_BIN / "beeline"), "-u", f"jdbc:hive2://127.0.0.1:{port}/sem",
+                                 "--outputformat=csv2", "--silent=true", "-f", str(script)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+        held_lines: list[str] = []
+        reader = threading.Thread(target=lambda: held_lines.extend(held.stdout), daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 120
+        while sum(1 for line in held_lines if line.strip().endswith("images,files,labels")) < 1 or \
+                not any(re.fullmatch(r"\d+,\d+,\d+", line.strip()) for line in held_lines):
+            assert held.poll() is None and time.monotonic() < deadline, f"the held session did not answer: {held_lines}"
+            time.sleep(0.3)
         nightly = subprocess.Popen([str(VENV_BIN / "semspark"), "nightly", "--input", str(team["root"] / "night1"),
                                     "--labels", "folders"], env=env, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -130,6 +149,12 @@ def test_beeline_is_answered_while_a_nightly_writes(team, moved):
         drain.join(timeout=30)
         assert nightly.returncode == 0, "".join(seen[-40:])
         assert beeline(COUNTS)[-1] == f"{both},{both},{both}"
+        done.write_text("")
+        held.wait(timeout=120)
+        reader.join(timeout=30)
+        answers = [line.strip() for line in held_lines if re.fullmatch(r"\d+,\d+,\d+", line.strip())]
+        first_counts = ",".join([str(distinct_images(team["root"] / "night0"))] * 3)
+        assert answers == [first_counts, f"{both},{both},{both}"], held_lines   # the same session sees the night
     finally:
-        for process in (nightly, server):
+        for process in (held, nightly, server):
             stop_process_group(process)

@@ -9,60 +9,59 @@ document.addEventListener("keydown", (event) => {
   if (event.key === "l") { const choice = document.getElementById("label-choice"); if (choice) { event.preventDefault(); choice.focus(); } }
 });
 
-// The image page's databar reading: made from the original file on first view (Tesseract, about a
-// second), so it is asked for after the page is shown, and its picture loaded once it exists.
+// Parts of a page that take the server longer (a reading with Tesseract, an index of embeddings)
+// are asked for after the page is shown: `show` draws the answer, a failure is said in `status`.
+function askAfterShown(url, status, show) {
+  fetch(url, { credentials: "same-origin" })
+    .then((response) => response.json())
+    .then((found) => { if (found.error) { status.textContent = found.error; return; } show(found); })
+    .catch((error) => { status.textContent = "could not ask the server: " + error; });
+}
+
+// The image page's databar reading: made from the original file on first view (about a second).
 const scaleReading = document.getElementById("scale-reading");
 if (scaleReading) {
   const caption = document.getElementById("scale-reading-caption");
-  fetch(scaleReading.dataset.reading, { credentials: "same-origin" })
-    .then((response) => response.json())
-    .then((found) => {
-      if (!found.ok) { caption.textContent = "not read again: " + (found.reason || found.error); return; }
-      caption.textContent = found.caption + " — " + found.file;
-      const notes = document.getElementById("scale-reading-notes");
-      for (const note of (found.reading.notes || [])) {
-        const item = document.createElement("li");
-        item.textContent = note;
-        notes.appendChild(item);
-      }
-      const picture = document.getElementById("scale-reading-picture");
-      picture.src = found.picture;
-      scaleReading.dataset.bar = JSON.stringify(found.reading.bar);
-    })
-    .catch((error) => { caption.textContent = "the reading failed: " + error; });
+  askAfterShown(scaleReading.dataset.reading, caption, (found) => {
+    if (!found.ok) { caption.textContent = "not read again: " + found.reason; return; }
+    caption.textContent = found.caption + " — " + found.file;
+    const notes = document.getElementById("scale-reading-notes");
+    for (const note of (found.reading.notes || [])) {
+      const item = document.createElement("li");
+      item.textContent = note;
+      notes.appendChild(item);
+    }
+    document.getElementById("scale-reading-picture").src = found.picture;
+  });
 }
 
 // "More like this": the nearest images by the model's embedding, as gallery tiles.
 const similar = document.getElementById("similar");
 if (similar) {
   const status = document.getElementById("similar-status");
-  fetch(similar.dataset.similar, { credentials: "same-origin" })
-    .then((response) => response.json())
-    .then((found) => {
-      if (found.error) { status.textContent = found.error; return; }
-      status.textContent = "the " + found.images.length + " nearest images by the embedding of " + found.model +
-        " (cosine similarity)";
-      for (const image of found.images) {
-        const tile = document.createElement("li");
-        tile.className = "tile";
-        tile.dataset.imageId = image.image_id;
-        const link = document.createElement("a");
-        link.href = image.page;
-        const picture = document.createElement("img");
-        picture.src = image.thumbnail;
-        picture.alt = image.path || image.image_id;
-        link.appendChild(picture);
-        tile.appendChild(link);
-        for (const [name, text] of [["similarity", image.similarity.toFixed(3)],
-                                    ["category", (image.category || "—")],
-                                    ["label", image.label || "unlabelled"]]) {
-          const span = document.createElement("span");
-          span.className = name;
-          span.textContent = text;
-          tile.appendChild(span);
-        }
-        similar.appendChild(tile);
+  askAfterShown(similar.dataset.similar, status, (found) => {
+    status.textContent = "the " + found.images.length + " nearest images by the embedding of " + found.model +
+      " (cosine similarity)";
+    for (const image of found.images) {
+      const tile = document.createElement("li");
+      tile.className = "tile";
+      tile.dataset.imageId = image.image_id;
+      const link = document.createElement("a");
+      link.href = image.page;
+      const picture = document.createElement("img");
+      picture.src = image.thumbnail;
+      picture.alt = image.path || image.image_id;
+      link.appendChild(picture);
+      tile.appendChild(link);
+      for (const [name, text] of [["similarity", image.similarity.toFixed(3)],
+                                  ["category", (image.category || "—")],
+                                  ["label", image.label || "unlabelled"]]) {
+        const span = document.createElement("span");
+        span.className = name;
+        span.textContent = text;
+        tile.appendChild(span);
       }
-    })
-    .catch((error) => { status.textContent = "could not find similar images: " + error; });
+      similar.appendChild(tile);
+    }
+  });
 }
