@@ -102,15 +102,14 @@ def test_beeline_is_answered_while_a_nightly_writes(team, moved):
     server = start_sql_server(env, port, team["root"] / "sql-server.log")
     nightly = held = None
     try:
-        # A connection kept open across the nightly (a BI tool's pool): it has read the tables once
-        # before the nightly, waits in a shell command of beeline's until the nightly has ended (and
-        # the server's cache TTL, 3 s here, has passed), then asks again in the same session.
-        done = team["root"] / "nightly-done"
-        script = team["root"] / "held-session.sql"
-        script.write_text(f"{COUNTS};\n!sh sh -c 'while [ ! -f {done} ]; do sleep 0.5; done; sleep 4'\n{COUNTS};\n")
+        # A connection kept open across the nightly (a BI tool's pool): one beeline session reading
+        # its queries from a pipe, asked once before the nightly and again after it (and after the
+        # server's cache TTL, 3 s here), in the same session.
         held = subprocess.Popen([str(VENV_BIN / "beeline"), "-u", f"jdbc:hive2://127.0.0.1:{port}/sem",
-                                 "--outputformat=csv2", "--silent=true", "-f", str(script)], env=env,
+                                 "--outputformat=csv2", "--silent=true"], env=env, stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+        held.stdin.write(f"{COUNTS};\n")
+        held.stdin.flush()
         held_lines: list[str] = []
         reader = threading.Thread(target=lambda: held_lines.extend(held.stdout), daemon=True)
         reader.start()
@@ -149,7 +148,9 @@ def test_beeline_is_answered_while_a_nightly_writes(team, moved):
         drain.join(timeout=30)
         assert nightly.returncode == 0, "".join(seen[-40:])
         assert beeline(COUNTS)[-1] == f"{both},{both},{both}"
-        done.write_text("")
+        time.sleep(4)
+        held.stdin.write(f"{COUNTS};\n!quit\n")
+        held.stdin.close()
         held.wait(timeout=120)
         reader.join(timeout=30)
         answers = [line.strip() for line in held_lines if re.fullmatch(r"\d+,\d+,\d+", line.strip())]

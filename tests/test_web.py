@@ -92,6 +92,16 @@ def _get(url: str, headers: dict | None = None) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read() or b"{}")
 
 
+def _post_json(url: str, headers: dict, body) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={**headers, "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
 def _navigate(browser, element) -> None:
     """Click something that loads a page, and wait for the new page: reading the old one meanwhile
     would test nothing. The old page is marked in its window object, which a new page does not
@@ -376,13 +386,10 @@ def test_the_models_and_runs_pages_show_the_catalogs_figures(spark, web, browser
                                  for m in body)
 
 
-def test_the_clusters_of_an_analysis_are_shown_named_and_filtered(spark, web, browser, scoring):
-    """An analysis of the production model: the clusters page shows each cluster's size and the labels
-    inside as Spark counts them from sem.clusters and sem.current_labels; a name given in the page is
-    a row of sem.cluster_names (who, which run); the gallery filtered to a cluster shows its images."""
+@pytest.fixture(scope="module")
+def analysis(spark, web, scoring) -> str:
+    """An analysis of the production model, keeping the cuts at k = 3 and 6."""
     import dataclasses
-
-    from selenium.webdriver.common.by import By
 
     from semspark.analysis.job import AnalysisRequest, run_analysis
     from semspark.config import AnalysisConfig
@@ -391,9 +398,15 @@ def test_the_clusters_of_an_analysis_are_shown_named_and_filtered(spark, web, br
     settings = AnalysisConfig(scale_bins=(), heatmap_images=20, cluster_ks=(3, 6), gallery_method="ward", gallery_k=3,
                               gallery_clusters=3, gallery_images=2, autoencoder_epochs=5, id_repetitions=1,
                               density_neighbours=5)
-    summary = run_analysis(spark, dataclasses.replace(scoring.config, analysis=settings),
-                           AnalysisRequest(model=production_model(spark, "scoring"), coding_dim="4"))
-    analysis = summary.analysis
+    return run_analysis(spark, dataclasses.replace(scoring.config, analysis=settings),
+                        AnalysisRequest(model=production_model(spark, "scoring"), coding_dim="4")).analysis
+
+
+def test_the_clusters_of_an_analysis_are_shown_named_and_filtered(spark, web, browser, analysis):
+    """An analysis of the production model: the clusters page shows each cluster's size and the labels
+    inside as Spark counts them from sem.clusters and sem.current_labels; a name given in the page is
+    a row of sem.cluster_names (who, which run); the gallery filtered to a cluster shows its images."""
+    from selenium.webdriver.common.by import By
     sizes = {r["cluster"]: r["n"] for r in spark.sql(
         f"SELECT cluster, count(*) AS n FROM scoring.clusters WHERE analysis = '{analysis}' AND method = 'ward' "
         "AND k = 6 GROUP BY cluster").collect()}
@@ -432,5 +445,45 @@ def test_the_clusters_of_an_analysis_are_shown_named_and_filtered(spark, web, br
     headers = {"Authorization": f"Bearer {web['token']}"}
     status, cut = _get(f"{web['url']}/api/clusters/{analysis}?method=ward&k=6", headers)
     assert status == 200 and {c["cluster"]: c["size"] for c in cut["clusters"]} == sizes
-    assert _get(f"{web['url']}/api/clusters/{analysis}?method=ward&k=7", headers)[0] == 400    # not kept
     assert _get(f"{web['url']}/api/images?analysis={analysis}&cluster=1", headers)[0] == 400   # half a cluster
+
+
+def test_an_analysis_is_cut_at_any_k_from_its_hierarchy(spark, web, browser, analysis):
+    """k = 4, which sem.clusters does not keep, cut from the hierarchy the report keeps: as many
+    clusters as sem.cluster_scores says the ward cut at 4 obtained, nested between the kept cuts at 3
+    and 6 (a hierarchy's cuts are); the gallery filter and a name work at that k too."""
+    from selenium.webdriver.common.by import By
+
+    headers = {"Authorization": f"Bearer {web['token']}"}
+    kept = {k: {} for k in (3, 6)}
+    for r in spark.sql(f"SELECT k, cluster, image_id FROM scoring.clusters WHERE analysis = '{analysis}' "
+                       "AND method = 'ward'").collect():
+        kept[r["k"]][r["image_id"]] = r["cluster"]
+    obtained = spark.sql(f"SELECT clusters_obtained FROM scoring.cluster_scores WHERE analysis = '{analysis}' "
+                         "AND method = 'ward' AND k = 4").first()[0]
+    _open(browser, web, f"/clusters/{analysis}?method=ward&k=3")
+    browser.find_element(By.ID, "cut-k").clear()
+    browser.find_element(By.ID, "cut-k").send_keys("4")
+    _navigate(browser, browser.find_element(By.ID, "cut-apply"))
+    shown = {int(e.get_attribute("data-cluster")): int(e.get_attribute("data-size"))
+             for e in browser.find_elements(By.CSS_SELECTOR, "#clusters .cluster")}
+    assert len(shown) == obtained == 4 and sum(shown.values()) == len(kept[3])
+    at_4 = {}
+    for cluster, size in shown.items():
+        status, found = _get(f"{web['url']}/api/images?analysis={analysis}&method=ward&k=4&cluster={cluster}"
+                             "&per_page=500", headers)
+        assert status == 200 and found["total"] == size
+        at_4.update({row["image_id"]: cluster for row in found["images"]})
+    assert set(at_4) == set(kept[3])
+
+    def nested(fine: dict, coarse: dict) -> bool:   # every cluster of `fine` inside one of `coarse`
+        return all(len({coarse[i] for i in fine if fine[i] == c}) == 1 for c in set(fine.values()))
+
+    assert nested(at_4, kept[3]) and nested(kept[6], at_4)
+    status, named = _post_json(f"{web['url']}/api/clusters/{analysis}/names", headers,
+                               {"method": "ward", "k": 4, "cluster": next(iter(shown)), "name": "Split at four"})
+    assert status == 200, named
+    spark.catalog.refreshTable("scoring.cluster_names")
+    assert spark.sql(f"SELECT count(*) FROM scoring.cluster_names WHERE analysis = '{analysis}' AND k = 4 "
+                     "AND name = 'Split at four'").first()[0] == 1
+    assert _get(f"{web['url']}/api/clusters/{analysis}?method=ward&k=1", headers)[0] == 400

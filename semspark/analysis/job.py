@@ -123,6 +123,7 @@ def run_analysis(spark, config: Config, request: AnalysisRequest) -> AnalysisSum
     report.figure_euclidean(result, matrix, partial / "fig5_euclidean_distances.png")
     report.figure_nmi(result, partial / "fig6_nmi.png")
     gallery = _gallery(spark, config, result, image_ids, partial)
+    save_hierarchies(partial / HIERARCHIES, run_id, image_ids, result)
     context = {"analysis": key, "analysis_run": run_id, "model_version": model_version, "scale_bins": list(bins),
                "features": features, "within_category": request.within_category}
     report.write_html(partial, report.metrics(result, context), gallery)
@@ -141,6 +142,17 @@ def run_analysis(spark, config: Config, request: AnalysisRequest) -> AnalysisSum
     lines += [f"  {m} not run: {r.skipped}" for m, r in result.methods.items() if r.skipped]
     lines.append(f"  report: {folder / 'index.html'}")
     return AnalysisSummary(analysis=key, report=str(folder / "index.html"), lines_=lines)
+
+
+HIERARCHIES = "hierarchies.npz"
+
+
+def save_hierarchies(path, run_id: str, image_ids, result) -> None:
+    """Every method's linkage matrix with the image ids in its row order and the run: the web app
+    cuts them at any k (sem.clusters keeps only analysis.cluster_ks). 150,000 images: 4.8 MB each."""
+    linkages = {f"linkage_{m}": r.linkage for m, r in result.methods.items() if r.linkage is not None}
+    np.savez_compressed(path, image_ids=np.asarray(image_ids, dtype=str), analysis_run=np.asarray(run_id),
+                        **linkages)
 
 
 def _write_tables(spark, db, key, run_id, stamp, model_version, result, image_ids, table_ks: set[int]) -> None:

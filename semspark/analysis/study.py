@@ -31,6 +31,7 @@ class MethodResult:
     nmi: np.ndarray = None
     ami: dict[int, float] = field(default_factory=dict)
     cuts: dict[int, np.ndarray] = field(default_factory=dict)   # k -> cluster per image
+    linkage: np.ndarray | None = None     # (N - 1) x 4: kept in the report, cut at any k by the web app
     seconds: float = 0.0
     skipped: str | None = None
 
@@ -150,10 +151,10 @@ def run_study(features: np.ndarray, labels, settings: AnalysisConfig, coding_dim
         for k in grid:
             result.ami[k] = float(adjusted_mutual_info_score(truth, cut(z, k)[labelled]))
         result.cuts = {k: cut(z, k) for k in wanted_cuts}
+        result.linkage = z.astype(np.float64)
         result.seconds = time.perf_counter() - t
         seconds[method] = result.seconds
         methods[method] = result
-        del z
 
     t = time.perf_counter()
     class_counts = {str(class_names[c]): int(v) for c, v in enumerate(np.bincount(truth, minlength=len(class_names)))}

@@ -22,6 +22,7 @@ from pathlib import Path
 from semspark.config import Config, semspark_home
 from semspark.web.accounts import Accounts, LoginThrottle
 from semspark.web.pictures import Pictures, valid_image_id
+from semspark.web.hierarchies import Hierarchies
 from semspark.web.neighbours import Neighbours, NeighboursError
 from semspark.web.readings import ScaleReadings
 from semspark.web.charts import line_chart
@@ -81,6 +82,7 @@ def create_app(config: Config, home: Path | None = None):
     throttle = LoginThrottle()
     readings = ScaleReadings(config.ingest, home / "web" / "scale_readings")
     neighbours = Neighbours(tables.warehouse, home / "web" / "neighbours")
+    cut_of = Hierarchies(home / "reports").cut     # an analysis's clusters at a k sem.clusters does not keep
     app.extensions["semspark"] = {"tables": tables, "pictures": pictures, "accounts": accounts, "readings": readings,
                                   "neighbours": neighbours}
     options_kept: dict[tuple, dict] = {}
@@ -177,7 +179,7 @@ def create_app(config: Config, home: Path | None = None):
     @app.route("/")
     def gallery():
         filters = Filters.from_args(request.args, web.page_size)
-        found = search(tables, filters)
+        found = search(tables, filters, cut_of)
         pictures.thumbnails({row["image_id"]: row["scale_bin"] for row in found["images"]})   # one read a page
         pages = max(1, -(-found["total"] // filters.per_page))
         key = (tables.generation, found["model"])   # the filter fields' choices change only with the tables
@@ -308,7 +310,7 @@ def create_app(config: Config, home: Path | None = None):
     def export():
         filters = Filters.from_args(request.args, web.page_size)
         filters.page, filters.per_page = 1, EXPORT_LIMIT
-        found = search(tables, filters)
+        found = search(tables, filters, cut_of)
         out = io.StringIO()
         writer = csv.writer(out)
         columns = list(found["images"][0]) if found["images"] else []
@@ -335,9 +337,10 @@ def create_app(config: Config, home: Path | None = None):
             raise FilterError("k and page are whole numbers") from exc
         if page < 1:
             raise FilterError("page: from 1")
-        if default["method"] is None:
-            raise FilterError(f"{analysis} kept no clusters in sem.clusters (analysis.cluster_ks)")
-        return clusters(tables, analysis, request.args.get("method") or default["method"], k, page)
+        method = request.args.get("method") or default["method"]
+        if method is None or k is None:
+            raise FilterError(f"{analysis} kept no clusters in sem.clusters: choose method= and k=")
+        return clusters(tables, analysis, method, k, page, cut_of=cut_of)
 
     @app.route("/clusters")
     def analyses_page():
@@ -358,7 +361,7 @@ def create_app(config: Config, home: Path | None = None):
             k, cluster = int(form.get("k", "")), int(form.get("cluster", ""))
         except ValueError as exc:
             raise CorrectionError("k and cluster are whole numbers") from exc
-        result = name_cluster(tables, analysis, form.get("method", ""), k, cluster, form.get("name"), g.user)
+        result = name_cluster(tables, analysis, form.get("method", ""), k, cluster, form.get("name"), g.user, cut_of)
         log.info("web: %s named cluster %d of %s (%s, k=%d) %r", g.user, cluster, analysis, result["method"], k,
                  result["name"])
         target = form.get("next") or ""
@@ -389,7 +392,7 @@ def create_app(config: Config, home: Path | None = None):
         if not (body["name"] is None or isinstance(body["name"], str)):
             raise CorrectionError("the name is text, or null")
         return jsonify(_json_ready(name_cluster(tables, analysis, str(body["method"]), body["k"], body["cluster"],
-                                                body["name"], g.user)))
+                                                body["name"], g.user, cut_of)))
 
     @app.route("/runs")
     def runs_page():
@@ -424,7 +427,7 @@ def create_app(config: Config, home: Path | None = None):
     # --- API --------------------------------------------------------------------------------
     @app.route("/api/images")
     def api_images():
-        found = search(tables, Filters.from_args(request.args, web.page_size))
+        found = search(tables, Filters.from_args(request.args, web.page_size), cut_of)
         pictures.thumbnails({row["image_id"]: row["scale_bin"] for row in found["images"]})
         for row in found["images"]:
             row["thumbnail"] = url_for("thumbnail", image_id=row["image_id"])

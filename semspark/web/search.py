@@ -159,7 +159,7 @@ def production_model(tables: Tables) -> str | None:
     return rows[0]["model_version"] if rows else None
 
 
-def _where(filters: Filters, aliases: dict | None = None) -> tuple[str, list]:
+def _where(filters: Filters, aliases: dict | None = None, cluster_cut: tuple[str, list] | None = None) -> tuple[str, list]:
     """The filters as a WHERE clause over sem.images ``i``, the current labels ``l`` and the
     predictions ``p`` (``aliases``: other names for them, one table's for the gallery table)."""
     aliases = aliases or JOINED
@@ -202,8 +202,10 @@ def _where(filters: Filters, aliases: dict | None = None) -> tuple[str, list]:
     if filters.disagrees is not None:
         add("({p}.category IS NOT NULL AND {l}.label IS NOT NULL AND {p}.category <> {l}.label) = ?", filters.disagrees)
     if filters.cluster is not None:
-        add("{i}.image_id IN (SELECT image_id FROM clusters WHERE analysis = ? AND method = ? AND k = ? AND cluster = ?)",
-            filters.analysis, filters.method, filters.k, filters.cluster)
+        cut, cut_params = cluster_cut or ("SELECT image_id, cluster FROM clusters WHERE analysis = ? AND method = ? "
+                                          "AND k = ?", [filters.analysis, filters.method, filters.k])
+        add("{i}.image_id IN (SELECT image_id FROM (" + cut.replace("{", "{{").replace("}", "}}") + ") WHERE cluster = ?)",
+            *cut_params, filters.cluster)
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
@@ -232,7 +234,7 @@ def _joins_needed(filters: Filters) -> frozenset:
     return frozenset(needed)
 
 
-def search(tables: Tables, filters: Filters) -> dict:
+def search(tables: Tables, filters: Filters, cut_of=None) -> dict:
     """One page of the gallery: {"model", "total", "page", "per_page", "images": [row, ...]}.
 
     The count and the page's ids are found with only the joins the filters and the sort need (most
@@ -245,11 +247,16 @@ def search(tables: Tables, filters: Filters) -> dict:
     else:   # another model's predictions: joined for this search, with only the joins it needs
         aliases = JOINED
         source, source_params = _from(model, _joins_needed(filters))
-    where, params = _where(filters, aliases)
-    total = tables.query(f"SELECT count(*) AS n {source}{where}", source_params + params)[0]["n"]
+    cluster_cut, relations = None, {}
+    if filters.cluster is not None:   # one cluster of a cut: kept in sem.clusters, or cut now (cut_source)
+        _, cut, cut_params, relations = cut_source(tables, filters.analysis, filters.method, filters.k, cut_of)
+        cluster_cut = (cut, cut_params)
+    where, params = _where(filters, aliases, cluster_cut)
+    total = tables.query(f"SELECT count(*) AS n {source}{where}", source_params + params, relations=relations)[0]["n"]
     ids = [r["image_id"] for r in tables.query(
         f"SELECT {aliases['i']}.image_id {source}{where} ORDER BY {SORTS[filters.sort].format(**aliases)} "
-        "LIMIT ? OFFSET ?", source_params + params + [filters.per_page, (filters.page - 1) * filters.per_page])]
+        "LIMIT ? OFFSET ?", source_params + params + [filters.per_page, (filters.page - 1) * filters.per_page],
+        relations=relations)]
     rows = []
     if ids:   # the page's rows, found by id (a join with the ids: faster than a list of 100 parameters)
         wanted = "FROM (SELECT unnest(?::VARCHAR[]) AS image_id) wanted JOIN {} USING (image_id)"
@@ -391,21 +398,40 @@ def analyses(tables: Tables) -> list[dict]:
     return found
 
 
-def clusters(tables: Tables, analysis: str, method: str, k: int, page: int = 1, per_page: int = 20,
-             samples: int = 6) -> dict:
-    """One cut of an analysis: its clusters, largest first, a page of them, each with its size, the
-    current labels and the predicted categories inside (counts), a few image ids, and its name."""
+def cut_source(tables: Tables, analysis: str, method: str, k: int, cut_of=None) -> tuple[dict, str, list, dict]:
+    """Where the clusters of one cut are: (the analysis, a SELECT of image_id and cluster, its
+    parameters, the relations it needs). A kept cut reads sem.clusters; another k is cut from the
+    hierarchy the report keeps (``cut_of(analysis, run, method, k)``: image id -> cluster)."""
+    import pandas as pd
+
     about = [a for a in analyses(tables) if a["analysis"] == analysis]
     if not about:
         raise FilterError(f"analysis: no analysis {analysis!r} in sem.cluster_scores (run semspark analyze)")
     about = about[0]
-    if {"method": method, "k": k} not in about["cuts"]:
+    if {"method": method, "k": k} in about["cuts"]:
+        return (about, "SELECT image_id, cluster FROM clusters WHERE analysis = ? AND method = ? AND k = ?",
+                [analysis, method, k], {})
+    if cut_of is None:
         kept = ", ".join(f"{c['method']} k={c['k']}" for c in about["cuts"]) or "none"
-        raise FilterError(f"{analysis} has no clusters for {method} at k={k} in sem.clusters (it has: {kept}; "
-                          "analysis.cluster_ks names the cuts kept)")
-    cut = "SELECT image_id, cluster FROM clusters WHERE analysis = ? AND method = ? AND k = ?"
-    key = [analysis, method, k]
-    sizes = tables.query(f"SELECT cluster, count(*) AS size FROM ({cut}) GROUP BY cluster ORDER BY size DESC, cluster", key)
+        raise FilterError(f"{analysis} has no clusters for {method} at k={k} in sem.clusters (it has: {kept})")
+    try:
+        found = cut_of(analysis, about["analysis_run"], method, k)
+    except LookupError as exc:
+        raise FilterError(str(exc)) from exc
+    frame = pd.DataFrame({"image_id": list(found), "cluster": pd.array(list(found.values()), dtype="int32")})
+    return about, "SELECT image_id, cluster FROM computed_cut", [], {"computed_cut": frame}
+
+
+def clusters(tables: Tables, analysis: str, method: str, k: int, page: int = 1, per_page: int = 20,
+             samples: int = 6, cut_of=None) -> dict:
+    """One cut of an analysis: its clusters, largest first, a page of them, each with its size, the
+    current labels and the predicted categories inside (counts), a few image ids, and its name."""
+    about, cut, key, relations = cut_source(tables, analysis, method, k, cut_of)
+
+    def query(sql: str, parameters: list) -> list[dict]:
+        return tables.query(sql, parameters, relations=relations)
+
+    sizes = query(f"SELECT cluster, count(*) AS size FROM ({cut}) GROUP BY cluster ORDER BY size DESC, cluster", key)
     shown = sizes[(page - 1) * per_page: page * per_page]
     ids = [s["cluster"] for s in shown]
     out = {"analysis": analysis, "model_version": about["model_version"], "analysis_run": about["analysis_run"],
@@ -413,14 +439,14 @@ def clusters(tables: Tables, analysis: str, method: str, k: int, page: int = 1, 
            "page": page, "per_page": per_page, "clusters": []}
     if not ids:
         return out
-    chosen = f"({cut} AND cluster IN ({', '.join('?' for _ in ids)}))"
+    chosen = f"(SELECT * FROM ({cut}) WHERE cluster IN ({', '.join('?' for _ in ids)}))"
     params = key + ids
-    labels = tables.query(f"""SELECT c.cluster, coalesce(l.label, '{UNLABELLED}') AS name, count(*) AS n FROM {chosen} c
+    labels = query(f"""SELECT c.cluster, coalesce(l.label, '{UNLABELLED}') AS name, count(*) AS n FROM {chosen} c
         LEFT JOIN {CURRENT_LABELS} l USING (image_id) GROUP BY ALL ORDER BY c.cluster, n DESC, name""", params)
-    predicted = tables.query(f"""SELECT c.cluster, p.category AS name, count(*) AS n FROM {chosen} c
+    predicted = query(f"""SELECT c.cluster, p.category AS name, count(*) AS n FROM {chosen} c
         JOIN predictions p ON p.image_id = c.image_id AND p.model_version = ? GROUP BY ALL
         ORDER BY c.cluster, n DESC, name""", params + [about["model_version"]])
-    images = tables.query(f"""SELECT cluster, image_id, scale_bin FROM (
+    images = query(f"""SELECT cluster, image_id, scale_bin FROM (
         SELECT c.cluster, c.image_id, i.scale_bin, row_number() OVER (PARTITION BY c.cluster ORDER BY c.image_id) AS r
         FROM {chosen} c JOIN images i USING (image_id)) WHERE r <= ? ORDER BY cluster, image_id""", params + [samples])
     names = tables.query("""SELECT cluster, name, named_by, named_at FROM (

@@ -157,12 +157,16 @@ class Tables:
                 for name, select in self.derived.items():
                     con.execute(f"CREATE OR REPLACE TABLE {name} AS {select}")
 
-    def query(self, sql: str, parameters: list | None = None, fresh: bool = False) -> list[dict]:
+    def query(self, sql: str, parameters: list | None = None, fresh: bool = False,
+              relations: dict | None = None) -> list[dict]:
         """Rows as dicts, from the tables as their files are now (``fresh``: listed now, not up
-        to LISTING_INTERVAL ago)."""
+        to LISTING_INTERVAL ago); ``relations``: more tables for this query only (name -> a pandas
+        frame), e.g. an analysis's cut at a k that sem.clusters does not keep."""
         self.refresh(force=fresh)
         cursor = self._db.cursor()
         try:
+            for name, frame in (relations or {}).items():
+                cursor.register(name, frame)
             cursor.execute(sql, parameters or [])
             names = [d[0] for d in cursor.description]
             return [dict(zip(names, row)) for row in cursor.fetchall()]

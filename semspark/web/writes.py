@@ -92,16 +92,25 @@ def correct_scale(tables: Tables, image_id: str, value, unit: str, bar_px, user:
     return {"image_id": image_id, "scale_value": value, "scale_unit": unit, "scale_bar_px": bar_px, "rescale_run": run}
 
 
-def name_cluster(tables: Tables, analysis: str, method: str, k: int, cluster: int, name: str | None, user: str) -> dict:
+def name_cluster(tables: Tables, analysis: str, method: str, k: int, cluster: int, name: str | None, user: str,
+                 cut_of=None) -> dict:
     """Record a person's name for a cluster of an analysis's current run (a proposed sub-category;
-    None or "" removes it), in sem.cluster_names."""
+    None or "" removes it), in sem.cluster_names. The cut is sem.clusters' or, at another k, the one
+    ``cut_of`` makes from the report's hierarchy (search.cut_source)."""
+    from semspark.web.search import FilterError, cut_source
+
     name = clean_label(name)
     folder = _table_folder(tables, CLUSTER_NAMES, "semspark analyze (this release)")
     with writer_lock(purpose=f"web: name of cluster {cluster} of {analysis} by {user}"):
-        run = tables.query("SELECT max(analysis_run) AS run FROM clusters WHERE analysis = ? AND method = ? AND k = ? "
-                           "AND cluster = ?", [analysis, method, int(k), int(cluster)], fresh=True)[0]["run"]
-        if run is None:
-            raise CorrectionError(f"no cluster {cluster} of {analysis} for {method} at k={k} in sem.clusters")
+        tables.refresh(force=True)
+        try:
+            about, cut, cut_params, relations = cut_source(tables, analysis, method, int(k), cut_of)
+        except FilterError as exc:
+            raise CorrectionError(str(exc)) from exc
+        run = about["analysis_run"]
+        if not tables.query(f"SELECT 1 FROM ({cut}) WHERE cluster = ? LIMIT 1", cut_params + [int(cluster)],
+                            relations=relations):
+            raise CorrectionError(f"no cluster {cluster} of {analysis} for {method} at k={k}")
         naming = new_run_id("web-")
         _append(folder, {"analysis": analysis, "analysis_run": run, "method": method, "k": int(k),
                          "cluster": int(cluster), "name": name, "named_by": user, "named_at": utc_now(),
