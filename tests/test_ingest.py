@@ -434,3 +434,20 @@ def test_a_task_holds_one_file_at_a_time_whatever_its_batch_weighs(tmp_path):
         tracemalloc.stop()
     assert list(out["stage"]) == ["decode"] * 6
     assert size <= peak < 2.5 * size, f"peak {peak / 2**20:.1f} MB for six files of 8 MB"
+
+
+def test_healing_is_needed_for_a_file_quarantined_twice_or_ingested_since():
+    """What heal would drop, decided on the keys in the driver, against cases written by hand."""
+    import pandas as pd
+
+    from semspark.ingest.quarantine import needs_healing
+
+    def frame(*keys):
+        return pd.DataFrame(keys, columns=["path", "size", "mtime_ms"]).assign(retryable=False)
+
+    quarantined = frame(("file:/a.tif", 10, 1000), ("file:/b.tif", 20, 2000))
+    assert not needs_healing(quarantined, set())
+    assert not needs_healing(quarantined, {("file:/a.tif", 10, 1001)})          # another version of a.tif
+    assert needs_healing(quarantined, {("file:/a.tif", 10, 1000)})              # a.tif ingested since
+    assert needs_healing(frame(("file:/a.tif", 10, 1000), ("file:/a.tif", 10, 1000)), set())   # twice
+    assert not needs_healing(frame(), {("file:/a.tif", 10, 1000)})

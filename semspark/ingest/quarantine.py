@@ -18,6 +18,7 @@ import logging
 from dataclasses import dataclass
 
 from semspark.catalog import ensure_tables, format_result, qualified, rewrite_table
+from semspark.ingest.listing import known_keys
 from semspark.schema import FILES, INGEST_TABLES, QUARANTINE
 
 log = logging.getLogger(__name__)
@@ -59,8 +60,8 @@ def needs_healing(quarantined, ingested: set) -> bool:
     """Whether ``heal`` would drop anything: a file quarantined more than once, or one that is in
     sem.files (``ingested``: its keys) since. Decided in the driver on the keys an ingest reads
     anyway, so a run with nothing to heal starts no Spark job for it."""
-    keys = list(zip(quarantined["path"], quarantined["size"].astype("int64"), quarantined["mtime_ms"].astype("int64")))
-    return len(set(keys)) < len(keys) or any(k in ingested for k in keys)
+    keys = known_keys(quarantined)
+    return len(keys) < len(quarantined) or not keys.isdisjoint(ingested)
 
 
 def heal(spark, database: str, run_id: str) -> int:

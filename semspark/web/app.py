@@ -27,7 +27,7 @@ from semspark.web.neighbours import Neighbours, NeighboursError
 from semspark.web.readings import ScaleReadings
 from semspark.web.charts import line_chart
 from semspark.web.search import (DERIVED, LEFT_ON_DISK, QUEUES, SORTS, TABLES, FilterError, Filters, accuracy_per_epoch,
-                                 analyses, choices, clusters, described, image, known_labels, models,
+                                 analyses, analysis_of, choices, clusters, described, image, known_labels, models,
                                  production_model, review_queue, runs, search)
 from semspark.web.tables import Tables, Warehouse
 from semspark.web.writes import CorrectionError, correct_label, correct_scale, name_cluster
@@ -214,11 +214,10 @@ def create_app(config: Config, home: Path | None = None):
             return render_template("error.html", message=f"nothing left to review in \"{QUEUES[queue]}\""), 200
         return redirect(url_for("image_page", image_id=ids[position], queue=queue))
 
-    def _back(image_id):
+    def _back(default_url: str):
+        """After a form: the page it names in ``next`` (only a path of this app), else ``default_url``."""
         target = request.form.get("next") or ""
-        if target.startswith("/") and not target.startswith("//"):
-            return redirect(target)
-        return redirect(url_for("image_page", image_id=image_id))
+        return redirect(target if target.startswith("/") and not target.startswith("//") else default_url)
 
     @app.route("/images/<image_id>/label", methods=["POST"])
     def label_form(image_id):
@@ -227,7 +226,7 @@ def create_app(config: Config, home: Path | None = None):
         result = correct_label(tables, image_id, label, g.user)
         log.info("web: %s labelled %s %r (%s)", g.user, image_id[:12], result["label"],
                  "changed" if result["changed"] else "unchanged")
-        return _back(image_id)
+        return _back(url_for("image_page", image_id=image_id))
 
     @app.route("/images/<image_id>/scale", methods=["POST"])
     def scale_form(image_id):
@@ -236,7 +235,7 @@ def create_app(config: Config, home: Path | None = None):
                                request.form.get("bar_px"), g.user)
         log.info("web: %s corrected the scale of %s to %g %s", g.user, image_id[:12], result["scale_value"],
                  result["scale_unit"])
-        return _back(image_id)
+        return _back(url_for("image_page", image_id=image_id))
 
     @app.route("/thumbnails/<image_id>.png")
     def thumbnail(image_id):
@@ -320,13 +319,14 @@ def create_app(config: Config, home: Path | None = None):
         return app.response_class(out.getvalue(), mimetype="text/csv",
                                   headers={"Content-Disposition": "attachment; filename=semspark-images.csv"})
 
-    def _cut(analysis: str) -> dict:
-        """The cut a clusters request names (?method=&k=&page=), by default the report's gallery cut
-        when the analysis kept it, else its first."""
-        found = [a for a in analyses(tables) if a["analysis"] == analysis]
-        if not found:
-            abort(404, f"no analysis {analysis!r} in sem.cluster_scores: run semspark analyze")
-        cuts = found[0]["cuts"]
+    def _cut(analysis: str) -> tuple[dict, dict]:
+        """(the analysis, the cut a clusters request names: ?method=&k=&page=), by default the
+        report's gallery cut when the analysis kept it, else its first."""
+        try:
+            about = analysis_of(tables, analysis)
+        except FilterError as exc:
+            abort(404, str(exc))
+        cuts = about["cuts"]
         default = ({"method": config.analysis.gallery_method, "k": config.analysis.gallery_k}
                    if {"method": config.analysis.gallery_method, "k": config.analysis.gallery_k} in cuts
                    else cuts[0] if cuts else {"method": None, "k": None})
@@ -340,7 +340,7 @@ def create_app(config: Config, home: Path | None = None):
         method = request.args.get("method") or default["method"]
         if method is None or k is None:
             raise FilterError(f"{analysis} kept no clusters in sem.clusters: choose method= and k=")
-        return clusters(tables, analysis, method, k, page, cut_of=cut_of)
+        return about, clusters(tables, analysis, method, k, page, cut_of=cut_of, about=about)
 
     @app.route("/clusters")
     def analyses_page():
@@ -348,8 +348,7 @@ def create_app(config: Config, home: Path | None = None):
 
     @app.route("/clusters/<analysis>")
     def clusters_page(analysis):
-        cut = _cut(analysis)
-        about = next(a for a in analyses(tables) if a["analysis"] == analysis)
+        about, cut = _cut(analysis)
         pictures.thumbnails({s["image_id"]: s["scale_bin"] for c in cut["clusters"] for s in c["samples"]})
         pages = max(1, -(-cut["clusters_obtained"] // cut["per_page"]))
         return render_template("clusters.html", cut=cut, about=about, pages=pages)
@@ -364,10 +363,7 @@ def create_app(config: Config, home: Path | None = None):
         result = name_cluster(tables, analysis, form.get("method", ""), k, cluster, form.get("name"), g.user, cut_of)
         log.info("web: %s named cluster %d of %s (%s, k=%d) %r", g.user, cluster, analysis, result["method"], k,
                  result["name"])
-        target = form.get("next") or ""
-        if target.startswith("/") and not target.startswith("//"):
-            return redirect(target)
-        return redirect(url_for("clusters_page", analysis=analysis, method=result["method"], k=k))
+        return _back(url_for("clusters_page", analysis=analysis, method=result["method"], k=k))
 
     @app.route("/api/analyses")
     def api_analyses():
@@ -375,7 +371,7 @@ def create_app(config: Config, home: Path | None = None):
 
     @app.route("/api/clusters/<analysis>")
     def api_clusters(analysis):
-        cut = _cut(analysis)
+        _, cut = _cut(analysis)
         for c in cut["clusters"]:
             for s in c["samples"]:
                 s["thumbnail"] = url_for("thumbnail", image_id=s["image_id"])

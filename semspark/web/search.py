@@ -209,10 +209,13 @@ def _where(filters: Filters, aliases: dict | None = None, cluster_cut: tuple[str
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
-def _from(model: str | None, joins: frozenset = frozenset("lp")) -> tuple[str, list]:
+def _from(model: str | None, joins: frozenset = frozenset("lp"), of_ids: list[str] | None = None) -> tuple[str, list]:
     """FROM sem.images ``i``, with the current labels ``l`` and the model's predictions ``p`` when
-    ``joins`` names them (each has at most one row per image, so neither changes a count)."""
+    ``joins`` names them (each has at most one row per image, so neither changes a count); only the
+    images ``of_ids`` when given (a join with the ids: faster than a list of 100 parameters)."""
     source, params = "FROM images i", []
+    if of_ids is not None:
+        source, params = "FROM (SELECT unnest(?::VARCHAR[]) AS image_id) wanted JOIN images i USING (image_id)", [of_ids]
     if "l" in joins:
         source += f" LEFT JOIN {CURRENT_LABELS} l USING (image_id)"
     if "p" in joins:
@@ -258,16 +261,16 @@ def search(tables: Tables, filters: Filters, cut_of=None) -> dict:
         "LIMIT ? OFFSET ?", source_params + params + [filters.per_page, (filters.page - 1) * filters.per_page],
         relations=relations)]
     rows = []
-    if ids:   # the page's rows, found by id (a join with the ids: faster than a list of 100 parameters)
-        wanted = "FROM (SELECT unnest(?::VARCHAR[]) AS image_id) wanted JOIN {} USING (image_id)"
+    if ids:   # the page's rows, found by id
         if model == production:
-            columns, every, every_params = ", ".join(f"g.{c}" for c in GALLERY_COLUMNS), wanted.format("gallery g"), []
+            columns = ", ".join(f"g.{c}" for c in GALLERY_COLUMNS)
+            every, every_params = ("FROM (SELECT unnest(?::VARCHAR[]) AS image_id) wanted JOIN gallery g "
+                                   "USING (image_id)", [ids])
         else:
             columns = ", ".join(f"l.{c}" if c == "label" else f"p.{c}" if c in ("category", "confidence", "uncertain",
                                 "out_of_distribution", "model_version") else f"i.{c}" for c in GALLERY_COLUMNS)
-            every, every_params = _from(model)
-            every = wanted.format("images i") + every[len("FROM images i"):]
-        found = {r["image_id"]: r for r in tables.query(f"SELECT {columns} {every}", [ids] + every_params)}
+            every, every_params = _from(model, of_ids=ids)
+        found = {r["image_id"]: r for r in tables.query(f"SELECT {columns} {every}", every_params)}
         rows = [found[i] for i in ids]
     return {"model": model, "total": total, "page": filters.page, "per_page": filters.per_page, "images": rows}
 
@@ -316,11 +319,9 @@ def described(tables: Tables, model: str | None, image_ids: list[str]) -> dict[s
     """Path, scale bin, current label and ``model``'s category of each image id (for tiles)."""
     if not image_ids:
         return {}
-    source, params = _from(model)
-    source = "FROM (SELECT unnest(?::VARCHAR[]) AS image_id) wanted JOIN images i USING (image_id)" + \
-        source[len("FROM images i"):]
+    source, params = _from(model, of_ids=list(image_ids))
     rows = tables.query(f"SELECT i.image_id, i.path, i.scale_bin, i.nm_per_px, l.label, p.category, p.confidence {source}",
-                        [list(image_ids)] + params)
+                        params)
     return {r["image_id"]: r for r in rows}
 
 
@@ -398,16 +399,22 @@ def analyses(tables: Tables) -> list[dict]:
     return found
 
 
-def cut_source(tables: Tables, analysis: str, method: str, k: int, cut_of=None) -> tuple[dict, str, list, dict]:
+def analysis_of(tables: Tables, analysis: str) -> dict:
+    """One analysis as ``analyses`` describes it; FilterError when there is none of that name."""
+    found = [a for a in analyses(tables) if a["analysis"] == analysis]
+    if not found:
+        raise FilterError(f"analysis: no analysis {analysis!r} in sem.cluster_scores (run semspark analyze)")
+    return found[0]
+
+
+def cut_source(tables: Tables, analysis: str, method: str, k: int, cut_of=None,
+               about: dict | None = None) -> tuple[dict, str, list, dict]:
     """Where the clusters of one cut are: (the analysis, a SELECT of image_id and cluster, its
     parameters, the relations it needs). A kept cut reads sem.clusters; another k is cut from the
     hierarchy the report keeps (``cut_of(analysis, run, method, k)``: image id -> cluster)."""
     import pandas as pd
 
-    about = [a for a in analyses(tables) if a["analysis"] == analysis]
-    if not about:
-        raise FilterError(f"analysis: no analysis {analysis!r} in sem.cluster_scores (run semspark analyze)")
-    about = about[0]
+    about = about or analysis_of(tables, analysis)
     if {"method": method, "k": k} in about["cuts"]:
         return (about, "SELECT image_id, cluster FROM clusters WHERE analysis = ? AND method = ? AND k = ?",
                 [analysis, method, k], {})
@@ -423,10 +430,11 @@ def cut_source(tables: Tables, analysis: str, method: str, k: int, cut_of=None) 
 
 
 def clusters(tables: Tables, analysis: str, method: str, k: int, page: int = 1, per_page: int = 20,
-             samples: int = 6, cut_of=None) -> dict:
+             samples: int = 6, cut_of=None, about: dict | None = None) -> dict:
     """One cut of an analysis: its clusters, largest first, a page of them, each with its size, the
-    current labels and the predicted categories inside (counts), a few image ids, and its name."""
-    about, cut, key, relations = cut_source(tables, analysis, method, k, cut_of)
+    current labels and the predicted categories inside (counts), a few image ids, and its name.
+    ``about``: the analysis as ``analysis_of`` gives it, when the caller has it already."""
+    about, cut, key, relations = cut_source(tables, analysis, method, k, cut_of, about)
 
     def query(sql: str, parameters: list) -> list[dict]:
         return tables.query(sql, parameters, relations=relations)
