@@ -51,9 +51,9 @@ class SparkConfig:
     ui_enabled: bool = False
     driver_memory: str = "4g"
     # The embedded default's JVM compiles with C1 only ("c1": quick compiles, for the short runs of
-    # a command on few cores) or with C1 then C2 ("full"). Measured on 2 cores: a night of 40 images
-    # 28-31 s instead of 35-38 s, an ingest of 2,000 images 38 s instead of 43-44 s (C2's compiler
-    # threads compete with the Python workers). The SQL server always runs with the full JIT.
+    # a command on few cores) or with C1 then C2 ("full"). On 2 cores (bench/night_bench.py): a night
+    # of 40 images 26-27 s instead of 30-32 s, an ingest of 2,000 images 37 s instead of 44 s (C2's
+    # compiler threads compete with the Python workers). The SQL server always runs with the full JIT.
     driver_jit: str = "c1"
     # How old the SQL server's knowledge of a table's files may get: a connection kept open (a BI
     # tool's pool) sees what a nightly appended within this many seconds, without REFRESH TABLE.
