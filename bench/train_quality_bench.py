@@ -67,6 +67,7 @@ def run_one(arch: str, seed: int, n: int, overrides: dict | None = None, check: 
     from semspark.train.models import build_model
     from semspark.train.recipe import (DecoupledWeightDecay, Recipe, SmoothedSparseCrossentropy, class_weights,
                                        learning_rate_schedule, make_optimizer)
+    from semspark.train.spec import learning_rate_for, rate_for_batch
 
     size, epochs, batch = BUDGETS[arch]
     x, y = images(n, seed)
@@ -74,7 +75,8 @@ def run_one(arch: str, seed: int, n: int, overrides: dict | None = None, check: 
     a, b = int(0.7 * n), int(0.8 * n)
     train, validation, test = slice(0, a), slice(a, b), slice(b, n)
     tf.keras.utils.set_random_seed(seed)
-    recipe = Recipe(**(overrides or {}))
+    # the architecture's own rate moved to this batch, as `semspark train` does, unless one is given
+    recipe = Recipe(**{"learning_rate": rate_for_batch(learning_rate_for(arch), batch, False), **(overrides or {})})
     steps = int(np.ceil(a / batch))
     model = build_model(arch, 10, size)
     model.compile(make_optimizer(recipe, learning_rate_schedule(recipe.learning_rate, recipe.schedule,
