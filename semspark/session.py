@@ -89,17 +89,21 @@ def embedded_catalog_conf(home: Path | None = None) -> dict[str, str]:
     }
 
 
-def build_session(config: Config, app_name: str | None = None, extra: dict[str, str] | None = None):
+def build_session(config: Config, app_name: str | None = None, extra: dict[str, str] | None = None,
+                  class_archive: bool = False):
     """Create (or join) the SparkSession for a semspark command.
 
     ``extra`` is applied last in the embedded default (tests use it for ``local[2]`` and temporary
-    folders); under spark-submit it fills in only what the operator did not set.
+    folders); under spark-submit it fills in only what the operator did not set. ``class_archive``:
+    the embedded JVM maps (or makes) the command's class archive (``spark.class_archive``, see
+    semspark/class_archive.py); the plan is kept on the session for ``session_scope`` to finish.
     """
     from pyspark import SparkContext
     from pyspark.sql import SparkSession
 
     home = semspark_home()
     submitted = _under_spark_submit()
+    archive_plan = None
     builder = SparkSession.builder.appName(app_name or config.spark.app_name).enableHiveSupport()
 
     if submitted:
@@ -150,6 +154,13 @@ def build_session(config: Config, app_name: str | None = None, extra: dict[str, 
             settings["spark.driver.extraJavaOptions"] = f"{options} -XX:TieredStopAtLevel=1".strip()
         settings.update(config.spark.extra)
         settings.update(extra or {})
+        if class_archive and config.spark.class_archive == "auto" and SparkContext._active_spark_context is None:
+            from semspark import class_archive as archives
+
+            archive_plan = archives.plan(app_name or config.spark.app_name, settings, config.spark.class_archive_dir)
+            if archive_plan is not None:
+                settings["spark.driver.extraJavaOptions"] = archive_plan.java_options(
+                    settings.get("spark.driver.extraJavaOptions", ""))
         for key, value in settings.items():
             builder = builder.config(key, value)
         log.info("embedded Spark: %s, catalog under %s (metastore: %s)", settings["spark.master"], home,
@@ -158,6 +169,7 @@ def build_session(config: Config, app_name: str | None = None, extra: dict[str, 
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     _quiet_hive(spark)
+    spark._semspark_class_archive = archive_plan
     return spark
 
 
@@ -211,10 +223,15 @@ def session_scope(config: Config, app_name: str | None = None, extra: dict[str, 
     """
     from pyspark.sql import SparkSession
 
+    from pyspark import SparkContext
+
+    from semspark.class_archive import finish
+
     existing = SparkSession.getActiveSession()
-    spark = existing or build_session(config, app_name=app_name, extra=extra)
+    spark = existing or build_session(config, app_name=app_name, extra=extra, class_archive=True)
     try:
         yield spark
     finally:
         if existing is None:
             spark.stop()
+            finish(getattr(spark, "_semspark_class_archive", None), SparkContext._gateway)

@@ -1,0 +1,87 @@
+"""The embedded JVM's class archive (semspark/class_archive.py), with real JVMs: the first run of a
+command makes it when its JVM exits, the next run's JVM maps it (its own class-loading log says where
+each class came from), standard output stays the command's own, and an archive that does not fit
+costs nothing but the time."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from semspark.class_archive import archive_key
+from semspark.config import ConfigError, SparkConfig
+
+VENV_BIN = Path(sys.executable).parent
+QUERY = "SELECT 6 * 7 AS answer"
+
+
+def sql(env, config: Path) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(VENV_BIN / "semspark"), "--config", str(config), "sql", QUERY, "--format", "json"],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture()
+def command_env(tmp_path):
+    env = dict(os.environ, SEMSPARK_HOME=str(tmp_path / "home"), SEMSPARK_MASTER="local[1]",
+               PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    env.pop("SEMSPARK_CONF", None)
+    return env
+
+
+def write_config(path: Path, archives: Path, java_options: str = "") -> Path:
+    extra = f'  extra: {{"spark.driver.extraJavaOptions": "{java_options}"}}\n' if java_options else ""
+    path.write_text(f"spark:\n  class_archive_dir: {archives}\n{extra}")
+    return path
+
+
+@pytest.mark.spark
+def test_the_first_run_makes_the_archive_and_the_next_run_maps_it(tmp_path, command_env):
+    archives = tmp_path / "jvm"
+    first = sql(command_env, write_config(tmp_path / "first.yaml", archives))
+    # standard output is the command's: one JSON row, none of the JVM's words about classes
+    assert [json.loads(line) for line in first.stdout.splitlines()] == [{"answer": 42}]
+    made = list(archives.glob("*.jsa"))
+    assert len(made) == 1 and made[0].name.startswith("semspark-sql-"), list(archives.iterdir())
+    assert made[0].stat().st_size > 20 * 2**20          # Spark's and Hive's classes: over 100 MB here
+    assert not list(archives.glob(".*.part"))            # moved in whole, nothing half-written left
+    assert "class archive written" in first.stderr
+
+    # The second JVM logs where each class came from; the derby home as the catalog sets it (the
+    # extra options replace the driver's), with only a -X option added (the key counts -XX options)
+    load_log = tmp_path / "class-load.log"
+    metastore = Path(command_env["SEMSPARK_HOME"]) / "metastore"
+    second = sql(command_env, write_config(tmp_path / "second.yaml", archives,
+                                           f"-Dderby.system.home={metastore} -XX:TieredStopAtLevel=1 "
+                                           f"-Xlog:class+load=info:file={load_log}"))
+    assert [json.loads(line) for line in second.stdout.splitlines()] == [{"answer": 42}]
+    assert "class archive written" not in second.stderr
+    lines = load_log.read_text().splitlines()
+    from_archive = [line for line in lines if "shared objects file (top)" in line]
+    # Spark's own classes come from the archive this command's first run made
+    assert any("org.apache.spark.sql.SparkSession " in line for line in from_archive), len(from_archive)
+    assert len(from_archive) > 5000, len(from_archive)
+    assert list(archives.glob("*.jsa")) == made          # mapped, not made again
+
+    # an archive that does not fit (what a broken disk might leave: no header) costs only the time
+    made[0].chmod(0o644)
+    made[0].write_bytes(bytes(4096))
+    again = sql(command_env, tmp_path / "first.yaml")
+    assert [json.loads(line) for line in again.stdout.splitlines()] == [{"answer": 42}]
+
+
+def test_the_key_follows_what_an_archive_must_match():
+    settings = {"spark.driver.extraJavaOptions": "-Dderby.system.home=/a -XX:TieredStopAtLevel=1",
+                "spark.driver.memory": "4g"}
+    key = archive_key("semspark-nightly", settings)
+    assert archive_key("semspark-nightly", {**settings, "spark.driver.extraJavaOptions":
+                                            "-Dderby.system.home=/b -XX:TieredStopAtLevel=1"}) == key
+    assert archive_key("semspark-sql", settings) != key
+    assert archive_key("semspark-nightly", {**settings, "spark.driver.memory": "40g"}) != key   # no compressed oops
+    assert archive_key("semspark-nightly", {**settings, "spark.driver.extraClassPath": "/usr/share/java/x.jar"}) != key
+    assert archive_key("semspark-nightly", {**settings, "spark.driver.extraJavaOptions": "-XX:+UseParallelGC"}) != key
+    with pytest.raises(ConfigError, match="class_archive"):
+        SparkConfig(class_archive="on")
