@@ -93,9 +93,11 @@ def current_labels(spark, database: str):
     return spark.table(qualified(database, CURRENT_LABELS_VIEW)).select("image_id", "label")
 
 
-def append_changes(spark, database: str, proposed, source: str, labelled_by: str, run_id: str, at=None) -> dict:
+def append_changes(spark, database: str, proposed, source: str, labelled_by: str, run_id: str, at=None,
+                   count_unchanged: bool = True) -> dict:
     """Append the rows of ``proposed`` (image_id, label; label null = remove) that change an image's
-    current label. Returns {"changed", "unchanged", "removed", "by_label"}."""
+    current label. Returns {"changed", "unchanged", "removed", "by_label"} ("unchanged" None when
+    ``count_unchanged`` is False: the ingest does not report it, and counting is a Spark job)."""
     from pyspark.sql import functions as F
 
     if source not in SOURCES:
@@ -111,8 +113,7 @@ def append_changes(spark, database: str, proposed, source: str, labelled_by: str
     counts = {(r["label"] is None, r["label"]): r["count"] for r in staged.groupBy("label").count().collect()}
     insert(staged, database, LABELS)
     changed = sum(counts.values())
-    total = joined.count()
-    return {"changed": changed, "unchanged": total - changed,
+    return {"changed": changed, "unchanged": joined.count() - changed if count_unchanged else None,
             "removed": sum(n for (removed, _), n in counts.items() if removed),
             "by_label": {label: n for (removed, label), n in counts.items() if not removed}}
 

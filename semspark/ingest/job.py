@@ -182,9 +182,10 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
     write_dataset(spark, config, new_images, summary.dataset_url, run_id)
     if labels is not None:   # before sem.images: a rerun after a crash finds them and adds nothing
         append_changes(spark, db, new_images.filter(F.col("label").isNotNull()).select("image_id", "label"),
-                       "folders" if labels == "folders" else "csv", current_user(), run_id, at=started)
+                       "folders" if labels == "folders" else "csv", current_user(), run_id, at=started,
+                       count_unchanged=False)
     insert(new_images, db, IMAGES)
-    clear_pending(spark, summary.dataset_url, qualified(db, IMAGES))   # the ids sem.images now holds are done
+    clear_pending(spark, summary.dataset_url, qualified(db, IMAGES), run_id)   # the ids sem.images now holds are done
 
     # The outcomes of the staged files (small): a night with nothing to quarantine and no sidecar
     # starts no job to write or count either.

@@ -89,9 +89,10 @@ def _pending_ids(local) -> set[str]:
             for i in marker.read_text().split()}
 
 
-def clear_pending(spark, url: str, images_table: str) -> None:
+def clear_pending(spark, url: str, images_table: str, run_id: str | None = None) -> None:
     """After the sem.images insert: the markers' ids that sem.images holds are done; a marker keeps
-    the ids it does not (a dead run's images whose files were not ingested again yet)."""
+    the ids it does not (a dead run's images whose files were not ingested again yet). The marker of
+    ``run_id``, the run that just inserted every id it names, goes without a query."""
     from pathlib import Path
 
     if not url.startswith("file://"):
@@ -99,6 +100,8 @@ def clear_pending(spark, url: str, images_table: str) -> None:
     local = Path(url[len("file://"):])
     if not local.exists():
         return
+    if run_id is not None:
+        (local / f"{PENDING_PREFIX}{run_id}").unlink(missing_ok=True)
     markers = [m for m in local.glob(PENDING_PREFIX + "*") if m.suffix != ".tmp"]
     pending = _pending_ids(local)
     held = set()
