@@ -4,8 +4,8 @@ Java's application class-data sharing (AppCDS, JDK 13+: ``-XX:ArchiveClassesAtEx
 classes a JVM loaded into an archive when it exits; ``-XX:SharedArchiveFile`` maps them at start)
 spares every later run the loading, parsing and verifying of the classes Spark, Hive's metastore
 client and DataNucleus need: measured on 2 cores (bench/night_bench.py's repository), a night of 40
-images starts its ingest 5.0-5.5 s after the Spark session is asked for instead of 8.0-9.0 s, and
-the whole night takes 21-22 s instead of 25-26 s.
+images starts its ingest 4.8-5.3 s after the Spark session is asked for instead of 7.8-8.8 s, and
+the whole night takes 19.3 and 21.5 s instead of 23.0 and 24.9 s (medians, two runs).
 
 One archive per command (what ``semspark sql`` loads is not what the nightly loads) and per JVM,
 Spark jars and class path (an archive only fits the class path it was made with), kept in a folder

@@ -61,7 +61,8 @@ class SparkConfig:
     # The embedded JVM maps the classes an earlier run of the same command loaded ("auto": made by a
     # command's first run on the machine, when its JVM exits; "off": never), kept in
     # class_archive_dir ("" = $XDG_CACHE_HOME/semspark/jvm). On 2 cores (bench/night_bench.py) a
-    # night of 40 images 21-22 s instead of 25-26 s. See semspark/class_archive.py.
+    # night of 40 images 19.3 and 21.5 s instead of 23.0 and 24.9 s (medians of two runs). See
+    # semspark/class_archive.py.
     class_archive: str = "auto"
     class_archive_dir: str = ""
     extra: dict[str, str] = field(default_factory=dict)
