@@ -103,7 +103,7 @@ def _post_json(url: str, headers: dict, body) -> tuple[int, dict]:
 
 
 def _navigate(browser, element) -> None:
-    """Click something that loads a page, and wait for the new page: reading the old one meanwhile
+    """Click something (or do something: a callable) that loads a page, and wait for the new page: reading the old one meanwhile
     would test nothing. The old page is marked in its window object, which a new page does not
     inherit; asking chromedriver whether an old element went stale instead can fail mid-navigation
     ("Node with given id does not belong to the document"), so a query that fails while the page
@@ -112,7 +112,7 @@ def _navigate(browser, element) -> None:
     from selenium.webdriver.support.ui import WebDriverWait
 
     browser.execute_script("window.semsparkOldPage = true;")
-    element.click()
+    element.click() if not callable(element) else element()
     WebDriverWait(browser, 30, ignored_exceptions=(WebDriverException,)).until(
         lambda driver: driver.execute_script(
             "return window.semsparkOldPage === undefined && document.readyState === 'complete';"))
@@ -324,18 +324,13 @@ def test_the_review_queue_follows_the_confidence_order_and_keys_accept(spark, we
     _screenshot(browser, "review")
     predicted = spark.sql(f"SELECT category FROM scoring.predictions WHERE image_id = '{first}' "
                           f"AND model_version = '{model}'").first()["category"]
-    browser.find_element(By.TAG_NAME, "body").send_keys("a")
-    deadline = time.monotonic() + 10
-    while browser.find_element(By.ID, "image-id").text == first and time.monotonic() < deadline:
-        time.sleep(0.2)
+    _navigate(browser, lambda: browser.find_element(By.TAG_NAME, "body").send_keys("a"))
     second = browser.find_element(By.ID, "image-id").text
-    assert second == queue()[0] == expected[1]       # the accepted image left the queue
+    now = queue()
+    assert second == now[0] == expected[1], (first, second, now[:3], expected[:3])   # the accepted image left the queue
     label = spark.sql(f"SELECT label, source, labelled_by FROM scoring.current_labels WHERE image_id = '{first}'").first()
     assert (label["label"], label["source"], label["labelled_by"]) == (predicted, "person", "scientist")
-    browser.find_element(By.TAG_NAME, "body").send_keys("n")
-    deadline = time.monotonic() + 10
-    while browser.find_element(By.ID, "image-id").text == second and time.monotonic() < deadline:
-        time.sleep(0.2)
+    _navigate(browser, lambda: browser.find_element(By.TAG_NAME, "body").send_keys("n"))
     assert browser.find_element(By.ID, "image-id").text == expected[2]
 
 
