@@ -109,6 +109,7 @@ def plan(command: str, settings: dict[str, str], configured_dir: str = "") -> Ar
         return None
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in command) or "semspark"
     archive = folder / f"{safe}-{archive_key(command, settings)}.jsa"
+    _remove_stale_parts(folder)
     if archive.is_file() and archive.stat().st_size > 0:
         return ArchivePlan(archive, None)
     try:
@@ -116,14 +117,20 @@ def plan(command: str, settings: dict[str, str], configured_dir: str = "") -> Ar
         probe = folder / f".probe-{uuid.uuid4().hex}"
         probe.touch()
         probe.unlink()
-        # what a JVM left when its Python process was killed before moving the archive in
-        for part in folder.glob(".*.part"):
-            if time.time() - part.stat().st_mtime > STALE_PART_S:
-                part.unlink(missing_ok=True)
     except OSError as exc:
         log.warning("no JVM class archive (the folder %s cannot be written: %s); set spark.class_archive_dir", folder, exc)
         return None
     return ArchivePlan(archive, folder / f".{archive.stem}.{uuid.uuid4().hex}.part")
+
+
+def _remove_stale_parts(folder: Path) -> None:
+    """What JVMs wrote when their Python process was killed before moving the archive in."""
+    try:
+        for part in folder.glob(".*.part"):
+            if time.time() - part.stat().st_mtime > STALE_PART_S:
+                part.unlink(missing_ok=True)
+    except OSError:   # a folder that cannot be read or written: plan() says so when it matters
+        pass
 
 
 def finish(plan_: ArchivePlan | None, gateway) -> None:

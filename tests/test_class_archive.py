@@ -85,3 +85,22 @@ def test_the_key_follows_what_an_archive_must_match():
     assert archive_key("semspark-nightly", {**settings, "spark.driver.extraJavaOptions": "-XX:+UseParallelGC"}) != key
     with pytest.raises(ConfigError, match="class_archive"):
         SparkConfig(class_archive="on")
+
+
+def test_part_written_archives_of_killed_runs_are_removed_after_an_hour(tmp_path):
+    """A JVM whose Python process was killed writes its archive to a part file nobody moves in:
+    the next run removes those over an hour old, never a younger one (a JVM may be writing it)."""
+    import time
+
+    from semspark.class_archive import plan
+
+    tmp_path.joinpath("jvm").mkdir()
+    old, young = tmp_path / "jvm" / ".semspark-sql-x.a.part", tmp_path / "jvm" / ".semspark-sql-x.b.part"
+    for part in (old, young):
+        part.write_bytes(b"\0" * 16)
+    two_hours_ago = time.time() - 7200
+    os.utime(old, (two_hours_ago, two_hours_ago))
+    made = plan("semspark-sql", {"spark.driver.memory": "4g"}, str(tmp_path / "jvm"))
+    assert made is not None and made.making is not None and made.making.parent == tmp_path / "jvm"
+    assert not old.exists() and young.exists()
+    assert "-XX:ArchiveClassesAtExit=" in made.java_options("-Dx=1") and "-Dx=1" in made.java_options("-Dx=1")
