@@ -221,9 +221,8 @@ def session_scope(config: Config, app_name: str | None = None, extra: dict[str, 
 
     A session that was already running (a notebook, the test suite) is left running.
     """
-    from pyspark.sql import SparkSession
-
     from pyspark import SparkContext
+    from pyspark.sql import SparkSession
 
     from semspark.class_archive import finish
 
