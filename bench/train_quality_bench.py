@@ -157,7 +157,16 @@ def main() -> None:
     parser.add_argument("--weight-decay", type=float, help="override the recipe's (1e-4)")
     parser.add_argument("--class-weights", choices=("balanced", "none"), help="override the recipe's")
     parser.add_argument("--learning-rate", type=float, help="override the architecture's default peak rate")
+    parser.add_argument("--alexnet-head", choices=("average", "flatten"),
+                        help="AlexNet's last map averaged (semspark's) or flattened (the original's)")
+    parser.add_argument("--convnext-layer-scale", type=float,
+                        help="ConvNeXt's layer scale at random initialisation (semspark's 0.1; Keras' 1e-6)")
     args = parser.parse_args()
+    from semspark.train import models
+    if args.alexnet_head:
+        models.ALEXNET_HEAD = args.alexnet_head
+    if args.convnext_layer_scale is not None:
+        models.CONVNEXT_LAYER_SCALE_INIT = args.convnext_layer_scale
     seeds = [int(s) for s in args.seeds.split(",")]
     for arch, (size, epochs, batch) in list(BUDGETS.items()):
         BUDGETS[arch] = (size, args.epochs or epochs, args.batch_size or batch)
@@ -167,7 +176,10 @@ def main() -> None:
     runs = [run_one(arch, seed, args.images, overrides, args.check_images) for arch in args.archs.split(",") for seed in seeds]
     result = {"benchmark": "training quality", "machine": {"cpu": cpu_model(),
                                                            "cores": os.cpu_count(), "python": platform.python_version()},
-              "images": args.images, "recipe_overrides": overrides, "runs": runs}
+              "images": args.images, "recipe_overrides": overrides,
+              "model_overrides": {"alexnet_head": models.ALEXNET_HEAD,
+                                  "convnext_layer_scale_init": models.CONVNEXT_LAYER_SCALE_INIT},
+              "runs": runs}
     by_arch: dict = {}
     for r in runs:
         by_arch.setdefault(r["arch"], []).append(r)

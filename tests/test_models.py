@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from semspark.train.models import (ARCHITECTURES, BACKBONE, MODES, ModelError, apply_mode, build_model,
-                                   copy_backbone, load_backbone_weights, parse_init)
+                                   copy_backbone, load_backbone_weights, load_for_inference, parse_init)
 
 SIZE = 75  # the smallest input all four accept
 
@@ -85,6 +85,40 @@ def test_an_earlier_model_initialises_the_backbone():
     assert later.get_layer("logits").kernel.shape == (4096, 4)  # a new, reset classifier
     with pytest.raises(ModelError):
         copy_backbone(earlier, build_model("inception_v4", 4, SIZE))
+
+
+def test_convnext_computes_what_keras_convnext_computes_with_the_same_weights(tmp_path):
+    """semspark's ConvNeXt-Tiny runs Keras' 7x7 grouped convolutions as depthwise ones (four times
+    faster on a CPU): a weights file of keras.applications' own ConvNeXtTiny (the layout of its
+    ImageNet file) initialises it, and both give the same features; a model registered in Keras'
+    layout (before the change) still loads for inference with the predictions it had."""
+    size = 32
+    tf.keras.utils.set_random_seed(4)
+    keras_backbone = tf.keras.applications.ConvNeXtTiny(include_top=False, weights=None, input_shape=(size, size, 3),
+                                                        pooling="avg", include_preprocessing=False)
+    for layer in keras_backbone.layers:
+        if type(layer).__name__ == "LayerScale":   # Keras starts it at 1e-6: the blocks would not show
+            layer.set_weights([np.random.default_rng(5).uniform(0.5, 1.5, layer.gamma.shape)])
+    path = str(tmp_path / "convnext_tiny_notop.h5")
+    keras_backbone.save_weights(path)
+    model = build_model("convnext_tiny", 3, size)
+    backbone = model.get_layer(BACKBONE)
+    assert not [layer.name for layer in backbone.layers if isinstance(layer, tf.keras.layers.Conv2D)
+                and not isinstance(layer, tf.keras.layers.DepthwiseConv2D) and layer.groups > 1]
+    gammas = [layer.gamma.numpy() for layer in backbone.layers if type(layer).__name__ == "LayerScale"]
+    assert len(gammas) == 18 and all(np.allclose(g, 0.1) for g in gammas)   # from random weights
+    assert load_backbone_weights(model, path) > 50   # (its zero biases and unit norms were already so)
+    x = np.random.default_rng(6).uniform(-1, 1, (2, size, size, 3)).astype("float32")
+    expected = keras_backbone(x, training=False).numpy()
+    assert np.abs(expected).max() > 0.1
+    np.testing.assert_allclose(backbone(x, training=False).numpy(), expected, atol=1e-4, rtol=1e-4)
+
+    registered = build_model("convnext_tiny", 3, size, keras_layout=True)
+    copy_backbone(model, registered)   # (Keras' layout from semspark's: the same transposition back)
+    registered.save(str(tmp_path / "model.keras"))
+    images = np.random.default_rng(7).integers(0, 256, (3, size, size, 1)).astype("float32")
+    loaded = load_for_inference(tmp_path / "model.keras", "convnext_tiny", 3, size)
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), registered.predict(images, verbose=0), atol=1e-5)
 
 
 def test_init_strings_and_bad_requests():

@@ -40,6 +40,15 @@ layers = tf.keras.layers
 
 BACKBONE = "backbone"
 BATCH_NORM_MOMENTUM = 0.9
+# ConvNeXt's layer scale starts at 1e-6 in Keras (Liu et al. 2022, for ImageNet's 1.2 million
+# images, where thousands of steps grow it): on a lab's few hundred labelled images a training of
+# a few hundred steps leaves the residual blocks nearly switched off and the network little more
+# than its stem and downsampling layers. From random weights it starts at this value instead
+# (ImageNet or semspark weights bring their own). Measured (bench/train_quality_bench.py, 64 px,
+# 12 epochs, seed 0, test accuracy at 1e-6 against 0.1): 0.30 against 0.41 at a peak rate of 1e-4,
+# 0.34 against 0.46 at 5e-4; at 2e-3 both diverge (0.37 against 0.21; 1.0: 0.18).
+CONVNEXT_LAYER_SCALE_INIT = 0.1
+ALEXNET_HEAD = "average"   # see _alexnet
 AUGMENTATION_LAYERS = ("flip", "rot90", "brightness", "contrast")
 
 
@@ -94,7 +103,8 @@ def _alexnet(inputs, fc_width: int = 4096):
     # 300 images, 128 px, 12 epochs, batch 16): flattened, 0.73, 0.67, 0.72 test accuracy (seeds
     # 0-2) at 3e-4 and 0.70, 0.70 at 1.5e-4; averaged, 0.77, 0.78, 0.85, 0.87, 0.82, 0.72 (seeds
     # 0-5) at 1.5e-4, 0.75, 0.77, 0.75 at 3e-4, 0.67, 0.72, 0.68 at 1e-3.
-    x = layers.GlobalAveragePooling2D()(x)
+    # ALEXNET_HEAD "flatten" builds the original, for comparison (bench/train_quality_bench.py --alexnet-head).
+    x = layers.Flatten()(x) if ALEXNET_HEAD == "flatten" else layers.GlobalAveragePooling2D()(x)
     x = layers.Dense(fc_width, activation="relu")(x)
     x = layers.Dropout(0.5)(x)
     return layers.Dense(fc_width, activation="relu")(x)
@@ -149,8 +159,57 @@ def _inception_v4(inputs):
     return layers.GlobalAveragePooling2D()(x)
 
 
-def build_backbone(arch: str, input_size: int) -> tf.keras.Model:
-    """The architecture without its classifier: (S, S, 3) in [-1, 1] -> a feature vector."""
+def _convnext_tiny(shape, keras_layout: bool = False) -> tf.keras.Model:
+    """Keras' ConvNeXt-Tiny with each 7x7 grouped convolution (groups = channels) as the
+    DepthwiseConv2D it is: the same function and weights (the kernel's last two axes swapped, see
+    depthwise_weights), but TensorFlow runs grouped convolutions on a CPU through a slow generic
+    path: 29.5 against 7.0 training images/s at 64 px, batch 16, this machine. Its layer scale
+    starts at CONVNEXT_LAYER_SCALE_INIT. ``keras_layout``: Keras' own layers, to read weight
+    files written in that layout (ImageNet's, and semspark's ConvNeXt models before the change)."""
+    model = tf.keras.applications.ConvNeXtTiny(include_top=False, weights=None, input_shape=shape,
+                                               pooling="avg", include_preprocessing=False)
+    if keras_layout:
+        return model
+
+    def rebuilt(layer):
+        config = layer.get_config()
+        if _is_grouped_depthwise(layer):
+            return layers.DepthwiseConv2D(kernel_size=config["kernel_size"], strides=config["strides"],
+                                          padding=config["padding"], use_bias=config["use_bias"],
+                                          name=config["name"])
+        if type(layer).__name__ == "LayerScale":
+            config["init_values"] = CONVNEXT_LAYER_SCALE_INIT
+        return type(layer).from_config(config)
+
+    return tf.keras.models.clone_model(model, clone_function=rebuilt)
+
+
+def _architecture(model: tf.keras.Model) -> str:
+    return model.name.removeprefix("semspark_")
+
+
+def _is_grouped_depthwise(layer) -> bool:
+    return (type(layer) is layers.Conv2D and layer.groups > 1
+            and layer.groups == layer.filters == layer.input_shape[-1])
+
+
+def depthwise_weights(source: tf.keras.Model, target: tf.keras.Model) -> None:
+    """Copy the weights of a backbone between Keras' layout (grouped convolutions) and the same
+    architecture built with depthwise ones (either way), layer by layer: a grouped kernel
+    (kh, kw, 1, C) is the depthwise kernel (kh, kw, C, 1)."""
+    if len(source.layers) != len(target.layers):
+        raise ModelError(f"{source.name} and {target.name} differ in their layers")
+    for old, new in zip(source.layers, target.layers):
+        weights = old.get_weights()
+        if {_is_grouped_depthwise(old), _is_grouped_depthwise(new)} == {True, False} and \
+                layers.DepthwiseConv2D in (type(old), type(new)):
+            weights = [weights[0].transpose(0, 1, 3, 2), *weights[1:]]
+        new.set_weights(weights)
+
+
+def build_backbone(arch: str, input_size: int, keras_layout: bool = False) -> tf.keras.Model:
+    """The architecture without its classifier: (S, S, 3) in [-1, 1] -> a feature vector.
+    ``keras_layout``: keras.applications' layers exactly (see _convnext_tiny)."""
     if arch not in ARCHITECTURES:
         raise ModelError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
     if input_size < MIN_INPUT_SIZES[arch]:
@@ -163,8 +222,7 @@ def build_backbone(arch: str, input_size: int) -> tf.keras.Model:
             include_top=False, weights=None, input_shape=shape, pooling="avg"),
         # Keras' ConvNeXt and EfficientNetV2 normalise their own input from 0..255: semspark gives
         # every backbone [-1, 1], so their own preprocessing is switched off.
-        "convnext_tiny": lambda: tf.keras.applications.ConvNeXtTiny(
-            include_top=False, weights=None, input_shape=shape, pooling="avg", include_preprocessing=False),
+        "convnext_tiny": lambda: _convnext_tiny(shape, keras_layout),
         "efficientnetv2_s": lambda: tf.keras.applications.EfficientNetV2S(
             include_top=False, weights=None, input_shape=shape, pooling="avg", include_preprocessing=False),
     }
@@ -185,7 +243,7 @@ def build_backbone(arch: str, input_size: int) -> tf.keras.Model:
 
 
 def build_model(arch: str, num_classes: int, input_size: int, dropout: float = 0.2,
-                augment: bool = True) -> tf.keras.Model:
+                augment: bool = True, keras_layout: bool = False) -> tf.keras.Model:
     """Grayscale image (S, S, 1), values 0..255 -> class probabilities; named embedding and logits."""
     if num_classes < 2:
         raise ModelError(f"need at least two classes to train, got {num_classes}")
@@ -206,7 +264,7 @@ def build_model(arch: str, num_classes: int, input_size: int, dropout: float = 0
         x = layers.RandomContrast(0.15, name="contrast")(x)
     x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="to_unit_range")(x)
     x = GrayToRGB(name="gray_to_rgb")(x)
-    features = build_backbone(arch, input_size)(x)
+    features = build_backbone(arch, input_size, keras_layout)(x)
     embedding = layers.Activation("linear", name="embedding")(features)
     logits = layers.Dense(num_classes, name="logits")(layers.Dropout(dropout, name="head_dropout")(embedding))
     probabilities = layers.Softmax(name="probabilities")(logits)
@@ -240,7 +298,12 @@ def load_backbone_weights(model: tf.keras.Model, path: str) -> int:
     backbone = model.get_layer(BACKBONE)
     before = [w.numpy().copy() for w in backbone.weights]
     try:
-        backbone.load_weights(path)
+        if _architecture(model) == "convnext_tiny":   # the file is in Keras' layout (grouped convolutions)
+            keras_backbone = build_backbone("convnext_tiny", backbone.input_shape[1], keras_layout=True)
+            keras_backbone.load_weights(path)
+            depthwise_weights(keras_backbone, backbone)
+        else:
+            backbone.load_weights(path)
     except Exception as exc:
         raise ModelError(f"weights file {path} does not fit this architecture: {exc}") from exc
     changed = sum(not (b == a.numpy()).all() for b, a in zip(before, backbone.weights))
@@ -269,7 +332,17 @@ def load_for_inference(path, architecture: str | None, num_classes: int, input_s
         return load_saved_model(path)
     model = build_model(architecture, num_classes, input_size)
     try:
-        model.load_weights(str(path))
+        try:
+            model.load_weights(str(path))
+        except ValueError:
+            if architecture != "convnext_tiny":
+                raise
+            # a ConvNeXt registered before its grouped convolutions became depthwise ones: read in
+            # Keras' layout, then moved into this one (inference rebuilds this layout from the weights)
+            registered = build_model(architecture, num_classes, input_size, keras_layout=True)
+            registered.load_weights(str(path))
+            copy_backbone(registered, model)
+            model.get_layer("logits").set_weights(registered.get_layer("logits").get_weights())
     except Exception as exc:
         raise ModelError(f"{path} does not hold weights of a {architecture} with {num_classes} classes at "
                          f"{input_size} px: {exc}") from exc
@@ -279,6 +352,12 @@ def load_for_inference(path, architecture: str | None, num_classes: int, input_s
 def copy_backbone(source: tf.keras.Model, target: tf.keras.Model) -> None:
     """Start ``target`` from the backbone of an earlier model of the same architecture."""
     try:
-        target.get_layer(BACKBONE).set_weights(source.get_layer(BACKBONE).get_weights())
-    except (ValueError, KeyError) as exc:
+        try:
+            target.get_layer(BACKBONE).set_weights(source.get_layer(BACKBONE).get_weights())
+        except ValueError:
+            if _architecture(target) != "convnext_tiny":
+                raise
+            # an earlier ConvNeXt in Keras' layout (see _convnext_tiny)
+            depthwise_weights(source.get_layer(BACKBONE), target.get_layer(BACKBONE))
+    except (ValueError, KeyError, ModelError) as exc:
         raise ModelError(f"cannot start a {target.name} from {source.name}: {exc}") from exc
