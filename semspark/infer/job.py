@@ -193,6 +193,7 @@ class _OpenRuns:
     images_in_scope: int
     images_examined: int               # rows of the open runs in scope
     counts: dict[str | None, int]      # rows per open run in scope
+    bin_counts: dict[tuple[str | None, str], int]   # rows per (open run, scale bin) in scope
     scored_after: datetime.datetime | None   # predictions older than this cannot be of them
     check_predictions: bool            # False: no open run was ever looked at, nothing of them is scored
     first_contact: list[str]           # every run of sem.images, when this version has no record yet
@@ -221,11 +222,13 @@ def _open_runs(spark, database: str, scale_bins, model_version: str) -> _OpenRun
               .agg(F.count("*").alias("images"), F.min("ingested_at").alias("first"),
                    F.count("ingested_at").alias("stamped")).collect())
     per_run: dict[str | None, dict] = {}
+    per_run_bin: dict[tuple[str | None, str], int] = {}
     every_run = set()
     for g in groups:
         every_run.add(g["ingest_run"])
         if scale_bins and g["scale_bin"] not in scale_bins:
             continue
+        per_run_bin[g["ingest_run"], g["scale_bin"]] = g["images"]
         run = per_run.setdefault(g["ingest_run"], {"images": 0, "first": None, "stamped": 0})
         run["images"] += g["images"]
         run["stamped"] += g["stamped"]
@@ -243,6 +246,7 @@ def _open_runs(spark, database: str, scale_bins, model_version: str) -> _OpenRun
                      images_in_scope=sum(r["images"] for r in per_run.values()),
                      images_examined=sum(r["images"] for r in open_runs.values()),
                      counts={run: row["images"] for run, row in open_runs.items()},
+                     bin_counts={key: n for key, n in per_run_bin.items() if key[0] in open_runs},
                      scored_after=None if unstamped or not firsts else min(firsts) - CLOCK_MARGIN,
                      check_predictions=bool(maybe_scored),
                      first_contact=[] if recorded else sorted(r for r in every_run if r is not None))
@@ -299,7 +303,7 @@ def _score(spark, config: Config, joined, scored, scale_bins, model_version: str
         raise InferError(f"no readable image dataset at {url}: run semspark ingest first ({exc})") from exc
     if scale_bins:
         stored = stored.filter(F.col("scale_bin").isin(scale_bins))  # reads only those partitions
-    source = _files_holding(spark, stored, pending, n_pending, url, summary)
+    source = _files_holding(spark, stored, pending, runs, scale_bins, url, summary)
     # A left join: an image of sem.images without stored pixels reaches the model as NULL and comes
     # back as an error row (reported, retried next run) instead of vanishing.
     pixels = (pending.drop("ingest_run").join(source.select("image_id", "image"), "image_id", "left")
@@ -426,32 +430,39 @@ def _flag(column: str):
     return F.when(F.isnan(column) | F.col(column).isNull(), None).otherwise(F.col(column) > 0.5)
 
 
-def _files_holding(spark, stored, pending, n_pending: int, url: str, summary: InferSummary):
+def _files_holding(spark, stored, pending, runs: _OpenRuns, scale_bins, url: str, summary: InferSummary):
     """The stored images, read only from the dataset files that hold an image to score.
 
     A night's images sit in the few files that night's ingest wrote; reading every file's pixels
     to find them would make each night cost as much as the whole repository (9 GB at 150,000
-    images). Ingest names its files after its run (dataset.RUN_FILE) and sem.images names each
-    image's run: when the files of the pending images' runs hold them all, only those are read.
-    Otherwise (files compacted or rescaled since, a dataset from before run names) the ids of
-    every file are read (one small column, Parquet reads it alone) and the pixels from the files
-    that hold a pending id, and no others."""
+    images). Ingest names its files after its run (dataset.RUN_FILE), writes them before
+    sem.images, and nothing but compaction and rescale (which write files of other names) removes
+    them: when the named files of each pending run hold, bin by bin, as many rows as sem.images has
+    of that run there (their Parquet footers say, read here without a Spark job), they hold all its
+    images, and only they are read. Otherwise (a run's files compacted or rescaled since, a dataset
+    from before run names) the ids of every file are read (one small column, Parquet reads it
+    alone) and the pixels from the files that hold a pending id, and no others."""
     from pyspark.sql import functions as F
 
-    from semspark.dataset import data_files, dataset_root, hadoop_path, run_of_file
+    from semspark.dataset import bin_of, data_files, dataset_root, hadoop_path, run_of_file
 
     root = dataset_root(url)
     every = data_files(root)
     summary.dataset_files = len(every)
-    runs = {r["ingest_run"] for r in pending.select("ingest_run").distinct().collect()}
-    named = [hadoop_path(root, f) for f in every if run_of_file(f) in runs]
-    if named:
-        by_run = spark.read.option("basePath", url).parquet(*named)
-        if by_run.select("image_id").join(pending, "image_id", "left_semi").distinct().count() == n_pending:
+    pending_runs = {r["ingest_run"] for r in pending.select("ingest_run").distinct().collect()}
+    named = [f for f in every if run_of_file(f) in pending_runs and (not scale_bins or bin_of(f) in scale_bins)]
+    if named and None not in pending_runs:
+        import pyarrow.parquet as pq
+
+        held: dict[tuple[str, str], int] = {}
+        for f in named:
+            key = (run_of_file(f), bin_of(f))
+            held[key] = held.get(key, 0) + pq.ParquetFile(root / f).metadata.num_rows
+        if all(held.get(key, 0) == n for key, n in runs.bin_counts.items() if key[0] in pending_runs):
             summary.dataset_files_read = len(named)
             log.info("reading the pixels of %d of %d dataset files (the pending images' ingest runs)",
                      len(named), summary.dataset_files)
-            return by_run
+            return spark.read.option("basePath", url).parquet(*[hadoop_path(root, f) for f in named])
     holders = (stored.select("image_id", F.col("_metadata.file_path").alias("file"))
                .join(pending.select("image_id"), "image_id", "left_semi").select("file").distinct())
     files = sorted(r["file"] for r in holders.collect())
