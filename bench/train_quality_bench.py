@@ -59,6 +59,23 @@ def images(n: int, seed: int):
     return x[order], y[order]
 
 
+def ece_floor(probabilities, seed: int, draws: int = 200) -> float:
+    """The ECE a perfectly calibrated model with these probabilities shows on this many images, by
+    chance: the mean over ``draws`` of the ECE against labels drawn from the probabilities themselves.
+    An ECE near it is calibration the sample cannot tell from perfect."""
+    import numpy as np
+
+    from semspark.train.evaluation import expected_calibration_error
+
+    rng = np.random.default_rng(seed)
+    cumulative = np.cumsum(probabilities, axis=1)
+    values = []
+    for _ in range(draws):
+        drawn = (rng.random((len(probabilities), 1)) > cumulative).sum(axis=1).clip(0, probabilities.shape[1] - 1)
+        values.append(expected_calibration_error(probabilities, drawn))
+    return float(np.mean(values))
+
+
 def run_one(arch: str, seed: int, n: int, overrides: dict | None = None, check: int = 0) -> dict:
     import numpy as np
     import tensorflow as tf
@@ -103,7 +120,8 @@ def run_one(arch: str, seed: int, n: int, overrides: dict | None = None, check: 
         checked = {"check_images": check,
                    "check_accuracy": round(float(np.mean(check_logits.argmax(1) == yc)), 4),
                    "check_ece_before": round(expected_calibration_error(softmax(check_logits), yc), 4),
-                   "check_ece_after": round(expected_calibration_error(softmax(check_logits, temperature), yc), 4)}
+                   "check_ece_after": round(expected_calibration_error(softmax(check_logits, temperature), yc), 4),
+                   "check_ece_floor_after": round(ece_floor(softmax(check_logits, temperature), seed), 4)}
     return {"arch": arch, "seed": seed, "input_px": size, "epochs": epochs, "train_seconds": round(seconds, 1),
             "train_images_per_s": round(a * epochs / seconds, 1),
             "test_accuracy": round(scores["accuracy"]["value"], 4),
@@ -111,6 +129,7 @@ def run_one(arch: str, seed: int, n: int, overrides: dict | None = None, check: 
             "macro_f1": round(scores["macro_f1"]["value"], 4),
             "ece_before": round(expected_calibration_error(softmax(logits["test"]), y[test]), 4),
             "ece_after": round(expected_calibration_error(softmax(logits["test"], temperature), y[test]), 4),
+            "ece_floor_after": round(ece_floor(softmax(logits["test"], temperature), seed), 4),
             "temperature": round(temperature, 3),
             "train_minus_inference_accuracy_on_training_images": round(training_mode - inference_mode, 4),
             "final_training_accuracy": round(float(history.history["accuracy"][-1]), 4), **checked}
