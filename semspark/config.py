@@ -121,7 +121,7 @@ class QualityConfig:
 class CompactionConfig:
     """When small files are rewritten into fewer (``semspark compact``, and the nightly after its work)."""
     nightly: bool = True                 # the nightly compacts what is over the thresholds
-    table_files: int = 64                # a table (or a partition of one) with more files than this
+    table_files: int = 16                # a table (or a partition of one) with more files than this
     dataset_files_per_bin: int = 16      # a scale bin of the dataset with more files than this
     target_file_mb: int = 128            # a compacted table file holds about this much
 

@@ -200,6 +200,19 @@ def test_images_table_is_partitioned_by_scale_bin(spark, first_run):
     partitions = {r[0] for r in spark.sql("SHOW PARTITIONS sem.images").collect()}
     bins = {r[0] for r in spark.sql("SELECT DISTINCT scale_bin FROM sem.images").collect()}
     assert partitions == {f"scale_bin={b}" for b in bins}
+    # one file per scale bin a run (not one per bin and Spark task: a night's scoring reads every
+    # small file of the table until compaction), found with pyarrow in the table's folders
+    import pyarrow.parquet as pq
+    from urllib.parse import unquote
+
+    of_run = {}
+    for uri in spark.table("sem.images").inputFiles():
+        path = Path(unquote(uri.replace("file://", "").replace("file:", "")))
+        runs = set(pq.read_table(path, columns=["ingest_run"]).column("ingest_run").to_pylist())
+        if first_run.run_id in runs:
+            of_run.setdefault(path.parent.name, []).append(path.name)
+    assert set(of_run) == {f"scale_bin={b}" for b in first_run.new_by_scale_bin}
+    assert all(len(files) == 1 for files in of_run.values()), of_run
 
 
 def snapshot(spark):

@@ -43,6 +43,9 @@ from semspark.storage import home_path
 
 log = logging.getLogger(__name__)
 
+# sem.images rows (no pixels, about 1 KB) one task writes: a night's in one file per scale bin.
+IMAGES_ROWS_PER_TASK = 100_000
+
 
 
 @dataclass
@@ -184,7 +187,9 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
         append_changes(spark, db, new_images.filter(F.col("label").isNotNull()).select("image_id", "label"),
                        "folders" if labels == "folders" else "csv", current_user(), run_id, at=started,
                        count_unchanged=False)
-    insert(new_images, db, IMAGES)
+    # One file per scale bin a night (Spark would write one per bin and task): a night's scoring
+    # reads every small file of sem.images until compaction merges them.
+    insert(new_images.coalesce(max(1, math.ceil(n_pending / IMAGES_ROWS_PER_TASK))), db, IMAGES)
     clear_pending(spark, summary.dataset_url, qualified(db, IMAGES), run_id)   # the ids sem.images now holds are done
 
     # The outcomes of the staged files (small): a night with nothing to quarantine and no sidecar
