@@ -151,7 +151,12 @@ def build_session(config: Config, app_name: str | None = None, extra: dict[str, 
         settings.update(catalog_conf(config, home))
         if config.spark.driver_jit == "c1":
             options = settings.get("spark.driver.extraJavaOptions", "")
-            settings["spark.driver.extraJavaOptions"] = f"{options} -XX:TieredStopAtLevel=1".strip()
+            # C1 alone gets a 48 MB code cache from the JVM (the full JIT 240 MB); Spark compiles
+            # classes for every query, and a process that runs for minutes (a bulk load, the
+            # benchmarks' 40 nights) filled it: "CodeCache is full. Compiler has been disabled",
+            # then everything new ran interpreted. The full JIT's size, reserved, not committed.
+            settings["spark.driver.extraJavaOptions"] = \
+                f"{options} -XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m".strip()
         settings.update(config.spark.extra)
         settings.update(extra or {})
         if class_archive and config.spark.class_archive == "auto" and SparkContext._active_spark_context is None:

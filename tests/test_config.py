@@ -71,6 +71,11 @@ def test_the_embedded_jvm_compiles_with_c1_only_and_keeps_the_catalogs_options(s
     arguments = list(spark.sparkContext._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean()
                      .getInputArguments())
     assert "-XX:TieredStopAtLevel=1" in arguments
+    # and the full JIT's code cache, not C1's 48 MB (filled within minutes: the compiler stopped)
+    jvm = spark.sparkContext._jvm
+    diagnostics = jvm.java.lang.management.ManagementFactory.getPlatformMXBean(
+        jvm.java.lang.Class.forName("com.sun.management.HotSpotDiagnosticMXBean"))
+    assert int(diagnostics.getVMOption("ReservedCodeCacheSize").getValue()) >= 240 * 1024 * 1024
     assert f"-Dderby.system.home={semspark_home / 'metastore'}" in arguments
     with pytest.raises(ConfigError, match="driver_jit"):
         SparkConfig(driver_jit="fast")
