@@ -56,7 +56,7 @@ def test_the_first_run_makes_the_archive_and_the_next_run_maps_it(tmp_path, comm
     metastore = Path(command_env["SEMSPARK_HOME"]) / "metastore"
     second = sql(command_env, write_config(tmp_path / "second.yaml", archives,
                                            f"-Dderby.system.home={metastore} -XX:TieredStopAtLevel=1 "
-                                           f"-Xlog:class+load=info:file={load_log}"))
+                                           f"-XX:ReservedCodeCacheSize=240m -Xlog:class+load=info:file={load_log}"))
     assert [json.loads(line) for line in second.stdout.splitlines()] == [{"answer": 42}]
     assert "class archive written" not in second.stderr
     lines = load_log.read_text().splitlines()
