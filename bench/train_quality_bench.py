@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/train_quality_bench.py [--archs compact_cnn,alexnet] [--seeds 0,1,2]
         [--images 640] [--epochs E] [--batch-size B] [--check-images 1000] [--cli-alexnet] [--learning-rate R] [--label-smoothing S]
-        [--weight-decay W]
+        [--weight-decay W] [--alexnet-head average|flatten] [--convnext-layout depthwise|keras]
+        [--convnext-layer-scale S]
 
 Per architecture, at a CPU-sized input and a fixed epoch budget (BUDGETS), over several seeds:
 the generated categories (semspark.synth.morphology, the images the demo ingests, rendered at
@@ -45,6 +46,9 @@ from ingest_bench import cpu_model  # noqa: E402  (bench/ is on sys.path when ru
 BUDGETS = {"compact_cnn": (64, 25, 32), "alexnet": (128, 12, 32), "convnext_tiny": (64, 12, 32),
            "efficientnetv2_s": (64, 12, 32), "inception_v3": (75, 12, 32), "inception_v4": (75, 12, 32),
            "inception_resnet_v2": (75, 12, 32)}
+
+
+KERAS_LAYOUT = False   # --convnext-layout keras: Keras' grouped convolutions (and layer scale 1e-6)
 
 
 def images(n: int, seed: int):
@@ -95,7 +99,7 @@ def run_one(arch: str, seed: int, n: int, overrides: dict | None = None, check: 
     # the architecture's own rate moved to this batch, as `semspark train` does, unless one is given
     recipe = Recipe(**{"learning_rate": rate_for_batch(learning_rate_for(arch), batch, False), **(overrides or {})})
     steps = int(np.ceil(a / batch))
-    model = build_model(arch, 10, size)
+    model = build_model(arch, 10, size, keras_layout=KERAS_LAYOUT)
     model.compile(make_optimizer(recipe, learning_rate_schedule(recipe.learning_rate, recipe.schedule,
                                                                 recipe.warmup_epochs * steps, epochs * steps)),
                   SmoothedSparseCrossentropy(10, recipe.label_smoothing), metrics=["accuracy"])
@@ -178,10 +182,15 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, help="override the architecture's default peak rate")
     parser.add_argument("--alexnet-head", choices=("average", "flatten"),
                         help="AlexNet's last map averaged (semspark's) or flattened (the original's)")
+    parser.add_argument("--convnext-layout", choices=("depthwise", "keras"), default="depthwise",
+                        help="keras: ConvNeXt's 7x7 convolutions as Keras builds them (grouped; about a tenth "
+                             "of the training images/s on a CPU) and its layer scale at 1e-6")
     parser.add_argument("--convnext-layer-scale", type=float,
                         help="ConvNeXt's layer scale at random initialisation (semspark's 0.1; Keras' 1e-6)")
     args = parser.parse_args()
     from semspark.train import models
+    global KERAS_LAYOUT
+    KERAS_LAYOUT = args.convnext_layout == "keras"
     if args.alexnet_head:
         models.ALEXNET_HEAD = args.alexnet_head
     if args.convnext_layer_scale is not None:
@@ -196,8 +205,8 @@ def main() -> None:
     result = {"benchmark": "training quality", "machine": {"cpu": cpu_model(),
                                                            "cores": os.cpu_count(), "python": platform.python_version()},
               "images": args.images, "recipe_overrides": overrides,
-              "model_overrides": {"alexnet_head": models.ALEXNET_HEAD,
-                                  "convnext_layer_scale_init": models.CONVNEXT_LAYER_SCALE_INIT},
+              "model_overrides": {"alexnet_head": models.ALEXNET_HEAD, "convnext_layout": args.convnext_layout,
+                                  "convnext_layer_scale_init": 1e-6 if KERAS_LAYOUT else models.CONVNEXT_LAYER_SCALE_INIT},
               "runs": runs}
     by_arch: dict = {}
     for r in runs:

@@ -201,8 +201,7 @@ def depthwise_weights(source: tf.keras.Model, target: tf.keras.Model) -> None:
         raise ModelError(f"{source.name} and {target.name} differ in their layers")
     for old, new in zip(source.layers, target.layers):
         weights = old.get_weights()
-        if {_is_grouped_depthwise(old), _is_grouped_depthwise(new)} == {True, False} and \
-                layers.DepthwiseConv2D in (type(old), type(new)):
+        if type(old) is not type(new) and layers.DepthwiseConv2D in (type(old), type(new)):   # the swapped pair
             weights = [weights[0].transpose(0, 1, 3, 2), *weights[1:]]
         new.set_weights(weights)
 
