@@ -187,6 +187,8 @@ def main() -> None:
                              "of the training images/s on a CPU) and its layer scale at 1e-6")
     parser.add_argument("--convnext-layer-scale", type=float,
                         help="ConvNeXt's layer scale at random initialisation (semspark's 0.1; Keras' 1e-6)")
+    parser.add_argument("--convnext-drop-path", type=float,
+                        help="ConvNeXt's stochastic depth at its last block (semspark's default: models.CONVNEXT_DROP_PATH_RATE)")
     args = parser.parse_args()
     from semspark.train import models
     global KERAS_LAYOUT
@@ -195,6 +197,8 @@ def main() -> None:
         models.ALEXNET_HEAD = args.alexnet_head
     if args.convnext_layer_scale is not None:
         models.CONVNEXT_LAYER_SCALE_INIT = args.convnext_layer_scale
+    if args.convnext_drop_path is not None:
+        models.CONVNEXT_DROP_PATH_RATE = args.convnext_drop_path
     seeds = [int(s) for s in args.seeds.split(",")]
     for arch, (size, epochs, batch) in list(BUDGETS.items()):
         BUDGETS[arch] = (size, args.epochs or epochs, args.batch_size or batch)
@@ -206,7 +210,8 @@ def main() -> None:
                                                            "cores": os.cpu_count(), "python": platform.python_version()},
               "images": args.images, "recipe_overrides": overrides,
               "model_overrides": {"alexnet_head": models.ALEXNET_HEAD, "convnext_layout": args.convnext_layout,
-                                  "convnext_layer_scale_init": 1e-6 if KERAS_LAYOUT else models.CONVNEXT_LAYER_SCALE_INIT},
+                                  "convnext_layer_scale_init": 1e-6 if KERAS_LAYOUT else models.CONVNEXT_LAYER_SCALE_INIT,
+                                  "convnext_drop_path": 0.0 if KERAS_LAYOUT else models.CONVNEXT_DROP_PATH_RATE},
               "runs": runs}
     by_arch: dict = {}
     for r in runs:

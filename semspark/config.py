@@ -100,8 +100,10 @@ class InferConfig:
     batch_size: int = 64            # images per model call in a Spark task
     images_per_task: int = 1000     # at most this many images per Spark task (more tasks, more cores)
     threads_per_task: int = 0       # TensorFlow threads per task on CPU; 0 = auto (idle cores, up to an executor's)
+    engine: str = "auto"            # auto (TensorFlow Lite on CPU tasks, TensorFlow on GPUs) | tflite | tensorflow
 
     def __post_init__(self) -> None:
+        _require(self.engine in ("auto", "tflite", "tensorflow"), "infer.engine must be auto, tflite or tensorflow")
         _require(1 <= self.batch_size <= 4096, "infer.batch_size must be within 1..4096")
         _require(self.images_per_task >= 1, "infer.images_per_task must be positive")
         _require(self.threads_per_task >= 0, "infer.threads_per_task must be 0 or more")

@@ -2,9 +2,11 @@
 against the same model run directly in the test; incremental reruns; promotion and the view."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -90,6 +92,60 @@ def test_predictions_agree_with_the_model_run_directly(spark, scoring, first_sco
         assert row["category"] == classes[int(np.argmax(direct[i]))]
         assert np.allclose(row["probabilities"], direct[i], atol=1e-4)
         assert np.allclose(row["embedding"], embedding[i], rtol=1e-3, atol=1e-3)
+
+
+def test_first_scoring_ran_the_tflite_engine_on_cpu(spark, scoring, first_scoring):
+    """On CPU tasks the default engine is TensorFlow Lite (the test above holds its predictions to
+    Keras' own); its flat buffer is kept beside the model with the checksum scoring verified."""
+    from semspark.infer.job import scoring_model
+
+    engine, data = scoring_model(spark, scoring.config, scoring.model.model_version)
+    record = registry.read_json(Path(scoring.model.path) / "inference_tflite.json")
+    assert engine == "tflite" and hashlib.sha256(data).hexdigest() == record["sha256"]
+    forced = dataclasses.replace(scoring.config, infer=dataclasses.replace(scoring.config.infer, engine="tensorflow"))
+    engine, weights = scoring_model(spark, forced, scoring.model.model_version)
+    assert engine == "tensorflow" and weights == registry.inference_weights(scoring.model.model_version)[1]
+
+
+def test_resize_matrices_are_tensorflows_antialiased_resize():
+    import tensorflow as tf
+
+    from semspark.infer.predictor import resize_matrix
+
+    rng = np.random.default_rng(0)
+    for side, size in ((299, 64), (299, 75), (96, 64), (128, 299), (100, 100), (257, 227)):
+        images = rng.integers(0, 256, (3, side, side)).astype(np.float32)
+        expected = tf.image.resize(images[..., None], (size, size), antialias=True).numpy()[..., 0]
+        matrix = resize_matrix(side, size)
+        assert np.abs(matrix @ images @ matrix.T - expected).max() < 0.01, (side, size)
+
+
+def test_both_engines_give_the_same_predictions(scoring, first_scoring):
+    """make_predict_fn as a Spark worker runs it, once per engine, on the stored PNGs: the TFLite
+    flat buffer (resize by matrices) against TensorFlow rebuilding the model from its weights."""
+    import pyarrow.parquet as pq
+
+    from semspark.dataset import dataset_url
+    from semspark.infer.predictor import ModelPayload, make_predict_fn
+
+    stored = pq.read_table(dataset_url(scoring.config)[len("file://"):], columns=["image"]).column("image").to_pylist()
+    version = scoring.model.model_version
+    metadata = registry.read_json(Path(scoring.model.path) / "metadata.json")
+    outputs = {}
+    for engine, data in (("tflite", registry.inference_tflite(version)),
+                         ("tensorflow", registry.inference_weights(version)[1])):
+        payload = ModelPayload(model_version=version, sha256=hashlib.sha256(data).hexdigest(),
+                               class_names=tuple(metadata["class_names"]), input_size=metadata["input_size"],
+                               architecture=metadata["architecture"], threads=1, engine=engine)
+        predict = make_predict_fn(payload, SimpleNamespace(value=data))()
+        outputs[engine] = predict(np.array(stored + [b"\x89PNG broken"], dtype=object))
+    lite, full = outputs["tflite"], outputs["tensorflow"]
+    assert list(lite["category"]) == list(full["category"]) and lite["category"][-1] is None
+    assert np.allclose(lite["logits"], full["logits"], atol=1e-4)
+    assert np.allclose(lite["embedding"], full["embedding"], atol=1e-4)
+    with pytest.raises(ValueError, match="SHA-256"):
+        broken = ModelPayload(**{**payload.__dict__, "engine": "tflite", "sha256": "0" * 64})
+        make_predict_fn(broken, SimpleNamespace(value=registry.inference_tflite(version)))()
 
 
 def test_a_rerun_scores_only_new_images(spark, scoring, first_scoring, tmp_path):

@@ -175,14 +175,16 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
     existing_ids = spark.table(qualified(db, IMAGES)).select("image_id")
     first_paths = good.groupBy(F.col("sha256").alias("image_id")).agg(F.min("path").alias("path"))
     # Materialised, not cached: inserting into sem.images would invalidate a cache that reads it.
-    (good.withColumnRenamed("sha256", "image_id")
+    # Without the pixels: the dataset's write takes them from the staged rows, so they are read
+    # once after processing (a copy here would write and read them once more).
+    (good.drop("image").withColumnRenamed("sha256", "image_id")
      .join(first_paths, ["image_id", "path"], "left_semi")
      .join(existing_ids, "image_id", "left_anti")
      .withColumn("ingested_at", stamp).withColumn("ingest_run", run)
      .write.mode("overwrite").parquet((staging / "new_images").as_uri()))
     new_images = spark.read.parquet((staging / "new_images").as_uri())
-
-    write_dataset(spark, config, new_images, summary.dataset_url, run_id)
+    pixels = good.select("path", "image")   # one staged row per listed path
+    write_dataset(spark, config, new_images.join(pixels, "path"), summary.dataset_url, run_id)
     if labels is not None:   # before sem.images: a rerun after a crash finds them and adds nothing
         append_changes(spark, db, new_images.filter(F.col("label").isNotNull()).select("image_id", "label"),
                        "folders" if labels == "folders" else "csv", current_user(), run_id, at=started,

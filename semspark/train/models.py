@@ -48,6 +48,11 @@ BATCH_NORM_MOMENTUM = 0.9
 # 12 epochs, seed 0, test accuracy at 1e-6 against 0.1): 0.30 against 0.41 at a peak rate of 1e-4,
 # 0.34 against 0.46 at 5e-4; at 2e-3 both diverge (0.37 against 0.21; 1.0: 0.18).
 CONVNEXT_LAYER_SCALE_INIT = 0.1
+# Stochastic depth (Huang et al. 2016): in training, each residual block of ConvNeXt is skipped
+# for a whole image with a probability rising linearly from 0 at the first block to this rate at
+# the last (ConvNeXt's own schedule; 0.1 for Tiny on ImageNet-1k). Keras builds ConvNeXtTiny
+# without it.
+CONVNEXT_DROP_PATH_RATE = 0.0
 ALEXNET_HEAD = "average"   # see _alexnet
 AUGMENTATION_LAYERS = ("flip", "rot90", "brightness", "contrast")
 
@@ -70,6 +75,28 @@ class RandomRot90(layers.Layer):
         turns = tf.random.uniform([tf.shape(inputs)[0]], 0, 4, dtype=tf.int32)
         rotations = tf.stack([tf.image.rot90(inputs, k) for k in range(4)], axis=1)  # (B, 4, H, W, C)
         return tf.gather(rotations, turns, axis=1, batch_dims=1)
+
+
+@tf.keras.utils.register_keras_serializable(package="semspark")
+class DropPath(layers.Layer):
+    """Stochastic depth on a residual branch: while training, the branch of each image is zeroed
+    with probability ``rate`` and the others scaled by 1 / (1 - rate), so its expected value is
+    unchanged; at inference it passes through."""
+
+    def __init__(self, rate: float, **kwargs):
+        super().__init__(**kwargs)
+        self.rate = float(rate)
+
+    def call(self, inputs, training=None):
+        if not training or self.rate <= 0.0:
+            return inputs
+        keep = 1.0 - self.rate
+        kept = tf.cast(tf.random.uniform([tf.shape(inputs)[0]] + [1] * (inputs.shape.rank - 1)) < keep,
+                       inputs.dtype)
+        return inputs * kept / keep
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate}
 
 
 def _conv(x, filters, kernel, strides=1, padding="same", name=None):
@@ -165,11 +192,17 @@ def _convnext_tiny(shape, keras_layout: bool = False) -> tf.keras.Model:
     depthwise_weights), but TensorFlow runs grouped convolutions on a CPU through a slow generic
     path: 29.5 against 7.0 training images/s at 64 px, batch 16, this machine. Its layer scale
     starts at CONVNEXT_LAYER_SCALE_INIT. ``keras_layout``: Keras' own layers, to read weight
-    files written in that layout (ImageNet's, and semspark's ConvNeXt models before the change)."""
+    files written in that layout (ImageNet's, and semspark's ConvNeXt models before the change).
+    Each residual block ends in stochastic depth (DropPath) where Keras has an identity, at rates
+    rising to CONVNEXT_DROP_PATH_RATE: layers without weights, so weight files fit either way."""
     model = tf.keras.applications.ConvNeXtTiny(include_top=False, weights=None, input_shape=shape,
                                                pooling="avg", include_preprocessing=False)
     if keras_layout:
         return model
+    # Keras names each block's last layer ..._stage_S_block_B_identity, in order
+    identities = [layer.name for layer in model.layers if layer.name.endswith("_identity")]
+    drop_rates = {name: CONVNEXT_DROP_PATH_RATE * i / max(1, len(identities) - 1)
+                  for i, name in enumerate(identities)}
 
     def rebuilt(layer):
         config = layer.get_config()
@@ -179,6 +212,8 @@ def _convnext_tiny(shape, keras_layout: bool = False) -> tf.keras.Model:
                                           name=config["name"])
         if type(layer).__name__ == "LayerScale":
             config["init_values"] = CONVNEXT_LAYER_SCALE_INIT
+        if drop_rates.get(layer.name):
+            return DropPath(drop_rates[layer.name], name=layer.name)
         return type(layer).from_config(config)
 
     return tf.keras.models.clone_model(model, clone_function=rebuilt)
@@ -346,6 +381,14 @@ def load_for_inference(path, architecture: str | None, num_classes: int, input_s
         raise ModelError(f"{path} does not hold weights of a {architecture} with {num_classes} classes at "
                          f"{input_size} px: {exc}") from exc
     return model
+
+
+def tflite_model(model: tf.keras.Model) -> bytes:
+    """The model's inference as a TensorFlow Lite flat buffer: one signature, ``image`` (N, S, S, 1)
+    float 0..255 at the model's input size -> ``embedding`` and ``logits`` (the augmentation layers
+    are identities at inference and leave nothing behind)."""
+    heads = tf.keras.Model(model.inputs, [model.get_layer("embedding").output, model.get_layer("logits").output])
+    return tf.lite.TFLiteConverter.from_keras_model(heads).convert()
 
 
 def copy_backbone(source: tf.keras.Model, target: tf.keras.Model) -> None:
