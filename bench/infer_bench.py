@@ -1,6 +1,7 @@
 """Benchmark of the infer stage. Prints one JSON document.
 
     .venv/bin/python bench/infer_bench.py [--arch inception_v3] [--input-size 299] [--images 720]
+                                          [--engine auto|tflite|tensorflow]
 
 Same model (registered in a scratch SEMSPARK_HOME, random weights: speed does not depend on
 them), same stored images, same cores, measured in one run:
@@ -12,6 +13,8 @@ them), same stored images, same cores, measured in one run:
 A first scoring with another version of the model warms the session (JVM, Python workers) and is
 not timed; then --rounds pairs of timings (bare, then Spark with a new version of the model, so
 everything is scored again), reported each and as the median ratio. Target: Spark path >= 80% of the bare model. Machines here are noisy: compare ratios.
+The Spark path runs ``--engine`` (infer.engine; auto: TensorFlow Lite on CPU); each version's
+TFLite conversion is made before the timings, as `semspark promote` makes it.
 """
 from __future__ import annotations
 
@@ -57,6 +60,7 @@ def main() -> None:
                         help="infer.images_per_task (360 with 720 images: two tasks)")
     parser.add_argument("--threads-per-task", type=int, default=0,
                         help="infer.threads_per_task (0 = auto: idle cores go to TensorFlow)")
+    parser.add_argument("--engine", choices=("auto", "tflite", "tensorflow"), default="auto", help="infer.engine")
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="semspark-infer-bench-"))
@@ -75,7 +79,7 @@ def main() -> None:
     config = Config(catalog=CatalogConfig(database="bench"),
                     ingest=IngestConfig(image_size=args.input_size, dataset_dir="datasets/bench"),
                     infer=InferConfig(batch_size=args.batch_size, images_per_task=args.images_per_task,
-                                      threads_per_task=args.threads_per_task))
+                                      threads_per_task=args.threads_per_task, engine=args.engine))
     spark = build_session(config, app_name="infer-bench", extra={
         "spark.master": f"local[{args.cores}]", "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false"})
@@ -107,6 +111,11 @@ def main() -> None:
         rebuilt.set_weights(weights_from_bytes(weights, hashlib.sha256(weights).hexdigest()))
         rebuild_load = time.perf_counter() - start
         del rebuilt
+        if args.engine != "tensorflow":
+            from semspark.infer.job import scoring_model
+
+            for version in versions:   # as promote does: not in the timed scoring
+                scoring_model(spark, config, version)
         model.predict(x[: args.batch_size], batch_size=args.batch_size, verbose=0)  # trace, warm up
         run_inference(spark, config, versions[0])  # untimed: JVM, Python workers, code paths
 
@@ -126,7 +135,7 @@ def main() -> None:
         print(json.dumps({
             "benchmark": "infer", "arch": args.arch, "input_size": args.input_size, "images": len(x),
             "cores": args.cores, "batch_size": args.batch_size, "images_per_task": args.images_per_task,
-            "threads_per_task": args.threads_per_task,
+            "threads_per_task": args.threads_per_task, "engine": args.engine,
             "model_load_seconds": {"keras_full_load": round(keras_load, 2),
                                    "rebuild_and_set_weights": round(rebuild_load, 2)},
             "rounds": rounds,

@@ -61,9 +61,12 @@ def test_nightly_twice_leaves_the_same_tables(spark, scoring, tmp_path):
     # A run that was killed earlier: its start is logged, its end never was.
     ensure_run_log(spark, db)
     ghost = {name: None for name in RUN_EVENTS.columns}
-    ghost.update(run_id="nightly-ghost", kind="nightly", status="running", started_at=datetime(2026, 1, 1),
-                 recorded_at=datetime(2026, 1, 1))
-    insert(spark.createDataFrame([ghost], RUN_EVENTS.schema), db, RUN_EVENTS)
+    ghost.update(run_id="nightly-ghost", kind="nightly", status="running", started_at=datetime(2026, 1, 1, 2, 3, 4),
+                 files_listed=7, input="/data/sem", recorded_at=datetime(2026, 1, 1, 2, 3, 4))
+    # a run that logged its start, then its end: not interrupted, whatever order its rows are in
+    finished = [{**ghost, "run_id": "nightly-finished", "status": status, "recorded_at": datetime(2026, 1, 2, hour)}
+                for status, hour in (("succeeded", 5), ("running", 4))]
+    insert(spark.createDataFrame([ghost, *finished], RUN_EVENTS.schema), db, RUN_EVENTS)
 
     known = {r[0] for r in spark.sql(f"SELECT image_id FROM {db}.images").collect()}
     scored_before = {r[0] for r in spark.sql(f"SELECT image_id FROM {db}.predictions "
@@ -80,6 +83,7 @@ def test_nightly_twice_leaves_the_same_tables(spark, scoring, tmp_path):
     # scored: what the production model had not scored yet, the new images included
     assert first.record["scored"] == len((known | new) - scored_before)
     assert any("nightly-ghost" in line for line in first.lines())
+    assert not any("nightly-finished" in line for line in first.lines())
     after_first = snapshot(spark, db)
 
     second = run_nightly(spark, scoring.config, str(night), labels="folders")
@@ -89,7 +93,10 @@ def test_nightly_twice_leaves_the_same_tables(spark, scoring, tmp_path):
     assert len(ids) == len(set(ids)) == len(after_first["images"])
 
     runs = {r["run_id"]: r for r in spark.sql(f"SELECT * FROM {db}.runs").collect()}
-    assert runs["nightly-ghost"]["status"] == "interrupted"
+    assert runs["nightly-ghost"]["status"] == "interrupted" and runs["nightly-finished"]["status"] == "succeeded"
+    # the interrupted record keeps what the run logged at its start
+    assert (runs["nightly-ghost"]["started_at"], runs["nightly-ghost"]["files_listed"],
+            runs["nightly-ghost"]["input"]) == (datetime(2026, 1, 1, 2, 3, 4), 7, "/data/sem")
     assert (runs[first.run_id]["status"], runs[second.run_id]["status"]) == ("gated", "succeeded")
     assert "quality gate: 2 of" in runs[first.run_id]["message"]
     assert runs[first.run_id]["new_images"] == len(new) and runs[first.run_id]["ended_at"] is not None
