@@ -101,9 +101,11 @@ class InferConfig:
     images_per_task: int = 1000     # at most this many images per Spark task (more tasks, more cores)
     threads_per_task: int = 0       # TensorFlow threads per task on CPU; 0 = auto (idle cores, up to an executor's)
     engine: str = "auto"            # auto (TensorFlow Lite on CPU tasks, TensorFlow on GPUs) | tflite | tensorflow
+    tflite_max_images_per_task: int = 400   # auto: larger tasks run TensorFlow (faster kernels, slower import)
 
     def __post_init__(self) -> None:
         _require(self.engine in ("auto", "tflite", "tensorflow"), "infer.engine must be auto, tflite or tensorflow")
+        _require(self.tflite_max_images_per_task >= 0, "infer.tflite_max_images_per_task must be 0 or more")
         _require(1 <= self.batch_size <= 4096, "infer.batch_size must be within 1..4096")
         _require(self.images_per_task >= 1, "infer.images_per_task must be positive")
         _require(self.threads_per_task >= 0, "infer.threads_per_task must be 0 or more")

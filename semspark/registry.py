@@ -140,10 +140,11 @@ def inference_weights(spec: str) -> tuple[str, bytes, dict]:
 INFERENCE_TFLITE = "inference_model.tflite"
 
 
-def inference_tflite(spec: str) -> bytes | None:
+def inference_tflite(spec: str, make: bool = True) -> bytes | None:
     """The model's embedding and logits as a TensorFlow Lite flat buffer, for scoring on CPU
     (infer.predictor: the TFLite runtime imports in 0.06 s, TensorFlow in 2.2 s), or None when the
-    converter cannot express the model (scoring then uses TensorFlow).
+    converter cannot express the model (scoring then uses TensorFlow), or, with ``make=False``,
+    when it was not made yet.
 
     Made once per version from the inference weights (the model scoring with TensorFlow rebuilds)
     and kept beside them; inference_tflite.json records the SHA-256 of both, and the flat buffer's
@@ -160,6 +161,8 @@ def inference_tflite(spec: str) -> bytes | None:
             data = cache.read_bytes()
             if hashlib.sha256(data).hexdigest() == known.get("sha256"):
                 return data
+    if not make:
+        return None
     from semspark.infer.predictor import weights_from_bytes   # TensorFlow only when the cache is made
     from semspark.train.models import build_model, tflite_model
 

@@ -31,7 +31,10 @@ def distinct_images(folder: Path) -> set[str]:
 
 @pytest.fixture(scope="module")
 def first_scoring(spark, scoring):
-    return run_inference(spark, scoring.config, scoring.model.model_version)
+    """Scored through TensorFlow Lite (forced: the model is not promoted, so auto would run
+    TensorFlow): the tests below hold its predictions to the model run by Keras directly."""
+    lite = dataclasses.replace(scoring.config, infer=dataclasses.replace(scoring.config.infer, engine="tflite"))
+    return run_inference(spark, lite, scoring.model.model_version)
 
 
 def predictions(spark, scoring, version=None):
@@ -94,17 +97,24 @@ def test_predictions_agree_with_the_model_run_directly(spark, scoring, first_sco
         assert np.allclose(row["embedding"], embedding[i], rtol=1e-3, atol=1e-3)
 
 
-def test_first_scoring_ran_the_tflite_engine_on_cpu(spark, scoring, first_scoring):
-    """On CPU tasks the default engine is TensorFlow Lite (the test above holds its predictions to
-    Keras' own); its flat buffer is kept beside the model with the checksum scoring verified."""
+def test_the_engine_auto_picks(spark, scoring, first_scoring):
+    """auto: TensorFlow Lite for small CPU tasks of a version that has its conversion (made by
+    promote, or here by the forced first scoring), TensorFlow for large tasks and for versions
+    without one; the conversion is kept beside the model with the checksum scoring verifies."""
     from semspark.infer.job import scoring_model
 
-    engine, data = scoring_model(spark, scoring.config, scoring.model.model_version)
+    version = scoring.model.model_version
+    weights = registry.inference_weights(version)[1]
+    engine, data = scoring_model(spark, scoring.config, version, images_per_task=40)
     record = registry.read_json(Path(scoring.model.path) / "inference_tflite.json")
     assert engine == "tflite" and hashlib.sha256(data).hexdigest() == record["sha256"]
+    limit = scoring.config.infer.tflite_max_images_per_task
+    assert scoring_model(spark, scoring.config, version, images_per_task=limit + 1) == ("tensorflow", weights)
     forced = dataclasses.replace(scoring.config, infer=dataclasses.replace(scoring.config.infer, engine="tensorflow"))
-    engine, weights = scoring_model(spark, forced, scoring.model.model_version)
-    assert engine == "tensorflow" and weights == registry.inference_weights(scoring.model.model_version)[1]
+    assert scoring_model(spark, forced, version, images_per_task=40) == ("tensorflow", weights)
+    unconverted = register_copy(scoring.model.path, "unconverted")
+    assert scoring_model(spark, scoring.config, unconverted, images_per_task=40)[0] == "tensorflow"
+    assert not (registry.resolve(unconverted)[2] / registry.INFERENCE_TFLITE).exists()
 
 
 def test_resize_matrices_are_tensorflows_antialiased_resize():

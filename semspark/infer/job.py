@@ -102,7 +102,7 @@ def promote(spark, config: Config, spec: str) -> str:
     insert(spark.createDataFrame([row], PROMOTIONS.schema), db, PROMOTIONS)
     create_latest_view(spark, db, model_version)
     if config.infer.engine != "tensorflow":
-        scoring_model(spark, config, model_version)   # made now (once per version), not in the first night
+        registry.inference_tflite(model_version)   # its TFLite conversion, once per version: not in a night
     log.info("%s is the production model", model_version)
     return model_version
 
@@ -317,7 +317,7 @@ def _score(spark, config: Config, joined, scored, scale_bins, model_version: str
     tasks = max(1, min(n_pending, math.ceil(n_pending / config.infer.images_per_task)))
     slots = max(1, spark.sparkContext.defaultParallelism)
     threads = config.infer.threads_per_task or max(1, min(_executor_cores(spark), slots // min(tasks, slots)))
-    engine, weights = scoring_model(spark, config, model_version)
+    engine, weights = scoring_model(spark, config, model_version, images_per_task=math.ceil(n_pending / tasks))
     _, _, folder = registry.resolve(model_version)
     reference = registry.reference_embeddings(folder, metadata)
     calibration = metadata.get("calibration") or {}
@@ -476,29 +476,37 @@ def _files_holding(spark, stored, pending, runs: _OpenRuns, scale_bins, url: str
     return spark.read.option("basePath", url).parquet(*files)
 
 
-def scoring_model(spark, config: Config, model_version: str) -> tuple[str, bytes]:
+def scoring_model(spark, config: Config, model_version: str, images_per_task: int = 0) -> tuple[str, bytes]:
     """The engine the scoring tasks run (infer.predictor) and the model bytes they are sent.
 
-    ``infer.engine: auto``: TensorFlow Lite on CPU tasks when its runtime is installed and the model
-    converts (its import is 2 s shorter, most of a small night's scoring), TensorFlow on GPU tasks
-    (spark.task.resource.gpu.amount, conf/spark-gpu.conf) or for a model the converter cannot
-    express; ``tflite`` or ``tensorflow`` force one."""
+    ``infer.engine: auto``: TensorFlow Lite for CPU tasks of at most
+    ``infer.tflite_max_images_per_task`` images when the version has its conversion (`semspark
+    promote` makes it): its runtime's import is 2.2 s shorter than TensorFlow's, most of a small
+    night's scoring, but its kernels are slower on large models (Inception-v3 at 299 px, 2 threads:
+    30 against 38 images/s), so larger tasks, GPU tasks (spark.task.resource.gpu.amount,
+    conf/spark-gpu.conf) and models without a conversion run TensorFlow. ``tflite`` (converting
+    the model if needed) or ``tensorflow`` force one."""
     import importlib.util
 
     wanted = config.infer.engine
     on_gpus = float(spark.conf.get("spark.task.resource.gpu.amount", "0") or 0) > 0
-    if wanted == "tflite" or (wanted == "auto" and not on_gpus):
-        if importlib.util.find_spec("tflite_runtime") is None:
-            if wanted == "tflite":
-                raise InferError("infer.engine is tflite but the tflite-runtime package is not installed "
-                                 "(make env installs it), or set infer.engine: auto")
-        else:
-            data = registry.inference_tflite(model_version)
-            if data is not None:
-                return "tflite", data
-            if wanted == "tflite":
-                raise InferError(f"{model_version} cannot be converted to TensorFlow Lite (see inference_tflite.json "
-                                 "in its model folder); set infer.engine: auto or tensorflow")
+    has_runtime = importlib.util.find_spec("tflite_runtime") is not None
+    if wanted == "tflite":
+        if not has_runtime:
+            raise InferError("infer.engine is tflite but the tflite-runtime package is not installed "
+                             "(make env installs it), or set infer.engine: auto")
+        data = registry.inference_tflite(model_version)
+        if data is None:
+            raise InferError(f"{model_version} cannot be converted to TensorFlow Lite (see inference_tflite.json "
+                             "in its model folder); set infer.engine: auto or tensorflow")
+        return "tflite", data
+    if (wanted == "auto" and not on_gpus and has_runtime
+            and images_per_task <= config.infer.tflite_max_images_per_task):
+        data = registry.inference_tflite(model_version, make=False)
+        if data is not None:
+            return "tflite", data
+        log.info("%s has no TensorFlow Lite conversion (semspark promote makes one): scoring with TensorFlow",
+                 model_version)
     _, weights, _ = registry.inference_weights(model_version)
     return "tensorflow", weights
 

@@ -157,7 +157,14 @@ def tflite_forward(model_bytes: bytes, input_size: int, threads: int):
     matrices (resize_matrix), then the flat buffer's signature (image -> embedding, logits)."""
     from tflite_runtime.interpreter import Interpreter
 
-    runner = Interpreter(model_content=model_bytes, num_threads=threads).get_signature_runner()
+    interpreter = Interpreter(model_content=model_bytes, num_threads=threads)
+    signature = interpreter.get_signature_runner()
+    image = signature.get_input_details()["image"]["index"]
+    outputs = {name: detail["index"] for name, detail in signature.get_output_details().items()}
+    # Through the interpreter with the batch's shape set and the tensors allocated for it, not the
+    # signature runner's call: that runs a dynamic batch without the XNNPACK delegate's kernels
+    # (Inception-v3 at 299 px, batch 32, 2 threads: 7.9 against 32 images/s; TensorFlow 38).
+    allocated = [None]
     matrices = {}
 
     def forward(stack: np.ndarray):
@@ -168,8 +175,14 @@ def tflite_forward(model_bytes: bytes, input_size: int, threads: int):
                 matrices[side] = (resize_matrix(side[0], input_size), resize_matrix(side[1], input_size))
             rows, columns = matrices[side]
             x = np.matmul(np.matmul(rows, x), columns.T)
-        out = runner(image=np.ascontiguousarray(x[..., None], dtype=np.float32))
-        return out["embedding"], out["logits"]
+        batch = np.ascontiguousarray(x[..., None], dtype=np.float32)
+        if allocated[0] != batch.shape:
+            interpreter.resize_tensor_input(image, batch.shape)
+            interpreter.allocate_tensors()
+            allocated[0] = batch.shape
+        interpreter.set_tensor(image, batch)
+        interpreter.invoke()
+        return interpreter.get_tensor(outputs["embedding"]), interpreter.get_tensor(outputs["logits"])
 
     return forward
 
