@@ -147,19 +147,17 @@ def sql_json(ops, query: str) -> list[dict]:
 @pytest.fixture(scope="module")
 def nightly_killed_and_rerun(ops):
     semspark(ops, "promote", "--model", "scorer/1")
+    # killed while a scoring task has run the model on a batch (semspark.storage.pause_point)
+    paused = ops["home"] / "paused-scoring-batch"
     process = subprocess.Popen([str(VENV_BIN / "semspark"), "nightly", "--input", str(ops["raw"]),
-                                "--labels", "folders"], env=ops["env"], stderr=subprocess.PIPE,
-                               stdout=subprocess.DEVNULL, text=True, start_new_session=True)
-    seen = []
+                                "--labels", "folders"], env=dict(ops["env"], SEMSPARK_PAUSE_AT="scoring-batch"),
+                               stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
-        for line in process.stderr:
-            seen.append(line)
-            if "scoring" in line and "tasks" in line:  # the model is running in the Spark tasks
-                time.sleep(3)
-                break
+        while not paused.exists():
+            assert process.poll() is None, "nightly ended before it reached scoring"
             assert time.monotonic() < deadline, "nightly never reached scoring"
-        assert process.poll() is None, "nightly finished before it could be killed:\n" + "".join(seen[-20:])
+            time.sleep(0.5)
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=60)

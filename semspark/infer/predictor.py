@@ -201,8 +201,11 @@ def build_predictor(forward, payload: ModelPayload, reference_embeddings: np.nda
     def predict(images: np.ndarray) -> dict[str, np.ndarray]:
         from semspark.train.evaluation import softmax
 
+        from semspark.storage import pause_point
+
         stack, errors = decode_png_batch(images)
         embedding, logits = forward(stack)
+        pause_point("scoring-batch")   # tests kill a run here: the model running in a Spark task
         embedding = embedding.reshape(len(stack), -1)
         probabilities = softmax(logits, payload.temperature)    # calibrated (temperature from validation)
         best = probabilities.argmax(axis=1)
