@@ -6,12 +6,13 @@ and then fed batches of stored images (PNG bytes from the ingest dataset). The m
 as a Spark broadcast, so executors need no shared file system, and workers check their SHA-256.
 Two engines run the same model:
 
-- ``tflite`` (CPU tasks, the default there): the model's embedding and logits as a TensorFlow
-  Lite flat buffer (made once per version, registry.inference_tflite), run by the TFLite runtime,
+- ``tflite`` (small CPU tasks of a promoted model, see infer.job.scoring_model): the model's
+  embedding and logits as a TensorFlow Lite flat buffer (made once per version,
+  registry.inference_tflite), run by the TFLite runtime,
   which imports in 0.06 s where TensorFlow takes 2.2 s: most of a small night's scoring was
   TensorFlow's import. The resize to the model's input is TensorFlow's antialiased bilinear one,
   as two matrices (``resize_matrix``); the flat buffer holds operators and weights, no code;
-- ``tensorflow`` (GPU tasks, or ``infer.engine: tensorflow``): an .npz of weight arrays (made once
+- ``tensorflow`` (large tasks, GPU tasks, models never promoted): an .npz of weight arrays (made once
   per version from the verified model.keras, registry.inference_weights); workers rebuild the
   architecture from semspark's own code and set the arrays: no model config or code from a file
   is ever deserialised.
