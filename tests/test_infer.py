@@ -403,3 +403,7 @@ def test_out_of_distribution_reasons_by_hand(spark):
     got = {r["name"]: (r["out_of_distribution"], r["ood_reason"]) for r in
            _with_ood_reason(no_reference, None, bounds).collect()}
     assert got["typical"] == (False, None) and got["colour"][0] is True and got["unmeasured"] == (None, None)
+    # a model registered before calibration: no reference, no appearance bounds, so no verdict
+    got = {r["name"]: (r["out_of_distribution"], r["ood_reason"]) for r in
+           _with_ood_reason(no_reference, None, AppearanceBounds.from_dict(None)).collect()}
+    assert set(got.values()) == {(None, None)}

@@ -418,9 +418,13 @@ def _with_ood_reason(scored, embedding_threshold: float | None, appearance: Appe
             "almost no contrast (contrast %.3f, the training images at least %.3f)", F.col("contrast"),
             F.lit(appearance.training_contrast_min))))
         checked = checked | F.col("contrast").isNotNull()
-    reason = F.concat_ws("; ", *reasons) if reasons else F.lit("")
     failed = F.col("error").isNotNull()
-    return (scored.withColumn("ood_reason", F.when(failed | (reason == ""), None).otherwise(reason))
+    if reasons:
+        reason = F.concat_ws("; ", *reasons)
+        ood_reason = F.when(failed | (reason == ""), None).otherwise(reason)
+    else:   # a model without thresholds: no reason (comparing two empty literals made Spark warn)
+        ood_reason = F.lit(None).cast("string")
+    return (scored.withColumn("ood_reason", ood_reason)
             .withColumn("out_of_distribution",
                         F.when(failed, None).when(F.col("ood_reason").isNotNull(), True)
                         .when(checked, False).otherwise(None)))
