@@ -48,6 +48,18 @@ def register(arch: str, classes: list[str], input_size: int, name: str) -> str:
     return f"{name}/{version}"
 
 
+def import_seconds() -> dict:
+    """Seconds a fresh Python takes to import each engine (what a scoring worker pays once)."""
+    import subprocess
+
+    out = {}
+    for name, module in (("tensorflow", "tensorflow"), ("tflite_runtime", "tflite_runtime.interpreter")):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", f"import {module}"], check=True, capture_output=True)
+        out[name] = round(time.perf_counter() - start, 2)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="inception_v3")
@@ -111,11 +123,21 @@ def main() -> None:
         rebuilt.set_weights(weights_from_bytes(weights, hashlib.sha256(weights).hexdigest()))
         rebuild_load = time.perf_counter() - start
         del rebuilt
+        conversion_seconds, bare_tflite = None, None
         if args.engine != "tensorflow":
-            from semspark.infer.job import scoring_model
-
+            start = time.perf_counter()
             for version in versions:   # as promote does: not in the timed scoring
-                scoring_model(spark, config, version)
+                registry.inference_tflite(version)
+            conversion_seconds = (time.perf_counter() - start) / len(versions)
+            # the TFLite engine's own speed on the same images (what a worker runs), batch by batch
+            from semspark.infer.predictor import tflite_forward
+
+            forward = tflite_forward(registry.inference_tflite(versions[0]), args.input_size, args.cores)
+            forward(images[: args.batch_size])
+            start = time.perf_counter()
+            for first in range(0, len(images), args.batch_size):
+                forward(images[first:first + args.batch_size])
+            bare_tflite = len(images) / (time.perf_counter() - start)
         model.predict(x[: args.batch_size], batch_size=args.batch_size, verbose=0)  # trace, warm up
         run_inference(spark, config, versions[0])  # untimed: JVM, Python workers, code paths
 
@@ -136,6 +158,9 @@ def main() -> None:
             "benchmark": "infer", "arch": args.arch, "input_size": args.input_size, "images": len(x),
             "cores": args.cores, "batch_size": args.batch_size, "images_per_task": args.images_per_task,
             "threads_per_task": args.threads_per_task, "engine": args.engine,
+            "tflite_conversion_seconds": conversion_seconds and round(conversion_seconds, 2),
+            "bare_tflite_images_per_s": bare_tflite and round(bare_tflite, 2),
+            "import_seconds": import_seconds(),
             "model_load_seconds": {"keras_full_load": round(keras_load, 2),
                                    "rebuild_and_set_weights": round(rebuild_load, 2)},
             "rounds": rounds,

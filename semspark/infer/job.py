@@ -480,7 +480,7 @@ def _files_holding(spark, stored, pending, runs: _OpenRuns, scale_bins, url: str
     return spark.read.option("basePath", url).parquet(*files)
 
 
-def scoring_model(spark, config: Config, model_version: str, images_per_task: int = 0) -> tuple[str, bytes]:
+def scoring_model(spark, config: Config, model_version: str, images_per_task: int) -> tuple[str, bytes]:
     """The engine the scoring tasks run (infer.predictor) and the model bytes they are sent.
 
     ``infer.engine: auto``: TensorFlow Lite for CPU tasks of at most

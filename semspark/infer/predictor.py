@@ -100,13 +100,19 @@ def _configure_tensorflow(tf, threads: int) -> None:
         log.debug("TensorFlow was already initialised; device and thread settings kept")
 
 
+def verified(data: bytes, sha256: str, what: str) -> bytes:
+    """``data`` if its SHA-256 is the registered one, else an error naming ``what`` it is."""
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != sha256:
+        raise ValueError(f"{what} have SHA-256 {actual}, not the registered {sha256}")
+    return data
+
+
 def weights_from_bytes(data: bytes, sha256: str) -> list[np.ndarray]:
     """The model's weight arrays from the broadcast .npz, after checking its checksum."""
     import io
 
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != sha256:
-        raise ValueError(f"model weights have SHA-256 {actual}, not the registered {sha256}")
+    verified(data, sha256, "model weights")
     with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
         return [arrays[f"arr_{i}"] for i in range(len(arrays.files))]
 
@@ -242,11 +248,7 @@ def make_predict_fn(payload: ModelPayload, model_bytes, reference_bytes=None):
 
     def make():
         if payload.engine == "tflite":
-            data = model_bytes.value
-            actual = hashlib.sha256(data).hexdigest()
-            if actual != payload.sha256:
-                raise ValueError(f"the TFLite model of {payload.model_version} has SHA-256 {actual}, "
-                                 f"not the registered {payload.sha256}")
+            data = verified(model_bytes.value, payload.sha256, f"the TFLite model of {payload.model_version}")
             forward = tflite_forward(data, payload.input_size, payload.threads)
         else:
             import tensorflow as tf
