@@ -170,3 +170,24 @@ def test_learning_rates_are_each_architectures_own():
     assert learning_rate_for("inception_v3", "fine_tuning") == pytest.approx(learning_rate_for("inception_v3") / 10)
     assert learning_rate_for("inception_v3", "feature_extraction") == learning_rate_for("inception_v3")
     assert learning_rate_for("alexnet", "fine_tuning", 5e-4) == 5e-4                # asked for: as asked
+
+
+def test_drop_path_drops_whole_images_and_keeps_the_expectation(monkeypatch):
+    """Stochastic depth by hand: at rate 0.25 a quarter of the images' branches are zeroed whole, the
+    rest scaled by 1 / 0.75; at inference the branch passes unchanged; ConvNeXt's blocks get rates
+    rising linearly from 0 to the configured one (Huang et al. 2016; ConvNeXt's schedule)."""
+    from semspark.train import models
+
+    tf.keras.utils.set_random_seed(0)
+    ones = tf.ones((4000, 2, 2, 3))
+    dropped = models.DropPath(0.25)(ones, training=True).numpy().reshape(4000, -1)
+    per_image = dropped[:, 0]
+    assert np.all(dropped == per_image[:, None])                     # one draw per image
+    assert np.allclose(np.unique(per_image), [0.0, 1 / 0.75])
+    assert abs((per_image == 0).mean() - 0.25) < 0.03 and abs(dropped.mean() - 1.0) < 0.04
+    assert np.array_equal(models.DropPath(0.25)(ones, training=False).numpy(), ones.numpy())
+
+    monkeypatch.setattr(models, "CONVNEXT_DROP_PATH_RATE", 0.17)
+    backbone = models.build_model("convnext_tiny", 3, 32).get_layer(models.BACKBONE)
+    rates = [layer.rate for layer in backbone.layers if isinstance(layer, models.DropPath)]
+    assert len(rates) == 17 and np.allclose(rates, [0.17 * i / 17 for i in range(1, 18)])   # block 0: rate 0
