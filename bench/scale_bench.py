@@ -71,6 +71,26 @@ class InputMetrics:
         with urllib.request.urlopen(self.base + path, timeout=60) as reply:
             return json.loads(reply.read())
 
+    def job_seconds(self, group: str, top: int = 8) -> list[list]:
+        """The group's Spark jobs by where they were called, slowest first: [call site, jobs, seconds]
+        (what grows with the repository shows here first)."""
+        from datetime import datetime
+
+        def seconds(job) -> float:
+            if not job.get("completionTime") or not job.get("submissionTime"):
+                return 0.0
+            stamp = "%Y-%m-%dT%H:%M:%S.%f%Z"
+            return (datetime.strptime(job["completionTime"], stamp) - datetime.strptime(job["submissionTime"], stamp)).total_seconds()
+
+        sites: dict[str, list] = {}
+        for job in self._get("/jobs"):
+            if job.get("jobGroup") == group:
+                site = sites.setdefault(job["name"].split(" at ")[-1], [0, 0.0])
+                site[0] += 1
+                site[1] += seconds(job)
+        ranked = sorted(([name, n, round(s, 2)] for name, (n, s) in sites.items()), key=lambda r: -r[2])
+        return ranked[:top]
+
     def read_bytes(self, group: str) -> int:
         stage_ids = {s for job in self._get("/jobs") if job.get("jobGroup") == group for s in job["stageIds"]}
         return sum(stage["inputBytes"] for stage in self._get("/stages") if stage["stageId"] in stage_ids)
@@ -120,7 +140,7 @@ def main() -> None:
     config = Config(ingest=IngestConfig(files_per_task=64), compaction=compaction)   # stored at 299 px, as in production
     spark = build_session(config, app_name="scale-bench", extra={
         "spark.master": f"local[{args.cores}]", "spark.ui.enabled": "true", "spark.ui.port": str(free_port()),
-        "spark.ui.showConsoleProgress": "false"})
+        "spark.ui.showConsoleProgress": "false", "spark.ui.retainedJobs": "100000", "spark.ui.retainedStages": "100000"})
     metrics = InputMetrics(spark)
     repository = home / "raw"
     report = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": args.cores,
@@ -171,6 +191,7 @@ def main() -> None:
                     ingest_phase_seconds=ingested.phase_seconds,
                     ingest_bytes_read=metrics.read_bytes(f"ingest-{night_no}"),
                     scoring_bytes_read=metrics.read_bytes(f"infer-{night_no}"),
+                    ingest_jobs=metrics.job_seconds(f"ingest-{night_no}"),
                     new_images_stored_bytes=int(stored),
                     dataset_files_read=scored.dataset_files_read, dataset_files=scored.dataset_files,
                     compacted=compacted.files_before - compacted.files_after if compacted else 0,

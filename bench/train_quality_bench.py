@@ -3,7 +3,7 @@
     .venv/bin/python bench/train_quality_bench.py [--archs compact_cnn,alexnet] [--seeds 0,1,2]
         [--images 640] [--epochs E] [--batch-size B] [--check-images 1000] [--cli-alexnet] [--learning-rate R] [--label-smoothing S]
         [--weight-decay W] [--alexnet-head average|flatten] [--convnext-layout depthwise|keras]
-        [--convnext-layer-scale S]
+        [--convnext-layer-scale S] [--convnext-drop-path R] [--translation T]
 
 Per architecture, at a CPU-sized input and a fixed epoch budget (BUDGETS), over several seeds:
 the generated categories (semspark.synth.morphology, the images the demo ingests, rendered at
@@ -189,8 +189,12 @@ def main() -> None:
                         help="ConvNeXt's layer scale at random initialisation (semspark's 0.1; Keras' 1e-6)")
     parser.add_argument("--convnext-drop-path", type=float,
                         help="ConvNeXt's stochastic depth at its last block (semspark's default: models.CONVNEXT_DROP_PATH_RATE)")
+    parser.add_argument("--translation", type=float,
+                        help="a random shift of up to this share of the side (semspark's default: models.TRANSLATION)")
     args = parser.parse_args()
     from semspark.train import models
+    if args.translation is not None:
+        models.TRANSLATION = args.translation
     global KERAS_LAYOUT
     KERAS_LAYOUT = args.convnext_layout == "keras"
     if args.alexnet_head:
@@ -211,7 +215,8 @@ def main() -> None:
               "images": args.images, "recipe_overrides": overrides,
               "model_overrides": {"alexnet_head": models.ALEXNET_HEAD, "convnext_layout": args.convnext_layout,
                                   "convnext_layer_scale_init": 1e-6 if KERAS_LAYOUT else models.CONVNEXT_LAYER_SCALE_INIT,
-                                  "convnext_drop_path": 0.0 if KERAS_LAYOUT else models.CONVNEXT_DROP_PATH_RATE},
+                                  "convnext_drop_path": 0.0 if KERAS_LAYOUT else models.CONVNEXT_DROP_PATH_RATE,
+                                  "translation": models.TRANSLATION},
               "runs": runs}
     by_arch: dict = {}
     for r in runs:

@@ -75,6 +75,40 @@ def insert(df, database: str, table: TableSpec) -> None:
         df.select(*df.sparkSession.table(name).columns).write.insertInto(name)
 
 
+def local_columns(spark, database: str, table: TableSpec, columns: list[str]):
+    """A table's ``columns`` read with pyarrow straight from its files, when every file is local
+    (the embedded default's warehouse), as a pyarrow Table; None otherwise (HDFS, S3: query it with
+    Spark). For the small reads the driver makes of key columns at the start of a run: as a Spark
+    job each costs a few tenths of a second whatever the table's size, a night several of them.
+    Timestamps come as Spark stores them: naive UTC (INT96 read in microseconds). Not for
+    partition columns (they are in folder names, not in the files)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from semspark.storage import from_index_uri, local_path
+
+    if set(columns) & set(table.partition_by):
+        raise ValueError(f"{table.name}: partition columns {table.partition_by} are not in its files")
+    name = qualified(database, table)
+    spark.catalog.refreshTable(name)   # another process may have written since this session listed it
+    paths = [local_path(from_index_uri(f)) for f in spark.table(name).inputFiles()]
+    if any(p is None for p in paths):
+        return None
+    schema = pa.schema([(c, _arrow_type(table.schema[c].dataType)) for c in columns])
+    if not paths:
+        return schema.empty_table()
+    # one schema for every file: a column added by a migration is null in the files before it
+    return pq.read_table(paths, columns=columns, schema=schema, coerce_int96_timestamp_unit="us")
+
+
+def _arrow_type(spark_type):
+    import pyarrow as pa
+    from pyspark.sql.pandas.types import to_arrow_type
+    from pyspark.sql.types import TimestampType
+
+    return pa.timestamp("us") if isinstance(spark_type, TimestampType) else to_arrow_type(spark_type)
+
+
 def _journal_dir():
     from semspark.storage import home_path
     return home_path("journal")

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import timezone
 
-from semspark.catalog import ensure_tables, ensure_view, insert, new_run_id, qualified, utc_now
+from semspark.catalog import ensure_tables, ensure_view, insert, local_columns, new_run_id, qualified, utc_now
 from semspark.compaction import CompactionSummary, compact, needs_compaction
 from semspark.config import Config
 from semspark.errors import RunFailed, infer_gate, ingest_gate, is_usage_error
@@ -91,19 +91,10 @@ def _still_running(spark, database: str) -> list[dict]:
     recorded_at. Read with pyarrow from the run log's files where they are local: it is the first
     query of a night, and as a Spark query it cost 0.8 s of a 14-s night (the log is small, and
     compacted like the other tables); through the view otherwise."""
-    import pyarrow.parquet as pq
-
-    from semspark.storage import local_path
-
-    name = qualified(database, RUN_EVENTS)
-    spark.catalog.refreshTable(name)   # another process may have logged since this session listed it
-    paths = [local_path(f) for f in spark.table(name).inputFiles()]
-    if any(p is None for p in paths):
+    log_table = local_columns(spark, database, RUN_EVENTS, RUN_EVENTS.columns)
+    if log_table is None:
         return [r.asDict() for r in spark.table(qualified(database, RUNS_VIEW)).filter("status = 'running'").collect()]
-    if not paths:
-        return []
-    # Spark writes timestamps as INT96 in UTC; the tables' timestamps are naive UTC (catalog.utc_now)
-    events = pq.read_table(paths, columns=list(RUN_EVENTS.columns), coerce_int96_timestamp_unit="us").to_pylist()
+    events = log_table.to_pylist()
     latest: dict[str, dict] = {}
     for event in events:
         if event["run_id"] not in latest or event["recorded_at"] > latest[event["run_id"]]["recorded_at"]:

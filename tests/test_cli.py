@@ -117,7 +117,8 @@ def test_a_night_of_mostly_bad_files_exits_3_with_a_json_summary(spark, tmp_path
     assert (summary["new_images"], sum(summary["quarantined"].values()), summary["exit_code"]) == (1, 3, 3)
     assert summary["new_by_scale_bin"] == {"2um": 1}           # the file's printed label (manifest)
     assert "3 of 4 new files quarantined" in summary["quality_gate"][0]
-    assert set(summary["phase_seconds"]) == {"listing", "comparing", "processing", "writing"}
+    assert set(summary["phase_seconds"]) == {"preparing", "listing", "comparing", "processing", "dataset", "tables",
+                                             "files"}
     assert all(seconds >= 0 for seconds in summary["phase_seconds"].values())
     assert "quality gate" in captured.err
     # a rerun has nothing new to judge: it passes, and prints lines without --json

@@ -309,6 +309,44 @@ def test_a_grown_folder_adds_only_the_new_files(spark, raw, first_run, tmp_path)
     assert all(labels[uri(p)] == "Fibres" for p in new)
 
 
+def test_the_known_files_read_with_pyarrow_are_what_spark_reads(spark, raw, first_run):
+    """The run's one read of sem.files (pyarrow, straight from the local files) against Spark's own
+    query of the table: the same rows, modification times in the same milliseconds."""
+    from semspark.ingest.listing import stored_files
+
+    mine = stored_files(spark, "sem").sort_values("path").reset_index(drop=True)
+    sparks = (spark.table("sem.files").selectExpr("path", "size", "unix_millis(modification_time) AS mtime_ms", "role",
+                                                  "image_id").toPandas().sort_values("path").reset_index(drop=True))
+    assert len(mine) >= first_run.listed - sum(first_run.quarantined.values()) > 0   # later tests add files
+    assert mine.astype(str).values.tolist() == sparks.astype(str).values.tolist()
+    on_disk = {uri(p): p.stat().st_mtime_ns // 1_000_000 for p in raw[0].rglob("*") if p.is_file()}
+    assert all(on_disk[p] == m for p, m in zip(mine["path"], mine["mtime_ms"]))
+
+
+def test_a_sidecar_that_comes_after_its_image_and_one_whose_image_fails(spark, tmp_path):
+    """A sidecar listed a night after its image belongs to the image ingested before (its id the
+    SHA-256 of the image's bytes, computed here); a sidecar whose image is quarantined is
+    quarantined too, with its own reason."""
+    config = Config(catalog=CatalogConfig(database="latesidecar"),
+                    ingest=dataclasses.replace(CONFIG.ingest, dataset_dir="datasets/latesidecar"))
+    root = tmp_path / "in"
+    (root / "Tips").mkdir(parents=True)
+    image = root / "Tips" / "early.tif"
+    shutil.copy(REAL_SAMPLES / "zeiss_auriga_2um_tagged.tif", image)
+    assert run_ingest(spark, config, str(root), labels="folders").new_images == 1
+    (root / "Tips" / "early.txt").write_text("[SemImageFile]\nInstructName=S-4800\nPixelSize=12.5\n")
+    (root / "Tips" / "broken.tif").write_bytes(b"II*\x00garbage")
+    (root / "Tips" / "broken.txt").write_text("[SemImageFile]\nPixelSize=3.0\n")
+    summary = run_ingest(spark, config, str(root), labels="folders")
+    assert (summary.new_images, summary.sidecars, summary.already_known) == (0, 1, 1)
+    rows = {r["path"]: r for r in spark.table("latesidecar.files").collect()}
+    late = rows[uri(root / "Tips" / "early.txt")]
+    assert (late["role"], late["image_id"]) == ("sidecar", hashlib.sha256(image.read_bytes()).hexdigest())
+    quarantined = {r["path"]: r["stage"] for r in spark.table("latesidecar.quarantine").collect()}
+    assert quarantined == {uri(root / "Tips" / "broken.tif"): "decode", uri(root / "Tips" / "broken.txt"): "sidecar"}
+    assert run_ingest(spark, config, str(root), labels="folders").already_known == 4   # nothing left to do
+
+
 def test_rerun_after_a_crash_before_the_files_table_converges(spark, raw, first_run):
     """A run killed after writing the dataset and sem.images, before sem.files: simulated by
     emptying sem.files. The rerun must redo the work and duplicate nothing."""

@@ -68,6 +68,29 @@ def test_augmentation_keeps_the_scale():
         assert cycles == pytest.approx(8.0), cycles
 
 
+def test_the_shift_moves_whole_pixels_within_its_range():
+    """The translation layer alone, on frames whose every pixel is distinct: each output is its
+    input moved by whole pixels, at most an eighth of the side (4 of 32) each way, the pixels kept
+    exactly (no interpolation), the border filled from the frame itself; at inference, nothing moves."""
+    from semspark.train.models import TRANSLATION
+
+    assert TRANSLATION == 0.125
+    tf.keras.utils.set_random_seed(4)
+    layer = build_model("compact_cnn", 3, 32).get_layer("translation")
+    frame = np.arange(32 * 32, dtype=np.float32).reshape(32, 32)
+    out = layer(tf.constant(np.repeat(frame[None, ..., None], 64, axis=0)), training=True).numpy()[..., 0]
+    shifts = set()
+    for image in out:
+        centre = image[16, 16]                      # where the pixel now at the centre came from
+        dy, dx = 16 - int(centre) // 32, 16 - int(centre) % 32
+        assert abs(dy) <= 4 and abs(dx) <= 4, (dy, dx)
+        np.testing.assert_array_equal(image[4:28, 4:28], frame[4 - dy:28 - dy, 4 - dx:28 - dx])
+        assert set(np.unique(image)) <= set(frame.ravel())
+        shifts.add((dy, dx))
+    assert len(shifts) > 10                          # it does move them, in many ways
+    np.testing.assert_array_equal(layer(tf.constant(frame[None, ..., None]), training=False).numpy()[0, ..., 0], frame)
+
+
 def test_inference_is_not_augmented():
     model = build_model("compact_cnn", 3, 32)
     image = np.random.default_rng(2).uniform(0, 255, (4, 32, 32, 1)).astype(np.float32)

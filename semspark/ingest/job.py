@@ -28,7 +28,7 @@ from semspark.ingest.listing import (
     known_keys,
     list_files,
     qualified_root,
-    table_keys,
+    stored_files,
     to_spark_rows,
     with_csv_id_labels,
     with_csv_path_labels,
@@ -36,7 +36,8 @@ from semspark.ingest.listing import (
 )
 from semspark.ingest.processing import make_worker
 from semspark.ingest.quarantine import heal, needs_healing, quarantine_keys, retryable_column, waiting_files
-from semspark.ingest.writing import clear_pending, sidecar_rows, write_dataset
+from semspark.ingest.writing import (clear_pending, sidecar_rows, stored_image_ids, stored_images_by_stem,
+                                     write_dataset)
 from semspark.labels import append_changes, current_user, ensure_labels
 from semspark.schema import FILES, IMAGES, INGEST_TABLES, PROCESSED, QUARANTINE
 from semspark.storage import home_path
@@ -62,7 +63,10 @@ class IngestSummary:
     dataset_url: str = ""
     retried: int = 0                  # quarantined files tried again (their failure may pass)
     dangling_links: int = 0           # links to nothing under the root: not listed until they point somewhere
-    phase_seconds: dict[str, float] = field(default_factory=dict)   # listing, comparing, processing, writing
+    # preparing (catalog checks, reading what is known), listing, comparing, processing, and the
+    # writes: dataset (with the new sem.images rows staged), tables (sem.labels, sem.images), files
+    # (sem.quarantine, sem.files, the summary's counts)
+    phase_seconds: dict[str, float] = field(default_factory=dict)
     healed: int = 0                   # quarantine rows dropped: files ingested at last, older outcomes
 
     def as_dict(self) -> dict:
@@ -107,11 +111,14 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
     ensure_tables(spark, db, INGEST_TABLES)
     ensure_labels(spark, db)
     ensure_consistent(spark, config)   # a swap or a metadata step a killed run left half done
-    ingested = known_keys(table_keys(spark.table(qualified(db, FILES))))
+    stored = stored_files(spark, db)   # one read of sem.files' keys for the run's comparisons
+    ingested = known_keys(stored)
     quarantined = quarantine_keys(spark, db)
     if needs_healing(quarantined, ingested):   # what a run killed before its end left in sem.quarantine
         heal(spark, db, run_id)
         quarantined = quarantine_keys(spark, db)
+    log.info("read what is known: %d files ingested, %d quarantined (%s)", len(ingested), len(quarantined),
+             clock.lap("preparing", 0, ""))
 
     listing = list_files(spark, root)
     files = listing.files
@@ -138,6 +145,9 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
     pending_files = files[~is_attached & is_new].copy()
     pending_files["sidecar_path"] = pending_files["stem"].map(sidecar_of)
     n_pending, n_sidecars = len(pending_files), int((is_attached & is_new).sum())
+    # A new sidecar's image is usually new the same night; the others' are looked up here
+    sidecar_stems = set(files.loc[is_attached & is_new, "stem"]) - set(pending_files["stem"])
+    stored_by_stem = stored_images_by_stem(stored, sidecar_stems)
     retried = known_keys(quarantined)
     summary.retried = sum(k in retried for k in zip(pending_files["path"], pending_files["size"],
                                                     pending_files["mtime_ms"]))
@@ -172,19 +182,21 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
     stamp = F.lit(started).cast("timestamp")
     run = F.lit(run_id)
     good = staged.filter(F.col("outcome") == "image")
-    existing_ids = spark.table(qualified(db, IMAGES)).select("image_id")
+    night_ids = {r["sha256"] for r in good.select("sha256").distinct().collect()}
+    existing_ids = stored_image_ids(spark, db, night_ids)   # a rerun after a crash, or a copy of an earlier image
     first_paths = good.groupBy(F.col("sha256").alias("image_id")).agg(F.min("path").alias("path"))
     # Materialised, not cached: inserting into sem.images would invalidate a cache that reads it.
     # Without the pixels: the dataset's write takes them from the staged rows, so they are read
     # once after processing (a copy here would write and read them once more).
     (good.drop("image").withColumnRenamed("sha256", "image_id")
      .join(first_paths, ["image_id", "path"], "left_semi")
-     .join(existing_ids, "image_id", "left_anti")
+     .filter(~F.col("image_id").isin(sorted(existing_ids)) if existing_ids else F.lit(True))
      .withColumn("ingested_at", stamp).withColumn("ingest_run", run)
      .write.mode("overwrite").parquet((staging / "new_images").as_uri()))
     new_images = spark.read.parquet((staging / "new_images").as_uri())
     pixels = good.select("path", "image")   # one staged row per listed path
     write_dataset(spark, config, new_images.join(pixels, "path"), summary.dataset_url, run_id)
+    log.info("appended the new images to the dataset (%s)", clock.lap("dataset", n_pending, "files"))
     if labels is not None:   # before sem.images: a rerun after a crash finds them and adds nothing
         append_changes(spark, db, new_images.filter(F.col("label").isNotNull()).select("image_id", "label"),
                        "folders" if labels == "folders" else "csv", current_user(), run_id, at=started,
@@ -193,24 +205,28 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
     # reads every small file of sem.images until compaction merges them.
     insert(new_images.coalesce(max(1, math.ceil(n_pending / IMAGES_ROWS_PER_TASK))), db, IMAGES)
     clear_pending(spark, summary.dataset_url, qualified(db, IMAGES), run_id)   # the ids sem.images now holds are done
+    clock.lap("tables", n_pending, "files")
 
     # The outcomes of the staged files (small): a night with nothing to quarantine and no sidecar
     # starts no job to write or count either.
     written = {r["outcome"]: r["count"] for r in staged.groupBy("outcome").count().collect()}
     bad = staged.filter(F.col("outcome") == "quarantine")
-    sidecar_file_rows, orphan_sidecars = sidecar_rows(spark, db, pending_sidecars, good)
+    quarantine_rows = bad.select("path", "sha256", "size", "modification_time", "stage", "reason")
+    file_rows = good.select("path", F.col("sha256").alias("image_id"), "size", "modification_time") \
+        .withColumn("role", F.lit("image"))
+    if n_sidecars:   # a night without new sidecars looks up nothing
+        sidecar_file_rows, orphan_sidecars = sidecar_rows(spark, pending_sidecars, good, stored_by_stem)
+        quarantine_rows = quarantine_rows.unionByName(orphan_sidecars)
+        file_rows = file_rows.unionByName(sidecar_file_rows)
     may_quarantine = written.get("quarantine", 0) > 0 or n_sidecars > 0
     if may_quarantine:
-        quarantine_rows = (bad.select("path", "sha256", "size", "modification_time", "stage", "reason")
-                           .unionByName(orphan_sidecars)
+        quarantine_rows = (quarantine_rows
                            .join(waiting_files(spark, db), key, "left_anti")
                            .withColumn("ingested_at", stamp).withColumn("ingest_run", run)
                            .withColumn("retryable", retryable_column()))
         insert(quarantine_rows, db, QUARANTINE)
 
-    file_rows = (good.select("path", F.col("sha256").alias("image_id"), "size", "modification_time")
-                 .withColumn("role", F.lit("image"))
-                 .unionByName(sidecar_file_rows)
+    file_rows = (file_rows
                  .join(spark.table(qualified(db, FILES)).select(*key), key, "left_anti")
                  .withColumn("ingested_at", stamp).withColumn("ingest_run", run))
     insert(file_rows, db, FILES)
@@ -229,8 +245,10 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
     summary.sidecars = _counts(spark.table(qualified(db, FILES)).filter(F.col("ingest_run") == run_id),
                                "role").get("sidecar", 0) if n_sidecars else 0
     shutil.rmtree(staging, ignore_errors=True)
-    log.info("wrote %d new images, %d quarantined (%s)", summary.new_images, sum(summary.quarantined.values()),
-             clock.lap("writing", n_pending, "files"))
+    clock.lap("files", n_pending, "files")
+    writing = sum(summary.phase_seconds.get(p, 0.0) for p in ("dataset", "tables", "files"))
+    log.info("wrote %d new images, %d quarantined (%.1f s)", summary.new_images, sum(summary.quarantined.values()),
+             writing)
     return summary
 
 

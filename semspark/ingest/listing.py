@@ -124,11 +124,30 @@ def known_keys(frame) -> set[tuple[str, int, int]]:
     return set(zip(frame["path"], frame["size"].astype("int64"), frame["mtime_ms"].astype("int64")))
 
 
-def table_keys(table):
-    """A Spark table's file keys as a pandas frame of ``LISTING_COLUMNS`` (three columns read)."""
+def stored_files(spark, database: str):
+    """What sem.files holds, as the driver needs it for a run's comparisons: a pandas frame of
+    ``LISTING_COLUMNS``, role and image_id, one row per ingested file. Read once per run, with
+    pyarrow from the table's files where they are local (catalog.local_columns), else by Spark."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
     from pyspark.sql import functions as F
 
-    return table.select("path", "size", F.expr("unix_millis(modification_time)").alias("mtime_ms")).toPandas()
+    from semspark.catalog import local_columns, qualified
+    from semspark.schema import FILES
+
+    table = local_columns(spark, database, FILES, ["path", "size", "modification_time", "role", "image_id"])
+    if table is None:
+        return (spark.table(qualified(database, FILES))
+                .select("path", "size", F.expr("unix_millis(modification_time)").alias("mtime_ms"), "role", "image_id")
+                .toPandas())
+    # whole milliseconds since the epoch, rounded down as Spark's unix_millis does (integer
+    # division rounds toward zero: one less for a time before 1970 between two milliseconds)
+    micros = table["modification_time"].cast(pa.int64())
+    truncated = pc.divide(micros, 1000)
+    below = pc.and_(pc.less(micros, 0), pc.not_equal(pc.multiply(truncated, 1000), micros))
+    millis = pc.subtract(truncated, pc.cast(below, pa.int64()))
+    frame = table.drop(["modification_time"]).append_column("mtime_ms", millis).to_pandas()
+    return frame[["path", "size", "mtime_ms", "role", "image_id"]]
 
 
 def to_spark_rows(spark, frame, extra: tuple[str, ...] = ()):

@@ -4,22 +4,56 @@ from __future__ import annotations
 
 import shutil
 
-from semspark.catalog import qualified
+from semspark.catalog import local_columns, qualified
 from semspark.config import Config
 from semspark.dataset import IMAGES_PER_FILE, STAGING, move_in_run_files, petastorm_parquet_settings, update_metadata
-from semspark.schema import FILES, image_unischema
+from semspark.schema import IMAGES, image_unischema
 from semspark.storage import pause_point, writer_lock
 
 
-def sidecar_rows(spark, db, pending_sidecars, good):
-    """sem.files rows for sidecars whose image is ingested; quarantine rows for the others."""
+def stored_images_by_stem(stored, stems: set[str]):
+    """The ingested images (``stored``: listing.stored_files' frame) whose path without its
+    extension is one of ``stems``: a pandas frame of stem and image_id, the first path of a stem."""
+    import pandas as pd
+
+    if not stems:
+        return pd.DataFrame({"stem": pd.Series(dtype=object), "image_id": pd.Series(dtype=object)})
+    images = stored[(stored["role"] == "image") & stored["path"].str.startswith(tuple(f"{s}." for s in stems))]
+    found = images.assign(stem=images["path"].str.replace(r"\.[^./]+$", "", regex=True)).sort_values("path")
+    return found[found["stem"].isin(stems)].drop_duplicates("stem")[["stem", "image_id"]]
+
+
+def stored_image_ids(spark, database: str, ids: set[str]) -> set[str]:
+    """Which of ``ids`` sem.images holds (a rerun after a crash, or new bytes of an image ingested
+    before), without a Spark job where the table is local: its id column read with pyarrow."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
     from pyspark.sql import functions as F
 
-    images_by_stem = (good.select(F.regexp_replace("path", r"\.[^./]+$", "").alias("stem"),
-                                  F.col("sha256").alias("image_id"))
-                      .unionByName(spark.table(qualified(db, FILES)).filter(F.col("role") == "image")
-                                   .select(F.regexp_replace("path", r"\.[^./]+$", "").alias("stem"), "image_id"))
-                      .dropDuplicates(["stem"]))
+    if not ids:
+        return set()
+    column = local_columns(spark, database, IMAGES, ["image_id"])
+    if column is None:
+        wanted = spark.createDataFrame([(i,) for i in sorted(ids)], "image_id string")
+        return {r["image_id"] for r in spark.table(qualified(database, IMAGES)).select("image_id")
+                .join(F.broadcast(wanted), "image_id", "left_semi").collect()}
+    held = pc.filter(column["image_id"], pc.is_in(column["image_id"], value_set=pa.array(sorted(ids), pa.string())))
+    return set(held.to_pylist())
+
+
+def sidecar_rows(spark, pending_sidecars, good, stored_by_stem):
+    """sem.files rows for sidecars whose image is ingested (the night's image of the same stem
+    first, else an earlier one: ``stored_by_stem``, stored_images_by_stem's frame); quarantine rows
+    for the others."""
+    from pyspark.sql import functions as F
+
+    images_by_stem = good.select(F.regexp_replace("path", r"\.[^./]+$", "").alias("stem"),
+                                 F.col("sha256").alias("image_id"), F.lit(0).alias("earlier"))
+    if len(stored_by_stem):
+        earlier = spark.createDataFrame(stored_by_stem[["stem", "image_id"]], "stem string, image_id string")
+        images_by_stem = images_by_stem.unionByName(earlier.withColumn("earlier", F.lit(1)))
+    images_by_stem = images_by_stem.groupBy("stem").agg(F.min_by("image_id", F.struct("earlier", "image_id"))
+                                                        .alias("image_id"))
     with_image = pending_sidecars.join(images_by_stem, "stem", "left")
     rows = (with_image.filter(F.col("image_id").isNotNull())
             .select("path", "image_id", "size", "modification_time").withColumn("role", F.lit("sidecar")))
