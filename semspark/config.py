@@ -65,6 +65,10 @@ class SparkConfig:
     # semspark/class_archive.py.
     class_archive: str = "auto"
     class_archive_dir: str = ""
+    # JVM options the embedded driver gets after semspark's own (the catalog's Derby home, the JIT
+    # settings), e.g. a class-loading log or an agent; spark.driver.extraJavaOptions in ``extra``
+    # replaces them all instead.
+    driver_java_options: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

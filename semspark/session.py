@@ -157,6 +157,9 @@ def build_session(config: Config, app_name: str | None = None, extra: dict[str, 
             # then everything new ran interpreted. The full JIT's size, reserved, not committed.
             settings["spark.driver.extraJavaOptions"] = \
                 f"{options} -XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m".strip()
+        if config.spark.driver_java_options:
+            options = settings.get("spark.driver.extraJavaOptions", "")
+            settings["spark.driver.extraJavaOptions"] = f"{options} {config.spark.driver_java_options}".strip()
         settings.update(config.spark.extra)
         settings.update(extra or {})
         if class_archive and config.spark.class_archive == "auto" and SparkContext._active_spark_context is None:
