@@ -93,17 +93,26 @@ def current_labels(spark, database: str):
     return spark.table(qualified(database, CURRENT_LABELS_VIEW)).select("image_id", "label")
 
 
+# Up to this many ids a caller names are compared with the label history by a filter on the ids
+# (below the view's window: the history of those images only); more, and the whole history is read.
+FILTERED_IDS = 2_000
+
+
 def append_changes(spark, database: str, proposed, source: str, labelled_by: str, run_id: str, at=None,
-                   count_unchanged: bool = True) -> dict:
+                   count_unchanged: bool = True, image_ids=None) -> dict:
     """Append the rows of ``proposed`` (image_id, label; label null = remove) that change an image's
     current label. Returns {"changed", "unchanged", "removed", "by_label"} ("unchanged" None when
-    ``count_unchanged`` is False: the ingest does not report it, and counting is a Spark job)."""
+    ``count_unchanged`` is False: the ingest does not report it, and counting is a Spark job).
+    ``image_ids``: every id ``proposed`` may hold, when the caller knows them (a night's new images),
+    so that only their history is read, not every image's."""
     from pyspark.sql import functions as F
 
     if source not in SOURCES:
         raise ValueError(f"label source {source!r} is none of {SOURCES}")
     ensure_labels(spark, database)
     current = current_labels(spark, database).withColumnRenamed("label", "current")
+    if image_ids is not None and len(image_ids) <= FILTERED_IDS:
+        current = current.filter(F.col("image_id").isin(sorted(image_ids)))
     joined = proposed.select("image_id", "label").join(current, "image_id", "left")
     same = F.col("label").eqNullSafe(F.col("current"))
     changes = (joined.filter(~same)

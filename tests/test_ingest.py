@@ -347,6 +347,32 @@ def test_a_sidecar_that_comes_after_its_image_and_one_whose_image_fails(spark, t
     assert run_ingest(spark, config, str(root), labels="folders").already_known == 4   # nothing left to do
 
 
+def test_rerun_after_a_crash_between_the_labels_and_the_images_table(spark, tmp_path):
+    """The state a run killed after appending its labels and before inserting into sem.images
+    leaves (the dataset holds its images and its marker names them; sem.labels their folder labels;
+    sem.images and sem.files nothing): the rerun adds each image, each label and each dataset row
+    once."""
+    from semspark.ingest.writing import PENDING_PREFIX
+
+    config = Config(catalog=CatalogConfig(database="labelcrash"),
+                    ingest=dataclasses.replace(CONFIG.ingest, dataset_dir="datasets/labelcrash"))
+    generate(tmp_path / "in", 3, seed=31, width=384, height=288)
+    images = sorted(p for p in (tmp_path / "in").rglob("*") if p.suffix in (".tif", ".png", ".jpg"))
+    truth = {hashlib.sha256(p.read_bytes()).hexdigest(): p.relative_to(tmp_path / "in").parts[0] for p in images}
+    assert run_ingest(spark, config, str(tmp_path / "in"), labels="folders").new_images == 3
+    dataset = Path(dataset_url(config)[len("file://"):])
+    (dataset / f"{PENDING_PREFIX}killed").write_text("\n".join(sorted(truth)))
+    spark.sql("TRUNCATE TABLE labelcrash.images")
+    spark.sql("TRUNCATE TABLE labelcrash.files")
+    assert run_ingest(spark, config, str(tmp_path / "in"), labels="folders").new_images == 3
+    labels = [(r["image_id"], r["label"]) for r in spark.table("labelcrash.labels").collect()]
+    assert sorted(labels) == sorted(truth.items())
+    assert sorted(r["image_id"] for r in spark.table("labelcrash.images").collect()) == sorted(truth)
+    stored = [r["image_id"] for r in spark.read.parquet(dataset_url(config)).select("image_id").collect()]
+    assert sorted(stored) == sorted(truth)
+    assert not list(dataset.glob(PENDING_PREFIX + "*"))
+
+
 def test_rerun_after_a_crash_before_the_files_table_converges(spark, raw, first_run):
     """A run killed after writing the dataset and sem.images, before sem.files: simulated by
     emptying sem.files. The rerun must redo the work and duplicate nothing."""

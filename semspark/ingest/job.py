@@ -21,7 +21,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 
-from semspark.catalog import ensure_tables, insert, new_run_id, qualified, utc_now
+from semspark.catalog import ensure_tables, insert, local_columns, new_run_id, qualified, utc_now
 from semspark.config import Config
 from semspark.dataset import dataset_url, ensure_consistent
 from semspark.ingest.listing import (
@@ -200,7 +200,7 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
     if labels is not None:   # before sem.images: a rerun after a crash finds them and adds nothing
         append_changes(spark, db, new_images.filter(F.col("label").isNotNull()).select("image_id", "label"),
                        "folders" if labels == "folders" else "csv", current_user(), run_id, at=started,
-                       count_unchanged=False)
+                       count_unchanged=False, image_ids=night_ids - existing_ids)
     # One file per scale bin a night (Spark would write one per bin and task): a night's scoring
     # reads every small file of sem.images until compaction merges them.
     insert(new_images.coalesce(max(1, math.ceil(n_pending / IMAGES_ROWS_PER_TASK))), db, IMAGES)
@@ -240,10 +240,8 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
         confidences[row["scale_confidence"]] = confidences.get(row["scale_confidence"], 0) + row["count"]
     summary.new_images = sum(summary.new_by_scale_bin.values())
     summary.duplicate_files = written.get("image", 0) - summary.new_images
-    summary.quarantined = _counts(spark.table(qualified(db, QUARANTINE)).filter(F.col("ingest_run") == run_id),
-                                  "stage") if may_quarantine else {}
-    summary.sidecars = _counts(spark.table(qualified(db, FILES)).filter(F.col("ingest_run") == run_id),
-                               "role").get("sidecar", 0) if n_sidecars else 0
+    summary.quarantined = _run_counts(spark, db, QUARANTINE, run_id, "stage") if may_quarantine else {}
+    summary.sidecars = _run_counts(spark, db, FILES, run_id, "role").get("sidecar", 0) if n_sidecars else 0
     shutil.rmtree(staging, ignore_errors=True)
     clock.lap("files", n_pending, "files")
     writing = sum(summary.phase_seconds.get(p, 0.0) for p in ("dataset", "tables", "files"))
@@ -265,5 +263,15 @@ class _PhaseClock:
         return f"{seconds:.1f} s" + (f", {count / seconds:.0f} {unit}/s" if count and seconds > 0 else "")
 
 
-def _counts(df, column: str) -> dict[str, int]:
-    return {r[column]: r["count"] for r in df.groupBy(column).count().collect()}
+def _run_counts(spark, database: str, table, run_id: str, column: str) -> dict[str, int]:
+    """How many rows of ``table`` this run wrote, by ``column``: with pyarrow from a local
+    warehouse's files (catalog.local_columns), else a Spark query."""
+    import pyarrow.compute as pc
+    from pyspark.sql import functions as F
+
+    read = local_columns(spark, database, table, ["ingest_run", column])
+    if read is None:
+        rows = spark.table(qualified(database, table)).filter(F.col("ingest_run") == run_id)
+        return {r[column]: r["count"] for r in rows.groupBy(column).count().collect()}
+    values = pc.filter(read[column], pc.equal(read["ingest_run"], run_id))
+    return {v["values"]: v["counts"] for v in pc.value_counts(values).to_pylist()}
