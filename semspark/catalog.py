@@ -75,13 +75,15 @@ def insert(df, database: str, table: TableSpec) -> None:
         df.select(*df.sparkSession.table(name).columns).write.insertInto(name)
 
 
-def local_columns(spark, database: str, table: TableSpec, columns: list[str]):
+def local_columns(spark, database: str, table: TableSpec, columns: list[str], refresh: bool = False):
     """A table's ``columns`` read with pyarrow straight from its files, when every file is local
     (the embedded default's warehouse), as a pyarrow Table; None otherwise (HDFS, S3: query it with
     Spark). For the small reads the driver makes of key columns at the start of a run: as a Spark
     job each costs a few tenths of a second whatever the table's size, a night several of them.
     Timestamps come as Spark stores them: naive UTC (INT96 read in microseconds). Not for
-    partition columns (they are in folder names, not in the files)."""
+    partition columns (they are in folder names, not in the files). ``refresh``: list the table's
+    files again first (what another process wrote since this session listed them; this session's
+    own writes are always seen, as by its Spark queries)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -90,7 +92,8 @@ def local_columns(spark, database: str, table: TableSpec, columns: list[str]):
     if set(columns) & set(table.partition_by):
         raise ValueError(f"{table.name}: partition columns {table.partition_by} are not in its files")
     name = qualified(database, table)
-    spark.catalog.refreshTable(name)   # another process may have written since this session listed it
+    if refresh:
+        spark.catalog.refreshTable(name)
     paths = [local_path(from_index_uri(f)) for f in spark.table(name).inputFiles()]
     if any(p is None for p in paths):
         return None

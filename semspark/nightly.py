@@ -91,7 +91,8 @@ def _still_running(spark, database: str) -> list[dict]:
     recorded_at. Read with pyarrow from the run log's files where they are local: it is the first
     query of a night, and as a Spark query it cost 0.8 s of a 14-s night (the log is small, and
     compacted like the other tables); through the view otherwise."""
-    log_table = local_columns(spark, database, RUN_EVENTS, RUN_EVENTS.columns)
+    # another process may have logged since this session listed the log's files
+    log_table = local_columns(spark, database, RUN_EVENTS, RUN_EVENTS.columns, refresh=True)
     if log_table is None:
         return [r.asDict() for r in spark.table(qualified(database, RUNS_VIEW)).filter("status = 'running'").collect()]
     events = log_table.to_pylist()
