@@ -149,10 +149,74 @@ def rewrite_table(spark, database: str, table: TableSpec, rows, reason: str,
     return count
 
 
+def merge_files(spark, database: str, table: TableSpec, folder: str, small: list[str], files_wanted: int,
+                reason: str) -> int:
+    """Merge the ``small`` files of one folder of a table (the table's, or one partition's) into
+    ``files_wanted`` files; the folder's other files stay as they are, so the bytes rewritten are
+    those of the small files, not the table's. The merged rows are staged, then a journal names the
+    files to remove and the staged ones, then the small files are removed and the staged ones moved
+    in: safe if killed at any point (the journal is replayed as a rewrite's is). For a local
+    warehouse (files moved on the file system). Returns the rows merged."""
+    import pyarrow.parquet as pq
+    from pyspark.sql.types import StructType
+
+    from semspark.storage import home_path, pause_point, writer_lock
+
+    name = qualified(database, table)
+    run = new_run_id()
+    staging = home_path(f"staging/merge-{database}.{table.name}-{run}")
+    with writer_lock(purpose=f"merging small files of {name} ({reason})"):
+        # the table's columns as the metastore has them (a migration's added ones null in older files)
+        columns = StructType([f for f in spark.table(name).schema.fields if f.name not in table.partition_by])
+        # Hadoop path strings, not URIs: a partition folder's name keeps its "=" and Hive's escapes
+        merged = spark.read.schema(columns).parquet(*[f"file:{p}" for p in small])
+        merged.coalesce(files_wanted).write.mode("overwrite").parquet(staging.as_uri())
+        staged = sorted(staging.glob("part-*.parquet"))
+        count = sum(pq.ParquetFile(p).metadata.num_rows for p in staged)
+        expected = sum(pq.ParquetFile(p).metadata.num_rows for p in small)
+        if count != expected:   # a bug of ours, not bad input
+            raise AssertionError(f"merging {len(small)} files of {name} staged {count} rows of {expected}")
+        journal = _journal_dir() / f"{database}.{table.name}.{run}.json"
+        journal.parent.mkdir(parents=True, exist_ok=True)
+        temporary = journal.with_suffix(".tmp")
+        temporary.write_text(json.dumps({"kind": "merge", "database": database, "table": table.name,
+                                         "folder": str(folder), "staging": str(staging), "rows": count,
+                                         "remove": [str(p) for p in small], "reason": reason}))
+        temporary.replace(journal)
+        pause_point("rewrite-journalled")
+        _apply_rewrite(spark, journal)
+    return count
+
+
+def _apply_merge(spark, journal, entry: dict) -> None:
+    """Remove the merged files (and Hadoop's checksums of them), move the staged ones in; each step
+    skips what a killed earlier attempt did, so replaying is idempotent."""
+    import os
+    import shutil
+
+    folder, staging = Path(entry["folder"]), Path(entry["staging"])
+    for removed in map(Path, entry["remove"]):
+        removed.unlink(missing_ok=True)
+        (removed.parent / f".{removed.name}.crc").unlink(missing_ok=True)
+    for staged in sorted(staging.glob("part-*.parquet")):
+        target = folder / staged.name
+        if target.exists():
+            continue
+        hidden = folder / f".{staged.name}.moving"   # Spark lists no file named .*: in whole or not at all
+        shutil.copyfile(staged, hidden)
+        os.replace(hidden, target)
+    spark.catalog.refreshTable(f"{entry['database']}.{entry['table']}")
+    journal.unlink()
+    shutil.rmtree(staging, ignore_errors=True)
+
+
 def _apply_rewrite(spark, journal) -> None:
     import shutil
 
     entry = json.loads(journal.read_text())
+    if entry.get("kind") == "merge":
+        _apply_merge(spark, journal, entry)
+        return
     name = f"{entry['database']}.{entry['table']}"
     staged = spark.read.parquet(Path(entry["staging"]).as_uri()).select(*spark.table(name).columns)
     previous = spark.conf.get("spark.sql.sources.partitionOverwriteMode")

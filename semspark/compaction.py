@@ -21,12 +21,12 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from semspark.catalog import finish_rewrites, new_run_id, qualified, rewrite_table, table_specs
+from semspark.catalog import finish_rewrites, merge_files, new_run_id, qualified, rewrite_table, table_specs
 from semspark.config import Config
 from semspark.dataset import (DatasetCompaction, compact_dataset, dataset_root, dataset_url, files_per_bin,
                               small_files_per_bin)
 from semspark.schema import TableSpec
-from semspark.storage import home_path, writer_lock
+from semspark.storage import home_path, local_path, writer_lock
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +86,20 @@ def file_counts(spark, config: Config) -> dict[str, int]:
     return counts
 
 
+def small_files(files: list[tuple[str, int]], target_bytes: int) -> list[tuple[str, int]]:
+    """The files of a folder under half the compacted size: what compaction merges. Each merge
+    leaves files of at least that much (or one smaller file, merged again next time), so a table's
+    files stay bounded by its size, and the full ones are never read again to compact it."""
+    return [(path, size) for path, size in files if size < target_bytes / 2]
+
+
 def needs_compaction(spark, config: Config) -> bool:
     settings = config.compaction
     db = config.catalog.database
+    target_bytes = settings.target_file_mb * 1024 * 1024
     for table in semspark_tables(spark, db):
-        if any(len(files) > settings.table_files for files in table_files(spark, db, table).values()):
+        if any(len(small_files(files, target_bytes)) > settings.table_files
+               for files in table_files(spark, db, table).values()):
             return True
     root = dataset_root(dataset_url(config))
     return root.exists() and any(len(small) > settings.dataset_files_per_bin
@@ -117,15 +126,22 @@ def compact(spark, config: Config, force: bool = False) -> CompactionSummary:
             summary.files_before += before
             chosen = []
             for folder, files in folders.items():
-                needed = max(1, math.ceil(sum(size for _, size in files) / target_bytes))
-                if len(files) > needed and (force or len(files) > settings.table_files):
-                    chosen.append((folder, needed))
+                small = small_files(files, target_bytes)
+                needed = max(1, math.ceil(sum(size for _, size in small) / target_bytes))
+                if len(small) > needed and (force or len(small) > settings.table_files):
+                    whole = max(1, math.ceil(sum(size for _, size in files) / target_bytes))
+                    chosen.append((folder, needed, [path for path, _ in small], whole))
             if not chosen:
                 summary.files_after += before
                 continue
             rows_before = spark.table(name).count()
-            if table.partition_by:
-                for folder, needed in chosen:
+            if all(local_path(folder) is not None and Path(folder).is_dir() for folder, *_ in chosen):
+                # only the small files are read and rewritten: a compaction costs what the nights
+                # since the last one added, not the table's size
+                for folder, needed, small, _ in chosen:
+                    merge_files(spark, db, table, folder, small, needed, "compaction")
+            elif table.partition_by:   # not a local warehouse: the partition rewritten whole
+                for folder, _, _, needed in chosen:
                     values = _partition_values(folder, table)
                     condition = F.lit(True)
                     for column, value in values.items():
@@ -133,7 +149,7 @@ def compact(spark, config: Config, force: bool = False) -> CompactionSummary:
                     rewrite_table(spark, db, table, spark.table(name).filter(condition).repartition(needed),
                                   "compaction", partitions_only=True)
             else:
-                rewrite_table(spark, db, table, spark.table(name).repartition(chosen[0][1]), "compaction")
+                rewrite_table(spark, db, table, spark.table(name).repartition(chosen[0][3]), "compaction")
             rows_after = spark.table(name).count()
             if rows_after != rows_before:   # a bug of ours, not bad input: say so loudly
                 raise AssertionError(f"compacting {name} changed its rows from {rows_before} to {rows_after}")
@@ -177,5 +193,5 @@ def _drop_abandoned_staging(current: str) -> None:
         import json
         journalled = {json.loads(j.read_text())["staging"] for j in folder.glob("*.json")}
     for entry in root.iterdir():
-        if entry.name.startswith(("compact-", "rewrite-")) and current not in entry.name and str(entry) not in journalled:
+        if entry.name.startswith(("compact-", "rewrite-", "merge-")) and current not in entry.name and str(entry) not in journalled:
             shutil.rmtree(entry, ignore_errors=True)

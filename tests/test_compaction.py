@@ -102,6 +102,43 @@ def test_compaction_rewrites_small_files_into_few_with_the_same_rows(spark, thre
     assert forced.files_before - forced.files_after == len(left_over)
 
 
+def test_compaction_merges_a_tables_small_files_and_keeps_its_full_ones(spark, semspark_home):
+    """A table of one full file (over half the compacted size) and three small ones: the small ones
+    become one, the full one is not rewritten (the same file, untouched), every row kept."""
+    import datetime
+
+    from semspark.catalog import ensure_tables, insert
+    from semspark.schema import FILES
+
+    config = Config(catalog=CatalogConfig(database="tiered"),
+                    ingest=IngestConfig(dataset_dir="datasets/tiered"),
+                    compaction=CompactionConfig(table_files=2, target_file_mb=1))
+    ensure_tables(spark, "tiered", (FILES,))
+    at = datetime.datetime(2026, 1, 1)
+    made = [(f"file:/raw/{hashlib.sha256(str(i).encode()).hexdigest()}.tif", hashlib.sha256(b"%d" % i).hexdigest(),
+             "image", i, at, at, "bulk") for i in range(20_000)]
+    columns = "path string, image_id string, role string, size long, modification_time timestamp, " \
+              "ingested_at timestamp, ingest_run string"
+    insert(spark.createDataFrame(made, columns).coalesce(1), "tiered", FILES)
+    folder = semspark_home / "warehouse" / "tiered.db" / "files"
+    (full,) = [p for p in folder.glob("part-*")]
+    assert full.stat().st_size > 512 * 1024
+    identity = (full.stat().st_ino, full.stat().st_mtime_ns)
+    for night in range(3):
+        rows = [(f"file:/raw/night{night}/{i}.tif", f"{night:02d}{i:062d}", "image", i, at, at, f"night{night}")
+                for i in range(5)]
+        insert(spark.createDataFrame(rows, columns).coalesce(1), "tiered", FILES)
+        made += rows
+    assert parquet_files(folder) == {".": 4} and needs_compaction(spark, config)
+    summary = compact(spark, config)
+    assert summary.tables == {"tiered.files": (4, 2)}
+    assert parquet_files(folder) == {".": 2}
+    assert (full.stat().st_ino, full.stat().st_mtime_ns) == identity      # the full file not rewritten
+    stored = sorted(tuple(r) for r in spark.table("tiered.files").collect())
+    assert stored == sorted(made)
+    assert not needs_compaction(spark, config)
+
+
 def test_compaction_merges_a_bins_small_files_and_keeps_its_full_ones(spark, semspark_home, tmp_path, monkeypatch):
     """Tiered: the files of a big first load are full and stay (the same inode after the swap);
     the nights' small files of the same bin are merged. Full means SMALL_FILE_IMAGES images or
