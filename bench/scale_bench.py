@@ -4,9 +4,11 @@
                                           [--width 256 --height 192] [--cores 2]
                                           [--table-files 64] [--dataset-files-per-bin 16]
 
-One growing repository of generated SEM images (small images are fine: the question is how costs
-grow, not what one image costs) is ingested up to each N; at each N, five nights of 100 new images
-each run the nightly's steps in this process (ingest, score with the production model, compact
+A repository of generated SEM images per N (small images are fine: the question is how costs grow,
+not what one image costs), each with its own catalog database and dataset in one warehouse, is
+ingested in bulk; then five rounds of nights, each round a night of the same 100 new images at
+every N in turn (so that the machine's drift over the run, tens of percent here, falls on every N
+alike), run the nightly's steps in this process (ingest, score with the production model, compact
 past the thresholds: the configured ones, or lower ones to see them bound the file counts within
 a few nights), on the embedded default. For each night: wall time per step; the bytes
 Spark read (its input metrics, from its REST API) in the ingest (listing and comparing against
@@ -127,7 +129,7 @@ def main() -> None:
     from pyspark.sql import functions as F
 
     from infer_bench import register
-    from semspark.config import CompactionConfig, Config, IngestConfig
+    from semspark.config import CatalogConfig, CompactionConfig, Config, IngestConfig
     from semspark.dataset import dataset_url
     from semspark.infer.job import promote, run_inference
     from semspark.ingest.job import run_ingest
@@ -137,12 +139,15 @@ def main() -> None:
 
     compaction = CompactionConfig(**{k: v for k, v in (("table_files", args.table_files),
                                                        ("dataset_files_per_bin", args.dataset_files_per_bin)) if v})
-    config = Config(ingest=IngestConfig(files_per_task=64), compaction=compaction)   # stored at 299 px, as in production
-    spark = build_session(config, app_name="scale-bench", extra={
+    # one catalog, dataset and input folder per N in one warehouse: their nights run in turn, so
+    # that the machine's drift over the run (tens of percent here) falls on every N alike
+    configs = {size: Config(catalog=CatalogConfig(database=f"scale{size}"),
+                            ingest=IngestConfig(files_per_task=64, dataset_dir=f"datasets/scale{size}"),  # 299 px
+                            compaction=compaction) for size in sizes}
+    spark = build_session(configs[sizes[0]], app_name="scale-bench", extra={
         "spark.master": f"local[{args.cores}]", "spark.ui.enabled": "true", "spark.ui.port": str(free_port()),
         "spark.ui.showConsoleProgress": "false", "spark.ui.retainedJobs": "100000", "spark.ui.retainedStages": "100000"})
     metrics = InputMetrics(spark)
-    repository = home / "raw"
     report = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": args.cores,
                           "python": platform.python_version()},
               "width": args.width, "height": args.height, "night_images": args.night_images,
@@ -150,64 +155,68 @@ def main() -> None:
               "sizes": {}}
     try:
         model = register("compact_cnn", list(CATEGORIES), 64, "nightly-bench")
-        have, night_no = 0, 0
         for size in sizes:
+            config, repository = configs[size], home / f"raw{size}"
             started = time.monotonic()
-            have = grow(repository, have, size, args.width, args.height, args.cores)
+            grow(repository, 0, size, args.width, args.height, args.cores)
             generated = time.monotonic() - started
             started = time.monotonic()
             bulk = run_ingest(spark, config, str(repository), labels="folders")
             loaded = time.monotonic() - started
-            if night_no == 0:
-                promote(spark, config, model)
+            promote(spark, config, model)
             run_inference(spark, config, model)             # the bulk's scoring is not a night's
-            entry = {"generate_s": round(generated, 1), "bulk_new_images": bulk.new_images,
-                     "bulk_ingest_s": round(loaded, 1),
-                     "ingest_images_per_s_per_core": round(bulk.new_images / loaded / args.cores, 2),
-                     "bulk_phase_seconds": bulk.phase_seconds, "nights": []}
-            for _ in range(args.nights):
-                night_no += 1
+            report["sizes"][str(size)] = {
+                "generate_s": round(generated, 1), "bulk_new_images": bulk.new_images, "bulk_ingest_s": round(loaded, 1),
+                "ingest_images_per_s_per_core": round(bulk.new_images / loaded / args.cores, 2),
+                "bulk_phase_seconds": bulk.phase_seconds, "nights": []}
+        for night_no in range(1, args.nights + 1):
+            for size in sizes:                              # the same new images at every N
+                config, repository = configs[size], home / f"raw{size}"
+                entry = report["sizes"][str(size)]
                 folder = repository / "nights" / f"night{night_no:03d}"
                 _generate((folder, args.night_images, 90_000 + night_no, args.width, args.height))
                 night = {}
                 sc = spark.sparkContext
+                group = f"{size}-{night_no}"
                 t0 = time.monotonic()
-                sc.setJobGroup(f"ingest-{night_no}", "night ingest")
+                sc.setJobGroup(f"ingest-{group}", "night ingest")
                 ingested = run_ingest(spark, config, str(repository), labels="folders")
                 t1 = time.monotonic()
-                sc.setJobGroup(f"infer-{night_no}", "night scoring")
+                sc.setJobGroup(f"infer-{group}", "night scoring")
                 scored = run_inference(spark, config, model)
                 t2 = time.monotonic()
-                sc.setJobGroup(f"compact-{night_no}", "night compaction")
+                sc.setJobGroup(f"compact-{group}", "night compaction")
                 compacted = compact(spark, config) if needs_compaction(spark, config) else None
                 t3 = time.monotonic()
                 sc.setJobGroup("bench", "measuring")
-                new_ids = spark.table("sem.images").filter(F.col("ingest_run") == ingested.run_id).select("image_id")
+                database = config.catalog.database
+                new_ids = spark.table(f"{database}.images").filter(F.col("ingest_run") == ingested.run_id).select("image_id")
                 stored = (spark.read.parquet(dataset_url(config)).join(new_ids, "image_id", "left_semi")
                           .agg(F.sum(F.length("image"))).first()[0] or 0)
                 night.update(
                     seconds=round(t3 - t0, 2), ingest_s=round(t1 - t0, 2), scoring_s=round(t2 - t1, 2),
                     compaction_s=round(t3 - t2, 2), new_images=ingested.new_images, scored=scored.scored,
                     ingest_phase_seconds=ingested.phase_seconds,
-                    ingest_bytes_read=metrics.read_bytes(f"ingest-{night_no}"),
-                    scoring_bytes_read=metrics.read_bytes(f"infer-{night_no}"),
-                    ingest_jobs=metrics.job_seconds(f"ingest-{night_no}"),
+                    ingest_bytes_read=metrics.read_bytes(f"ingest-{group}"),
+                    scoring_bytes_read=metrics.read_bytes(f"infer-{group}"),
+                    ingest_jobs=metrics.job_seconds(f"ingest-{group}"),
                     new_images_stored_bytes=int(stored),
                     dataset_files_read=scored.dataset_files_read, dataset_files=scored.dataset_files,
                     compacted=compacted.files_before - compacted.files_after if compacted else 0,
-                    warehouse_files=files_under(home / "home" / "warehouse"),
+                    warehouse_files=files_under(home / "home" / "warehouse" / f"{database}.db"),
                     dataset_files_after=files_under(Path(dataset_url(config)[len("file://"):])))
                 night["scoring_bytes_over_new_stored"] = (round(night["scoring_bytes_read"] / stored, 2)
                                                           if stored else None)
                 entry["nights"].append(night)
                 print(json.dumps({"size": size, "night": night_no, **night}), file=sys.stderr, flush=True)
+        for size in sizes:
+            entry = report["sizes"][str(size)]
             seconds = sorted(n["seconds"] for n in entry["nights"])
             entry["night_median_s"] = seconds[len(seconds) // 2]
             # a night's own work: its ingest and scoring, without the compaction that the low
             # thresholds of a short benchmark make run on some nights and not others
             own = sorted(n["ingest_s"] + n["scoring_s"] for n in entry["nights"])
             entry["own_work_median_s"] = round(own[len(own) // 2], 2)
-            report["sizes"][str(size)] = entry
         first = report["sizes"][str(sizes[0])]["night_median_s"]
         report["night_median_ratio_to_smallest"] = {
             size: round(entry["night_median_s"] / first, 2) for size, entry in report["sizes"].items()}
