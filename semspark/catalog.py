@@ -136,17 +136,24 @@ def rewrite_table(spark, database: str, table: TableSpec, rows, reason: str,
         columns = spark.table(name).columns
         rows.select(*columns).write.mode("overwrite").parquet(staging.as_uri())
         count = spark.read.parquet(staging.as_uri()).count()
-        journal = _journal_dir() / f"{database}.{table.name}.{run}.json"
-        journal.parent.mkdir(parents=True, exist_ok=True)
-        temporary = journal.with_suffix(".tmp")
-        temporary.write_text(json.dumps({"database": database, "table": table.name, "staging": str(staging),
-                                         "rows": count, "partitions_only": partitions_only,
-                                         "drop_partitions": list(drop_partitions), "reason": reason}))
-        temporary.replace(journal)   # the journal appears whole or not at all
-        from semspark.storage import pause_point
-        pause_point("rewrite-journalled")
-        _apply_rewrite(spark, journal)
+        _journal_and_apply(spark, database, table, run, {
+            "staging": str(staging), "rows": count, "partitions_only": partitions_only,
+            "drop_partitions": list(drop_partitions), "reason": reason})
     return count
+
+
+def _journal_and_apply(spark, database: str, table: TableSpec, run: str, entry: dict) -> None:
+    """Write a rewrite's journal (whole or not at all), then carry it out; a process killed in
+    between leaves the journal for the next ``finish_rewrites``."""
+    from semspark.storage import pause_point
+
+    journal = _journal_dir() / f"{database}.{table.name}.{run}.json"
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    temporary = journal.with_suffix(".tmp")
+    temporary.write_text(json.dumps({"database": database, "table": table.name, **entry}))
+    temporary.replace(journal)
+    pause_point("rewrite-journalled")
+    _apply_rewrite(spark, journal)
 
 
 def merge_files(spark, database: str, table: TableSpec, folder: str, small: list[str], files_wanted: int,
@@ -160,7 +167,7 @@ def merge_files(spark, database: str, table: TableSpec, folder: str, small: list
     import pyarrow.parquet as pq
     from pyspark.sql.types import StructType
 
-    from semspark.storage import home_path, pause_point, writer_lock
+    from semspark.storage import home_path, writer_lock
 
     name = qualified(database, table)
     run = new_run_id()
@@ -176,15 +183,9 @@ def merge_files(spark, database: str, table: TableSpec, folder: str, small: list
         expected = sum(pq.ParquetFile(p).metadata.num_rows for p in small)
         if count != expected:   # a bug of ours, not bad input
             raise AssertionError(f"merging {len(small)} files of {name} staged {count} rows of {expected}")
-        journal = _journal_dir() / f"{database}.{table.name}.{run}.json"
-        journal.parent.mkdir(parents=True, exist_ok=True)
-        temporary = journal.with_suffix(".tmp")
-        temporary.write_text(json.dumps({"kind": "merge", "database": database, "table": table.name,
-                                         "folder": str(folder), "staging": str(staging), "rows": count,
-                                         "remove": [str(p) for p in small], "reason": reason}))
-        temporary.replace(journal)
-        pause_point("rewrite-journalled")
-        _apply_rewrite(spark, journal)
+        _journal_and_apply(spark, database, table, run, {
+            "kind": "merge", "folder": str(folder), "staging": str(staging), "rows": count,
+            "remove": [str(p) for p in small], "reason": reason})
     return count
 
 

@@ -60,14 +60,12 @@ def semspark_tables(spark, database: str) -> list[TableSpec]:
 
 def table_files(spark, database: str, table: TableSpec) -> dict[str, list[tuple[str, int]]]:
     """The data files of a table by folder (one folder per partition): [(path, bytes)]."""
-    from urllib.parse import unquote
-
-    from semspark.storage import local_path
+    from semspark.storage import from_index_uri
 
     spark.catalog.refreshTable(qualified(database, table))
     by_folder: dict[str, list[tuple[str, int]]] = defaultdict(list)
     for uri in spark.table(qualified(database, table)).inputFiles():
-        path = unquote(local_path(uri.replace("file:///", "file:/")) or uri)
+        path = local_path(from_index_uri(uri)) or from_index_uri(uri)
         try:
             size = Path(path).stat().st_size
         except OSError:
