@@ -442,6 +442,36 @@ def test_tables_made_by_an_older_version_gain_new_columns(spark):
     assert (got["image_id"], got["phash"], got["scale_bin"], got["width"]) == ("abc", "00ff00ff00ff00ff", "1um", 7)
 
 
+def test_insert_new_appends_only_the_keys_the_table_lacks(spark):
+    """catalog.insert_new, by hand: of five rows, the two whose (path, size, modification time)
+    the table holds are not appended again; one differing from a held one by a microsecond of its
+    modification time, or by its size, is."""
+    from datetime import datetime, timedelta
+
+    import semspark.catalog as catalog
+    from semspark.schema import FILES
+
+    database = "insertnew"
+    spark.sql(f"DROP DATABASE IF EXISTS {database} CASCADE")
+    catalog.ensure_tables(spark, database, (FILES,))
+    at = datetime(2026, 11, 30, 23, 59, 58, 123456)
+    def rows(*keys):
+        fields = [f.name for f in FILES.schema.fields]
+        return spark.createDataFrame([{**dict.fromkeys(fields), "path": p, "size": s, "modification_time": t,
+                                       "image_id": "x", "role": "image"} for p, s, t in keys], FILES.schema)
+
+    held = [("file:/a.tif", 10, at), ("file:/b.tif", 20, at), ("file:/c.tif", 30, at)]
+    catalog.insert(rows(*held), database, FILES)
+    offered = [("file:/a.tif", 10, at), ("file:/b.tif", 20, at),
+               ("file:/c.tif", 30, at + timedelta(microseconds=1)), ("file:/c.tif", 31, at), ("file:/d.tif", 40, at)]
+    catalog.insert_new(rows(*offered), database, FILES, ["path", "size", "modification_time"])
+    got = sorted((r["path"], r["size"], r["modification_time"]) for r in spark.table(f"{database}.files").collect())
+    assert got == sorted(held + offered[2:])
+    catalog.insert_new(rows(*offered), database, FILES, ["path", "size", "modification_time"])   # all held now
+    assert spark.table(f"{database}.files").count() == 6
+    spark.sql(f"DROP DATABASE {database} CASCADE")
+
+
 def test_quarantined_files_are_tried_again_when_asked_and_leave_when_ingested(spark, tmp_path):
     """Permanent failures wait; `quarantine retry` has the next ingest read them again; a file
     ingested at last leaves sem.quarantine; a file keeps one row, its latest outcome."""

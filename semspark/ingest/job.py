@@ -21,7 +21,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 
-from semspark.catalog import ensure_tables, insert, local_columns, new_run_id, qualified, utc_now
+from semspark.catalog import ensure_tables, insert, insert_new, local_columns, new_run_id, qualified, utc_now
 from semspark.config import Config
 from semspark.dataset import dataset_url, ensure_consistent
 from semspark.ingest.listing import (
@@ -226,10 +226,8 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
                            .withColumn("retryable", retryable_column()))
         insert(quarantine_rows, db, QUARANTINE)
 
-    file_rows = (file_rows
-                 .join(spark.table(qualified(db, FILES)).select(*key), key, "left_anti")
-                 .withColumn("ingested_at", stamp).withColumn("ingest_run", run))
-    insert(file_rows, db, FILES)
+    # what a rerun after a crash, or another run meanwhile, recorded already is not recorded twice
+    insert_new(file_rows.withColumn("ingested_at", stamp).withColumn("ingest_run", run), db, FILES, key)
     # files tried again and ingested now leave sem.quarantine; a file keeps its latest outcome only
     summary.healed = heal(spark, db, run_id) if summary.retried else 0
 
