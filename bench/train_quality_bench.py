@@ -3,7 +3,7 @@
     .venv/bin/python bench/train_quality_bench.py [--archs compact_cnn,alexnet] [--seeds 0,1,2]
         [--images 640] [--epochs E] [--batch-size B] [--check-images 1000] [--cli-alexnet] [--learning-rate R] [--label-smoothing S]
         [--weight-decay W] [--alexnet-head average|flatten] [--convnext-layout depthwise|keras]
-        [--convnext-layer-scale S] [--convnext-drop-path R] [--translation T]
+        [--convnext-layer-scale S] [--convnext-drop-path R] [--efficientnet-drop-connect R] [--translation T]
 
 Per architecture, at a CPU-sized input and a fixed epoch budget (BUDGETS), over several seeds:
 the generated categories (semspark.synth.morphology, the images the demo ingests, rendered at
@@ -189,6 +189,9 @@ def main() -> None:
                         help="ConvNeXt's layer scale at random initialisation (semspark's 0.1; Keras' 1e-6)")
     parser.add_argument("--convnext-drop-path", type=float,
                         help="ConvNeXt's stochastic depth at its last block (semspark's default: models.CONVNEXT_DROP_PATH_RATE)")
+    parser.add_argument("--efficientnet-drop-connect", type=float,
+                        help="EfficientNetV2's stochastic depth at its last block (semspark's default: "
+                             "models.EFFICIENTNET_DROP_CONNECT_RATE)")
     parser.add_argument("--translation", type=float,
                         help="a random shift of up to this share of the side (semspark's default: models.TRANSLATION)")
     args = parser.parse_args()
@@ -203,6 +206,8 @@ def main() -> None:
         models.CONVNEXT_LAYER_SCALE_INIT = args.convnext_layer_scale
     if args.convnext_drop_path is not None:
         models.CONVNEXT_DROP_PATH_RATE = args.convnext_drop_path
+    if args.efficientnet_drop_connect is not None:
+        models.EFFICIENTNET_DROP_CONNECT_RATE = args.efficientnet_drop_connect
     seeds = [int(s) for s in args.seeds.split(",")]
     for arch, (size, epochs, batch) in list(BUDGETS.items()):
         BUDGETS[arch] = (size, args.epochs or epochs, args.batch_size or batch)
@@ -216,6 +221,7 @@ def main() -> None:
               "model_overrides": {"alexnet_head": models.ALEXNET_HEAD, "convnext_layout": args.convnext_layout,
                                   "convnext_layer_scale_init": 1e-6 if KERAS_LAYOUT else models.CONVNEXT_LAYER_SCALE_INIT,
                                   "convnext_drop_path": 0.0 if KERAS_LAYOUT else models.CONVNEXT_DROP_PATH_RATE,
+                                  "efficientnet_drop_connect": models.EFFICIENTNET_DROP_CONNECT_RATE,
                                   "translation": models.TRANSLATION},
               "runs": runs}
     by_arch: dict = {}

@@ -54,6 +54,10 @@ CONVNEXT_LAYER_SCALE_INIT = 0.1
 # the last (ConvNeXt's own schedule; 0.1 for Tiny on ImageNet-1k). Keras builds ConvNeXtTiny
 # without it.
 CONVNEXT_DROP_PATH_RATE = 0.0
+# EfficientNetV2's stochastic depth (Keras' drop_connect_rate, rising from 0 at the first block to
+# this rate at the last); Keras' default is 0.2.
+EFFICIENTNET_DROP_CONNECT_RATE = 0.2
+_KERAS_DROP_CONNECT_RATE = 0.2
 ALEXNET_HEAD = "average"   # see _alexnet
 # While training, a random shift of up to this share of the side in each direction, the uncovered
 # border filled by reflection and the shift rounded to whole pixels: things move in the frame, their
@@ -276,6 +280,9 @@ def build_backbone(arch: str, input_size: int, keras_layout: bool = False) -> tf
         for layer in model.layers:
             if isinstance(layer, layers.BatchNormalization):
                 layer.momentum = BATCH_NORM_MOMENTUM
+            # its blocks' stochastic depth, moved to semspark's rate (read at call time)
+            if arch == "efficientnetv2_s" and isinstance(layer, layers.Dropout) and layer.name.endswith("_drop"):
+                layer.rate = layer.rate * EFFICIENTNET_DROP_CONNECT_RATE / _KERAS_DROP_CONNECT_RATE
     else:
         inputs = layers.Input(shape)
         build = {"compact_cnn": _compact_cnn, "alexnet": _alexnet, "inception_v4": _inception_v4}[arch]
