@@ -191,3 +191,30 @@ def test_drop_path_drops_whole_images_and_keeps_the_expectation(monkeypatch):
     backbone = models.build_model("convnext_tiny", 3, 32).get_layer(models.BACKBONE)
     rates = [layer.rate for layer in backbone.layers if isinstance(layer, models.DropPath)]
     assert len(rates) == 17 and np.allclose(rates, [0.17 * i / 17 for i in range(1, 18)])   # block 0: rate 0
+
+
+def test_efficientnet_stochastic_depth_follows_the_configured_rate(monkeypatch):
+    """EfficientNetV2-S's block dropout at semspark's rate: Keras gives block b of its 40 (stages of
+    2, 4, 4, 6, 9, 15 blocks; a stage's first block has none) the rate 0.2 x b / 40; semspark moves it
+    to its own rate (0 by default: every block's rate is 0)."""
+    import re
+
+    from semspark.train import models
+
+    def block_rates():
+        backbone = models.build_model("efficientnetv2_s", 3, 32).get_layer(models.BACKBONE)
+        return {layer.name: layer.rate for layer in backbone.layers
+                if isinstance(layer, tf.keras.layers.Dropout) and layer.name.endswith("_drop")}
+
+    repeats = [2, 4, 4, 6, 9, 15]
+    def index(name):   # block{stage}{letter}_drop -> its position b among the 40
+        stage, letter = re.fullmatch(r"block(\d)([a-z])_drop", name).groups()
+        return sum(repeats[:int(stage) - 1]) + ord(letter) - ord("a")
+
+    default = block_rates()
+    assert len(default) == 40 - 6 and all(rate == 0 for rate in default.values())
+    monkeypatch.setattr(models, "EFFICIENTNET_DROP_CONNECT_RATE", 0.1)
+    configured = block_rates()
+    assert configured.keys() == default.keys()
+    assert all(abs(rate - 0.1 * index(name) / 40) < 1e-9 for name, rate in configured.items())
+    assert abs(configured["block6o_drop"] - 0.1 * 39 / 40) < 1e-9
