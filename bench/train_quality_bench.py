@@ -1,7 +1,7 @@
 """Benchmark of what training learns. Prints one JSON document.
 
     .venv/bin/python bench/train_quality_bench.py [--archs compact_cnn,alexnet] [--seeds 0,1,2]
-        [--images 640] [--epochs E] [--batch-size B] [--check-images 1000] [--cli-alexnet] [--learning-rate R] [--label-smoothing S]
+        [--images 640] [--epochs E] [--input-px P] [--batch-size B] [--check-images 1000] [--cli-alexnet] [--learning-rate R] [--label-smoothing S]
         [--weight-decay W] [--alexnet-head average|flatten] [--convnext-layout depthwise|keras]
         [--convnext-layer-scale S] [--convnext-drop-path R] [--efficientnet-drop-connect R] [--translation T]
 
@@ -174,6 +174,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--images", type=int, default=640)
     parser.add_argument("--epochs", type=int, help="override every architecture's epoch budget (BUDGETS)")
+    parser.add_argument("--input-px", type=int, help="override every architecture's input size (BUDGETS)")
     parser.add_argument("--batch-size", type=int, help="override every architecture's batch (BUDGETS)")
     parser.add_argument("--check-images", type=int, default=1000,
                         help="a larger held-out set (another generator seed) for accuracy and ECE; 0: none")
@@ -212,7 +213,7 @@ def main() -> None:
         models.EFFICIENTNET_DROP_CONNECT_RATE = args.efficientnet_drop_connect
     seeds = [int(s) for s in args.seeds.split(",")]
     for arch, (size, epochs, batch) in list(BUDGETS.items()):
-        BUDGETS[arch] = (size, args.epochs or epochs, args.batch_size or batch)
+        BUDGETS[arch] = (args.input_px or size, args.epochs or epochs, args.batch_size or batch)
     overrides = {k: v for k, v in (("label_smoothing", args.label_smoothing), ("weight_decay", args.weight_decay),
                                    ("class_weighting", args.class_weights),
                                    ("learning_rate", args.learning_rate)) if v is not None}

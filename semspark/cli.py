@@ -287,12 +287,8 @@ def _config(args):
 
 
 def _session(config, app: str, extra: dict | None = None):
-    from semspark.session import session_scope
-    # Spark's progress bars redraw one line with carriage returns: fine on a terminal, noise in a
-    # scheduler's log file, where semspark's own progress lines say what happens.
-    progress = "true" if sys.stderr.isatty() else "false"
-    return session_scope(config, app_name=f"semspark-{app}",
-                         extra={"spark.ui.showConsoleProgress": progress, **(extra or {})})
+    from semspark.session import console_progress, session_scope
+    return session_scope(config, app_name=f"semspark-{app}", extra={**console_progress(), **(extra or {})})
 
 
 def _run_stage(args, app: str, run, gate=None, extra: dict | None = None) -> int:

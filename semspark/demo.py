@@ -20,7 +20,7 @@ from semspark.config import PROJECT_ROOT, Config, semspark_home
 from semspark.infer.job import promote
 from semspark.ingest.job import run_ingest
 from semspark.nightly import run_nightly
-from semspark.session import session_scope
+from semspark.session import console_progress, session_scope
 from semspark.synth.generate import MANIFEST, generate, read_manifest
 from semspark.train.job import TrainRequest, run_training
 
@@ -60,7 +60,7 @@ def run_demo(config: Config, n: int = 600, seed: int = 0, train: bool = True) ->
     raw = prepare_demo_input(home / "demo" / "raw", n, seed)
     print(f"demo input: {raw} ({n} synthetic images, real samples, 3 broken files)")
     db = config.catalog.database
-    with session_scope(config, app_name="semspark-demo", extra={"spark.ui.showConsoleProgress": "true"}) as spark:
+    with session_scope(config, app_name="semspark-demo", extra=console_progress()) as spark:
         summary = run_ingest(spark, config, str(raw), labels="folders")
         print("\n".join(summary.lines()))
         again = run_ingest(spark, config, str(raw), labels="folders")

@@ -297,10 +297,10 @@ def _export_in_child(home: Path, database: str) -> dict:
 
 def _export_main(database: str, out: str) -> int:
     from semspark.config import CatalogConfig, Config
-    from semspark.session import session_scope
+    from semspark.session import console_progress, session_scope
 
     config = Config(catalog=CatalogConfig(database=database, metastore="derby"))
-    with session_scope(config, app_name="semspark-catalog-export") as spark:
+    with session_scope(config, app_name="semspark-catalog-export", extra=console_progress()) as spark:
         if not spark.catalog.databaseExists(database):
             print(f"the Derby catalog has no database {database}", file=sys.stderr)
             return 2

@@ -24,6 +24,12 @@ from semspark.config import Config, semspark_home
 log = logging.getLogger(__name__)
 
 
+def console_progress() -> dict[str, str]:
+    """Spark's progress bars on a terminal only: they redraw one line with carriage returns, fine
+    to watch, noise in a scheduler's log file or a redirected demo, where semspark's own progress
+    lines say what happens."""
+    return {"spark.ui.showConsoleProgress": "true" if sys.stderr.isatty() else "false"}
+
 def _under_spark_submit() -> bool:
     # spark-submit starts the JVM first and hands the Python driver its gateway through these.
     return "PYSPARK_GATEWAY_PORT" in os.environ

@@ -172,3 +172,22 @@ def test_exit_codes_by_cause(capsys):
     assert main(["promote", "scorer/1", "--model", "scorer/2"]) == 2
     assert "two models given" in capsys.readouterr().err
     assert main(["promote"]) == 2 and "--model" in capsys.readouterr().err
+
+
+def test_spark_progress_bars_only_on_a_terminal(monkeypatch):
+    """The commands, the demo and the catalog export ask for Spark's redrawn progress bars when
+    their stderr is a terminal (a pseudo-terminal here) and not when it is a file or a pipe."""
+    import io
+    import os
+
+    from semspark.session import console_progress
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    assert console_progress() == {"spark.ui.showConsoleProgress": "false"}
+    primary, secondary = os.openpty()
+    try:
+        with os.fdopen(secondary, "w") as terminal:
+            monkeypatch.setattr(sys, "stderr", terminal)
+            assert console_progress() == {"spark.ui.showConsoleProgress": "true"}
+    finally:
+        os.close(primary)

@@ -168,6 +168,8 @@ def nightly_killed_and_rerun(ops):
                            timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert (ops["home"] / "nightly.lock").exists()
+    # a log file, not a terminal: semspark's own progress lines, none of Spark's redrawn bars
+    assert "[Stage " not in rerun.stderr and "\r" not in rerun.stderr and "images scored" in rerun.stderr
     return rerun
 
 
