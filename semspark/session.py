@@ -30,6 +30,7 @@ def console_progress() -> dict[str, str]:
     lines say what happens."""
     return {"spark.ui.showConsoleProgress": "true" if sys.stderr.isatty() else "false"}
 
+
 def _under_spark_submit() -> bool:
     # spark-submit starts the JVM first and hands the Python driver its gateway through these.
     return "PYSPARK_GATEWAY_PORT" in os.environ
