@@ -166,59 +166,82 @@ def _journal_and_apply(spark, database: str, table: TableSpec, run: str, entry: 
     _apply_rewrite(spark, journal)
 
 
+MERGE_STAGING_PREFIX = "_semspark_merge-"   # "_": hidden from Spark's (and Hive's, Trino's) listing
+
+
 def merge_files(spark, database: str, table: TableSpec, folder: str, small: list[str], files_wanted: int,
                 reason: str) -> int:
-    """Merge the ``small`` files of one folder of a table (the table's, or one partition's) into
-    ``files_wanted`` files; the folder's other files stay as they are, so the bytes rewritten are
-    those of the small files, not the table's. The merged rows are staged, then a journal names the
-    files to remove and the staged ones, then the small files are removed and the staged ones moved
-    in: safe if killed at any point (the journal is replayed as a rewrite's is). For a local
-    warehouse (files moved on the file system). Returns the rows merged."""
-    import pyarrow.parquet as pq
+    """Merge the ``small`` files of one folder of a table (the table's, or one partition's; Hadoop
+    path strings) into ``files_wanted`` files; the folder's other files stay as they are, so the
+    bytes rewritten are those of the small files, not the table's. The merged rows are staged in a
+    hidden folder inside ``folder`` (on the warehouse's own file system, so that moving them in is a
+    rename there: a local warehouse, HDFS, S3), then a journal names the files to remove and the
+    staging folder, then the small files are removed and the staged ones moved in: safe if killed at
+    any point (the journal is replayed as a rewrite's is). Returns the rows merged."""
     from pyspark.sql.types import StructType
 
-    from semspark.storage import home_path, writer_lock
+    from semspark.storage import writer_lock
 
     name = qualified(database, table)
     run = new_run_id()
-    staging = home_path(f"staging/merge-{database}.{table.name}-{run}")
+    staging = f"{folder}/{MERGE_STAGING_PREFIX}{run}"
     with writer_lock(purpose=f"merging small files of {name} ({reason})"):
+        drop_abandoned_merges(spark, folder)
         # the table's columns as the metastore has them (a migration's added ones null in older files)
         columns = StructType([f for f in spark.table(name).schema.fields if f.name not in table.partition_by])
         # Hadoop path strings, not URIs: a partition folder's name keeps its "=" and Hive's escapes
-        merged = spark.read.schema(columns).parquet(*[f"file:{p}" for p in small])
-        merged.coalesce(files_wanted).write.mode("overwrite").parquet(staging.as_uri())
-        staged = sorted(staging.glob("part-*.parquet"))
-        count = sum(pq.ParquetFile(p).metadata.num_rows for p in staged)
-        expected = sum(pq.ParquetFile(p).metadata.num_rows for p in small)
+        merged = spark.read.schema(columns).parquet(*small)
+        expected = merged.count()
+        merged.coalesce(files_wanted).write.mode("overwrite").parquet(staging)
+        count = spark.read.schema(columns).parquet(staging).count()
         if count != expected:   # a bug of ours, not bad input
             raise AssertionError(f"merging {len(small)} files of {name} staged {count} rows of {expected}")
         _journal_and_apply(spark, database, table, run, {
-            "kind": "merge", "folder": str(folder), "staging": str(staging), "rows": count,
-            "remove": [str(p) for p in small], "reason": reason})
+            "kind": "merge", "folder": folder, "staging": staging, "rows": count, "remove": list(small),
+            "reason": reason})
     return count
 
 
-def _apply_merge(spark, journal, entry: dict) -> None:
-    """Remove the merged files (and Hadoop's checksums of them), move the staged ones in; each step
-    skips what a killed earlier attempt did, so replaying is idempotent."""
-    import os
-    import shutil
+def drop_abandoned_merges(spark, folder: str) -> list[str]:
+    """Remove the staging folders in ``folder`` of merges killed before their journal (never
+    referenced: their small files are still in place); those a journal names are kept for its
+    replay. Returns the ones removed."""
+    from semspark.storage import hadoop_filesystem
 
-    folder, staging = Path(entry["folder"]), Path(entry["staging"])
-    for removed in map(Path, entry["remove"]):
-        removed.unlink(missing_ok=True)
-        (removed.parent / f".{removed.name}.crc").unlink(missing_ok=True)
-    for staged in sorted(staging.glob("part-*.parquet")):
-        target = folder / staged.name
-        if target.exists():
-            continue
-        hidden = folder / f".{staged.name}.moving"   # Spark lists no file named .*: in whole or not at all
-        shutil.copyfile(staged, hidden)
-        os.replace(hidden, target)
+    journalled = set()
+    if _journal_dir().is_dir():
+        journalled = {json.loads(j.read_text()).get("staging") for j in _journal_dir().glob("*.json")}
+    fs, path = hadoop_filesystem(spark, folder)
+    removed = []
+    for status in fs.globStatus(spark.sparkContext._jvm.org.apache.hadoop.fs.Path(path, f"{MERGE_STAGING_PREFIX}*")) or []:
+        staging = f"{folder}/{status.getPath().getName()}"
+        if staging not in journalled:
+            fs.delete(status.getPath(), True)
+            removed.append(staging)
+    return removed
+
+
+def _apply_merge(spark, journal, entry: dict) -> None:
+    """Remove the merged files, move the staged ones in (renames on the table's file system, which
+    keep a local warehouse's checksum files in step); each step skips what a killed earlier attempt
+    did, so replaying is idempotent. A journal of an older semspark (staging under SEMSPARK_HOME,
+    plain local paths) replays the same way."""
+    from semspark.storage import hadoop_filesystem
+
+    fs, folder = hadoop_filesystem(spark, entry["folder"])
+    jvm_path = spark.sparkContext._jvm.org.apache.hadoop.fs.Path
+    for removed in entry["remove"]:
+        fs.delete(jvm_path(removed), False)      # False when a killed attempt already removed it
+    staging = jvm_path(entry["staging"])
+    if fs.exists(staging):
+        for staged in fs.globStatus(jvm_path(staging, "part-*")) or []:
+            target = jvm_path(folder, staged.getPath().getName())
+            if not fs.exists(target) and not fs.rename(staged.getPath(), target):
+                raise OSError(f"could not move {staged.getPath()} to {target}; the journal {journal} is "
+                              "replayed by the next command that opens the catalog")
+        fs.delete(staging, True)
     spark.catalog.refreshTable(f"{entry['database']}.{entry['table']}")
     journal.unlink()
-    shutil.rmtree(staging, ignore_errors=True)
 
 
 def _apply_rewrite(spark, journal) -> None:

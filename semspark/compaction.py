@@ -1,13 +1,14 @@
 """Bounded files: every append (an ingest, a night's scoring, a run's log rows) adds small files to
-the tables and the dataset; compaction rewrites a table or a table's partition that holds more
-files than the configured threshold into as few as its size needs, and merges the small files of
-a dataset bin that holds more small files than its threshold (its full files stay as they are:
-the pixels rewritten are the nights' since the last compaction, not the repository's).
+the tables and the dataset; compaction merges the small files of a table (or of a table's
+partition) that holds more small files than the configured threshold into as few as their size
+needs, and those of a dataset bin likewise (full files stay as they are: what is rewritten is what
+the nights added since the last compaction, not the repository).
 
-Safe if killed at any point: tables are rewritten through ``catalog.rewrite_table`` (staged,
-journalled, replayed by the next command that opens the catalog) and dataset bins through the
-dataset's journalled partition swap (``dataset.swap_partitions``), after which Petastorm's
-metadata is made again (and checked, and rebuilt, by every later use). The rows are the same
+Safe if killed at any point: a table folder's small files are merged through ``catalog.merge_files``
+(staged beside them, journalled, replayed by the next command that opens the catalog; through
+Hadoop's FileSystem API, so a warehouse on HDFS or S3 is compacted the same way as a local one)
+and dataset bins through the dataset's journalled partition swap (``dataset.swap_partitions``),
+after which Petastorm's metadata is made again (and checked, and rebuilt, by every later use). The rows are the same
 before and after; only their files change. Writers wait for compaction (the writer lock).
 """
 from __future__ import annotations
@@ -19,14 +20,13 @@ import shutil
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from semspark.catalog import finish_rewrites, merge_files, new_run_id, qualified, rewrite_table, table_specs
+from semspark.catalog import finish_rewrites, merge_files, new_run_id, qualified, table_specs
 from semspark.config import Config
 from semspark.dataset import (DatasetCompaction, compact_dataset, dataset_root, dataset_url, files_per_bin,
                               small_files_per_bin)
 from semspark.schema import TableSpec
-from semspark.storage import home_path, local_path, writer_lock
+from semspark.storage import from_index_uri, hadoop_filesystem, home_path, writer_lock
 
 log = logging.getLogger(__name__)
 
@@ -59,18 +59,23 @@ def semspark_tables(spark, database: str) -> list[TableSpec]:
 
 
 def table_files(spark, database: str, table: TableSpec) -> dict[str, list[tuple[str, int]]]:
-    """The data files of a table by folder (one folder per partition): [(path, bytes)]."""
-    from semspark.storage import from_index_uri
-
+    """The data files of a table by folder (one folder per partition): {folder: [(path, bytes)]},
+    Hadoop path strings, the sizes listed on the table's file system (Hadoop's FileSystem API, one
+    listing a folder: a warehouse on HDFS or S3 as well as a local one). A file gone since Spark
+    listed the table is left out."""
     spark.catalog.refreshTable(qualified(database, table))
-    by_folder: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    names: dict[str, set[str]] = defaultdict(set)
     for uri in spark.table(qualified(database, table)).inputFiles():
-        path = local_path(from_index_uri(uri)) or from_index_uri(uri)
-        try:
-            size = Path(path).stat().st_size
-        except OSError:
-            size = 0
-        by_folder[str(Path(path).parent)].append((path, size))
+        folder, _, name = from_index_uri(uri).rpartition("/")
+        names[folder].add(name)
+    by_folder: dict[str, list[tuple[str, int]]] = {}
+    for folder, held in names.items():
+        fs, path = hadoop_filesystem(spark, folder)
+        sizes = {}
+        for status in fs.listStatus(path):
+            if status.isFile():
+                sizes[status.getPath().getName()] = int(status.getLen())
+        by_folder[folder] = [(f"{folder}/{name}", sizes[name]) for name in sorted(held) if name in sizes]
     return by_folder
 
 
@@ -107,8 +112,6 @@ def needs_compaction(spark, config: Config) -> bool:
 def compact(spark, config: Config, force: bool = False) -> CompactionSummary:
     """Compact every table, table partition and dataset bin over the thresholds (``force``: every
     one holding more files than its size needs)."""
-    from pyspark.sql import functions as F
-
     started = time.monotonic()
     settings = config.compaction
     db = config.catalog.database
@@ -127,27 +130,15 @@ def compact(spark, config: Config, force: bool = False) -> CompactionSummary:
                 small = small_files(files, target_bytes)
                 needed = max(1, math.ceil(sum(size for _, size in small) / target_bytes))
                 if len(small) > needed and (force or len(small) > settings.table_files):
-                    whole = max(1, math.ceil(sum(size for _, size in files) / target_bytes))
-                    chosen.append((folder, needed, [path for path, _ in small], whole))
+                    chosen.append((folder, needed, [path for path, _ in small]))
             if not chosen:
                 summary.files_after += before
                 continue
             rows_before = spark.table(name).count()
-            if all(local_path(folder) is not None and Path(folder).is_dir() for folder, *_ in chosen):
-                # only the small files are read and rewritten: a compaction costs what the nights
-                # since the last one added, not the table's size
-                for folder, needed, small, _ in chosen:
-                    merge_files(spark, db, table, folder, small, needed, "compaction")
-            elif table.partition_by:   # not a local warehouse: the partition rewritten whole
-                for folder, _, _, needed in chosen:
-                    values = _partition_values(folder, table)
-                    condition = F.lit(True)
-                    for column, value in values.items():
-                        condition = condition & (F.col(column).cast("string") == value)
-                    rewrite_table(spark, db, table, spark.table(name).filter(condition).repartition(needed),
-                                  "compaction", partitions_only=True)
-            else:
-                rewrite_table(spark, db, table, spark.table(name).repartition(chosen[0][3]), "compaction")
+            # only the small files are read and rewritten: a compaction costs what the nights since
+            # the last one added, not the table's size
+            for folder, needed, small in chosen:
+                merge_files(spark, db, table, folder, small, needed, "compaction")
             rows_after = spark.table(name).count()
             if rows_after != rows_before:   # a bug of ours, not bad input: say so loudly
                 raise AssertionError(f"compacting {name} changed its rows from {rows_before} to {rows_after}")
@@ -162,20 +153,6 @@ def compact(spark, config: Config, force: bool = False) -> CompactionSummary:
         summary.files_after += dataset.files_after
     summary.seconds = round(time.monotonic() - started, 3)
     return summary
-
-
-def _partition_values(folder: str, table: TableSpec) -> dict[str, str]:
-    """{column: value} of a partition folder (…/scale_bin=1um), values unescaped as Hive writes them."""
-    from urllib.parse import unquote
-
-    values = {}
-    for part in Path(folder).parts:
-        column, sep, value = part.partition("=")
-        if sep and column in table.partition_by:
-            values[column] = unquote(value)
-    if set(values) != set(table.partition_by):
-        raise AssertionError(f"{folder} is not a partition folder of {table.name} ({table.partition_by})")
-    return values
 
 
 def _drop_abandoned_staging(current: str) -> None:

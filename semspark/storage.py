@@ -33,6 +33,14 @@ def from_index_uri(uri: str) -> str:
     return "file:/" + plain[len("file:///"):] if plain.startswith("file:///") else plain
 
 
+def hadoop_filesystem(spark, path: str):
+    """(Hadoop FileSystem, Hadoop Path) of a Hadoop path string, through Spark's JVM: the same calls
+    for a local warehouse (``file:``, checksum files kept in step) as for HDFS, S3 or viewfs."""
+    context = spark.sparkContext
+    hadoop_path = context._jvm.org.apache.hadoop.fs.Path(path)
+    return hadoop_path.getFileSystem(context._jsc.hadoopConfiguration()), hadoop_path
+
+
 def read_bytes(uri: str) -> bytes:
     path = local_path(uri)
     if path is not None:

@@ -16,6 +16,9 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "spark: needs the shared SparkSession")
 
 
+VIEWFS_CLUSTER = "semtest"
+
+
 @pytest.fixture(scope="session")
 def semspark_home(tmp_path_factory) -> Path:
     home = tmp_path_factory.mktemp("semspark_home")
@@ -34,6 +37,9 @@ def spark(semspark_home):
         "spark.default.parallelism": "2",
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
+        # a second file system: Hadoop's view file system, viewfs://semtest/remote/ mounted on a local
+        # folder, so that what semspark does for a warehouse that is not local (HDFS, S3) runs for real
+        f"spark.hadoop.fs.viewfs.mounttable.{VIEWFS_CLUSTER}.link./remote": (semspark_home / "viewfs").as_uri(),
     })
     try:
         yield session
