@@ -8,8 +8,9 @@ Safe if killed at any point: a table folder's small files are merged through ``c
 (staged beside them, journalled, replayed by the next command that opens the catalog; through
 Hadoop's FileSystem API, so a warehouse on HDFS or S3 is compacted the same way as a local one)
 and dataset bins through the dataset's journalled partition swap (``dataset.swap_partitions``),
-after which Petastorm's metadata is made again (and checked, and rebuilt, by every later use). The rows are the same
-before and after; only their files change. Writers wait for compaction (the writer lock).
+after which Petastorm's metadata is made again (and checked, and rebuilt, by every later use).
+The rows are the same before and after; only their files change. Writers wait for compaction
+(the writer lock).
 """
 from __future__ import annotations
 
