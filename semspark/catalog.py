@@ -75,6 +75,65 @@ def insert(df, database: str, table: TableSpec) -> None:
         df.select(*df.sparkSession.table(name).columns).write.insertInto(name)
 
 
+def append_rows(spark, database: str, table: TableSpec, rows: list[dict]) -> None:
+    """Append a few rows the driver holds (a run's log entry, a model's record). Where the table is
+    unpartitioned and its folder local (the embedded default's warehouse): one Parquet file written
+    with pyarrow into the folder, laid out as Spark writes it (INT96 timestamps, snappy), under a
+    hidden name first and then renamed, so a reader sees the whole file or none. A Spark job and
+    its commit cost 0.7 to 0.9 s an append whatever the rows (a nightly made three of them for its
+    run log and scoring record), this 0.05 to 0.1 s. Elsewhere (HDFS, S3, partitioned tables),
+    ``insert``. Naive datetimes are UTC (``utc_now``), in both ways."""
+    import os
+
+    if not rows:
+        return
+    name = qualified(database, table)
+    folder = None if table.partition_by else _local_folder(spark, database, table)
+    if folder is None:
+        rows_frame = spark.createDataFrame([_utc_aware(row) for row in rows], table.schema).coalesce(1)  # one file
+        insert(rows_frame, database, table)
+        return
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from semspark.storage import writer_lock
+
+    columns = spark.table(name).schema   # a migrated table's columns, as insert matches them by name
+    arrow = pa.Table.from_pylist([_utc_naive(row) for row in rows],
+                                 schema=pa.schema([(f.name, _arrow_type(f.dataType)) for f in columns.fields]))
+    file_name = f"part-00000-{uuid.uuid4()}-c000.snappy.parquet"
+    with writer_lock(purpose=f"appending to {name}"):
+        hidden = Path(folder) / f".{file_name}.writing"
+        try:
+            pq.write_table(arrow, hidden, compression="snappy", use_deprecated_int96_timestamps=True)
+            os.replace(hidden, Path(folder) / file_name)
+        finally:
+            hidden.unlink(missing_ok=True)
+    spark.catalog.refreshTable(name)   # this session's next reads list the folder again
+
+
+def _local_folder(spark, database: str, table: TableSpec) -> str | None:
+    """The table's folder as a local path, or None when it is elsewhere (HDFS, S3, viewfs)."""
+    from semspark.storage import local_path
+
+    location = spark._jsparkSession.sharedState().externalCatalog().getTable(database, table.name).location()
+    # the metastore's URI percent-encodes (a space is %20); a Hadoop path string does not
+    folder = local_path(spark.sparkContext._jvm.org.apache.hadoop.fs.Path(location).toString())
+    return folder if folder is not None and Path(folder).is_dir() else None
+
+
+def _utc_naive(row: dict) -> dict:
+    return {k: v.astimezone(timezone.utc).replace(tzinfo=None) if isinstance(v, datetime) and v.tzinfo else v
+            for k, v in row.items()}
+
+
+def _utc_aware(row: dict) -> dict:
+    """PySpark turns a naive datetime into a timestamp in the process's local time zone (whatever the
+    session's): say it is UTC."""
+    return {k: v.replace(tzinfo=timezone.utc) if isinstance(v, datetime) and v.tzinfo is None else v
+            for k, v in row.items()}
+
+
 def insert_new(df, database: str, table: TableSpec, key: list[str]) -> None:
     """Append the rows of ``df`` whose ``key`` the table does not hold yet. The anti-join is lazy:
     it runs inside ``insert``'s write, under the writer lock, which is what stops two runs inserting
@@ -213,7 +272,8 @@ def drop_abandoned_merges(spark, folder: str) -> list[str]:
         journalled = {json.loads(j.read_text()).get("staging") for j in _journal_dir().glob("*.json")}
     fs, path = hadoop_filesystem(spark, folder)
     removed = []
-    for status in fs.globStatus(spark.sparkContext._jvm.org.apache.hadoop.fs.Path(path, f"{MERGE_STAGING_PREFIX}*")) or []:
+    pattern = spark.sparkContext._jvm.org.apache.hadoop.fs.Path(path, f"{MERGE_STAGING_PREFIX}*")
+    for status in fs.globStatus(pattern) or []:
         staging = f"{folder}/{status.getPath().getName()}"
         if staging not in journalled:
             fs.delete(status.getPath(), True)

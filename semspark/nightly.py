@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import timezone
 
-from semspark.catalog import ensure_tables, ensure_view, insert, local_columns, new_run_id, qualified, utc_now
+from semspark.catalog import append_rows, ensure_tables, ensure_view, local_columns, new_run_id, qualified, utc_now
 from semspark.compaction import CompactionSummary, compact, needs_compaction
 from semspark.config import Config
 from semspark.errors import RunFailed, infer_gate, ingest_gate, is_usage_error
@@ -73,7 +73,7 @@ def ensure_run_log(spark, database: str) -> None:
 
 
 def _log_event(spark, database: str, record: dict) -> None:
-    insert(spark.createDataFrame([{**record, "recorded_at": utc_now()}], RUN_EVENTS.schema), database, RUN_EVENTS)
+    append_rows(spark, database, RUN_EVENTS, [{**record, "recorded_at": utc_now()}])
 
 
 def _close_interrupted(spark, database: str) -> list[str]:

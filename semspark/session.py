@@ -15,8 +15,9 @@ from __future__ import annotations
 import logging
 from contextlib import contextmanager
 import os
-import warnings
 import sys
+import time
+import warnings
 from pathlib import Path
 
 from semspark.config import Config, semspark_home
@@ -108,6 +109,7 @@ def build_session(config: Config, app_name: str | None = None, extra: dict[str, 
     from pyspark import SparkContext
     from pyspark.sql import SparkSession
 
+    _driver_in_utc()
     home = semspark_home()
     submitted = _under_spark_submit()
     archive_plan = None
@@ -186,6 +188,18 @@ def build_session(config: Config, app_name: str | None = None, extra: dict[str, 
     _quiet_hive(spark)
     spark._semspark_class_archive = archive_plan
     return spark
+
+
+def _driver_in_utc() -> None:
+    """The driver's Python on UTC. PySpark turns a naive datetime into a timestamp with the process's
+    local time zone (time.mktime), whatever spark.sql.session.timeZone says, and collected timestamps
+    come back in it: on a machine set to Europe/Berlin every time semspark recorded (``utc_now``,
+    naive UTC) was stored an hour early, and 5.5 hours on one set to Asia/Kolkata. The tables, their
+    SQL (session time zone UTC) and pyarrow's reads of their files are all in UTC; so is the driver
+    now, its log lines included. (Set before the embedded JVM starts, which inherits it.)"""
+    if os.environ.get("TZ") != "UTC":
+        os.environ["TZ"] = "UTC"
+        time.tzset()
 
 
 def _metastore_given(given) -> bool:

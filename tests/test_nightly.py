@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -147,10 +147,13 @@ def sql_json(ops, query: str) -> list[dict]:
 @pytest.fixture(scope="module")
 def nightly_killed_and_rerun(ops):
     semspark(ops, "promote", "--model", "scorer/1")
-    # killed while a scoring task has run the model on a batch (semspark.storage.pause_point)
+    # killed while a scoring task has run the model on a batch (semspark.storage.pause_point); the
+    # killed run and the rerun on machines whose clocks are set to other time zones than UTC
+    started = datetime.now(timezone.utc).replace(tzinfo=None)
     paused = ops["home"] / "paused-scoring-batch"
     process = subprocess.Popen([str(VENV_BIN / "semspark"), "nightly", "--input", str(ops["raw"]),
-                                "--labels", "folders"], env=dict(ops["env"], SEMSPARK_PAUSE_AT="scoring-batch"),
+                                "--labels", "folders"],
+                               env=dict(ops["env"], SEMSPARK_PAUSE_AT="scoring-batch", TZ="America/New_York"),
                                stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
@@ -164,15 +167,23 @@ def nightly_killed_and_rerun(ops):
     # The rerun goes the operators' way: deploy/nightly.sh (what cron calls), i.e. spark-submit of
     # jobs/nightly.py, under its lock.
     rerun = subprocess.run(["bash", str(PROJECT_ROOT / "deploy" / "nightly.sh"), str(ops["raw"]), "folders"],
-                           env=dict(ops["env"], SPARK_MASTER="local[2]"), capture_output=True, text=True,
-                           timeout=300)
+                           env=dict(ops["env"], SPARK_MASTER="local[2]", TZ="Asia/Kolkata"), capture_output=True,
+                           text=True, timeout=300)
+    ended = datetime.now(timezone.utc).replace(tzinfo=None)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert (ops["home"] / "nightly.lock").exists()
     # a log, not a terminal: semspark's own progress lines, none of Spark's redrawn bars (Spark's
     # PythonRunner passes the Python driver's stderr on with its stdout: a log takes both)
     log = rerun.stdout + rerun.stderr
     assert "[Stage " not in log and "\r" not in log and "images scored" in log
-    return rerun
+    return KilledAndRerun(rerun.stdout, started, ended)
+
+
+@dataclasses.dataclass
+class KilledAndRerun:
+    stdout: str            # the rerun's
+    started: datetime      # UTC, naive: before the killed run started
+    ended: datetime        # after the rerun ended
 
 
 def test_nightly_killed_mid_run_then_rerun_leaves_correct_tables(ops, nightly_killed_and_rerun):
@@ -196,6 +207,13 @@ def test_nightly_killed_mid_run_then_rerun_leaves_correct_tables(ops, nightly_ki
     assert counts["predictions"] == counts["distinct_predictions"] == len(images)
     assert counts["unscored"] == 0
     assert counts["statuses"] == "interrupted,succeeded"
+    # the times recorded are UTC whatever the machine's time zone: within the test's clock readings
+    window = (nightly_killed_and_rerun.started - timedelta(seconds=1), nightly_killed_and_rerun.ended + timedelta(seconds=1))
+    for run in sql_json(ops, "SELECT status, cast(started_at AS string) AS started, cast(ended_at AS string) AS ended, "
+                             "cast(recorded_at AS string) AS recorded FROM sem.run_events"):
+        for key in ("started", "ended", "recorded"):
+            if run[key] is not None:
+                assert window[0] <= datetime.fromisoformat(run[key]) <= window[1], (run, window)
 
 
 def test_thrift_server_answers_beeline_on_loopback(ops, nightly_killed_and_rerun):

@@ -21,7 +21,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 
-from semspark.catalog import ensure_tables, insert, new_run_id, qualified, unknown_scale_bins, utc_now
+from semspark.catalog import append_rows, ensure_tables, insert, new_run_id, qualified, unknown_scale_bins, utc_now
 from semspark.config import Config
 from semspark.errors import RunFailed
 from semspark.dataset import dataset_url, ensure_consistent
@@ -99,7 +99,7 @@ def promote(spark, config: Config, spec: str) -> str:
     ensure_tables(spark, db, INGEST_TABLES + INFER_TABLES)
     row = {"model_version": model_version, "stage": PRODUCTION,
            "promoted_at": utc_now()}
-    insert(spark.createDataFrame([row], PROMOTIONS.schema), db, PROMOTIONS)
+    append_rows(spark, db, PROMOTIONS, [row])
     create_latest_view(spark, db, model_version)
     if config.infer.engine != "tensorflow":
         registry.inference_tflite(model_version)   # its TFLite conversion, once per version: not in a night
@@ -258,8 +258,7 @@ def _record_runs(spark, database: str, model_version: str, run_id: str, images: 
     """Rows of sem.scored_runs: ingest run -> images of it this version has scored (0: looked at)."""
     rows = [{"model_version": model_version, "ingest_run": run, "images": n, "infer_run": run_id,
              "recorded_at": utc_now()} for run, n in sorted(images.items()) if run is not None]
-    if rows:
-        insert(spark.createDataFrame(rows, SCORED_RUNS.schema), database, SCORED_RUNS)
+    append_rows(spark, database, SCORED_RUNS, rows)
 
 
 def _record_finished_runs(spark, database: str, model_version: str, runs: _OpenRuns, unfinished: set,

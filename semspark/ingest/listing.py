@@ -109,12 +109,12 @@ def _spark_listing(spark, root: str):
         return listed
     import pandas as pd
 
-    jvm = spark.sparkContext._jvm
-    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    from semspark.storage import hadoop_filesystem
+
     rows = []
     for path in missing:
-        status = jvm.org.apache.hadoop.fs.Path(path)
-        status = status.getFileSystem(conf).getFileStatus(status)
+        fs, hadoop_path = hadoop_filesystem(spark, path)
+        status = fs.getFileStatus(hadoop_path)
         rows.append((path, int(status.getLen()), int(status.getModificationTime())))
     return pd.concat([listed, pd.DataFrame(rows, columns=list(LISTING_COLUMNS))], ignore_index=True)
 
@@ -162,11 +162,10 @@ def to_spark_rows(spark, frame, extra: tuple[str, ...] = ()):
 
 
 def qualified_root(spark, input_path: str) -> str:
-    jvm = spark.sparkContext._jvm
-    conf = spark.sparkContext._jsc.hadoopConfiguration()
-    path = jvm.org.apache.hadoop.fs.Path(input_path)
+    from semspark.storage import hadoop_filesystem
+
     try:
-        fs = path.getFileSystem(conf)
+        fs, path = hadoop_filesystem(spark, input_path)
         qualified_path = fs.makeQualified(path)
         exists = fs.exists(qualified_path)
     except Exception as exc:

@@ -17,7 +17,7 @@ import subprocess
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from semspark.catalog import ensure_tables, insert, new_run_id, qualified, unknown_scale_bins, utc_now
+from semspark.catalog import append_rows, ensure_tables, new_run_id, qualified, unknown_scale_bins, utc_now
 from semspark.config import PROJECT_ROOT, Config
 from semspark.errors import RunFailed
 from semspark.dataset import dataset_url, ensure_consistent, stored_image_size
@@ -354,11 +354,11 @@ def _register(spark, db, request, run_id, run, split, outcome) -> TrainResult:
            "num_proc": request.num_proc, "run_id": run_id, "path": str(folder),
            "model_sha256": metadata["model_sha256"], "git_commit": metadata["git_commit"],
            "trained_at": utc_now()}
-    insert(spark.createDataFrame([row], MODELS.schema), db, MODELS)
+    append_rows(spark, db, MODELS, [row])
     rows = [{"model_version": model_version, "epoch": h["epoch"], "loss": h.get("loss"),
              "accuracy": h.get("accuracy"), "val_accuracy": h.get("val_accuracy"),
              "test_accuracy": h.get("test_accuracy")} for h in history]
-    insert(spark.createDataFrame(rows, TRAINING_HISTORY.schema), db, TRAINING_HISTORY)
+    append_rows(spark, db, TRAINING_HISTORY, rows)
     return TrainResult(model_version=model_version, run_id=run_id, path=str(folder),
                        best_epoch=outcome["best_epoch"], test_accuracy=test_accuracy,
                        per_category_accuracy=per_class, train_images=len(split["train"]),

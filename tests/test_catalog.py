@@ -1,0 +1,55 @@
+"""Rows the driver appends (a run's log entry, a model's record): written straight into a local
+table's folder with pyarrow, through Spark elsewhere; either way what Spark's SQL and a plain
+Parquet reader of the files give back is what was appended, times in UTC. The expected values are
+written out by hand below."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pyarrow.parquet as pq
+import pytest
+
+from semspark.catalog import append_rows, ensure_tables
+from semspark.schema import RUN_EVENTS
+from tests.conftest import VIEWFS_CLUSTER
+
+pytestmark = pytest.mark.spark
+
+KOLKATA = timezone(timedelta(hours=5, minutes=30))
+
+
+@pytest.mark.parametrize("warehouse", ["local", "viewfs"])
+def test_appended_rows_read_back_as_written_in_utc(spark, semspark_home, warehouse):
+    database = f"appending_{warehouse}"
+    if warehouse == "viewfs":   # not a folder semspark can write to directly: Spark's insert
+        spark.sql(f"CREATE DATABASE {database} LOCATION 'viewfs://{VIEWFS_CLUSTER}/remote/{database}.db'")
+        folder = semspark_home / "viewfs" / f"{database}.db" / "run_events"
+    else:
+        folder = semspark_home / "warehouse" / f"{database}.db" / "run_events"
+    ensure_tables(spark, database, (RUN_EVENTS,))
+    empty = {name: None for name in RUN_EVENTS.columns}
+    append_rows(spark, database, RUN_EVENTS, [
+        {**empty, "run_id": "a", "status": "running", "started_at": datetime(2026, 3, 4, 5, 6, 7, 123456),
+         "new_images": 2**40, "message": "Ångström, µm", "recorded_at": datetime(2026, 3, 4, 5, 6, 8)},
+        # an aware time is stored as the same instant in UTC: 10:36:07 in Kolkata is 05:06:07 UTC
+        {**empty, "run_id": "b", "status": "succeeded", "started_at": datetime(2026, 3, 4, 10, 36, 7, tzinfo=KOLKATA),
+         "ended_at": datetime(2026, 3, 4, 5, 7, 0), "scored": 0, "recorded_at": datetime(2026, 3, 4, 5, 7, 1)},
+    ])
+    append_rows(spark, database, RUN_EVENTS, [])   # nothing to append: no file
+    append_rows(spark, database, RUN_EVENTS, [{**empty, "run_id": "c", "status": "running",
+                                               "recorded_at": datetime(2026, 3, 5, 0, 0, 0)}])
+    expected = [("a", "running", "2026-03-04 05:06:07.123456", None, 2**40, None, "Ångström, µm",
+                 "2026-03-04 05:06:08"),
+                ("b", "succeeded", "2026-03-04 05:06:07", "2026-03-04 05:07:00", None, 0, None, "2026-03-04 05:07:01"),
+                ("c", "running", None, None, None, None, None, "2026-03-05 00:00:00")]
+    # seen at once by this session, in SQL with the session time zone (UTC)
+    got = spark.sql(f"""SELECT run_id, status, cast(started_at AS string), cast(ended_at AS string), new_images,
+        scored, message, cast(recorded_at AS string) FROM {database}.run_events ORDER BY run_id""").collect()
+    assert [tuple(r) for r in got] == expected
+    # and by a plain Parquet reader of the files (Spark's INT96 timestamps are UTC instants)
+    files = sorted(folder.glob("part-*"))
+    assert len(files) == 2 and not [p for p in folder.iterdir() if p.name.endswith(".writing")]
+    table = pq.read_table(files, coerce_int96_timestamp_unit="us").sort_by("run_id")
+    assert table.column("started_at").to_pylist()[:2] == [datetime(2026, 3, 4, 5, 6, 7, 123456),
+                                                          datetime(2026, 3, 4, 5, 6, 7)]
+    assert table.column("new_images").to_pylist() == [2**40, None, None]
