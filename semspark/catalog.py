@@ -88,7 +88,7 @@ def append_rows(spark, database: str, table: TableSpec, rows: list[dict]) -> Non
     if not rows:
         return
     name = qualified(database, table)
-    folder = None if table.partition_by else _local_folder(spark, database, table)
+    folder = None if table.partition_by else local_table_folder(spark, database, table)
     if folder is None:
         rows_frame = spark.createDataFrame([_utc_aware(row) for row in rows], table.schema).coalesce(1)  # one file
         insert(rows_frame, database, table)
@@ -112,7 +112,7 @@ def append_rows(spark, database: str, table: TableSpec, rows: list[dict]) -> Non
     spark.catalog.refreshTable(name)   # this session's next reads list the folder again
 
 
-def _local_folder(spark, database: str, table: TableSpec) -> str | None:
+def local_table_folder(spark, database: str, table: TableSpec) -> str | None:
     """The table's folder as a local path, or None when it is elsewhere (HDFS, S3, viewfs)."""
     from semspark.storage import local_path
 

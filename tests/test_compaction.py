@@ -80,6 +80,18 @@ def test_compaction_rewrites_small_files_into_few_with_the_same_rows(spark, thre
     before_dataset = parquet_files(dataset)
     assert max(before_dataset.values()) == 3 and max(before_tables["files"].values()) >= 3   # a file a night
     contents = {t: rows(spark, t) for t in ("images", "files", "labels")}
+    # the files a local table's folders hold, walked, are those Spark's file index gives the table
+    # (images: partitioned by scale bin), with their sizes on disk
+    from semspark.compaction import semspark_tables, table_files
+    from semspark.storage import from_index_uri, local_path
+    for table in semspark_tables(spark, DB):
+        folders = table_files(spark, DB, table)
+        walked = {path: size for files in folders.values() for path, size in files}
+        indexed = {from_index_uri(f) for f in spark.table(f"{DB}.{table.name}").inputFiles()}
+        assert set(walked) == indexed, table.name
+        if table.name == "images":
+            assert len(folders) > 1     # a folder per scale bin
+        assert all(os.path.getsize(local_path(p)) == size for p, size in walked.items())
     assert needs_compaction(spark, CONFIG)
 
     def over_threshold_become_one(before: dict[str, int]) -> dict[str, int]:
