@@ -35,10 +35,14 @@ def ensure_tables(spark, database: str, tables: tuple[TableSpec, ...]) -> None:
     any table rewrite a killed process left half done."""
     spark.sql(f"CREATE DATABASE IF NOT EXISTS {database}")
     finish_rewrites(spark, database)
+    # the metastore's own record of each table, not a query plan of it (spark.table): a nightly
+    # asks four times for seven tables, 0.4 to 0.6 s each time that way, 0.1 s this way
+    metastore = spark._jsparkSession.sharedState().externalCatalog()
     for table in tables:
         name = qualified(database, table)
-        if spark.catalog.tableExists(name):
-            present = set(spark.table(name).columns)
+        if metastore.tableExists(database, table.name):
+            schema = json.loads(metastore.getTable(database, table.name).schema().json())  # one py4j call
+            present = {f["name"] for f in schema["fields"]}
             missing = [f for f in table.schema.fields if f.name not in present]
             if missing:
                 added = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in missing)
