@@ -88,12 +88,14 @@ def table_files(spark, database: str, table: TableSpec) -> dict[str, list[tuple[
 
 
 def _walked_files(root: str) -> dict[str, list[tuple[str, int]]]:
+    from semspark.ingest.listing import hidden_from_spark
+
     by_folder = {}
     for folder, subfolders, names in os.walk(root):
-        subfolders[:] = sorted(d for d in subfolders if not d.startswith(("_", ".")))
+        subfolders[:] = sorted(d for d in subfolders if not hidden_from_spark(d))
         files = []
         for name in sorted(names):
-            if not name.startswith(("_", ".")):
+            if not name.startswith("_") and not hidden_from_spark(name):   # nor Parquet summary files
                 try:
                     files.append((f"file:{folder}/{name}", os.stat(os.path.join(folder, name)).st_size))
                 except FileNotFoundError:   # merged away by a compaction meanwhile
