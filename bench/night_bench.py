@@ -14,6 +14,14 @@ C2, the JVM's own default); the repository grows by 40 images a night each time.
 timed with C1 and with the full JIT, both without an archive. Per night: the wall time, and the
 nightly's own step times from its log (the time until the ingest starts, the ingest, the scoring,
 whether it compacted). Target (issue 13): a night of 40 images in at most 15 s.
+
+    .venv/bin/python bench/night_bench.py --against COMMIT
+
+adds a fourth arm: the nightly of another version of semspark (COMMIT's package and conf/, `git
+archive`, put first on PYTHONPATH for the driver and Spark's Python workers alike; the JVM, the environment and
+the catalog are shared) with the defaults and a class archive of its own, in turn with the others on
+the same catalog: a change's effect on the night, measured in one run (``default_over_against``).
+COMMIT must read the catalog this version writes and know the defaults' settings (2026-12-01 on).
 """
 from __future__ import annotations
 
@@ -73,6 +81,7 @@ def main() -> None:
     parser.add_argument("--repository", type=int, default=2000)
     parser.add_argument("--nights", type=int, default=3)
     parser.add_argument("--night-images", type=int, default=40)
+    parser.add_argument("--against", metavar="COMMIT", help="also time the nightly of this version of semspark")
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="semspark-night-bench-"))
@@ -83,6 +92,21 @@ def main() -> None:
     variants = {"default": f"spark: {{class_archive_dir: '{archives}'}}\n",
                 "no_archive": "spark: {class_archive: 'off'}\n",
                 "full_jit": "spark: {driver_jit: full, class_archive: 'off'}\n"}
+    envs = {name: env for name in variants}
+    if args.against:
+        other = home / "against"
+        other.mkdir()
+        commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", f"{args.against}^{{commit}}"],
+                                capture_output=True, text=True)
+        if commit.returncode != 0:
+            raise SystemExit(f"--against {args.against}: not a commit of {ROOT} ({commit.stderr.strip()})")
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit.stdout.strip(), "semspark", "conf", "pyproject.toml"],
+                                 capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(other)], input=archive.stdout, check=True)
+        variants["against"] = f"spark: {{class_archive_dir: '{home / 'jvm-against'}'}}\n"
+        # first on the path for the driver and, through the environment, Spark's Python workers:
+        # ahead of the checkout's editable install, which Python consults after its path
+        envs["against"] = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(other), env.get("PYTHONPATH")]))}
     configs = {}
     for name, text in variants.items():
         configs[name] = home / f"{name}.yaml"
@@ -106,16 +130,21 @@ def main() -> None:
         folder = raw / "nights" / label
         run(["synth", "--out", str(folder), "--n", str(args.night_images), "--seed", str(seed)], env, logs / "synth.log")
         log = logs / f"night-{label}.log"
-        seconds = run(["--config", str(configs[name]), "nightly", "--input", str(raw), "--labels", "folders"], env, log)
+        seconds = run(["--config", str(configs[name]), "nightly", "--input", str(raw), "--labels", "folders"],
+                      envs[name], log)
         return {"wall_s": round(seconds, 1), **steps(log)}
 
     making_archive = night("default", "making-archive", 99)
-    orders = [("default", "no_archive", "full_jit"), ("full_jit", "no_archive", "default"),
-              ("no_archive", "default", "full_jit")]
+    if args.against:
+        making_archive_against = night("against", "making-archive-against", 98)
+    names = list(variants)
+    # each arm first, second, ... in turn over the nights: a machine that slows down as it warms
+    # (or as the catalog grows) does not favour one arm
+    orders = [names[start:] + names[:start] for start in range(len(names))]
     nights = {name: [] for name in variants}
     for number in range(args.nights):
         for name in orders[number % len(orders)]:
-            nights[name].append(night(name, f"{number:02d}-{name}", 100 + number * 3 + list(variants).index(name)))
+            nights[name].append(night(name, f"{number:02d}-{name}", 100 + number * len(names) + names.index(name)))
 
     medians = {name: statistics.median(n["wall_s"] for n in runs) for name, runs in nights.items()}
     report = {"benchmark": "night", "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
@@ -126,6 +155,9 @@ def main() -> None:
               "default_over_no_archive": round(medians["default"] / medians["no_archive"], 3),
               "no_archive_over_full_jit": round(medians["no_archive"] / medians["full_jit"], 3),
               "target": {"night_s": 15, "met": medians["default"] <= 15}}
+    if args.against:
+        report["against"] = {"commit": args.against, "first_night_making_the_archive": making_archive_against}
+        report["default_over_against"] = round(medians["default"] / medians["against"], 3)
     print(json.dumps(report, indent=2))
     shutil.rmtree(home, ignore_errors=True)
 

@@ -35,14 +35,11 @@ def ensure_tables(spark, database: str, tables: tuple[TableSpec, ...]) -> None:
     any table rewrite a killed process left half done."""
     spark.sql(f"CREATE DATABASE IF NOT EXISTS {database}")
     finish_rewrites(spark, database)
-    # the metastore's own record of each table, not a query plan of it (spark.table): a nightly
-    # asks four times for seven tables, 0.4 to 0.6 s each time that way, 0.1 s this way
     metastore = spark._jsparkSession.sharedState().externalCatalog()
     for table in tables:
         name = qualified(database, table)
         if metastore.tableExists(database, table.name):
-            schema = json.loads(metastore.getTable(database, table.name).schema().json())  # one py4j call
-            present = {f["name"] for f in schema["fields"]}
+            present = set(stored_columns(spark, database, table).fieldNames())
             missing = [f for f in table.schema.fields if f.name not in present]
             if missing:
                 added = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in missing)
@@ -53,6 +50,17 @@ def ensure_tables(spark, database: str, tables: tuple[TableSpec, ...]) -> None:
         partition = f" PARTITIONED BY ({', '.join(table.partition_by)})" if table.partition_by else ""
         comment = table.comment.replace("'", "\\'")
         spark.sql(f"CREATE TABLE IF NOT EXISTS {name} ({columns}) USING parquet{partition} COMMENT '{comment}'")
+
+
+def stored_columns(spark, database: str, table: TableSpec):
+    """The table's columns as the metastore records them (a StructType; an older table migrated by
+    ``ensure_tables`` has its added columns after the others, partition columns last), read from the
+    metastore's own record rather than a query plan (``spark.table``): a nightly asks about seven
+    tables several times, 0.4 to 0.6 s a time that way, 0.1 s this way."""
+    from pyspark.sql.types import StructType
+
+    record = spark._jsparkSession.sharedState().externalCatalog().getTable(database, table.name)
+    return StructType.fromJson(json.loads(record.schema().json()))   # one py4j call for the whole schema
 
 
 def ensure_view(spark, name: str, comment: str, select: str) -> None:
@@ -76,7 +84,7 @@ def insert(df, database: str, table: TableSpec) -> None:
 
     name = qualified(database, table)
     with writer_lock(purpose=f"appending to {name}"):
-        df.select(*df.sparkSession.table(name).columns).write.insertInto(name)
+        df.select(*stored_columns(df.sparkSession, database, table).fieldNames()).write.insertInto(name)
 
 
 def append_rows(spark, database: str, table: TableSpec, rows: list[dict]) -> None:
@@ -102,7 +110,7 @@ def append_rows(spark, database: str, table: TableSpec, rows: list[dict]) -> Non
 
     from semspark.storage import writer_lock
 
-    columns = spark.table(name).schema   # a migrated table's columns, as insert matches them by name
+    columns = stored_columns(spark, database, table)   # a migrated table's too, as insert matches them by name
     arrow = pa.Table.from_pylist([_utc_naive(row) for row in rows],
                                  schema=pa.schema([(f.name, _arrow_type(f.dataType)) for f in columns.fields]))
     file_name = f"part-00000-{uuid.uuid4()}-c000.snappy.parquet"

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import shutil
 import time
 from collections import defaultdict
@@ -88,20 +87,13 @@ def table_files(spark, database: str, table: TableSpec) -> dict[str, list[tuple[
 
 
 def _walked_files(root: str) -> dict[str, list[tuple[str, int]]]:
-    from semspark.ingest.listing import hidden_from_spark
+    from semspark.storage import walk_visible
 
-    by_folder = {}
-    for folder, subfolders, names in os.walk(root):
-        subfolders[:] = sorted(d for d in subfolders if not hidden_from_spark(d))
-        files = []
-        for name in sorted(names):
-            if not name.startswith("_") and not hidden_from_spark(name):   # nor Parquet summary files
-                try:
-                    files.append((f"file:{folder}/{name}", os.stat(os.path.join(folder, name)).st_size))
-                except FileNotFoundError:   # merged away by a compaction meanwhile
-                    pass
-        if files:
-            by_folder[f"file:{folder}"] = files
+    by_folder: dict[str, list[tuple[str, int]]] = {}
+    for name, status in walk_visible(root):
+        folder, _, file = f"{root}/{name}".rpartition("/")
+        if status is not None and not file.startswith("_"):   # nor Parquet summary files; gone: merged away
+            by_folder.setdefault(f"file:{folder}", []).append((f"file:{folder}/{file}", status.st_size))
     return by_folder
 
 

@@ -41,6 +41,64 @@ def hadoop_filesystem(spark, path: str):
     return hadoop_path.getFileSystem(context._jsc.hadoopConfiguration()), hadoop_path
 
 
+def hidden_from_spark(name: str) -> bool:
+    """Names Spark's file index leaves out of a listing (files and folders alike): ``_`` and ``.``
+    prefixes (a ``_`` name holding ``=`` is a partition and stays) and ``._COPYING_`` files half
+    copied by Hadoop. Every walk of semspark's uses the same rule, so that a file is listed the same
+    way whichever lists it."""
+    exclude = (name.startswith("_") and "=" not in name) or name.startswith(".") or name.endswith("._COPYING_")
+    return exclude and not name.startswith(("_common_metadata", "_metadata"))
+
+
+class UnlistableFolder(OSError):
+    """A folder under a walked root could not be listed: the walk cannot be complete."""
+
+    def __init__(self, relative: str, cause: OSError):
+        super().__init__(f"{relative or '.'}: {cause}")
+        self.relative, self.cause = relative, cause
+
+
+def walk_visible(directory: str):
+    """Every file under local folder ``directory`` that Spark's file index would list
+    (``hidden_from_spark``), as (path relative to ``directory``, os.stat_result), folder by folder in
+    name order, a folder's files before its subfolders. Symbolic links are followed (as Hadoop's
+    local file system follows them); a link to nothing, or a file gone while walking, comes with
+    stat None; a link to a folder that holds it (which would make the walk endless) is not followed.
+    A folder that cannot be listed raises UnlistableFolder."""
+    import logging
+    import os
+
+    top = os.stat(directory)
+    pending = [("", frozenset({(top.st_dev, top.st_ino)}))]   # (folder, the folders it lies in)
+    while pending:
+        relative, above = pending.pop()
+        try:
+            entries = sorted(os.scandir(os.path.join(directory, relative) if relative else directory),
+                             key=lambda entry: entry.name)
+        except OSError as exc:
+            raise UnlistableFolder(relative, exc) from exc
+        subfolders = []
+        for entry in entries:
+            if hidden_from_spark(entry.name):
+                continue
+            name = f"{relative}/{entry.name}" if relative else entry.name
+            try:
+                if entry.is_dir():
+                    folder = entry.stat()
+                    key = (folder.st_dev, folder.st_ino)
+                    if key in above:
+                        logging.getLogger(__name__).warning(
+                            "%s/%s links to a folder that holds it: not followed", directory, name)
+                    else:
+                        subfolders.append((name, above | {key}))
+                    continue
+                status = entry.stat()
+            except FileNotFoundError:   # a link to nothing (or a file gone while walking)
+                status = None
+            yield name, status
+        pending += reversed(subfolders)
+
+
 def read_bytes(uri: str) -> bytes:
     path = local_path(uri)
     if path is not None:

@@ -172,6 +172,50 @@ def test_compaction_merges_a_tables_small_files_and_keeps_its_full_ones(spark, s
     assert not needs_compaction(spark, config)
 
 
+def test_a_merge_journal_left_by_an_older_semspark_is_replayed(spark, semspark_home):
+    """semspark before 48d5b69 staged a merge under $SEMSPARK_HOME/staging/merge-* and journalled
+    plain local paths. A process of that version killed after its journal leaves the journal to the
+    current one: the next command that opens the catalog finishes it (small files removed, the
+    staged file moved in, every row once); a staging folder of that version that no journal names
+    (killed before its journal) is removed by the next compaction."""
+    import datetime
+
+    from semspark.catalog import _journal_dir, ensure_tables, insert
+    from semspark.schema import FILES
+
+    database = "old_journal"
+    folder = semspark_home / "warehouse" / f"{database}.db" / "files"
+    ensure_tables(spark, database, (FILES,))
+    at = datetime.datetime(2026, 1, 1)
+    columns = "path string, image_id string, role string, size long, modification_time timestamp, " \
+              "ingested_at timestamp, ingest_run string"
+    made = []
+    for night in range(3):
+        rows = [(f"file:/raw/night{night}/{i}.tif", f"{night:02d}{i:062d}", "image", i, at, at, f"night{night}")
+                for i in range(4)]
+        insert(spark.createDataFrame(rows, columns).coalesce(1), database, FILES)
+        made += rows
+    small = sorted(folder.glob("part-*"))
+    assert len(small) == 3
+    # what the older version did before its journal: the merged rows staged under SEMSPARK_HOME
+    staging = semspark_home / "staging" / f"merge-{database}.files-20260101T000000-old"
+    spark.read.parquet(*[f"file:{p}" for p in small]).coalesce(1).write.parquet(staging.as_uri())
+    abandoned = semspark_home / "staging" / f"merge-{database}.files-20260101T000000-dead"
+    shutil.copytree(staging, abandoned)
+    journal = _journal_dir() / f"{database}.files.20260101T000000-old.json"
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    journal.write_text(json.dumps({"database": database, "table": "files", "kind": "merge", "folder": str(folder),
+                                   "staging": str(staging), "rows": len(made), "remove": [str(p) for p in small],
+                                   "reason": "small files"}))
+    ensure_tables(spark, database, (FILES,))          # what every command does first
+    assert not journal.exists() and not staging.exists()
+    assert parquet_files(folder) == {".": 1} and not set(folder.glob("part-*")) & set(small)
+    assert sorted(tuple(r) for r in spark.table(f"{database}.files").collect()) == sorted(made)
+    compact(spark, Config(catalog=CatalogConfig(database=database), ingest=IngestConfig(dataset_dir=f"datasets/{database}"),
+                          compaction=CompactionConfig(table_files=2)))
+    assert not abandoned.exists()
+
+
 def test_compaction_merges_a_bins_small_files_and_keeps_its_full_ones(spark, semspark_home, tmp_path, monkeypatch):
     """Tiered: the files of a big first load are full and stay (the same inode after the swap);
     the nights' small files of the same bin are merged. Full means SMALL_FILE_IMAGES images or

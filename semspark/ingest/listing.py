@@ -11,7 +11,6 @@ rows. On a local or mounted file system the listing is a directory walk; other f
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
@@ -21,14 +20,6 @@ LISTING_COLUMNS = ("path", "size", "mtime_ms")
 
 class IngestError(RuntimeError):
     """The ingest cannot start (bad input path, bad label file); the message says what to do."""
-
-
-def hidden_from_spark(name: str) -> bool:
-    """Names Spark's file index leaves out of a listing (files and folders alike): ``_`` and ``.``
-    prefixes (a ``_`` name holding ``=`` is a partition and stays) and ``._COPYING_`` files half
-    copied by Hadoop. The same rule here, so that a file is listed the same way whichever lists it."""
-    exclude = (name.startswith("_") and "=" not in name) or name.startswith(".") or name.endswith("._COPYING_")
-    return exclude and not name.startswith(("_common_metadata", "_metadata"))
 
 
 @dataclass
@@ -51,42 +42,25 @@ def list_files(spark, root: str) -> Listing:
 
 
 def _walk(root: str, directory: str) -> Listing:
-    """A local directory walk: symbolic links followed (as Hadoop's local file system follows
-    them), what Spark hides left out, a link to nothing set aside. A link to a folder that holds it
-    (which would make the walk endless) is not followed."""
+    """A local directory walk with Spark's rules (``storage.walk_visible``); a link to nothing is set
+    aside, not listed."""
     import pandas as pd
+
+    from semspark.storage import UnlistableFolder, walk_visible
 
     paths, sizes, mtimes, dangling = [], [], [], []
     prefix = root.rstrip("/")
-    top = os.stat(directory)
-    folders = [("", frozenset({(top.st_dev, top.st_ino)}))]   # (folder, the folders it lies in)
-    while folders:
-        relative, above = folders.pop()
-        try:
-            entries = list(os.scandir(os.path.join(directory, relative) if relative else directory))
-        except OSError as exc:   # not bad input of one file: the listing itself cannot be complete
-            raise IngestError(f"cannot list {prefix}/{relative}: {exc}; make it readable or move it out "
-                              "of the input folder") from exc
-        for entry in entries:
-            if hidden_from_spark(entry.name):
-                continue
-            name = f"{relative}/{entry.name}" if relative else entry.name
-            try:
-                if entry.is_dir():
-                    folder = entry.stat()
-                    key = (folder.st_dev, folder.st_ino)
-                    if key in above:
-                        log.warning("%s/%s links to a folder that holds it: not followed", prefix, name)
-                        continue
-                    folders.append((name, above | {key}))
-                    continue
-                status = entry.stat()
-            except FileNotFoundError:   # a link to nothing (or a file gone while listing)
+    try:
+        for name, status in walk_visible(directory):
+            if status is None:
                 dangling.append(f"{prefix}/{name}")
                 continue
             paths.append(f"{prefix}/{name}")
             sizes.append(status.st_size)
             mtimes.append(status.st_mtime_ns // 1_000_000)
+    except UnlistableFolder as exc:   # not bad input of one file: the listing itself cannot be complete
+        raise IngestError(f"cannot list {prefix}/{exc.relative}: {exc.cause}; make it readable or move it "
+                          "out of the input folder") from exc
     files = pd.DataFrame({"path": pd.Series(paths, dtype=object), "size": pd.Series(sizes, dtype="int64"),
                           "mtime_ms": pd.Series(mtimes, dtype="int64")})
     return Listing(files, sorted(dangling))

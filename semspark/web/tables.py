@@ -16,14 +16,13 @@ of opening hundreds of Parquet files. The large arrays (embeddings, logits) are 
 """
 from __future__ import annotations
 
-import os
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
 
-from semspark.ingest.listing import hidden_from_spark
+from semspark.storage import walk_visible
 from semspark.schema import TableSpec
 
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
@@ -65,16 +64,16 @@ class Warehouse:
         if not top.is_dir():
             return []
         out = []
-        for folder, dirs, names in os.walk(top):
-            dirs[:] = sorted(d for d in dirs if not hidden_from_spark(d))
-            relative = Path(folder).relative_to(top)
+        for name, status in walk_visible(str(top)):
+            relative = Path(name)
+            if status is None or relative.suffix != ".parquet":
+                continue
             values = {}
-            for part in relative.parts:
+            for part in relative.parent.parts:
                 key, _, value = part.partition("=")
                 value = unquote(value)
                 values[key] = None if value == HIVE_NULL else value
-            out += [(str(Path(folder) / n), values) for n in sorted(names)
-                    if not hidden_from_spark(n) and n.endswith(".parquet")]
+            out.append((str(top / relative), values))
         return out
 
 
