@@ -156,6 +156,29 @@ def insert_new(df, database: str, table: TableSpec, key: list[str]) -> None:
     insert(df.join(df.sparkSession.table(qualified(database, table)).select(*key), key, "left_anti"), database, table)
 
 
+def append_new_rows(spark, database: str, table: TableSpec, rows: list[dict], key: list[str],
+                    unless: str | None = None) -> int | None:
+    """``insert_new`` for rows the driver holds, where the table is local and unpartitioned: under the
+    writer lock, the table's keys read again with pyarrow (what another run committed meanwhile)
+    and the rows whose key it lacks appended as one file (``append_rows``). A stored row whose
+    ``unless`` column is true does not count as holding its key. Returns the rows appended, or None
+    (nothing done) when the table is elsewhere: the caller inserts with Spark."""
+    from semspark.storage import writer_lock
+
+    if table.partition_by or local_table_folder(spark, database, table) is None:
+        return None
+    name = qualified(database, table)
+    with writer_lock(purpose=f"appending to {name}"):
+        stored = local_columns(spark, database, table, key + ([unless] if unless else []), refresh=True)
+        if stored is None:
+            return None
+        held = stored.to_pylist()
+        keys = {tuple(r[k] for k in key) for r in held if not (unless and r[unless])}
+        new = [row for row in rows if tuple(_utc_naive(row)[k] for k in key) not in keys]
+        append_rows(spark, database, table, new)
+    return len(new)
+
+
 def local_columns(spark, database: str, table: TableSpec, columns: list[str], refresh: bool = False):
     """A table's ``columns`` read with pyarrow straight from its files, when every file is local
     (the embedded default's warehouse), as a pyarrow Table; None otherwise (HDFS, S3: query it with

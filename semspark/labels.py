@@ -18,7 +18,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from semspark.catalog import ensure_tables, ensure_view, insert, new_run_id, qualified, utc_now
+from semspark.catalog import ensure_tables, ensure_view, insert, local_columns, new_run_id, qualified, utc_now
 from semspark.schema import FILES, IMAGES, LABELS
 
 log = logging.getLogger(__name__)
@@ -100,9 +100,10 @@ FILTERED_IDS = 2_000
 
 def append_changes(spark, database: str, proposed, source: str, labelled_by: str, run_id: str, at=None,
                    count_unchanged: bool = True, image_ids=None) -> dict:
-    """Append the rows of ``proposed`` (image_id, label; label null = remove) that change an image's
-    current label. Returns {"changed", "unchanged", "removed", "by_label"} ("unchanged" None when
-    ``count_unchanged`` is False: the ingest does not report it, and counting is a Spark job).
+    """Append the rows of ``proposed`` (a DataFrame of image_id, label, or a list of such pairs the
+    driver holds; label null = remove) that change an image's current label. Returns {"changed",
+    "unchanged", "removed", "by_label"} ("unchanged" None when ``count_unchanged`` is False: the
+    ingest does not report it, and counting is a Spark job).
     ``image_ids``: every id ``proposed`` may hold, when the caller knows them (a night's new images),
     so that only their history is read, not every image's."""
     from pyspark.sql import functions as F
@@ -110,6 +111,11 @@ def append_changes(spark, database: str, proposed, source: str, labelled_by: str
     if source not in SOURCES:
         raise ValueError(f"label source {source!r} is none of {SOURCES}")
     ensure_labels(spark, database)
+    if isinstance(proposed, list):
+        done = _append_changes_in_driver(spark, database, proposed, source, labelled_by, run_id, at, count_unchanged)
+        if done is not None:
+            return done
+        proposed = spark.createDataFrame(proposed, "image_id string, label string")
     current = current_labels(spark, database).withColumnRenamed("label", "current")
     if image_ids is not None and len(image_ids) <= FILTERED_IDS:
         current = current.filter(F.col("image_id").isin(sorted(image_ids)))
@@ -125,6 +131,41 @@ def append_changes(spark, database: str, proposed, source: str, labelled_by: str
     return {"changed": changed, "unchanged": joined.count() - changed if count_unchanged else None,
             "removed": sum(n for (removed, _), n in counts.items() if removed),
             "by_label": {label: n for (removed, label), n in counts.items() if not removed}}
+
+
+def _append_changes_in_driver(spark, database: str, proposed: list[tuple[str, str | None]], source: str,
+                              labelled_by: str, run_id: str, at, count_unchanged: bool) -> dict | None:
+    """``append_changes`` for a list of (image_id, label) the driver holds (a night's new images),
+    where sem.labels is local: the history of those images read with pyarrow, the changes appended as
+    one file (``append_rows``): no Spark job, where the query, its count and its insert were three.
+    None when the table is not local (the caller asks Spark)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from semspark.catalog import append_rows
+
+    history = local_columns(spark, database, LABELS, ["image_id", "label", "labelled_at", "label_run"])
+    if history is None:
+        return None
+    wanted = pa.array(sorted({image_id for image_id, _ in proposed}), pa.string())
+    history = history.filter(pc.is_in(history["image_id"], value_set=wanted))
+    current: dict[str, str | None] = {}
+    # the view's order: latest labelled_at, then label_run; a latest row with no label removes it
+    # (nulls first here, so last there: as Spark's DESC orders them)
+    for row in sorted(history.to_pylist(), key=lambda r: (r["labelled_at"] is not None, r["labelled_at"] or 0,
+                                                          r["label_run"] is not None, r["label_run"] or "")):
+        current[row["image_id"]] = row["label"]
+    when = at or utc_now()
+    changes = [{"image_id": image_id, "label": label, "source": source, "labelled_by": labelled_by,
+                "labelled_at": when, "label_run": run_id}
+               for image_id, label in proposed if current.get(image_id) != label]
+    append_rows(spark, database, LABELS, changes)
+    by_label: dict[str, int] = {}
+    for change in changes:
+        if change["label"] is not None:
+            by_label[change["label"]] = by_label.get(change["label"], 0) + 1
+    return {"changed": len(changes), "unchanged": len(proposed) - len(changes) if count_unchanged else None,
+            "removed": sum(1 for change in changes if change["label"] is None), "by_label": by_label}
 
 
 def label_from_csv(spark, database: str, csv_path: str, labelled_by: str | None = None,

@@ -53,3 +53,42 @@ def test_appended_rows_read_back_as_written_in_utc(spark, semspark_home, warehou
     assert table.column("started_at").to_pylist()[:2] == [datetime(2026, 3, 4, 5, 6, 7, 123456),
                                                           datetime(2026, 3, 4, 5, 6, 7)]
     assert table.column("new_images").to_pylist() == [2**40, None, None]
+
+
+def test_rows_the_table_holds_already_are_not_appended_again(spark):
+    """append_new_rows: a key held by a stored row is not appended again, unless that row's
+    ``unless`` column is true (a retryable quarantine row does not hold its file back); a key given
+    twice is the caller's to avoid; a remote table is left to the caller (None). Keys by hand."""
+    from semspark.catalog import append_new_rows, insert
+    from semspark.schema import QUARANTINE
+
+    database = "appending_new"
+    ensure_tables(spark, database, (QUARANTINE,))
+    t = datetime(2026, 3, 4, 5, 6, 7, 123456)
+    columns = "path string, sha256 string, size long, modification_time timestamp, stage string, reason string, " \
+              "ingested_at timestamp, ingest_run string, retryable boolean"
+    insert(spark.createDataFrame([("/a.tif", None, 1, t, "decode", "bad", t, "r1", False),
+                                  ("/b.tif", None, 2, t, "io", "timeout", t, "r1", True)], columns),
+           database, QUARANTINE)
+
+    def row(path, size, when):
+        return {"path": path, "sha256": None, "size": size, "modification_time": when, "stage": "decode",
+                "reason": "bad", "ingested_at": t, "ingest_run": "r2", "retryable": False}
+    key = ["path", "size", "modification_time"]
+    appended = append_new_rows(spark, database, QUARANTINE, [
+        row("/a.tif", 1, t),                                   # held: not again
+        row("/a.tif", 1, t + timedelta(microseconds=1)),       # another modification time: new
+        row("/a.tif", 3, t),                                   # another size: new
+        row("/b.tif", 2, t),                                   # held by a retryable row only: new
+        row("/c.tif", 1, t)], key, unless="retryable")
+    assert appended == 4
+    got = spark.sql(f"SELECT path, size, cast(modification_time AS string) FROM {database}.quarantine "
+                    "WHERE ingest_run = 'r2' ORDER BY path, size, modification_time").collect()
+    stamp = "2026-03-04 05:06:07.123456"
+    assert [tuple(r) for r in got] == [("/a.tif", 1, "2026-03-04 05:06:07.123457"), ("/a.tif", 3, stamp),
+                                       ("/b.tif", 2, stamp), ("/c.tif", 1, stamp)]
+    assert append_new_rows(spark, database, QUARANTINE, [row("/c.tif", 1, t)], key, unless="retryable") == 0
+
+    spark.sql(f"CREATE DATABASE appending_new_remote LOCATION 'viewfs://{VIEWFS_CLUSTER}/remote/appending_new_remote.db'")
+    ensure_tables(spark, "appending_new_remote", (QUARANTINE,))
+    assert append_new_rows(spark, "appending_new_remote", QUARANTINE, [row("/c.tif", 1, t)], key) is None

@@ -323,12 +323,20 @@ def test_the_known_files_read_with_pyarrow_are_what_spark_reads(spark, raw, firs
     assert all(on_disk[p] == m for p, m in zip(mine["path"], mine["mtime_ms"]))
 
 
-def test_a_sidecar_that_comes_after_its_image_and_one_whose_image_fails(spark, tmp_path):
+@pytest.mark.parametrize("warehouse", ["local", "viewfs"])
+def test_a_sidecar_that_comes_after_its_image_and_one_whose_image_fails(spark, tmp_path, warehouse):
     """A sidecar listed a night after its image belongs to the image ingested before (its id the
     SHA-256 of the image's bytes, computed here); a sidecar whose image is quarantined is
-    quarantined too, with its own reason."""
-    config = Config(catalog=CatalogConfig(database="latesidecar"),
-                    ingest=dataclasses.replace(CONFIG.ingest, dataset_dir="datasets/latesidecar"))
+    quarantined too, with its own reason. In the local warehouse, where a night's rows are appended
+    from the driver, and in one on another file system (Hadoop's view file system, see conftest),
+    where Spark appends them."""
+    from tests.conftest import VIEWFS_CLUSTER
+
+    database = f"latesidecar_{warehouse}"
+    if warehouse == "viewfs":
+        spark.sql(f"CREATE DATABASE {database} LOCATION 'viewfs://{VIEWFS_CLUSTER}/remote/{database}.db'")
+    config = Config(catalog=CatalogConfig(database=database),
+                    ingest=dataclasses.replace(CONFIG.ingest, dataset_dir=f"datasets/{database}"))
     root = tmp_path / "in"
     (root / "Tips").mkdir(parents=True)
     image = root / "Tips" / "early.tif"
@@ -339,10 +347,10 @@ def test_a_sidecar_that_comes_after_its_image_and_one_whose_image_fails(spark, t
     (root / "Tips" / "broken.txt").write_text("[SemImageFile]\nPixelSize=3.0\n")
     summary = run_ingest(spark, config, str(root), labels="folders")
     assert (summary.new_images, summary.sidecars, summary.already_known) == (0, 1, 1)
-    rows = {r["path"]: r for r in spark.table("latesidecar.files").collect()}
+    rows = {r["path"]: r for r in spark.table(f"{database}.files").collect()}
     late = rows[uri(root / "Tips" / "early.txt")]
     assert (late["role"], late["image_id"]) == ("sidecar", hashlib.sha256(image.read_bytes()).hexdigest())
-    quarantined = {r["path"]: r["stage"] for r in spark.table("latesidecar.quarantine").collect()}
+    quarantined = {r["path"]: r["stage"] for r in spark.table(f"{database}.quarantine").collect()}
     assert quarantined == {uri(root / "Tips" / "broken.tif"): "decode", uri(root / "Tips" / "broken.txt"): "sidecar"}
     assert run_ingest(spark, config, str(root), labels="folders").already_known == 4   # nothing left to do
 

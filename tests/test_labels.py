@@ -192,3 +192,39 @@ def test_a_view_is_replaced_only_when_its_definition_changes(spark):
     ensure_view(spark, "viewcheck.w", "the lab's view", "SELECT a FROM viewcheck.t WHERE a > 2")
     changed = stored()
     assert changed[0] == "SELECT a FROM viewcheck.t WHERE a > 2" and changed[2] != first[2]
+
+
+@pytest.mark.parametrize("given_as", ["rows_in_the_driver", "dataframe"])
+def test_only_changes_of_the_current_label_are_appended(spark, given_as):
+    """A history written here by hand, and labels proposed for five images; which rows are appended
+    and what the images' labels are after, worked out by hand from the rules (the latest row is the
+    current label, ties broken by the later run; an empty label removes). The same for the rows a
+    night's ingest holds in its driver (read and appended with pyarrow) as for a DataFrame (Spark)."""
+    import datetime
+
+    from semspark.catalog import insert
+    from semspark.labels import append_changes
+    from semspark.schema import LABELS
+
+    database = f"label_rules_{given_as}"
+    ensure_labels(spark, database)
+    t1, t2, now = datetime.datetime(2026, 1, 1), datetime.datetime(2026, 2, 1), datetime.datetime(2026, 3, 1)
+    history = [("a", "Fibres", t1, "r1"), ("a", "Tips", t2, "r2"),          # a: Tips
+               ("b", "Fibres", t1, "r1"), ("b", None, t2, "r2"),            # b: removed
+               ("c", "Nanowires", t1, "r2"), ("c", "Tips", t1, "r1"),       # c: same time, later run: Nanowires
+               ("e", "Tips", t1, "r1")]                                     # e: Tips; d: never labelled
+    insert(spark.createDataFrame([(i, label, "csv", "someone", at, run) for i, label, at, run in history],
+                                 "image_id string, label string, source string, labelled_by string, "
+                                 "labelled_at timestamp, label_run string"), database, LABELS)
+    proposed = [("a", "Tips"), ("b", "Fibres"), ("c", "Nanowires"), ("d", "Tips"), ("e", None)]
+    if given_as == "dataframe":
+        proposed = spark.createDataFrame(proposed, "image_id string, label string")
+    result = append_changes(spark, database, proposed, "folders", "ingest", "r3", at=now)
+    assert result == {"changed": 3, "unchanged": 2, "removed": 1, "by_label": {"Fibres": 1, "Tips": 1}}
+    appended = spark.sql(f"SELECT image_id, label, source, labelled_by, labelled_at, label_run "
+                         f"FROM {database}.labels WHERE label_run = 'r3'").collect()
+    assert sorted(tuple(r) for r in appended) == [("b", "Fibres", "folders", "ingest", now, "r3"),
+                                                  ("d", "Tips", "folders", "ingest", now, "r3"),
+                                                  ("e", None, "folders", "ingest", now, "r3")]
+    current = {r["image_id"]: r["label"] for r in spark.table(f"{database}.current_labels").collect()}
+    assert current == {"a": "Tips", "b": "Fibres", "c": "Nanowires", "d": "Tips"}

@@ -21,7 +21,8 @@ import shutil
 import time
 from dataclasses import dataclass, field
 
-from semspark.catalog import ensure_tables, insert, insert_new, local_columns, new_run_id, qualified, utc_now
+from semspark.catalog import (append_new_rows, ensure_tables, insert, insert_new, local_columns, new_run_id, qualified,
+                              utc_now)
 from semspark.config import Config
 from semspark.dataset import dataset_url, ensure_consistent
 from semspark.ingest.listing import (
@@ -35,8 +36,9 @@ from semspark.ingest.listing import (
     with_folder_labels,
 )
 from semspark.ingest.processing import make_worker
-from semspark.ingest.quarantine import heal, needs_healing, quarantine_keys, retryable_column, waiting_files
-from semspark.ingest.writing import (clear_pending, sidecar_rows, stored_image_ids, stored_images_by_stem,
+from semspark.ingest.quarantine import (RETRYABLE_STAGES, heal, needs_healing, quarantine_keys, retryable_column,
+                                        waiting_files)
+from semspark.ingest.writing import (clear_pending, sidecar_records, sidecar_rows, stored_image_ids, stored_images_by_stem,
                                      write_dataset)
 from semspark.labels import append_changes, current_user, ensure_labels
 from semspark.schema import FILES, IMAGES, INGEST_TABLES, PROCESSED, QUARANTINE
@@ -46,6 +48,9 @@ log = logging.getLogger(__name__)
 
 # sem.images rows (no pixels, about 1 KB) one task writes: a night's in one file per scale bin.
 IMAGES_ROWS_PER_TASK = 100_000
+# Up to this many new images a run names them by path in a filter on the staged rows; more, and the
+# new images are staged again on their own (a join, a write) to keep the query plans small.
+NAMED_NEW_IMAGES = 5_000
 
 
 
@@ -182,34 +187,52 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
     stamp = F.lit(started).cast("timestamp")
     run = F.lit(run_id)
     good = staged.filter(F.col("outcome") == "image")
-    night_ids = {r["sha256"] for r in good.select("sha256").distinct().collect()}
+    # The staged outcomes without their pixels, read in the driver (the staging folder is local):
+    # the night's ids, counts and new images, where each was a Spark job of its own
+    outcomes = _read_staged(staging / "processed", ["path", "sha256", "outcome", "label", "scale_bin",
+                                                     "scale_confidence", "size", "modification_time", "stage",
+                                                     "reason"])
+    images = outcomes[outcomes["outcome"] == "image"]
+    night_ids = set(images["sha256"])
+    written = _counts(outcomes["outcome"])
     existing_ids = stored_image_ids(spark, db, night_ids)   # a rerun after a crash, or a copy of an earlier image
-    first_paths = good.groupBy(F.col("sha256").alias("image_id")).agg(F.min("path").alias("path"))
-    # Materialised, not cached: inserting into sem.images would invalidate a cache that reads it.
-    # Without the pixels: the dataset's write takes them from the staged rows, so they are read
-    # once after processing (a copy here would write and read them once more).
-    (good.drop("image").withColumnRenamed("sha256", "image_id")
-     .join(first_paths, ["image_id", "path"], "left_semi")
-     .filter(~F.col("image_id").isin(sorted(existing_ids)) if existing_ids else F.lit(True))
-     .withColumn("ingested_at", stamp).withColumn("ingest_run", run)
-     .write.mode("overwrite").parquet((staging / "new_images").as_uri()))
-    new_images = spark.read.parquet((staging / "new_images").as_uri())
+    # an image new to sem.images once, by the first of its paths; the others are copies of it
+    first = images.sort_values("path").drop_duplicates("sha256")
+    first = first[~first["sha256"].isin(existing_ids)]
+    new_rows = first.rename(columns={"sha256": "image_id"})[["image_id", "path", "label", "scale_bin",
+                                                              "scale_confidence"]]
+    new_images = (good.drop("image").withColumnRenamed("sha256", "image_id")
+                  .withColumn("ingested_at", stamp).withColumn("ingest_run", run))
+    if labels in (None, "folders") and len(new_rows) <= NAMED_NEW_IMAGES:
+        # the rows never change (a literal list of paths over this run's staged files): no need to
+        # stage them again for the dataset's write, the tables' inserts and the labels to agree
+        new_images = new_images.filter(F.col("path").isin(sorted(new_rows["path"])))
+    else:
+        # Materialised, not cached: inserting into sem.images would invalidate a cache that reads
+        # it. Without the pixels: the dataset's write takes them from the staged rows, so they are
+        # read once after processing (a copy here would write and read them once more).
+        first_paths = good.groupBy(F.col("sha256").alias("image_id")).agg(F.min("path").alias("path"))
+        (new_images.join(first_paths, ["image_id", "path"], "left_semi")
+         .filter(~F.col("image_id").isin(sorted(existing_ids)) if existing_ids else F.lit(True))
+         .write.mode("overwrite").parquet((staging / "new_images").as_uri()))
+        new_images = spark.read.parquet((staging / "new_images").as_uri())
+        new_rows = _read_staged(staging / "new_images", ["image_id", "path", "label", "scale_bin", "scale_confidence"])
     pixels = good.select("path", "image")   # one staged row per listed path
-    write_dataset(spark, config, new_images.join(pixels, "path"), summary.dataset_url, run_id)
+    write_dataset(spark, config, new_images.join(pixels, "path"), summary.dataset_url, run_id,
+                  image_ids=list(new_rows["image_id"]))
     log.info("appended the new images to the dataset (%s)", clock.lap("dataset", n_pending, "files"))
     if labels is not None:   # before sem.images: a rerun after a crash finds them and adds nothing
-        append_changes(spark, db, new_images.filter(F.col("label").isNotNull()).select("image_id", "label"),
+        labelled = new_rows[new_rows["label"].notna()]
+        append_changes(spark, db, list(zip(labelled["image_id"], labelled["label"])),
                        "folders" if labels == "folders" else "csv", current_user(), run_id, at=started,
-                       count_unchanged=False, image_ids=night_ids - existing_ids)
+                       count_unchanged=False)
     # One file per scale bin a night (Spark would write one per bin and task): a night's scoring
     # reads every small file of sem.images until compaction merges them.
     insert(new_images.coalesce(max(1, math.ceil(n_pending / IMAGES_ROWS_PER_TASK))), db, IMAGES)
     clear_pending(spark, summary.dataset_url, qualified(db, IMAGES), run_id)   # the ids sem.images now holds are done
     clock.lap("tables", n_pending, "files")
 
-    # The outcomes of the staged files (small): a night with nothing to quarantine and no sidecar
-    # starts no job to write or count either.
-    written = {r["outcome"]: r["count"] for r in staged.groupBy("outcome").count().collect()}
+    # A night with nothing to quarantine and no sidecar starts no job to write or count either.
     bad = staged.filter(F.col("outcome") == "quarantine")
     quarantine_rows = bad.select("path", "sha256", "size", "modification_time", "stage", "reason")
     file_rows = good.select("path", F.col("sha256").alias("image_id"), "size", "modification_time") \
@@ -219,24 +242,42 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
         quarantine_rows = quarantine_rows.unionByName(orphan_sidecars)
         file_rows = file_rows.unionByName(sidecar_file_rows)
     may_quarantine = written.get("quarantine", 0) > 0 or n_sidecars > 0
+    # A night's rows go in from the driver where the tables are local (one small file each, no Spark
+    # job); what a rerun after a crash, or another run meanwhile, recorded already is not recorded
+    # twice either way
+    in_driver = n_pending + n_sidecars <= NAMED_NEW_IMAGES
+    if in_driver:
+        sidecar_files, orphan_sidecars = sidecar_records(files[is_attached & is_new], images, stored_by_stem)
+        failed = [_plain_row(r, ("path", "sha256", "size", "modification_time", "stage", "reason"))
+                  for r in outcomes[outcomes["outcome"] == "quarantine"].to_dict("records")] + orphan_sidecars
+        image_files = [{**_plain_row(r, ("path", "size", "modification_time")), "image_id": r["sha256"],
+                        "role": "image"} for r in images.to_dict("records")]
+        may_quarantine = bool(failed)
     if may_quarantine:
-        quarantine_rows = (quarantine_rows
-                           .join(waiting_files(spark, db), key, "left_anti")
-                           .withColumn("ingested_at", stamp).withColumn("ingest_run", run)
-                           .withColumn("retryable", retryable_column()))
-        insert(quarantine_rows, db, QUARANTINE)
-
-    # what a rerun after a crash, or another run meanwhile, recorded already is not recorded twice
-    insert_new(file_rows.withColumn("ingested_at", stamp).withColumn("ingest_run", run), db, FILES, key)
+        appended = None
+        if in_driver:
+            appended = append_new_rows(spark, db, QUARANTINE, [
+                {**r, "ingested_at": started, "ingest_run": run_id, "retryable": r["stage"] in RETRYABLE_STAGES}
+                for r in failed], key, unless="retryable")
+        if appended is None:
+            quarantine_rows = (quarantine_rows
+                               .join(waiting_files(spark, db), key, "left_anti")
+                               .withColumn("ingested_at", stamp).withColumn("ingest_run", run)
+                               .withColumn("retryable", retryable_column()))
+            insert(quarantine_rows, db, QUARANTINE)
+    appended = None
+    if in_driver:
+        appended = append_new_rows(spark, db, FILES, [{**r, "ingested_at": started, "ingest_run": run_id}
+                                                      for r in image_files + sidecar_files], key)
+    if appended is None:
+        insert_new(file_rows.withColumn("ingested_at", stamp).withColumn("ingest_run", run), db, FILES, key)
     # files tried again and ingested now leave sem.quarantine; a file keeps its latest outcome only
     summary.healed = heal(spark, db, run_id) if summary.retried else 0
 
     # The summary counts what this run wrote (small aggregates only).
-    for row in new_images.groupBy("scale_bin", "scale_confidence").count().collect():   # the rows sem.images got
-        bins, confidences = summary.new_by_scale_bin, summary.new_by_scale_confidence
-        bins[row["scale_bin"]] = bins.get(row["scale_bin"], 0) + row["count"]
-        confidences[row["scale_confidence"]] = confidences.get(row["scale_confidence"], 0) + row["count"]
-    summary.new_images = sum(summary.new_by_scale_bin.values())
+    summary.new_by_scale_bin = _counts(new_rows["scale_bin"])   # the rows sem.images got
+    summary.new_by_scale_confidence = _counts(new_rows["scale_confidence"])
+    summary.new_images = len(new_rows)
     summary.duplicate_files = written.get("image", 0) - summary.new_images
     summary.quarantined = _run_counts(spark, db, QUARANTINE, run_id, "stage") if may_quarantine else {}
     summary.sidecars = _run_counts(spark, db, FILES, run_id, "role").get("sidecar", 0) if n_sidecars else 0
@@ -246,6 +287,49 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
     log.info("wrote %d new images, %d quarantined (%.1f s)", summary.new_images, sum(summary.quarantined.values()),
              writing)
     return summary
+
+
+def _read_staged(folder, columns: list[str]):
+    """``columns`` of a Parquet folder this run staged (under SEMSPARK_HOME, local whatever the
+    warehouse), as pandas, read by pyarrow in the driver: small columns of a night's rows, where a
+    Spark job would cost more than the data. Spark's _SUCCESS and .crc files are skipped by name."""
+    import pandas as pd
+    import pyarrow.dataset as ds
+
+    # INT96 times (Spark's) in microseconds, as local_columns reads the tables: keys compare exactly
+    staged = ds.dataset(str(folder), format=ds.ParquetFileFormat(
+        read_options=ds.ParquetReadOptions(coerce_int96_timestamp_unit="us")))
+    if not staged.files:   # nothing staged (Spark writes a file with the schema even for no rows)
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
+    return staged.to_table(columns=columns).to_pandas()
+
+
+def _plain_row(record: dict, columns: tuple[str, ...]) -> dict:
+    """Values of a pandas record as plain Python: None for missing, int for sizes, datetime for times."""
+    import pandas as pd
+
+    out = {}
+    for column in columns:
+        value = record[column]
+        if _missing(value) or value is pd.NaT:
+            value = None
+        elif isinstance(value, pd.Timestamp):
+            value = value.to_pydatetime()
+        elif hasattr(value, "item"):   # numpy scalars
+            value = value.item()
+        out[column] = value
+    return out
+
+
+def _counts(values) -> dict:
+    """How often each value occurs, None included (a group of its own, as in Spark's groupBy)."""
+    from collections import Counter
+
+    return dict(Counter(None if _missing(v) else v for v in values))
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
 
 
 class _PhaseClock:

@@ -102,8 +102,6 @@ def stored_files(spark, database: str):
     """What sem.files holds, as the driver needs it for a run's comparisons: a pandas frame of
     ``LISTING_COLUMNS``, role and image_id, one row per ingested file. Read once per run, with
     pyarrow from the table's files where they are local (catalog.local_columns), else by Spark."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
     from pyspark.sql import functions as F
 
     from semspark.catalog import local_columns, qualified
@@ -114,14 +112,21 @@ def stored_files(spark, database: str):
         return (spark.table(qualified(database, FILES))
                 .select("path", "size", F.expr("unix_millis(modification_time)").alias("mtime_ms"), "role", "image_id")
                 .toPandas())
-    # whole milliseconds since the epoch, rounded down as Spark's unix_millis does (integer
-    # division rounds toward zero: one less for a time before 1970 between two milliseconds)
-    micros = table["modification_time"].cast(pa.int64())
+    frame = table.drop(["modification_time"]).append_column("mtime_ms", unix_millis(table["modification_time"]))
+    return frame.to_pandas()[["path", "size", "mtime_ms", "role", "image_id"]]
+
+
+def unix_millis(timestamps):
+    """A pyarrow column of timestamps (microseconds, naive UTC, as ``local_columns`` reads them) as
+    whole milliseconds since the epoch, rounded down as Spark's unix_millis does (integer division
+    rounds toward zero: one less for a time before 1970 between two milliseconds)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    micros = timestamps.cast(pa.int64())
     truncated = pc.divide(micros, 1000)
     below = pc.and_(pc.less(micros, 0), pc.not_equal(pc.multiply(truncated, 1000), micros))
-    millis = pc.subtract(truncated, pc.cast(below, pa.int64()))
-    frame = table.drop(["modification_time"]).append_column("mtime_ms", millis).to_pandas()
-    return frame[["path", "size", "mtime_ms", "role", "image_id"]]
+    return pc.subtract(truncated, pc.cast(below, pa.int64()))
 
 
 def to_spark_rows(spark, frame, extra: tuple[str, ...] = ()):

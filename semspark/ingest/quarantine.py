@@ -48,12 +48,22 @@ def waiting_files(spark, database: str):
 
 def quarantine_keys(spark, database: str):
     """Every sem.quarantine row's file key (path, size, mtime_ms) and whether it is retryable, in the
-    driver (one small read: the table holds one row per failed file)."""
+    driver (one small read: the table holds one row per failed file), with pyarrow from the table's
+    files where they are local (catalog.local_columns), else by Spark."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
     from pyspark.sql import functions as F
 
-    return (spark.table(qualified(database, QUARANTINE))
-            .select("path", "size", F.expr("unix_millis(modification_time)").alias("mtime_ms"),
-                    F.coalesce(F.col("retryable"), F.lit(False)).alias("retryable")).toPandas())
+    from semspark.catalog import local_columns
+    from semspark.ingest.listing import unix_millis
+
+    table = local_columns(spark, database, QUARANTINE, ["path", "size", "modification_time", "retryable"])
+    if table is None:
+        return (spark.table(qualified(database, QUARANTINE))
+                .select("path", "size", F.expr("unix_millis(modification_time)").alias("mtime_ms"),
+                        F.coalesce(F.col("retryable"), F.lit(False)).alias("retryable")).toPandas())
+    return pa.table({"path": table["path"], "size": table["size"], "mtime_ms": unix_millis(table["modification_time"]),
+                     "retryable": pc.fill_null(table["retryable"], False)}).to_pandas()
 
 
 def needs_healing(quarantined, ingested: set) -> bool:

@@ -60,22 +60,53 @@ def sidecar_rows(spark, pending_sidecars, good, stored_by_stem):
     orphans = (with_image.filter(F.col("image_id").isNull())
                .select("path", F.lit(None).cast("string").alias("sha256"), "size", "modification_time",
                        F.lit("sidecar").alias("stage"),
-                       F.lit("metadata sidecar whose image was quarantined").alias("reason")))
+                       F.lit(ORPHAN_SIDECAR).alias("reason")))
     return rows, orphans
+
+
+ORPHAN_SIDECAR = "metadata sidecar whose image was quarantined"
+
+
+def sidecar_records(pending_sidecars, night_images, stored_by_stem) -> tuple[list[dict], list[dict]]:
+    """``sidecar_rows`` in the driver, for a night's few files: (sem.files rows, quarantine rows) as
+    dicts. ``pending_sidecars``: the listing's frame of the new sidecars (path, size, mtime_ms,
+    stem); ``night_images``: the night's ingested images (path, sha256); the same choice of image
+    for a stem (the night's first, by id, else the earlier one)."""
+    import datetime
+
+    chosen: dict[str, tuple[int, str]] = {}
+    for earlier, pairs in ((0, zip(night_images["path"].str.replace(r"\.[^./]+$", "", regex=True),
+                                   night_images["sha256"])),
+                           (1, zip(stored_by_stem["stem"], stored_by_stem["image_id"]))):
+        for stem, image_id in pairs:
+            chosen[stem] = min(chosen.get(stem, (earlier, image_id)), (earlier, image_id))
+    epoch = datetime.datetime(1970, 1, 1)
+    files, orphans = [], []
+    for path, size, mtime_ms, stem in zip(pending_sidecars["path"], pending_sidecars["size"],
+                                          pending_sidecars["mtime_ms"], pending_sidecars["stem"]):
+        when = epoch + datetime.timedelta(milliseconds=int(mtime_ms))   # as timestamp_millis makes it
+        if stem in chosen:
+            files.append({"path": path, "image_id": chosen[stem][1], "size": int(size), "modification_time": when,
+                          "role": "sidecar"})
+        else:
+            orphans.append({"path": path, "sha256": None, "size": int(size), "modification_time": when,
+                            "stage": "sidecar", "reason": ORPHAN_SIDECAR})
+    return files, orphans
 
 
 PENDING_PREFIX = "_ingest_pending-"   # Spark, pyarrow and Petastorm skip files named _...
 TRACKED = "_ingest_pending_tracked"
 
 
-def write_dataset(spark, config: Config, new_images, url: str, run_id: str) -> None:
+def write_dataset(spark, config: Config, new_images, url: str, run_id: str, image_ids: list[str] | None = None) -> None:
     """Append the new images to the Petastorm dataset (partitioned by scale_bin).
 
     The images are new to sem.images; the dataset can hold some of them only if an ingest died
     between its dataset write and its sem.images insert. Each write first leaves a marker naming
     the ids it writes (``clear_pending`` drops the ids sem.images holds after the insert); only
     while a marker is left (or for a dataset from before them) are the dataset's ids read to skip
-    what is there: a normal night does not read every id of the dataset."""
+    what is there: a normal night does not read every id of the dataset. ``image_ids``: the ids of
+    ``new_images`` when the caller holds them (else they are collected, a Spark job)."""
     from pathlib import Path
 
     from petastorm.etl.dataset_metadata import materialize_dataset
@@ -89,7 +120,8 @@ def write_dataset(spark, config: Config, new_images, url: str, run_id: str) -> N
         if not (local / TRACKED).exists() or _pending_ids(local):
             present = spark.read.parquet(url).select("image_id")
             rows = rows.join(present, "image_id", "left_anti")  # a rerun after a crash writes nothing twice
-    ids = [r["image_id"] for r in rows.select("image_id").collect()]
+            image_ids = None
+    ids = list(image_ids) if image_ids is not None else [r["image_id"] for r in rows.select("image_id").collect()]
     count = len(ids)
     if count == 0:  # nothing new (or only bad files): leave the dataset as it is
         return
