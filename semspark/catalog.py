@@ -33,6 +33,9 @@ def ensure_tables(spark, database: str, tables: tuple[TableSpec, ...]) -> None:
     """Create the database and the tables if missing (Parquet, partitioned as declared); add the
     columns a newer semspark declares to tables an older one created (additive migration); finish
     any table rewrite a killed process left half done."""
+    from semspark.session import driver_in_utc
+
+    driver_in_utc()   # before any time is handed to Spark, whoever built the session
     spark.sql(f"CREATE DATABASE IF NOT EXISTS {database}")
     finish_rewrites(spark, database)
     metastore = spark._jsparkSession.sharedState().externalCatalog()

@@ -190,6 +190,18 @@ def build_session(config: Config, app_name: str | None = None, extra: dict[str, 
     return spark
 
 
+def driver_in_utc() -> None:
+    """``_driver_in_utc`` for a session semspark did not build (a notebook's, an application's): the
+    catalog's first use in every command (``catalog.ensure_tables``) calls it, so that semspark's
+    times are right whoever started Spark. Says so when it changes the process's local time zone."""
+    if time.timezone == 0 and not time.daylight:
+        return
+    log.warning("semspark records times in UTC and PySpark converts them with the Python process's local "
+                "time zone (%s): this process now runs in UTC (start it with TZ=UTC to avoid this)",
+                "/".join(time.tzname))
+    _driver_in_utc()
+
+
 def _driver_in_utc() -> None:
     """The driver's Python on UTC. PySpark turns a naive datetime into a timestamp with the process's
     local time zone (time.mktime), whatever spark.sql.session.timeZone says, and collected timestamps

@@ -92,3 +92,48 @@ def test_rows_the_table_holds_already_are_not_appended_again(spark):
     spark.sql(f"CREATE DATABASE appending_new_remote LOCATION 'viewfs://{VIEWFS_CLUSTER}/remote/appending_new_remote.db'")
     ensure_tables(spark, "appending_new_remote", (QUARANTINE,))
     assert append_new_rows(spark, "appending_new_remote", QUARANTINE, [row("/c.tif", 1, t)], key) is None
+
+
+OWN_SESSION_INGEST = """
+import sys
+from pyspark.sql import SparkSession
+home, raw = sys.argv[1], sys.argv[2]
+spark = (SparkSession.builder.master("local[1]").config("spark.ui.enabled", "false")
+         .config("spark.sql.warehouse.dir", home + "/warehouse")
+         .config("spark.driver.extraJavaOptions", "-Dderby.system.home=" + home)
+         .enableHiveSupport().getOrCreate())
+from semspark.config import CatalogConfig, Config, IngestConfig
+from semspark.ingest.job import run_ingest
+config = Config(catalog=CatalogConfig(database="own"), ingest=IngestConfig(image_size=48, dataset_dir="datasets/own"))
+print(run_ingest(spark, config, raw, labels="folders").new_images)
+spark.stop()
+"""
+
+
+def test_times_are_utc_in_a_session_semspark_did_not_build(tmp_path):
+    """A notebook's own SparkSession in a process on New York time: the ingest's times in sem.images
+    (a Spark insert of a naive UTC time, which PySpark converts with the process's local zone) are
+    the UTC instants the test's own clock saw around the run, read from the files by pyarrow; and
+    the process was told why its zone changed. (Before, they were stored five hours late.)"""
+    import os
+    import subprocess
+    import sys
+
+    from semspark.synth.generate import generate
+
+    generate(tmp_path / "raw", 2, seed=5, width=256, height=192)
+    home = tmp_path / "home"
+    home.mkdir()
+    before = datetime.now(timezone.utc).replace(tzinfo=None)
+    done = subprocess.run([sys.executable, "-c", OWN_SESSION_INGEST, str(home), str(tmp_path / "raw")],
+                          env=dict(os.environ, TZ="America/New_York", SEMSPARK_HOME=str(home),   # a venv on PATH
+                                   PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"), cwd=home,
+                          capture_output=True, text=True, timeout=600)
+    after = datetime.now(timezone.utc).replace(tzinfo=None)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[-1] == "2"
+    table = pq.read_table(sorted((home / "warehouse" / "own.db" / "images").rglob("*.parquet")),
+                          columns=["ingested_at"], coerce_int96_timestamp_unit="us")
+    stamps = table.column("ingested_at").to_pylist()
+    assert len(stamps) == 2 and all(before <= t <= after for t in stamps), (before, stamps, after)
+    assert "this process now runs in UTC" in done.stderr
