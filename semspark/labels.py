@@ -115,6 +115,7 @@ def append_changes(spark, database: str, proposed, source: str, labelled_by: str
         done = _append_changes_in_driver(spark, database, proposed, source, labelled_by, run_id, at, count_unchanged)
         if done is not None:
             return done
+        image_ids = {image_id for image_id, _ in proposed}   # the history of these images only, as below
         proposed = spark.createDataFrame(proposed, "image_id string, label string")
     current = current_labels(spark, database).withColumnRenamed("label", "current")
     if image_ids is not None and len(image_ids) <= FILTERED_IDS:
