@@ -19,6 +19,7 @@ import logging
 import math
 import shutil
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 from semspark.catalog import (append_new_rows, ensure_tables, insert, insert_new, local_columns, new_run_id, qualified,
@@ -192,21 +193,22 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
     outcomes = _read_staged(staging / "processed", ["path", "sha256", "outcome", "label", "scale_bin",
                                                      "scale_confidence", "size", "modification_time", "stage",
                                                      "reason"])
-    images = outcomes[outcomes["outcome"] == "image"]
-    night_ids = set(images["sha256"])
-    written = _counts(outcomes["outcome"])
+    images = [r for r in outcomes if r["outcome"] == "image"]
+    night_ids = {r["sha256"] for r in images}
+    written = Counter(r["outcome"] for r in outcomes)
     existing_ids = stored_image_ids(spark, db, night_ids)   # a rerun after a crash, or a copy of an earlier image
     # an image new to sem.images once, by the first of its paths; the others are copies of it
-    first = images.sort_values("path").drop_duplicates("sha256")
-    first = first[~first["sha256"].isin(existing_ids)]
-    new_rows = first.rename(columns={"sha256": "image_id"})[["image_id", "path", "label", "scale_bin",
-                                                              "scale_confidence"]]
+    first_by_id: dict[str, dict] = {}
+    for r in sorted(images, key=lambda r: r["path"]):
+        first_by_id.setdefault(r["sha256"], r)
+    new_rows = [{"image_id": image_id, **{c: r[c] for c in ("path", "label", "scale_bin", "scale_confidence")}}
+                for image_id, r in first_by_id.items() if image_id not in existing_ids]
     new_images = (good.drop("image").withColumnRenamed("sha256", "image_id")
                   .withColumn("ingested_at", stamp).withColumn("ingest_run", run))
     if labels in (None, "folders") and len(new_rows) <= NAMED_NEW_IMAGES:
         # the rows never change (a literal list of paths over this run's staged files): no need to
         # stage them again for the dataset's write, the tables' inserts and the labels to agree
-        new_images = new_images.filter(F.col("path").isin(sorted(new_rows["path"])))
+        new_images = new_images.filter(F.col("path").isin(sorted(r["path"] for r in new_rows)))
     else:
         # Materialised, not cached: inserting into sem.images would invalidate a cache that reads
         # it. Without the pixels: the dataset's write takes them from the staged rows, so they are
@@ -219,11 +221,10 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
         new_rows = _read_staged(staging / "new_images", ["image_id", "path", "label", "scale_bin", "scale_confidence"])
     pixels = good.select("path", "image")   # one staged row per listed path
     write_dataset(spark, config, new_images.join(pixels, "path"), summary.dataset_url, run_id,
-                  image_ids=list(new_rows["image_id"]))
+                  image_ids=[r["image_id"] for r in new_rows])
     log.info("appended the new images to the dataset (%s)", clock.lap("dataset", n_pending, "files"))
     if labels is not None:   # before sem.images: a rerun after a crash finds them and adds nothing
-        labelled = new_rows[new_rows["label"].notna()]
-        append_changes(spark, db, list(zip(labelled["image_id"], labelled["label"])),
+        append_changes(spark, db, [(r["image_id"], r["label"]) for r in new_rows if r["label"] is not None],
                        "folders" if labels == "folders" else "csv", current_user(), run_id, at=started,
                        count_unchanged=False)
     # One file per scale bin a night (Spark would write one per bin and task): a night's scoring
@@ -248,10 +249,10 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
     in_driver = n_pending + n_sidecars <= NAMED_NEW_IMAGES
     if in_driver:
         sidecar_files, orphan_sidecars = sidecar_records(files[is_attached & is_new], images, stored_by_stem)
-        failed = [_plain_row(r, ("path", "sha256", "size", "modification_time", "stage", "reason"))
-                  for r in outcomes[outcomes["outcome"] == "quarantine"].to_dict("records")] + orphan_sidecars
-        image_files = [{**_plain_row(r, ("path", "size", "modification_time")), "image_id": r["sha256"],
-                        "role": "image"} for r in images.to_dict("records")]
+        failed = [{c: r[c] for c in ("path", "sha256", "size", "modification_time", "stage", "reason")}
+                  for r in outcomes if r["outcome"] == "quarantine"] + orphan_sidecars
+        image_files = [{"path": r["path"], "size": r["size"], "modification_time": r["modification_time"],
+                        "image_id": r["sha256"], "role": "image"} for r in images]
         may_quarantine = bool(failed)
     if may_quarantine:
         appended = None
@@ -275,8 +276,8 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
     summary.healed = heal(spark, db, run_id) if summary.retried else 0
 
     # The summary counts what this run wrote (small aggregates only).
-    summary.new_by_scale_bin = _counts(new_rows["scale_bin"])   # the rows sem.images got
-    summary.new_by_scale_confidence = _counts(new_rows["scale_confidence"])
+    summary.new_by_scale_bin = dict(Counter(r["scale_bin"] for r in new_rows))   # the rows sem.images got
+    summary.new_by_scale_confidence = dict(Counter(r["scale_confidence"] for r in new_rows))
     summary.new_images = len(new_rows)
     summary.duplicate_files = written.get("image", 0) - summary.new_images
     summary.quarantined = _run_counts(spark, db, QUARANTINE, run_id, "stage") if may_quarantine else {}
@@ -289,47 +290,19 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
     return summary
 
 
-def _read_staged(folder, columns: list[str]):
+def _read_staged(folder, columns: list[str]) -> list[dict]:
     """``columns`` of a Parquet folder this run staged (under SEMSPARK_HOME, local whatever the
-    warehouse), as pandas, read by pyarrow in the driver: small columns of a night's rows, where a
-    Spark job would cost more than the data. Spark's _SUCCESS and .crc files are skipped by name."""
-    import pandas as pd
+    warehouse), as rows of plain Python values (None, int, datetime), read by pyarrow in the driver:
+    small columns of a night's rows, where a Spark job would cost more than the data. Spark's
+    _SUCCESS and .crc files are skipped by name."""
     import pyarrow.dataset as ds
 
     # INT96 times (Spark's) in microseconds, as local_columns reads the tables: keys compare exactly
     staged = ds.dataset(str(folder), format=ds.ParquetFileFormat(
         read_options=ds.ParquetReadOptions(coerce_int96_timestamp_unit="us")))
     if not staged.files:   # nothing staged (Spark writes a file with the schema even for no rows)
-        return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
-    return staged.to_table(columns=columns).to_pandas()
-
-
-def _plain_row(record: dict, columns: tuple[str, ...]) -> dict:
-    """Values of a pandas record as plain Python: None for missing, int for sizes, datetime for times."""
-    import pandas as pd
-
-    out = {}
-    for column in columns:
-        value = record[column]
-        if _missing(value) or value is pd.NaT:
-            value = None
-        elif isinstance(value, pd.Timestamp):
-            value = value.to_pydatetime()
-        elif hasattr(value, "item"):   # numpy scalars
-            value = value.item()
-        out[column] = value
-    return out
-
-
-def _counts(values) -> dict:
-    """How often each value occurs, None included (a group of its own, as in Spark's groupBy)."""
-    from collections import Counter
-
-    return dict(Counter(None if _missing(v) else v for v in values))
-
-
-def _missing(value) -> bool:
-    return value is None or (isinstance(value, float) and value != value)
+        return []
+    return staged.to_table(columns=columns).to_pylist()
 
 
 class _PhaseClock:

@@ -70,13 +70,13 @@ ORPHAN_SIDECAR = "metadata sidecar whose image was quarantined"
 def sidecar_records(pending_sidecars, night_images, stored_by_stem) -> tuple[list[dict], list[dict]]:
     """``sidecar_rows`` in the driver, for a night's few files: (sem.files rows, quarantine rows) as
     dicts. ``pending_sidecars``: the listing's frame of the new sidecars (path, size, mtime_ms,
-    stem); ``night_images``: the night's ingested images (path, sha256); the same choice of image
-    for a stem (the night's first, by id, else the earlier one)."""
+    stem); ``night_images``: the night's ingested images (rows with path and sha256); the same choice
+    of image for a stem (the night's first, by id, else the earlier one)."""
     import datetime
+    import re
 
     chosen: dict[str, tuple[int, str]] = {}
-    for earlier, pairs in ((0, zip(night_images["path"].str.replace(r"\.[^./]+$", "", regex=True),
-                                   night_images["sha256"])),
+    for earlier, pairs in ((0, ((re.sub(r"\.[^./]+$", "", r["path"]), r["sha256"]) for r in night_images)),
                            (1, zip(stored_by_stem["stem"], stored_by_stem["image_id"]))):
         for stem, image_id in pairs:
             chosen[stem] = min(chosen.get(stem, (earlier, image_id)), (earlier, image_id))
