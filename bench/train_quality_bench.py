@@ -91,7 +91,7 @@ def run_one(arch: str, seed: int, n: int, overrides: dict | None = None, check: 
     from semspark.train.evaluation import expected_calibration_error, fit_temperature, held_out_scores, softmax
     from semspark.train.models import build_model
     from semspark.train.recipe import (DecoupledWeightDecay, Recipe, SmoothedSparseCrossentropy, class_weights,
-                                       learning_rate_schedule, make_optimizer)
+                                       learning_rate_schedule, make_optimizer, mix_batches_in_training)
     from semspark.train.spec import learning_rate_for, rate_for_batch
 
     size, epochs, batch = BUDGETS[arch]
@@ -104,9 +104,11 @@ def run_one(arch: str, seed: int, n: int, overrides: dict | None = None, check: 
     recipe = Recipe(**{"learning_rate": rate_for_batch(learning_rate_for(arch), batch, False), **(overrides or {})})
     steps = int(np.ceil(a / batch))
     model = build_model(arch, 10, size, keras_layout=KERAS_LAYOUT)
+    loss = SmoothedSparseCrossentropy(10, recipe.label_smoothing)
     model.compile(make_optimizer(recipe, learning_rate_schedule(recipe.learning_rate, recipe.schedule,
                                                                 recipe.warmup_epochs * steps, epochs * steps)),
-                  SmoothedSparseCrossentropy(10, recipe.label_smoothing), metrics=["accuracy"])
+                  loss, metrics=["accuracy"])
+    mix_batches_in_training(model, loss, recipe.mixup, seed)
     counts = {int(c): int((y[train] == c).sum()) for c in range(10)}
     started = time.perf_counter()
     history = model.fit(x[train], y[train], batch_size=batch, epochs=epochs, verbose=0,
@@ -185,6 +187,7 @@ def main() -> None:
     parser.add_argument("--weight-decay", type=float, help="override the recipe's (1e-4)")
     parser.add_argument("--class-weights", choices=("balanced", "none"), help="override the recipe's")
     parser.add_argument("--learning-rate", type=float, help="override the architecture's default peak rate")
+    parser.add_argument("--mixup", type=float, help="mixup's Beta alpha (the recipe's: 0, off)")
     parser.add_argument("--alexnet-head", choices=("average", "flatten"),
                         help="AlexNet's last map averaged (semspark's) or flattened (the original's)")
     parser.add_argument("--convnext-layout", choices=("depthwise", "keras"), default="depthwise",
@@ -218,7 +221,7 @@ def main() -> None:
         BUDGETS[arch] = (args.input_px or size, args.epochs or epochs, args.batch_size or batch)
     overrides = {k: v for k, v in (("label_smoothing", args.label_smoothing), ("weight_decay", args.weight_decay),
                                    ("class_weighting", args.class_weights),
-                                   ("learning_rate", args.learning_rate)) if v is not None}
+                                   ("learning_rate", args.learning_rate), ("mixup", args.mixup)) if v is not None}
     runs = [run_one(arch, seed, args.images, overrides, args.check_images) for arch in args.archs.split(",") for seed in seeds]
     result = {"benchmark": "training quality", "machine": {"cpu": cpu_model(),
                                                            "cores": os.cpu_count(), "python": platform.python_version()},

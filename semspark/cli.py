@@ -211,6 +211,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay,
                    help="decoupled weight decay per unit of learning rate (0 = none)")
+    p.add_argument("--mixup", type=float, default=d.mixup, metavar="ALPHA",
+                   help="train on mixed pairs of images (mixup, share from Beta(ALPHA, ALPHA)); 0 (default): off")
     p.add_argument("--class-weights", choices=("balanced", "none"), default=d.class_weighting,
                    help="balanced: each category weighs the same in the loss, however rare")
     p.add_argument("--uncertain-target", type=float, default=d.uncertain_target,
@@ -348,7 +350,7 @@ def cmd_train(args) -> int:
         num_proc=args.num_proc, input_size=args.input_size, seed=args.seed, patience=args.patience,
         warmup_epochs=args.warmup_epochs, mixed_precision=args.mixed_precision, schedule=args.schedule,
         label_smoothing=args.label_smoothing, weight_decay=args.weight_decay, class_weighting=args.class_weights,
-        uncertain_target=args.uncertain_target)
+        mixup=args.mixup, uncertain_target=args.uncertain_target)
     request.check()
     return _run_stage(args, "train", lambda spark, config: run_training(spark, config, request))
 

@@ -41,7 +41,7 @@ def test_requests_are_checked_before_anything_runs():
                        (dict(optimizer="lbfgs"), "--optimizer"), (dict(learning_rate=-1e-3), "--learning-rate"),
                        (dict(schedule="step"), "--schedule"),
                        (dict(label_smoothing=1.0), "--label-smoothing"), (dict(weight_decay=-1), "--weight-decay"),
-                       (dict(class_weighting="inverse"), "--class-weights"), (dict(batch_size=-1), "--batch-size"),
+                       (dict(class_weighting="inverse"), "--class-weights"), (dict(mixup=-0.4), "--mixup"), (dict(batch_size=-1), "--batch-size"),
                        (dict(arch="alexnet", input_size=64), "at least 67 for alexnet")]:
         with pytest.raises(TrainError, match=words):
             dataclasses.replace(FAST, **bad).check()
@@ -120,12 +120,13 @@ def test_inference_sees_what_training_saw(spark, learned):
 def test_feature_extraction_keeps_the_earlier_models_backbone_and_fine_tuning_then_moves_it(spark, learned):
     """One run of feature_extraction_then_fine_tuning from the learned model, one epoch per phase:
     the backbone after the first phase (run/feature_extraction.keras) is the earlier model's, bit
-    for bit; after the second, most of its weights have moved."""
+    for bit; after the second, most of its weights have moved. With mixup (its train step on two
+    Horovod ranks, made again for the second phase's compile)."""
     import numpy as np
 
     result = run_training(spark, CONFIG, dataclasses.replace(
         FAST, name="fe-ft", mode="feature_extraction_then_fine_tuning", init=f"model:{learned.model_version}",
-        epochs=1, fine_tune_epochs=1, run_id="fe-then-ft"))
+        epochs=1, fine_tune_epochs=1, run_id="fe-then-ft", mixup=0.4))
     run = registry.run_dir("fe-then-ft")
     assert [h["epoch"] for h in json.loads((run / "state.json").read_text())["history"]] == [1, 2]
     source = backbone_weights(registry.models_root() / "learn" / "1" / "model.keras")
@@ -136,8 +137,8 @@ def test_feature_extraction_keeps_the_earlier_models_backbone_and_fine_tuning_th
     last = backbone_weights(run / "last.keras")                      # after the fine-tuning epoch
     moved = [not (a == b).all() for a, b in zip(source, last)]
     assert sum(moved) > 0.5 * len(moved)
-    assert json.loads((registry.models_root() / "fe-ft" / "1" / "metadata.json").read_text())["mode"] == \
-        "feature_extraction_then_fine_tuning"
+    metadata = json.loads((registry.models_root() / "fe-ft" / "1" / "metadata.json").read_text())
+    assert (metadata["mode"], metadata["recipe"]["mixup"]) == ("feature_extraction_then_fine_tuning", 0.4)
     assert result.model_version == "fe-ft/1"
 
 

@@ -63,6 +63,7 @@ class TrainRequest:
     label_smoothing: float = 0.1
     weight_decay: float = 1e-4             # decoupled, per unit of learning rate
     class_weighting: str = "balanced"      # balanced | none
+    mixup: float = 0.0                     # Beta alpha of mixup's share (recipe.mix_batches_in_training); 0: off
     uncertain_target: float = 0.99         # accuracy the confident predictions reach on validation
 
     @property
@@ -92,6 +93,8 @@ class TrainRequest:
             problems.append("--weight-decay must not be negative")
         if not 0 < self.uncertain_target < 1:
             problems.append("--uncertain-target must be a share between 0 and 1 (e.g. 0.99)")
+        if not self.mixup >= 0:
+            problems.append("--mixup must be 0 (off) or a positive Beta alpha (e.g. 0.4)")
         if self.class_weighting not in ("balanced", "none"):
             problems.append("--class-weights must be balanced or none")
         for flag, value in (("--epochs", self.epochs), ("--num-proc", self.num_proc)):
@@ -322,7 +325,7 @@ def _register(spark, db, request, run_id, run, split, outcome) -> TrainResult:
         "model_version": model_version, "architecture": request.arch, "mode": request.mode,
         "init": request.init, "class_names": classes, "input_size": request.resolved_input_size,
         "recipe": {**{k: getattr(request, k) for k in ("optimizer", "schedule", "warmup_epochs",
-                                                        "label_smoothing", "weight_decay", "class_weighting",
+                                                        "label_smoothing", "weight_decay", "class_weighting", "mixup",
                                                         "batch_size", "epochs")},
                    "learning_rate": request.resolved_learning_rate},
         "scale_bins": list(request.scale_bins), "split_seed": request.seed, "run_id": run_id,

@@ -23,8 +23,8 @@ def train_on_rank(payload: dict) -> dict | None:
     from semspark.train.models import (apply_mode, build_model, copy_backbone, load_backbone_weights,
                                        load_saved_model)
     from semspark.train.recipe import (DecoupledWeightDecay, Recipe, SmoothedSparseCrossentropy, class_weights,
-                                       learning_rate_schedule, make_optimizer, restore_optimizer_state,
-                                       save_optimizer_state)
+                                       learning_rate_schedule, make_optimizer, mix_batches_in_training,
+                                       restore_optimizer_state, save_optimizer_state)
     from semspark.registry import read_json, write_json
 
     hvd.init()
@@ -47,7 +47,8 @@ def train_on_rank(payload: dict) -> dict | None:
         copy_backbone(earlier, model)
 
     recipe = Recipe(**{k: payload[k] for k in ("optimizer", "learning_rate", "schedule", "warmup_epochs",
-                                                "label_smoothing", "weight_decay", "class_weighting")})
+                                                "label_smoothing", "weight_decay", "class_weighting")},
+                    mixup=payload.get("mixup", 0.0))
     lr = recipe.learning_rate * size
     train_ids = set(payload["train_ids"])
     steps = max(1, math.ceil(len(train_ids) / (payload["batch_size"] * size)))
@@ -56,8 +57,10 @@ def train_on_rank(payload: dict) -> dict | None:
     def compile_for(phase_lr, phase_start, until):
         schedule = learning_rate_schedule(phase_lr, recipe.schedule, recipe.warmup_epochs * steps,
                                           (until - phase_start) * steps)
-        model.compile(optimizer=hvd.DistributedOptimizer(make_optimizer(recipe, schedule)),
-                      loss=SmoothedSparseCrossentropy(len(classes), recipe.label_smoothing), metrics=["accuracy"])
+        loss = SmoothedSparseCrossentropy(len(classes), recipe.label_smoothing)
+        model.compile(optimizer=hvd.DistributedOptimizer(make_optimizer(recipe, schedule)), loss=loss,
+                      metrics=["accuracy"])
+        mix_batches_in_training(model, loss, recipe.mixup, seed=payload["seed"] * 1000 + rank)   # each rank its own mixes
         done = state["completed_epochs"] - phase_start
         if done > 0:
             # resuming inside this phase: the optimizer continues where the checkpoint left it

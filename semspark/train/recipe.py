@@ -9,6 +9,8 @@
   than the largest (as in the published SEM data set) counts as much in the loss;
 - decoupled weight decay (AdamW's, Loshchilov and Hutter 2019): after each step every kernel
   shrinks by ``learning rate * weight_decay``; batch normalisation and biases are left alone;
+- mixup (Zhang et al. 2018), off unless ``mixup`` > 0: each training batch is mixed with a shuffled
+  copy of itself, images and losses in the same proportion (``mix_batches_in_training``);
 - the optimizer's state (step counter, moments) is saved beside each checkpoint and restored on
   resume (``save_optimizer_state`` / ``restore_optimizer_state``).
 
@@ -33,6 +35,7 @@ class Recipe:
     label_smoothing: float = 0.1
     weight_decay: float = 1e-4          # decoupled, per unit of learning rate
     class_weighting: str = "balanced"   # balanced | none
+    mixup: float = 0.0                  # alpha of the Beta(alpha, alpha) mixing share; 0: off
 
 
 def learning_rate_schedule(peak: float, schedule: str, warmup_steps: int, total_steps: int):
@@ -83,6 +86,47 @@ def class_weights(train_counts: dict[int, int] | None, recipe: Recipe) -> dict[i
     present = {c: n for c, n in train_counts.items() if n > 0}
     total, k = sum(present.values()), len(present)
     return {int(c): total / (k * n) if n > 0 else 1.0 for c, n in train_counts.items()}
+
+
+def mix_batches_in_training(model: tf.keras.Model, loss: tf.keras.losses.Loss, alpha: float, seed: int = 0) -> None:
+    """Mixup for ``model``'s fit: each training batch becomes ``share * batch + (1 - share) *
+    shuffled batch`` with ``share`` drawn from Beta(alpha, alpha) and folded to at least 0.5, and
+    the loss is the same mix of ``loss`` against both images' labels (class weights included), so
+    integer labels, class weights and label smoothing work unchanged. The reported accuracy is
+    against the larger share's label. Evaluation and inference are untouched (only ``train_step``
+    is replaced, on this model object: saved models carry nothing of it).
+    Why: a large network on a few hundred images memorises them; mixed images cannot be
+    memorised, and the model learns to be less sure between categories."""
+    if alpha <= 0:
+        return
+    generator = tf.random.Generator.from_seed(seed)
+
+    def beta_share(size):
+        # Beta(a, a) from two Gamma(a) draws (TensorFlow has no beta sampler)
+        seeds = generator.make_seeds(2)
+        g1, g2 = (tf.random.stateless_gamma([size], seeds[:, i], alpha) for i in range(2))
+        share = g1 / (g1 + g2)
+        return tf.maximum(share, 1.0 - share)
+
+    def train_step(data):
+        x, y, sample_weight = tf.keras.utils.unpack_x_y_sample_weight(data)
+        share = beta_share(1)[0]
+        order = tf.argsort(generator.uniform([tf.shape(x)[0]]))   # a random permutation of the batch
+        mixed = share * x + (1.0 - share) * tf.gather(x, order)
+        other_weight = None if sample_weight is None else tf.gather(sample_weight, order)
+        with tf.GradientTape() as tape:
+            y_pred = model(mixed, training=True)
+            total = (share * loss(y, y_pred, sample_weight)
+                     + (1.0 - share) * loss(tf.gather(y, order), y_pred, other_weight))
+            if model.losses:
+                total += tf.add_n(model.losses)
+        model.optimizer.minimize(total, model.trainable_variables, tape=tape)
+        for tracker in model.compiled_loss.metrics:   # the logged loss is the mixed one
+            tracker.update_state(total)
+        return model.compute_metrics(mixed, y, y_pred, sample_weight)
+
+    model.train_step = train_step
+    model.train_function = None   # made again with this step on the next fit
 
 
 def decayed_kernels(model: tf.keras.Model) -> list[tf.Variable]:
