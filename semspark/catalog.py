@@ -91,40 +91,83 @@ def insert(df, database: str, table: TableSpec) -> None:
 
 
 def append_rows(spark, database: str, table: TableSpec, rows: list[dict]) -> None:
-    """Append a few rows the driver holds (a run's log entry, a model's record). Where the table is
-    unpartitioned and its folder local (the embedded default's warehouse): one Parquet file written
-    with pyarrow into the folder, laid out as Spark writes it (INT96 timestamps, snappy), under a
-    hidden name first and then renamed, so a reader sees the whole file or none. A Spark job and
-    its commit cost 0.7 to 0.9 s an append whatever the rows (a nightly made three of them for its
-    run log and scoring record), this 0.05 to 0.1 s. Elsewhere (HDFS, S3, partitioned tables),
-    ``insert``. Naive datetimes are UTC (``utc_now``), in both ways."""
-    import os
-
+    """Append a few rows the driver holds (a run's log entry, a model's record): ``append_arrow``
+    where the table's folder is local, else ``insert``. Naive datetimes are UTC (``utc_now``), in
+    both ways."""
     if not rows:
         return
-    name = qualified(database, table)
-    folder = None if table.partition_by else local_table_folder(spark, database, table)
-    if folder is None:
-        rows_frame = spark.createDataFrame([_utc_aware(row) for row in rows], table.schema).coalesce(1)  # one file
-        insert(rows_frame, database, table)
-        return
+    if local_table_folder(spark, database, table) is not None:
+        import pyarrow as pa
+
+        columns = stored_columns(spark, database, table)   # a migrated table's too, as insert matches them by name
+        arrow = pa.Table.from_pylist([_utc_naive(row) for row in rows],
+                                     schema=pa.schema([(f.name, _arrow_type(f.dataType)) for f in columns.fields]))
+        if append_arrow(spark, database, table, arrow):
+            return
+    rows_frame = spark.createDataFrame([_utc_aware(row) for row in rows], table.schema).coalesce(1)  # one file
+    insert(rows_frame, database, table)
+
+
+def append_arrow(spark, database: str, table: TableSpec, data) -> bool:
+    """Append the rows of a pyarrow Table (the table's columns by name; timestamps naive UTC) the
+    way Spark appends to a Parquet table, without a Spark job, where the table's folder is local
+    (the embedded default's warehouse): one file per partition, written with pyarrow as Spark
+    writes them (INT96 timestamps, snappy), under a hidden name first and then renamed, so a
+    reader sees the whole file or none. A partition new to the table is registered in the
+    metastore before its file is written: a crash between the two leaves an empty partition, never
+    rows the catalog cannot see (a rerun would write them again). A Spark job and its commit cost
+    0.7 to 1 s an append whatever the rows; this 0.05 to 0.2 s. Returns False, having done
+    nothing, when the table is elsewhere (HDFS, S3) or a partition value is null: the caller
+    inserts with Spark."""
+    import os
+
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from semspark.storage import writer_lock
+    from semspark.storage import local_path, writer_lock
 
-    columns = stored_columns(spark, database, table)   # a migrated table's too, as insert matches them by name
-    arrow = pa.Table.from_pylist([_utc_naive(row) for row in rows],
-                                 schema=pa.schema([(f.name, _arrow_type(f.dataType)) for f in columns.fields]))
-    file_name = f"part-00000-{uuid.uuid4()}-c000.snappy.parquet"
+    folder = local_table_folder(spark, database, table)
+    if folder is None or len(table.partition_by) > 1:
+        return False
+    if data.num_rows == 0:
+        return True
+    name = qualified(database, table)
+    columns = stored_columns(spark, database, table)
+    in_files = [f for f in columns.fields if f.name not in table.partition_by]
+    file_schema = pa.schema([(f.name, _arrow_type(f.dataType)) for f in in_files])
+    if table.partition_by:
+        (column,) = table.partition_by
+        values = data[column].unique().to_pylist()
+        if any(v is None for v in values):
+            return False
+        parts = [(v, data.filter(pc.equal(data[column], v))) for v in sorted(values)]
+    else:
+        parts = [(None, data)]
+    jvm = spark.sparkContext._jvm
     with writer_lock(purpose=f"appending to {name}"):
-        hidden = Path(folder) / f".{file_name}.writing"
-        try:
-            pq.write_table(arrow, hidden, compression="snappy", use_deprecated_int96_timestamps=True)
-            os.replace(hidden, Path(folder) / file_name)
-        finally:
-            hidden.unlink(missing_ok=True)
+        for value, rows in parts:
+            target = Path(folder)
+            if value is not None:
+                literal = str(value).replace("\\", "\\\\").replace("'", "\\'")
+                spark.sql(f"ALTER TABLE {name} ADD IF NOT EXISTS PARTITION ({column} = '{literal}')")
+                # where Spark puts it: the table's folder, then column=value escaped as Hive does
+                escaped = jvm.org.apache.spark.sql.catalyst.catalog.ExternalCatalogUtils.getPartitionPathString(
+                    column, str(value))
+                target = Path(local_path(jvm.org.apache.hadoop.fs.Path(
+                    jvm.org.apache.hadoop.fs.Path(spark._jsparkSession.sharedState().externalCatalog()
+                                                  .getTable(database, table.name).location()), escaped).toString()))
+                target.mkdir(parents=True, exist_ok=True)
+            file_name = f"part-00000-{uuid.uuid4()}-c000.snappy.parquet"
+            hidden = target / f".{file_name}.writing"
+            try:
+                pq.write_table(rows.select(file_schema.names).cast(file_schema), hidden, compression="snappy",
+                               use_deprecated_int96_timestamps=True)
+                os.replace(hidden, target / file_name)
+            finally:
+                hidden.unlink(missing_ok=True)
     spark.catalog.refreshTable(name)   # this session's next reads list the folder again
+    return True
 
 
 def local_table_folder(spark, database: str, table: TableSpec) -> str | None:

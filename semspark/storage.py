@@ -157,6 +157,28 @@ def home_path(relative: str) -> Path:
     return path
 
 
+def read_staged_table(folder: Path, columns: list[str], where=None):
+    """``columns`` of a Parquet folder a run staged under SEMSPARK_HOME (local whatever the
+    warehouse), as a pyarrow Table read in the driver (rows matching ``where``, a pyarrow dataset
+    expression): a night's few rows, where a Spark job would cost more than the data. Spark's
+    _SUCCESS and .crc files are skipped by name; INT96 times (Spark's) come in microseconds, as
+    catalog.local_columns reads the tables, so keys compare exactly. None when nothing was staged
+    (Spark writes a file with the schema even for no rows: a folder without one had no writer)."""
+    import pyarrow.dataset as ds
+
+    staged = ds.dataset(str(folder), format=ds.ParquetFileFormat(
+        read_options=ds.ParquetReadOptions(coerce_int96_timestamp_unit="us")))
+    if not staged.files:
+        return None
+    return staged.to_table(columns=columns, filter=where)
+
+
+def read_staged_rows(folder: Path, columns: list[str]) -> list[dict]:
+    """``read_staged_table`` as rows of plain Python values (None, int, datetime)."""
+    table = read_staged_table(folder, columns)
+    return [] if table is None else table.to_pylist()
+
+
 _held_locks: dict[str, tuple[object, int]] = {}
 
 

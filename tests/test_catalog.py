@@ -94,6 +94,49 @@ def test_rows_the_table_holds_already_are_not_appended_again(spark):
     assert append_new_rows(spark, "appending_new_remote", QUARANTINE, [row("/c.tif", 1, t)], key) is None
 
 
+def test_appended_partitions_are_the_ones_spark_makes(spark, semspark_home):
+    """append_arrow into a partitioned table: new partitions registered in the metastore, one file
+    each in the folder Spark itself names (Hive's escaping, by hand: '/' is %2F, "'" is %27),
+    rows read back by Spark as written; a partition Spark made first gets the file beside its own;
+    a null partition value is left to Spark (False, nothing written)."""
+    import pyarrow as pa
+
+    from semspark.catalog import append_arrow, insert
+    from semspark.schema import PREDICTIONS
+
+    database = "appending_partitions"
+    ensure_tables(spark, database, (PREDICTIONS,))
+    t = datetime(2026, 3, 4, 5, 6, 7, 123456)
+    columns = ", ".join(f"{f.name} {f.dataType.simpleString()}" for f in PREDICTIONS.schema.fields)
+
+    def row(image_id, model_version, embedding):
+        return {"image_id": image_id, "category": "Fibres", "confidence": 0.5, "probabilities": [0.5, 0.5],
+                "logits": [1.0, 1.0], "embedding": embedding, "predicted_at": t, "infer_run": "r",
+                "uncertain": False, "out_of_distribution": None, "ood_distance": None, "ood_reason": None,
+                "model_version": model_version}
+    insert(spark.createDataFrame([tuple(row("a", "old/1", [1.0]).values())], columns), database, PREDICTIONS)
+    schema = pa.schema([(f.name, {"string": pa.string(), "double": pa.float64(), "boolean": pa.bool_(),
+                                  "timestamp": pa.timestamp("us"), "array<float>": pa.list_(pa.float32())}
+                         [f.dataType.simpleString()]) for f in PREDICTIONS.schema.fields])
+    rows = [row("b", "old/1", [2.0]), row("c", "learn/1", [3.0, 4.0]), row("d", "it's 2", [])]
+    assert append_arrow(spark, database, PREDICTIONS, pa.Table.from_pylist(rows, schema))
+    got = spark.sql(f"SELECT image_id, model_version, embedding, cast(predicted_at AS string) "
+                    f"FROM {database}.predictions ORDER BY image_id").collect()
+    assert [tuple(r) for r in got] == [("a", "old/1", [1.0], "2026-03-04 05:06:07.123456"),
+                                       ("b", "old/1", [2.0], "2026-03-04 05:06:07.123456"),
+                                       ("c", "learn/1", [3.0, 4.0], "2026-03-04 05:06:07.123456"),
+                                       ("d", "it's 2", [], "2026-03-04 05:06:07.123456")]
+    partitions = sorted(r[0] for r in spark.sql(f"SHOW PARTITIONS {database}.predictions").collect())
+    assert partitions == ["model_version=it%27s 2", "model_version=learn%2F1", "model_version=old%2F1"]
+    folder = semspark_home / "warehouse" / f"{database}.db" / "predictions"
+    files = {p.name: sorted(f.name[:10] for f in p.glob("part-*")) for p in folder.iterdir() if p.is_dir()}
+    assert {k: len(v) for k, v in files.items()} == {"model_version=old%2F1": 2, "model_version=learn%2F1": 1,
+                                                     "model_version=it%27s 2": 1}
+    assert not list(folder.rglob("*.writing"))
+    assert not append_arrow(spark, database, PREDICTIONS, pa.Table.from_pylist([row("e", None, [])], schema))
+    assert spark.table(f"{database}.predictions").count() == 4
+
+
 OWN_SESSION_INGEST = """
 import sys
 from pyspark.sql import SparkSession

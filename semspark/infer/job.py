@@ -19,15 +19,16 @@ import logging
 import math
 import shutil
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
-from semspark.catalog import append_rows, ensure_tables, insert, new_run_id, qualified, unknown_scale_bins, utc_now
+from semspark.catalog import append_arrow, append_rows, ensure_tables, insert, new_run_id, qualified, unknown_scale_bins, utc_now
 from semspark.config import Config
 from semspark.errors import RunFailed
 from semspark.dataset import dataset_url, ensure_consistent
 from semspark.schema import (IMAGES, INFER_TABLES, INGEST_TABLES, PREDICTION, PREDICTIONS, PROMOTIONS,
                              SCORED_RUNS)
-from semspark.storage import home_path
+from semspark.storage import home_path, read_staged_rows, read_staged_table
 from semspark import registry
 from semspark.train.evaluation import AppearanceBounds
 
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 PRODUCTION = "production"
 LATEST_VIEW = "latest_predictions"
 FAILURES_SHOWN = 10
+PREDICTIONS_APPENDED_IN_DRIVER = 5_000   # at most this many a run (embeddings of 1,536 floats: ~30 MB)
 
 
 class InferError(RuntimeError):
@@ -362,7 +364,9 @@ def _score(spark, config: Config, joined, scored, scale_bins, model_version: str
             reference_bytes.unpersist()
     log.info("scored %d images; writing them to %s", n_pending, qualified(db, PREDICTIONS))
     staged = spark.read.parquet((staging / "scored").as_uri())
-    outcome = {(r["category"], r["error"]): r["count"] for r in staged.groupBy("category", "error").count().collect()}
+    # the outcomes without embeddings or logits, read in the driver (the staging folder is local)
+    outcomes = read_staged_rows(staging / "scored", ["image_id", "category", "error"])
+    outcome = Counter((r["category"], r["error"]) for r in outcomes)
     summary.by_category = {c: n for (c, e), n in outcome.items() if e is None}
     summary.scored = sum(summary.by_category.values())
     summary.missing_pixels = sum(n for (_, e), n in outcome.items() if e == NO_PIXELS)
@@ -371,9 +375,8 @@ def _score(spark, config: Config, joined, scored, scale_bins, model_version: str
         log.warning("%d images of %s have no stored pixels in %s; they are left for the next run",
                     summary.missing_pixels, qualified(db, IMAGES), url)
     if summary.failures:
-        summary.failure_examples = [(r["image_id"], r["error"]) for r in
-                                    staged.filter(F.col("error").isNotNull() & (F.col("error") != NO_PIXELS))
-                                    .select("image_id", "error").limit(FAILURES_SHOWN).collect()]
+        summary.failure_examples = sorted((r["image_id"], r["error"]) for r in outcomes
+                                          if r["error"] is not None and r["error"] != NO_PIXELS)[:FAILURES_SHOWN]
     # Appended leaving out what is already there: after a crash in the middle of an earlier insert
     # the rerun fills in only the rest.
     good = staged.filter(F.col("error").isNull()).drop("error").dropDuplicates(["image_id"])
@@ -386,13 +389,30 @@ def _score(spark, config: Config, joined, scored, scale_bins, model_version: str
         unfinished = {r["ingest_run"] for r in staged.filter(F.col("error").isNotNull()).select("image_id")
                       .join(joined.select("image_id", "ingest_run"), "image_id").select("ingest_run")
                       .distinct().collect()}
-    insert(good, db, PREDICTIONS)
+    # a night's predictions from the driver where the warehouse is local (no Spark job); a large
+    # run's embeddings stay out of the driver's memory
+    in_driver = not runs.check_predictions and n_pending <= PREDICTIONS_APPENDED_IN_DRIVER
+    if not (in_driver and append_arrow(spark, db, PREDICTIONS, _scored_rows(staging / "scored"))):
+        insert(good, db, PREDICTIONS)
     if record:   # after the predictions: a crash between the two only costs the next run a look
         _record_finished_runs(spark, db, model_version, runs, unfinished, run_id)
     log.info("written")
     shutil.rmtree(staging, ignore_errors=True)
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def _scored_rows(staged_folder):
+    """The staged predictions without an error, as a pyarrow Table, for ``append_arrow`` (a local
+    warehouse): the images were made distinct before scoring, as the Spark path's
+    ``dropDuplicates`` makes sure of again."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    rows = read_staged_table(staged_folder, PREDICTIONS.schema.fieldNames(), where=ds.field("error").is_null())
+    if rows is not None and pc.count_distinct(rows["image_id"]).as_py() != rows.num_rows:
+        raise AssertionError("an image was scored twice in one run: semspark's scoring lost its distinct images")
+    return rows
 
 
 def _with_ood_reason(scored, embedding_threshold: float | None, appearance: AppearanceBounds):

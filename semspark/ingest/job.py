@@ -22,8 +22,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from semspark.catalog import (append_new_rows, ensure_tables, insert, insert_new, local_columns, new_run_id, qualified,
-                              utc_now)
+from semspark.catalog import (append_arrow, append_new_rows, ensure_tables, insert, insert_new, local_columns, new_run_id,
+                              qualified, utc_now)
 from semspark.config import Config
 from semspark.dataset import dataset_url, ensure_consistent
 from semspark.ingest.listing import (
@@ -43,7 +43,7 @@ from semspark.ingest.writing import (clear_pending, sidecar_records, sidecar_row
                                      write_dataset)
 from semspark.labels import append_changes, current_user, ensure_labels
 from semspark.schema import FILES, IMAGES, INGEST_TABLES, PROCESSED, QUARANTINE
-from semspark.storage import home_path
+from semspark.storage import home_path, read_staged_rows, read_staged_table
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,9 @@ IMAGES_ROWS_PER_TASK = 100_000
 # Up to this many new images a run names them by path in a filter on the staged rows; more, and the
 # new images are staged again on their own (a join, a write) to keep the query plans small.
 NAMED_NEW_IMAGES = 5_000
-
+# A night's new images up to this many have their pixels read into the driver and written to the
+# dataset by pyarrow (~40 MB of 299-px PNGs at most); more are written by Spark.
+PIXELS_IN_DRIVER = 500
 
 
 @dataclass
@@ -190,7 +192,7 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
     good = staged.filter(F.col("outcome") == "image")
     # The staged outcomes without their pixels, read in the driver (the staging folder is local):
     # the night's ids, counts and new images, where each was a Spark job of its own
-    outcomes = _read_staged(staging / "processed", ["path", "sha256", "outcome", "label", "scale_bin",
+    outcomes = read_staged_rows(staging / "processed", ["path", "sha256", "outcome", "label", "scale_bin",
                                                      "scale_confidence", "size", "modification_time", "stage",
                                                      "reason"])
     images = [r for r in outcomes if r["outcome"] == "image"]
@@ -205,7 +207,8 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
                 for image_id, r in first_by_id.items() if image_id not in existing_ids]
     new_images = (good.drop("image").withColumnRenamed("sha256", "image_id")
                   .withColumn("ingested_at", stamp).withColumn("ingest_run", run))
-    if labels in (None, "folders") and len(new_rows) <= NAMED_NEW_IMAGES:
+    images_in_driver = labels in (None, "folders") and len(new_rows) <= NAMED_NEW_IMAGES
+    if images_in_driver:
         # the rows never change (a literal list of paths over this run's staged files): no need to
         # stage them again for the dataset's write, the tables' inserts and the labels to agree
         new_images = new_images.filter(F.col("path").isin(sorted(r["path"] for r in new_rows)))
@@ -218,10 +221,15 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
          .filter(~F.col("image_id").isin(sorted(existing_ids)) if existing_ids else F.lit(True))
          .write.mode("overwrite").parquet((staging / "new_images").as_uri()))
         new_images = spark.read.parquet((staging / "new_images").as_uri())
-        new_rows = _read_staged(staging / "new_images", ["image_id", "path", "label", "scale_bin", "scale_confidence"])
+        new_rows = read_staged_rows(staging / "new_images", ["image_id", "path", "label", "scale_bin", "scale_confidence"])
     pixels = good.select("path", "image")   # one staged row per listed path
+    # a night's new images read back from the staging folder by the driver, for the dataset's
+    # write and the sem.images rows (no Spark job for either where they are local)
+    with_pixels = len(new_rows) <= PIXELS_IN_DRIVER
+    staged_new = _staged_new_images(staging / "processed", new_rows, with_pixels) if images_in_driver else None
     write_dataset(spark, config, new_images.join(pixels, "path"), summary.dataset_url, run_id,
-                  image_ids=[r["image_id"] for r in new_rows])
+                  image_ids=[r["image_id"] for r in new_rows],
+                  pixels=staged_new.select(list(DATASET_COLUMNS)) if staged_new is not None and with_pixels else None)
     log.info("appended the new images to the dataset (%s)", clock.lap("dataset", n_pending, "files"))
     if labels is not None:   # before sem.images: a rerun after a crash finds them and adds nothing
         append_changes(spark, db, [(r["image_id"], r["label"]) for r in new_rows if r["label"] is not None],
@@ -229,7 +237,9 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
                        count_unchanged=False)
     # One file per scale bin a night (Spark would write one per bin and task): a night's scoring
     # reads every small file of sem.images until compaction merges them.
-    insert(new_images.coalesce(max(1, math.ceil(n_pending / IMAGES_ROWS_PER_TASK))), db, IMAGES)
+    # from the driver where the warehouse is local: one file per scale bin, no Spark job
+    if not (staged_new is not None and append_arrow(spark, db, IMAGES, _image_rows(staged_new, started, run_id))):
+        insert(new_images.coalesce(max(1, math.ceil(n_pending / IMAGES_ROWS_PER_TASK))), db, IMAGES)
     clear_pending(spark, summary.dataset_url, qualified(db, IMAGES), run_id)   # the ids sem.images now holds are done
     clock.lap("tables", n_pending, "files")
 
@@ -290,19 +300,30 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
     return summary
 
 
-def _read_staged(folder, columns: list[str]) -> list[dict]:
-    """``columns`` of a Parquet folder this run staged (under SEMSPARK_HOME, local whatever the
-    warehouse), as rows of plain Python values (None, int, datetime), read by pyarrow in the driver:
-    small columns of a night's rows, where a Spark job would cost more than the data. Spark's
-    _SUCCESS and .crc files are skipped by name."""
+DATASET_COLUMNS = ("image_id", "label", "scale_bin", "nm_per_px", "image")   # a dataset row's, in its order
+_STAGED_IMAGE_COLUMNS = [c for c in IMAGES.schema.fieldNames() if c not in ("image_id", "ingested_at", "ingest_run")]
+
+
+def _staged_new_images(staged_folder, new_rows: list[dict], with_pixels: bool):
+    """The staged rows of ``new_rows`` (a night's new images, by their first path) as a pyarrow
+    Table: the id (the staged SHA-256), the columns sem.images takes from them, and the pixels if
+    ``with_pixels``."""
+    import pyarrow as pa
     import pyarrow.dataset as ds
 
-    # INT96 times (Spark's) in microseconds, as local_columns reads the tables: keys compare exactly
-    staged = ds.dataset(str(folder), format=ds.ParquetFileFormat(
-        read_options=ds.ParquetReadOptions(coerce_int96_timestamp_unit="us")))
-    if not staged.files:   # nothing staged (Spark writes a file with the schema even for no rows)
-        return []
-    return staged.to_table(columns=columns).to_pylist()
+    columns = [*_STAGED_IMAGE_COLUMNS, *(["image"] if with_pixels else [])]
+    rows = read_staged_table(staged_folder, ["sha256", *columns],
+                             where=ds.field("path").isin(pa.array([r["path"] for r in new_rows], pa.string())))
+    return rows.rename_columns(["image_id", *columns])
+
+
+def _image_rows(staged_new, started, run_id: str):
+    """sem.images rows of the staged new images: their columns, the run's time and id."""
+    import pyarrow as pa
+
+    rows = staged_new.drop([c for c in ("image",) if c in staged_new.column_names])
+    return (rows.append_column("ingested_at", pa.array([started] * rows.num_rows, pa.timestamp("us")))
+            .append_column("ingest_run", pa.array([run_id] * rows.num_rows, pa.string())))
 
 
 class _PhaseClock:

@@ -98,7 +98,8 @@ PENDING_PREFIX = "_ingest_pending-"   # Spark, pyarrow and Petastorm skip files 
 TRACKED = "_ingest_pending_tracked"
 
 
-def write_dataset(spark, config: Config, new_images, url: str, run_id: str, image_ids: list[str] | None = None) -> None:
+def write_dataset(spark, config: Config, new_images, url: str, run_id: str, image_ids: list[str] | None = None,
+                  pixels=None) -> None:
     """Append the new images to the Petastorm dataset (partitioned by scale_bin).
 
     The images are new to sem.images; the dataset can hold some of them only if an ingest died
@@ -106,7 +107,10 @@ def write_dataset(spark, config: Config, new_images, url: str, run_id: str, imag
     the ids it writes (``clear_pending`` drops the ids sem.images holds after the insert); only
     while a marker is left (or for a dataset from before them) are the dataset's ids read to skip
     what is there: a normal night does not read every id of the dataset. ``image_ids``: the ids of
-    ``new_images`` when the caller holds them (else they are collected, a Spark job)."""
+    ``new_images`` when the caller holds them (else they are collected, a Spark job). ``pixels``:
+    the same rows as a pyarrow Table (image_id, label, scale_bin, nm_per_px, image), a night's few,
+    written by pyarrow where the dataset is local (no Spark job and shuffle); Spark writes them
+    when a marker is left (the rows are then filtered against the dataset) or a bin is null."""
     from pathlib import Path
 
     from petastorm.etl.dataset_metadata import materialize_dataset
@@ -120,7 +124,7 @@ def write_dataset(spark, config: Config, new_images, url: str, run_id: str, imag
         if not (local / TRACKED).exists() or _pending_ids(local):
             present = spark.read.parquet(url).select("image_id")
             rows = rows.join(present, "image_id", "left_anti")  # a rerun after a crash writes nothing twice
-            image_ids = None
+            image_ids, pixels = None, None
     ids = list(image_ids) if image_ids is not None else [r["image_id"] for r in rows.select("image_id").collect()]
     count = len(ids)
     if count == 0:  # nothing new (or only bad files): leave the dataset as it is
@@ -142,12 +146,34 @@ def write_dataset(spark, config: Config, new_images, url: str, run_id: str, imag
         # Written beside the dataset (a _ folder readers skip), then renamed in with the run's id
         # in their names: scoring finds a night's images by their run (dataset.RUN_FILE).
         shutil.rmtree(local / STAGING, ignore_errors=True)   # what a killed writer left: writers take turns
-        with petastorm_parquet_settings(spark, config.ingest.row_group_size_mb):
-            appended.parquet((local / STAGING / run_id).as_uri())
+        if pixels is None or pixels["scale_bin"].null_count:
+            with petastorm_parquet_settings(spark, config.ingest.row_group_size_mb):
+                appended.parquet((local / STAGING / run_id).as_uri())
+        else:
+            _write_bins(spark, pixels, local / STAGING / run_id, config.ingest.row_group_size_mb)
         move_in_run_files(local, local / STAGING / run_id, run_id)
         shutil.rmtree(local / STAGING, ignore_errors=True)
         pause_point("dataset-appended")   # committed; Petastorm's metadata not updated yet
         update_metadata(local, schema)    # the new files' row groups counted, the others kept
+
+
+def _write_bins(spark, pixels, folder, row_group_size_mb: int) -> None:
+    """``pixels`` as Spark's ``partitionBy("scale_bin")`` lays them out under ``folder`` (a bin's
+    folder name escaped as Spark escapes it), at most IMAGES_PER_FILE images a file, row groups of
+    about ``row_group_size_mb`` as Petastorm's settings make them."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    escape = spark.sparkContext._jvm.org.apache.spark.sql.catalyst.catalog.ExternalCatalogUtils.getPartitionPathString
+    mean_row_bytes = max(1, pixels["image"].nbytes // max(1, pixels.num_rows))
+    rows_per_group = max(1, row_group_size_mb * 1024 * 1024 // mean_row_bytes)
+    for scale_bin in sorted(pixels["scale_bin"].unique().to_pylist()):
+        rows = pixels.filter(pc.equal(pixels["scale_bin"], scale_bin)).drop(["scale_bin"])
+        target = folder / escape("scale_bin", scale_bin)
+        target.mkdir(parents=True, exist_ok=True)
+        for n, start in enumerate(range(0, rows.num_rows, IMAGES_PER_FILE)):
+            pq.write_table(rows.slice(start, IMAGES_PER_FILE), target / f"part-{n:05d}.snappy.parquet",
+                           compression="snappy", row_group_size=rows_per_group)
 
 
 def _pending_ids(local) -> set[str]:
