@@ -145,6 +145,7 @@ def append_arrow(spark, database: str, table: TableSpec, data) -> bool:
     else:
         parts = [(None, data)]
     jvm = spark.sparkContext._jvm
+    written: list[tuple[Path, Path]] = []   # (hidden, final): renamed together once all are written
     with writer_lock(purpose=f"appending to {name}"):
         for value, rows in parts:
             target = Path(folder)
@@ -159,13 +160,18 @@ def append_arrow(spark, database: str, table: TableSpec, data) -> bool:
                                                   .getTable(database, table.name).location()), escaped).toString()))
                 target.mkdir(parents=True, exist_ok=True)
             file_name = f"part-00000-{uuid.uuid4()}-c000.snappy.parquet"
-            hidden = target / f".{file_name}.writing"
+            written.append((target / f".{file_name}.writing", target / file_name))
             try:
-                pq.write_table(rows.select(file_schema.names).cast(file_schema), hidden, compression="snappy",
-                               use_deprecated_int96_timestamps=True)
-                os.replace(hidden, target / file_name)
-            finally:
-                hidden.unlink(missing_ok=True)
+                pq.write_table(rows.select(file_schema.names).cast(file_schema), written[-1][0],
+                               compression="snappy", use_deprecated_int96_timestamps=True)
+            except BaseException:
+                for hidden, _ in written:
+                    hidden.unlink(missing_ok=True)
+                raise
+        # the renames last, one after the other as Spark's commit does: a query meanwhile sees the
+        # whole append or none of it, but for the instant of the renames
+        for hidden, final in written:
+            os.replace(hidden, final)
     spark.catalog.refreshTable(name)   # this session's next reads list the folder again
     return True
 
