@@ -94,16 +94,15 @@ def append_rows(spark, database: str, table: TableSpec, rows: list[dict]) -> Non
     """Append a few rows the driver holds (a run's log entry, a model's record): ``append_arrow``
     where the table's folder is local, else ``insert``. Naive datetimes are UTC (``utc_now``), in
     both ways."""
+    import pyarrow as pa
+
     if not rows:
         return
-    if local_table_folder(spark, database, table) is not None:
-        import pyarrow as pa
-
-        columns = stored_columns(spark, database, table)   # a migrated table's too, as insert matches them by name
-        arrow = pa.Table.from_pylist([_utc_naive(row) for row in rows],
-                                     schema=pa.schema([(f.name, _arrow_type(f.dataType)) for f in columns.fields]))
-        if append_arrow(spark, database, table, arrow):
-            return
+    columns = stored_columns(spark, database, table)   # a migrated table's too, as insert matches them by name
+    arrow = pa.Table.from_pylist([_utc_naive(row) for row in rows],
+                                 schema=pa.schema([(f.name, _arrow_type(f.dataType)) for f in columns.fields]))
+    if append_arrow(spark, database, table, arrow):
+        return
     rows_frame = spark.createDataFrame([_utc_aware(row) for row in rows], table.schema).coalesce(1)  # one file
     insert(rows_frame, database, table)
 
@@ -125,7 +124,7 @@ def append_arrow(spark, database: str, table: TableSpec, data) -> bool:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from semspark.storage import local_path, writer_lock
+    from semspark.storage import writer_lock
 
     folder = local_table_folder(spark, database, table)
     if folder is None or len(table.partition_by) > 1:
@@ -144,7 +143,6 @@ def append_arrow(spark, database: str, table: TableSpec, data) -> bool:
         parts = [(v, data.filter(pc.equal(data[column], v))) for v in sorted(values)]
     else:
         parts = [(None, data)]
-    jvm = spark.sparkContext._jvm
     written: list[tuple[Path, Path]] = []   # (hidden, final): renamed together once all are written
     with writer_lock(purpose=f"appending to {name}"):
         for value, rows in parts:
@@ -152,12 +150,7 @@ def append_arrow(spark, database: str, table: TableSpec, data) -> bool:
             if value is not None:
                 literal = str(value).replace("\\", "\\\\").replace("'", "\\'")
                 spark.sql(f"ALTER TABLE {name} ADD IF NOT EXISTS PARTITION ({column} = '{literal}')")
-                # where Spark puts it: the table's folder, then column=value escaped as Hive does
-                escaped = jvm.org.apache.spark.sql.catalyst.catalog.ExternalCatalogUtils.getPartitionPathString(
-                    column, str(value))
-                target = Path(local_path(jvm.org.apache.hadoop.fs.Path(
-                    jvm.org.apache.hadoop.fs.Path(spark._jsparkSession.sharedState().externalCatalog()
-                                                  .getTable(database, table.name).location()), escaped).toString()))
+                target = Path(folder) / partition_folder_name(spark, column, value)   # where Spark puts it
                 target.mkdir(parents=True, exist_ok=True)
             file_name = f"part-00000-{uuid.uuid4()}-c000.snappy.parquet"
             written.append((target / f".{file_name}.writing", target / file_name))
@@ -174,6 +167,13 @@ def append_arrow(spark, database: str, table: TableSpec, data) -> bool:
             os.replace(hidden, final)
     spark.catalog.refreshTable(name)   # this session's next reads list the folder again
     return True
+
+
+def partition_folder_name(spark, column: str, value) -> str:
+    """``column=value`` escaped as Spark and Hive name a partition's folder (``/`` as %2F, ``'`` as %27),
+    by Spark's own function."""
+    utils = spark.sparkContext._jvm.org.apache.spark.sql.catalyst.catalog.ExternalCatalogUtils
+    return utils.getPartitionPathString(column, str(value))
 
 
 def local_table_folder(spark, database: str, table: TableSpec) -> str | None:

@@ -164,12 +164,13 @@ def _write_bins(spark, pixels, folder, row_group_size_mb: int) -> None:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    escape = spark.sparkContext._jvm.org.apache.spark.sql.catalyst.catalog.ExternalCatalogUtils.getPartitionPathString
+    from semspark.catalog import partition_folder_name
+
     mean_row_bytes = max(1, pixels["image"].nbytes // max(1, pixels.num_rows))
     rows_per_group = max(1, row_group_size_mb * 1024 * 1024 // mean_row_bytes)
     for scale_bin in sorted(pixels["scale_bin"].unique().to_pylist()):
         rows = pixels.filter(pc.equal(pixels["scale_bin"], scale_bin)).drop(["scale_bin"])
-        target = folder / escape("scale_bin", scale_bin)
+        target = folder / partition_folder_name(spark, "scale_bin", scale_bin)
         target.mkdir(parents=True, exist_ok=True)
         for n, start in enumerate(range(0, rows.num_rows, IMAGES_PER_FILE)):
             pq.write_table(rows.slice(start, IMAGES_PER_FILE), target / f"part-{n:05d}.snappy.parquet",
