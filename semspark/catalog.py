@@ -71,9 +71,14 @@ def ensure_view(spark, name: str, comment: str, select: str) -> None:
     another definition. Replacing a view rewrites its metastore rows (about a second on the
     embedded catalog) and every command that uses a view asks for it, so asking costs one read."""
     wanted = " ".join(select.split())
-    if spark.catalog.tableExists(name):
-        stored = {r[0]: r[1] for r in spark.sql(f"DESCRIBE TABLE EXTENDED {name}").collect()}
-        if " ".join((stored.get("View Text") or "").split()) == wanted and (stored.get("Comment") or "") == comment:
+    database, _, view = name.rpartition(".")
+    metastore = spark._jsparkSession.sharedState().externalCatalog()
+    if database and metastore.tableExists(database, view):
+        # the metastore's record, not DESCRIBE TABLE EXTENDED (a query: 0.2 s more a command)
+        record = metastore.getTable(database, view)
+        text = record.viewText().get() if record.viewText().isDefined() else ""
+        stored_comment = record.comment().get() if record.comment().isDefined() else ""
+        if " ".join(text.split()) == wanted and stored_comment == comment:
             return
     escaped = comment.replace("\\", "\\\\").replace("'", "\\'")
     spark.sql(f"CREATE OR REPLACE VIEW {name} COMMENT '{escaped}' AS {select}")
@@ -145,12 +150,17 @@ def append_arrow(spark, database: str, table: TableSpec, data) -> bool:
         parts = [(None, data)]
     written: list[tuple[Path, Path]] = []   # (hidden, final): renamed together once all are written
     with writer_lock(purpose=f"appending to {name}"):
+        # the partitions the metastore has, asked once: an ALTER TABLE ... ADD IF NOT EXISTS
+        # PARTITION costs 0.3 s even for one that exists (a night touches several scale bins)
+        known = set(metastore_partitions(spark, database, table)) if table.partition_by else set()
         for value, rows in parts:
             target = Path(folder)
             if value is not None:
-                literal = str(value).replace("\\", "\\\\").replace("'", "\\'")
-                spark.sql(f"ALTER TABLE {name} ADD IF NOT EXISTS PARTITION ({column} = '{literal}')")
-                target = Path(folder) / partition_folder_name(spark, column, value)   # where Spark puts it
+                folder_name = partition_folder_name(spark, column, value)   # where Spark puts it
+                if folder_name not in known:
+                    literal = str(value).replace("\\", "\\\\").replace("'", "\\'")
+                    spark.sql(f"ALTER TABLE {name} ADD IF NOT EXISTS PARTITION ({column} = '{literal}')")
+                target = Path(folder) / folder_name
                 target.mkdir(parents=True, exist_ok=True)
             file_name = f"part-00000-{uuid.uuid4()}-c000.snappy.parquet"
             written.append((target / f".{file_name}.writing", target / file_name))
@@ -167,6 +177,16 @@ def append_arrow(spark, database: str, table: TableSpec, data) -> bool:
             os.replace(hidden, final)
     spark.catalog.refreshTable(name)   # this session's next reads list the folder again
     return True
+
+
+def metastore_partitions(spark, database: str, table: TableSpec) -> list[str]:
+    """The table's partitions as the metastore records them, by folder name (``scale_bin=100nm``,
+    escaped as ``partition_folder_name`` escapes), in one call to the catalog."""
+    jvm = spark.sparkContext._jvm
+    names = spark._jsparkSession.sharedState().externalCatalog().listPartitionNames(
+        database, table.name, jvm.scala.Option.empty())
+    # one string (escaped names hold no control character), not a call per partition
+    return names.mkString("\n").split("\n") if names.size() else []
 
 
 def partition_folder_name(spark, column: str, value) -> str:
@@ -236,28 +256,94 @@ def local_columns(spark, database: str, table: TableSpec, columns: list[str], re
     (the embedded default's warehouse), as a pyarrow Table; None otherwise (HDFS, S3: query it with
     Spark). For the small reads the driver makes of key columns at the start of a run: as a Spark
     job each costs a few tenths of a second whatever the table's size, a night several of them.
-    Timestamps come as Spark stores them: naive UTC (INT96 read in microseconds). Not for
-    partition columns (they are in folder names, not in the files). ``refresh``: list the table's
-    files again first (what another process wrote since this session listed them; this session's
-    own writes are always seen, as by its Spark queries)."""
+    Timestamps come as Spark stores them: naive UTC (INT96 read in microseconds). Partition
+    columns come from the files' folder names (``scale_bin=100nm``; Hive's escapes undone, its
+    default partition as null). An unpartitioned table's files are those in its folder now;
+    a partitioned table's those Spark lists for the partitions the metastore holds, and
+    ``refresh`` lists them again first (what another process wrote since this session listed them;
+    this session's own writes are always seen, as by its Spark queries)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from semspark.storage import from_index_uri, local_path
+    from semspark.storage import from_index_uri, local_path, walk_visible
 
-    if set(columns) & set(table.partition_by):
-        raise ValueError(f"{table.name}: partition columns {table.partition_by} are not in its files")
     name = qualified(database, table)
-    if refresh:
-        spark.catalog.refreshTable(name)
-    paths = [local_path(from_index_uri(f)) for f in spark.table(name).inputFiles()]
-    if any(p is None for p in paths):
-        return None
+    # The table's folder (or its partitions' folders, as the metastore records them) walked as
+    # Spark's file index lists them: 0.05 s where Spark's listing took 0.15 to 0.3 s, and as fresh
+    # as after a refresh (another process's files included)
+    folders = local_data_folders(spark, database, table)
+    if folders is not None:
+        files = [(f"{folder}/{relative}", values) for folder, values in folders
+                 for relative, status in walk_visible(folder)
+                 if status is not None and not relative.rpartition("/")[2].startswith("_")]
+    else:
+        if refresh:
+            spark.catalog.refreshTable(name)
+        paths = [local_path(from_index_uri(f)) for f in spark.table(name).inputFiles()]
+        if any(p is None for p in paths):
+            return None
+        files = [(path, None) for path in paths]   # partition values from the paths, if asked for
+    paths = [path for path, _ in files]
     schema = pa.schema([(c, _arrow_type(table.schema[c].dataType)) for c in columns])
     if not paths:
         return schema.empty_table()
-    # one schema for every file: a column added by a migration is null in the files before it
-    return pq.read_table(paths, columns=columns, schema=schema, coerce_int96_timestamp_unit="us")
+    in_folders = [c for c in columns if c in table.partition_by]
+    in_files = pa.schema([f for f in schema if f.name not in in_folders])
+    if not in_folders:
+        # one schema for every file: a column added by a migration is null in the files before it
+        return pq.read_table(paths, columns=columns, schema=schema, coerce_int96_timestamp_unit="us")
+    pieces = []
+    for path, values in files:
+        piece = pq.read_table(path, columns=in_files.names, schema=in_files, coerce_int96_timestamp_unit="us")
+        for column in in_folders:
+            value = values[column] if values is not None else _partition_value(path, column)
+            piece = piece.append_column(column, pa.array([value] * piece.num_rows, pa.string())
+                                        .cast(schema.field(column).type))
+        pieces.append(piece.select(columns))
+    return pa.concat_tables(pieces)
+
+
+def local_data_folders(spark, database: str, table: TableSpec) -> list[tuple[str, dict]] | None:
+    """The local folders that hold a table's files, each with its partition values: the table's
+    folder, or for a partitioned table the folder of every partition the metastore records (where
+    Spark reads them, custom locations included; a folder not registered as a partition is not
+    read, as by Spark; Hive's default partition is null). None when any is not local or missing
+    (Spark would say; let it)."""
+    from semspark.storage import local_path
+
+    folder = local_table_folder(spark, database, table)
+    if folder is None or not table.partition_by:
+        return None if folder is None else [(folder, {})]
+    jvm = spark.sparkContext._jvm
+    partitions = spark._jsparkSession.sharedState().externalCatalog().listPartitions(
+        database, table.name, jvm.scala.Option.empty()).iterator()
+    folders = []
+    while partitions.hasNext():
+        partition = partitions.next()
+        path = local_path(jvm.org.apache.hadoop.fs.Path(partition.location()).toString())
+        if path is None or not Path(path).is_dir():
+            return None
+        spec = partition.spec()
+        values = {}
+        for column in table.partition_by:
+            value = spec.get(column)
+            value = value.get() if value.isDefined() else None
+            values[column] = None if value in (None, "__HIVE_DEFAULT_PARTITION__") else value
+        folders.append((path, values))
+    return folders
+
+
+def _partition_value(path: str, column: str) -> str | None:
+    """The value of partition ``column`` in a file's path: its ``column=value`` folder, unescaped as
+    Spark unescapes (``%XX``); Hive's default partition is null."""
+    from urllib.parse import unquote
+
+    prefix = f"{column}="
+    folder = next((part for part in reversed(Path(path).parent.parts) if part.startswith(prefix)), None)
+    if folder is None:
+        raise ValueError(f"{path} is not in a {prefix}... folder: not a file of a table partitioned by {column}")
+    value = folder[len(prefix):]
+    return None if value == "__HIVE_DEFAULT_PARTITION__" else unquote(value)
 
 
 def _arrow_type(spark_type):

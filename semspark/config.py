@@ -106,6 +106,7 @@ class InferConfig:
     threads_per_task: int = 0       # TensorFlow threads per task on CPU; 0 = auto (idle cores, up to an executor's)
     engine: str = "auto"            # auto (TensorFlow Lite on CPU tasks, TensorFlow on GPUs) | tflite | tensorflow
     tflite_max_images_per_task: int = 400   # auto: larger tasks run TensorFlow (faster kernels, slower import)
+    driver_max_images: int = 400    # local mode: a run of at most this many (TFLite) scored in the driver; 0 = never
 
     def __post_init__(self) -> None:
         _require(self.engine in ("auto", "tflite", "tensorflow"), "infer.engine must be auto, tflite or tensorflow")
@@ -113,6 +114,7 @@ class InferConfig:
         _require(1 <= self.batch_size <= 4096, "infer.batch_size must be within 1..4096")
         _require(self.images_per_task >= 1, "infer.images_per_task must be positive")
         _require(self.threads_per_task >= 0, "infer.threads_per_task must be 0 or more")
+        _require(self.driver_max_images >= 0, "infer.driver_max_images must be 0 or more")
 
 
 @dataclass(frozen=True)

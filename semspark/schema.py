@@ -223,7 +223,7 @@ PREDICTION = StructType([
     StructField("embedding", ArrayType(FloatType()), True), StructField("error", StringType(), True),
     # flags as 1.0 / 0.0 / NaN (unknown): predict_batch_udf returns no booleans; the job casts them
     StructField("uncertain", DoubleType(), True), StructField("out_of_distribution", DoubleType(), True),
-    StructField("ood_distance", DoubleType(), True),
+    StructField("ood_distance", DoubleType(), True), StructField("ood_reason", StringType(), True),
 ])
 
 # What a Spark task returns for each file it processed: an image or a quarantine outcome.

@@ -256,6 +256,25 @@ def spark_submit_flags(config: Config, home: Path | None = None) -> list[str]:
     return flags
 
 
+def import_in_background(modules: tuple[str, ...]):
+    """Import ``modules`` in a daemon thread and return it. Python's import locks make a module
+    the main thread asks for meanwhile wait for this import rather than run twice. A module that
+    fails to import is left alone: the import where it is used says why."""
+    import importlib
+    import threading
+
+    def run():
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception:   # noqa: BLE001 (reported by the real import, in context)
+                log.debug("could not import %s ahead of time", name, exc_info=True)
+
+    thread = threading.Thread(target=run, name="semspark-imports", daemon=True)
+    thread.start()
+    return thread
+
+
 @contextmanager
 def session_scope(config: Config, app_name: str | None = None, extra: dict[str, str] | None = None):
     """A session for one command: stopped at the end only if this command started it.

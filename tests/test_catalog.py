@@ -137,6 +137,49 @@ def test_appended_partitions_are_the_ones_spark_makes(spark, semspark_home):
     assert spark.table(f"{database}.predictions").count() == 4
 
 
+def test_local_columns_read_what_spark_reads(spark, semspark_home, tmp_path):
+    """catalog.local_columns (pyarrow from the files, partition values from the metastore) against
+    Spark's own query of the same partitioned table: escaped values, a partition Spark wrote with a
+    null value (Hive's default partition), one moved to a custom location, and a folder that is
+    not a registered partition (not read, as by Spark)."""
+    import shutil
+
+    import pyarrow as pa
+
+    from semspark.catalog import append_arrow, insert, local_columns
+    from semspark.schema import PREDICTIONS
+
+    database = "local_reads"
+    ensure_tables(spark, database, (PREDICTIONS,))
+    t = datetime(2026, 3, 4, 5, 6, 7, 123456)
+    columns = ", ".join(f"{f.name} {f.dataType.simpleString()}" for f in PREDICTIONS.schema.fields)
+
+    def row(image_id, model_version):
+        return (image_id, "Fibres", 0.5, [0.5, 0.5], [1.0, 1.0], [1.0], t, "r", False, None, None, None, model_version)
+    insert(spark.createDataFrame([row("a", "old/1"), row("n", None)], columns), database, PREDICTIONS)
+    appended = pa.Table.from_pylist([dict(zip(PREDICTIONS.schema.fieldNames(), row(i, v)))
+                                     for i, v in (("b", "old/1"), ("c", "it's 2"), ("m", "moved/1"))],
+                                    local_columns(spark, database, PREDICTIONS, PREDICTIONS.schema.fieldNames()).schema)
+    assert append_arrow(spark, database, PREDICTIONS, appended)
+    folder = semspark_home / "warehouse" / f"{database}.db" / "predictions"
+    elsewhere = tmp_path / "moved_partition"
+    shutil.copytree(folder / "model_version=moved%2F1", elsewhere)
+    spark.sql(f"ALTER TABLE {database}.predictions PARTITION (model_version = 'moved/1') "
+              f"SET LOCATION '{elsewhere}'")
+    shutil.rmtree(folder / "model_version=moved%2F1")
+    stray = folder / "model_version=stray"   # not registered: Spark does not read it
+    stray.mkdir()
+    shutil.copy(next((folder / "model_version=old%2F1").glob("part-*")), stray / "part-00000-stray.parquet")
+    spark.catalog.refreshTable(f"{database}.predictions")
+
+    mine = local_columns(spark, database, PREDICTIONS, ["image_id", "model_version", "predicted_at"]).to_pylist()
+    expected = [("a", "old/1"), ("b", "old/1"), ("c", "it's 2"), ("m", "moved/1"), ("n", None)]   # by hand
+    assert sorted((r["image_id"], r["model_version"]) for r in mine) == expected
+    assert {r["predicted_at"] for r in mine} == {t}
+    theirs = spark.sql(f"SELECT image_id, model_version FROM {database}.predictions").collect()
+    assert sorted(tuple(r) for r in theirs) == expected
+
+
 OWN_SESSION_INGEST = """
 import sys
 from pyspark.sql import SparkSession

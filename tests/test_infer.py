@@ -192,6 +192,36 @@ def test_a_rerun_scores_only_new_images(spark, scoring, first_scoring, tmp_path)
     assert {run_of_file(f.name) for f in holding} == {night.run_id}   # found by the run's file names
 
 
+def test_a_night_scored_in_the_driver_matches_spark_tasks(spark, scoring, first_scoring, tmp_path):
+    """A night's few new images are scored in the driver (local mode, TensorFlow Lite, no Spark
+    job); the same model registered again is scored in Spark tasks (TensorFlow: a new version
+    looks at everything): every column of every night image agrees, the flags and reasons exactly."""
+    from semspark.ingest.job import run_ingest
+
+    night = tmp_path / "night"
+    generate(night, 10, seed=23, width=384, height=288)
+    run_ingest(spark, scoring.config, str(night), labels="folders")
+    new = distinct_images(night)
+    version = scoring.model.model_version
+    in_driver = run_inference(spark, scoring.config, version)
+    assert (in_driver.scored_in, in_driver.scored) == ("driver", len(new))
+    assert in_driver.dataset_files_read < in_driver.dataset_files
+    copy = register_copy(scoring.model.path, "scorer-in-tasks")
+    in_tasks = run_inference(spark, scoring.config, copy)
+    assert in_tasks.scored_in == "tasks"
+    driver_rows = predictions(spark, scoring, version).set_index("image_id").loc[sorted(new)]
+    task_rows = predictions(spark, scoring, copy).set_index("image_id").loc[sorted(new)]
+    assert list(driver_rows["infer_run"].unique()) == [in_driver.run_id]
+    for column in ("category", "uncertain", "out_of_distribution", "ood_reason"):
+        assert list(driver_rows[column]) == list(task_rows[column]), column
+    for column in ("probabilities", "logits", "embedding"):
+        assert np.allclose(np.stack(driver_rows[column]), np.stack(task_rows[column]), atol=1e-4), column
+    for column in ("confidence", "ood_distance"):
+        assert np.allclose(driver_rows[column].astype(float), task_rows[column].astype(float), atol=1e-4,
+                           equal_nan=True), column
+    assert driver_rows["predicted_at"].notna().all()
+
+
 def table_rows(spark, table: str, columns: list[str]):
     """A catalog table's rows read from its Parquet files with pyarrow (not through Spark)."""
     from urllib.parse import unquote
@@ -367,43 +397,43 @@ def test_a_broken_stored_image_is_reported_not_written(scoring):
     assert errors[3] == NO_PIXELS  # in sem.images, not in the dataset: a left join gives NULL
 
 
-def test_out_of_distribution_reasons_by_hand(spark):
+def test_out_of_distribution_reasons_by_hand():
     """The flag and reason of inference on rows made by hand: the embedding's verdict, colour over
     the limit, contrast under it, both, neither, images ingested before chroma and contrast existed
     (NULL: only the embedding decides), a model without a reference (NULL: only the appearance
     does), and a failed row (NULL flag and reason)."""
-    from semspark.infer.job import _with_ood_reason
+    from semspark.infer.predictor import verdicts
     from semspark.train.evaluation import AppearanceBounds
 
+    nan = float("nan")
     bounds = AppearanceBounds(training_chroma_max=0.01, training_contrast_min=0.08)  # limits 0.05, 0.04
-    rows = [  # name, embedding flag, distance, chroma, contrast, error
-        ("typical", False, 0.05, 0.0, 0.2, None),
-        ("far", True, 0.3, 0.0, 0.2, None),
-        ("colour", False, 0.05, 0.2, 0.2, None),
-        ("flat", False, 0.05, 0.0, 0.01, None),
-        ("colour_and_far", True, 0.3, 0.2, 0.2, None),
-        ("unmeasured", False, 0.05, None, None, None),
-        ("unmeasured_far", True, 0.3, None, None, None),
-        ("failed", None, None, 0.2, 0.2, "could not decode"),
+    rows = [  # name, embedding flag, distance, chroma, contrast, failed
+        ("typical", 0.0, 0.05, 0.0, 0.2, False),
+        ("far", 1.0, 0.3, 0.0, 0.2, False),
+        ("colour", 0.0, 0.05, 0.2, 0.2, False),
+        ("flat", 0.0, 0.05, 0.0, 0.01, False),
+        ("colour_and_far", 1.0, 0.3, 0.2, 0.2, False),
+        ("unmeasured", 0.0, 0.05, nan, nan, False),
+        ("unmeasured_far", 1.0, 0.3, None, None, False),
+        ("failed", nan, nan, 0.2, 0.2, True),
     ]
-    frame = spark.createDataFrame(rows, "name string, out_of_distribution boolean, ood_distance double, "
-                                        "chroma double, contrast double, error string")
-    got = {r["name"]: (r["out_of_distribution"], r["ood_reason"]) for r in
-           _with_ood_reason(frame, 0.12, bounds).collect()}
+
+    def judged(flags, threshold, appearance):
+        flag, reason = verdicts(np.array(flags, dtype=np.float64), np.array([r[2] for r in rows]),
+                                np.array([r[3] for r in rows], dtype=object), np.array([r[4] for r in rows], dtype=object),
+                                np.array([r[5] for r in rows]), threshold, appearance)
+        return {r[0]: (None if np.isnan(f) else bool(f), why) for r, f, why in zip(rows, flag, reason)}
+
+    got = judged([r[1] for r in rows], 0.12, bounds)
     assert got["typical"] == (False, None) and got["unmeasured"] == (False, None)
     assert got["far"] == (True, "unlike the training images to the model (embedding distance 0.300, over 0.120)")
     assert got["colour"] == (True, "colour image (chroma 0.200, the training images at most 0.010)")
     assert got["flat"] == (True, "almost no contrast (contrast 0.010, the training images at least 0.080)")
     assert got["colour_and_far"][0] and got["colour_and_far"][1].count("; ") == 1
     assert got["unmeasured_far"][0] is True and got["failed"] == (None, None)
-    # a model registered without reference embeddings: the worker's flag is NULL, the appearance decides
-    from pyspark.sql import functions as F
-
-    no_reference = frame.withColumn("out_of_distribution", F.lit(None).cast("boolean"))
-    got = {r["name"]: (r["out_of_distribution"], r["ood_reason"]) for r in
-           _with_ood_reason(no_reference, None, bounds).collect()}
+    # a model registered without reference embeddings: the embedding's flag is unknown, the appearance decides
+    got = judged([nan] * len(rows), None, bounds)
     assert got["typical"] == (False, None) and got["colour"][0] is True and got["unmeasured"] == (None, None)
     # a model registered before calibration: no reference, no appearance bounds, so no verdict
-    got = {r["name"]: (r["out_of_distribution"], r["ood_reason"]) for r in
-           _with_ood_reason(no_reference, None, AppearanceBounds.from_dict(None)).collect()}
+    got = judged([nan] * len(rows), None, AppearanceBounds.from_dict(None))
     assert set(got.values()) == {(None, None)}

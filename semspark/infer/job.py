@@ -63,6 +63,7 @@ class InferSummary:
     failure_examples: list[tuple[str, str]] = field(default_factory=list)
     by_category: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    scored_in: str = ""               # driver (a small local run, no Spark job) | tasks (Spark's)
 
     def as_dict(self) -> dict:
         """The summary for ``--json``: every field, as JSON types."""
@@ -73,7 +74,8 @@ class InferSummary:
         out = [f"infer with {self.model_version} (run {self.run_id})",
                f"  images in scope: {self.candidates}, already scored by this version: {self.already_scored} "
                f"({self.examined} looked at: the ingest runs it had not finished)",
-               f"  scored now: {self.scored} in {self.seconds:.1f} s{rate}",
+               f"  scored now: {self.scored} in {self.seconds:.1f} s{rate}"
+               + (f", in the {'driver' if self.scored_in == 'driver' else 'Spark tasks'}" if self.scored_in else ""),
                f"  pixels read from {self.dataset_files_read} of {self.dataset_files} dataset files"]
         out += [f"    {name:<30}{n}" for name, n in sorted(self.by_category.items(), key=lambda kv: -kv[1])]
         if self.missing_pixels:
@@ -86,9 +88,18 @@ class InferSummary:
 
 def production_model(spark, database: str) -> str | None:
     """The model version most recently promoted to production, or None."""
+    from semspark.catalog import local_columns
+
     name = qualified(database, PROMOTIONS)
     if not spark.catalog.tableExists(name):
         return None
+    # where the files are local, read by pyarrow (a night asks first thing: a Spark job is 0.3 s)
+    table = local_columns(spark, database, PROMOTIONS, ["model_version", "stage", "promoted_at"])
+    if table is not None:
+        production = [r for r in table.to_pylist() if r["stage"] == PRODUCTION]
+        latest = max(production, default=None,   # undated rows last, as the query below orders them
+                     key=lambda r: (r["promoted_at"] is not None, r["promoted_at"] or datetime.datetime.min))
+        return latest["model_version"] if latest else None
     rows = (spark.table(name).filter(f"stage = '{PRODUCTION}'")
             .orderBy("promoted_at", ascending=False).limit(1).collect())
     return rows[0]["model_version"] if rows else None
@@ -220,11 +231,7 @@ def _open_runs(spark, database: str, scale_bins, model_version: str) -> _OpenRun
     at (0 images): on a version's first run with records, every run sem.images holds (its
     predictions from before may be of any of them); later, the open runs in scope. So a run that is
     not recorded at all has no prediction of this version (a night's new run): nothing to look for."""
-    from pyspark.sql import functions as F
-
-    groups = (spark.table(qualified(database, IMAGES)).groupBy("ingest_run", "scale_bin")
-              .agg(F.count("*").alias("images"), F.min("ingested_at").alias("first"),
-                   F.count("ingested_at").alias("stamped")).collect())
+    groups, recorded = _run_groups(spark, database), _recorded_runs(spark, database, model_version)
     per_run: dict[str | None, dict] = {}
     per_run_bin: dict[tuple[str | None, str], int] = {}
     every_run = set()
@@ -238,9 +245,6 @@ def _open_runs(spark, database: str, scale_bins, model_version: str) -> _OpenRun
         run["stamped"] += g["stamped"]
         if g["first"] is not None and (run["first"] is None or g["first"] < run["first"]):
             run["first"] = g["first"]
-    recorded = {r["ingest_run"]: r["images"] for r in spark.table(qualified(database, SCORED_RUNS))
-                .filter(F.col("model_version") == model_version).groupBy("ingest_run")
-                .agg(F.max("images").alias("images")).collect()}
     open_runs = {run: row for run, row in per_run.items()
                  if run is None or row["images"] > recorded.get(run, -1)}
     maybe_scored = {run: row for run, row in open_runs.items() if not recorded or run is None or run in recorded}
@@ -254,6 +258,45 @@ def _open_runs(spark, database: str, scale_bins, model_version: str) -> _OpenRun
                      scored_after=None if unstamped or not firsts else min(firsts) - CLOCK_MARGIN,
                      check_predictions=bool(maybe_scored),
                      first_contact=[] if recorded else sorted(r for r in every_run if r is not None))
+
+
+def _run_groups(spark, database: str) -> list[dict]:
+    """sem.images per (ingest_run, scale_bin): images, the first ingested_at, how many have one.
+    With pyarrow from the table's files where they are local (three columns constant within a
+    file or a folder: a night's 0.6-s Spark job becomes a few hundredths), else with Spark."""
+    import pyarrow.compute as pc
+    from pyspark.sql import functions as F
+
+    from semspark.catalog import local_columns
+
+    table = local_columns(spark, database, IMAGES, ["ingest_run", "scale_bin", "ingested_at"])
+    if table is None:
+        return [r.asDict() for r in spark.table(qualified(database, IMAGES)).groupBy("ingest_run", "scale_bin")
+                .agg(F.count("*").alias("images"), F.min("ingested_at").alias("first"),
+                     F.count("ingested_at").alias("stamped")).collect()]
+    grouped = table.group_by(["ingest_run", "scale_bin"]).aggregate(
+        [("scale_bin", "count", pc.CountOptions(mode="all")), ("ingested_at", "min"), ("ingested_at", "count")])
+    return [{"ingest_run": g["ingest_run"], "scale_bin": g["scale_bin"], "images": g["scale_bin_count"],
+             "first": g["ingested_at_min"], "stamped": g["ingested_at_count"]} for g in grouped.to_pylist()]
+
+
+def _recorded_runs(spark, database: str, model_version: str) -> dict[str, int]:
+    """sem.scored_runs of ``model_version``: ingest run -> the most images recorded as scored."""
+    import pyarrow.compute as pc
+    from pyspark.sql import functions as F
+
+    from semspark.catalog import local_columns
+
+    table = local_columns(spark, database, SCORED_RUNS, ["model_version", "ingest_run", "images"])
+    if table is None:
+        return {r["ingest_run"]: r["images"] for r in spark.table(qualified(database, SCORED_RUNS))
+                .filter(F.col("model_version") == model_version).groupBy("ingest_run")
+                .agg(F.max("images").alias("images")).collect()}
+    recorded: dict[str, int] = {}
+    for row in table.filter(pc.equal(table["model_version"], model_version)).to_pylist():
+        if row["images"] is not None:
+            recorded[row["ingest_run"]] = max(row["images"], recorded.get(row["ingest_run"], row["images"]))
+    return recorded
 
 
 def _record_runs(spark, database: str, model_version: str, run_id: str, images: dict[str, int]) -> None:
@@ -278,14 +321,16 @@ def _record_looked_at(spark, database: str, model_version: str, runs: _OpenRuns,
 
 def _score(spark, config: Config, joined, scored, scale_bins, model_version: str, metadata: dict,
            summary: InferSummary, runs: _OpenRuns, started: float) -> InferSummary:
-    from pyspark.ml.functions import predict_batch_udf
     from pyspark.sql import functions as F
 
-    from semspark.infer.predictor import NO_PIXELS, ModelPayload, make_predict_fn
+    from semspark.infer.predictor import NO_PIXELS, ModelPayload
 
     db, run_id = config.catalog.database, summary.run_id
-    counts = joined.agg(F.count("*").alias("examined"), F.count("scored").alias("scored")).first()
-    n_pending = counts["examined"] - counts["scored"]
+    if runs.check_predictions:
+        counts = joined.agg(F.count("*").alias("examined"), F.count("scored").alias("scored")).first()
+        n_pending = counts["examined"] - counts["scored"]
+    else:   # no image of the open runs can have a prediction: all are pending (a night: no job to count)
+        n_pending = runs.images_examined
     summary.already_scored = summary.candidates - n_pending
     # The record of finished runs counts every image of a run: with a subset of the scale bins,
     # a run's images in the other bins were not looked at.
@@ -299,19 +344,6 @@ def _score(spark, config: Config, joined, scored, scale_bins, model_version: str
         return summary
     pending = joined.filter(F.col("scored").isNull()).select("image_id", "chroma", "contrast", "ingest_run")
 
-    url = dataset_url(config)
-    try:
-        stored = spark.read.parquet(url)
-    except Exception as exc:
-        raise InferError(f"no readable image dataset at {url}: run semspark ingest first ({exc})") from exc
-    if scale_bins:
-        stored = stored.filter(F.col("scale_bin").isin(scale_bins))  # reads only those partitions
-    source = _files_holding(spark, stored, pending, runs, scale_bins, url, summary)
-    # A left join: an image of sem.images without stored pixels reaches the model as NULL and comes
-    # back as an error row (reported, retried next run) instead of vanishing.
-    pixels = (pending.drop("ingest_run").join(source.select("image_id", "image"), "image_id", "left")
-              .dropDuplicates(["image_id"]))
-
     # Tasks of at most images_per_task images. When there are fewer tasks than cores, each task's
     # TensorFlow gets the idle cores too (up to an executor's): measured here, one task with two
     # threads scores 20% faster than two tasks with one. Else one thread per task (task cpus).
@@ -323,7 +355,6 @@ def _score(spark, config: Config, joined, scored, scale_bins, model_version: str
     reference = registry.reference_embeddings(folder, metadata)
     calibration = metadata.get("calibration") or {}
     ood = metadata.get("out_of_distribution") or {}
-    appearance = AppearanceBounds.from_dict(ood.get("appearance"))
     # Models registered before calibration: temperature 1 (the softmax as trained), no flags.
     payload = ModelPayload(model_version=model_version, sha256=hashlib.sha256(weights).hexdigest(),
                            class_names=tuple(metadata["class_names"]), input_size=int(metadata["input_size"]),
@@ -333,35 +364,20 @@ def _score(spark, config: Config, joined, scored, scale_bins, model_version: str
                            ood_threshold=ood.get("threshold") if reference is not None else None,
                            ood_neighbours=int(ood.get("neighbours", 5)),
                            reference_sha256=hashlib.sha256(reference).hexdigest() if reference is not None else None,
-                           engine=engine)
-    model_bytes = spark.sparkContext.broadcast(weights)
-    reference_bytes = spark.sparkContext.broadcast(reference) if reference is not None else None
-    predict = predict_batch_udf(make_predict_fn(payload, model_bytes, reference_bytes), return_type=PREDICTION,
-                                batch_size=config.infer.batch_size)
+                           engine=engine, appearance=AppearanceBounds.from_dict(ood.get("appearance")))
     staging = home_path(f"staging/infer-{run_id}")
     stamp = utc_now()
-    log.info("scoring %d images with %s in %d tasks (%s, %d threads each)", n_pending, model_version,
-             tasks, "TensorFlow Lite" if engine == "tflite" else "TensorFlow", threads)
-    try:
-        (pixels.repartition(tasks, "image_id")
-         .withColumn("p", predict(F.col("image")))
-         .select("image_id", "chroma", "contrast", "p.*")
-         .withColumn("uncertain", _flag("uncertain"))
-         .withColumn("out_of_distribution", _flag("out_of_distribution"))
-         .withColumn("ood_distance", F.when(F.isnan("ood_distance"), None).otherwise(F.col("ood_distance")))
-         .transform(lambda scored_rows: _with_ood_reason(scored_rows, payload.ood_threshold, appearance))
-         .drop("chroma", "contrast")
-         .withColumn("predicted_at", F.lit(stamp).cast("timestamp"))
-         .withColumn("infer_run", F.lit(run_id))
-         .withColumn("model_version", F.lit(model_version))
-         .write.mode("overwrite").parquet((staging / "scored").as_uri()))
-    except Exception as exc:
-        raise InferRunFailed(f"scoring with {model_version} failed ({_first_line(exc)}); nothing was written "
-                             "to the predictions table, rerun to try again") from exc
-    finally:
-        model_bytes.unpersist()
-        if reference_bytes is not None:
-            reference_bytes.unpersist()
+    url = dataset_url(config)
+    files = _driver_scoring_files(spark, config, runs, scale_bins, url, n_pending, engine, summary)
+    summary.scored_in = "driver" if files is not None else "tasks"
+    if files is not None:
+        log.info("scoring %d images with %s in the driver (TensorFlow Lite, %d threads)", n_pending,
+                 model_version, threads)
+        _score_in_driver(spark, config, files, runs, scale_bins, payload, weights, reference,
+                         staging / "scored", stamp, run_id)
+    else:
+        _score_in_tasks(spark, config, pending, runs, scale_bins, url, payload, weights, reference,
+                        staging / "scored", stamp, tasks, summary)
     log.info("scored %d images; writing them to %s", n_pending, qualified(db, PREDICTIONS))
     staged = spark.read.parquet((staging / "scored").as_uri())
     # the outcomes without embeddings or logits, read in the driver (the staging folder is local)
@@ -415,38 +431,168 @@ def _scored_rows(staged_folder):
     return rows
 
 
-def _with_ood_reason(scored, embedding_threshold: float | None, appearance: AppearanceBounds):
-    """``out_of_distribution`` and ``ood_reason`` from the embedding's distance (the model's worker
-    decided it) and from the appearance bounds of the training images (decided here, in SQL, from
-    sem.images' chroma and contrast). The reason says which, with the figures; NULL when in
-    distribution. The flag is NULL only when nothing could be checked."""
+def _score_in_tasks(spark, config: Config, pending, runs: _OpenRuns, scale_bins, url: str, payload, weights: bytes,
+                    reference: bytes | None, staged_folder, stamp, tasks: int, summary: InferSummary) -> None:
+    """Score ``pending`` in Spark tasks (predict_batch_udf), the rows staged to ``staged_folder``."""
+    from pyspark.ml.functions import predict_batch_udf
     from pyspark.sql import functions as F
 
-    reasons, checked = [], F.col("out_of_distribution").isNotNull()
-    if embedding_threshold is not None:
-        reasons.append(F.when(F.col("out_of_distribution"), F.format_string(
-            "unlike the training images to the model (embedding distance %.3f, over %.3f)",
-            F.col("ood_distance"), F.lit(float(embedding_threshold)))))
-    if appearance.chroma_limit is not None:
-        reasons.append(F.when(F.col("chroma") > appearance.chroma_limit, F.format_string(
-            "colour image (chroma %.3f, the training images at most %.3f)", F.col("chroma"),
-            F.lit(appearance.training_chroma_max))))
-        checked = checked | F.col("chroma").isNotNull()
-    if appearance.contrast_limit is not None:
-        reasons.append(F.when(F.col("contrast") < appearance.contrast_limit, F.format_string(
-            "almost no contrast (contrast %.3f, the training images at least %.3f)", F.col("contrast"),
-            F.lit(appearance.training_contrast_min))))
-        checked = checked | F.col("contrast").isNotNull()
-    failed = F.col("error").isNotNull()
-    if reasons:
-        reason = F.concat_ws("; ", *reasons)
-        ood_reason = F.when(failed | (reason == ""), None).otherwise(reason)
-    else:   # a model without thresholds: no reason (comparing two empty literals made Spark warn)
-        ood_reason = F.lit(None).cast("string")
-    return (scored.withColumn("ood_reason", ood_reason)
-            .withColumn("out_of_distribution",
-                        F.when(failed, None).when(F.col("ood_reason").isNotNull(), True)
-                        .when(checked, False).otherwise(None)))
+    from semspark.infer.predictor import make_predict_fn
+
+    try:
+        stored = spark.read.parquet(url)
+    except Exception as exc:
+        raise InferError(f"no readable image dataset at {url}: run semspark ingest first ({exc})") from exc
+    if scale_bins:
+        stored = stored.filter(F.col("scale_bin").isin(scale_bins))  # reads only those partitions
+    source = _files_holding(spark, stored, pending, runs, scale_bins, url, summary)
+    # A left join: an image of sem.images without stored pixels reaches the model as NULL and comes
+    # back as an error row (reported, retried next run) instead of vanishing.
+    pixels = (pending.drop("ingest_run").join(source.select("image_id", "image"), "image_id", "left")
+              .dropDuplicates(["image_id"]))
+    model_bytes = spark.sparkContext.broadcast(weights)
+    reference_bytes = spark.sparkContext.broadcast(reference) if reference is not None else None
+    predict = predict_batch_udf(make_predict_fn(payload, model_bytes, reference_bytes), return_type=PREDICTION,
+                                batch_size=config.infer.batch_size)
+    log.info("scoring with %s in %d tasks (%s, %d threads each)", payload.model_version, tasks,
+             "TensorFlow Lite" if payload.engine == "tflite" else "TensorFlow", payload.threads)
+    try:
+        (pixels.repartition(tasks, "image_id")
+         .withColumn("p", predict(F.col("image"), F.col("chroma"), F.col("contrast")))
+         .select("image_id", "p.*")
+         .withColumn("uncertain", _flag("uncertain"))
+         .withColumn("out_of_distribution", _flag("out_of_distribution"))
+         .withColumn("ood_distance", F.when(F.isnan("ood_distance"), None).otherwise(F.col("ood_distance")))
+         .withColumn("predicted_at", F.lit(stamp).cast("timestamp"))
+         .withColumn("infer_run", F.lit(summary.run_id))
+         .withColumn("model_version", F.lit(payload.model_version))
+         .write.mode("overwrite").parquet(staged_folder.as_uri()))
+    except Exception as exc:
+        raise InferRunFailed(f"scoring with {payload.model_version} failed ({_first_line(exc)}); nothing was "
+                             "written to the predictions table, rerun to try again") from exc
+    finally:
+        model_bytes.unpersist()
+        if reference_bytes is not None:
+            reference_bytes.unpersist()
+
+
+def _driver_scoring_files(spark, config: Config, runs: _OpenRuns, scale_bins, url: str, n_pending: int,
+                          engine: str, summary: InferSummary) -> list[str] | None:
+    """The dataset files to read when a run is scored in the driver, else None (Spark tasks).
+
+    In local mode the driver is the machine the tasks would run on: a small run of a model with
+    its TensorFlow Lite conversion (a night's few images) is scored there, the pixels read with
+    pyarrow from the files its ingest runs wrote and the rows staged as the tasks stage them, with
+    no Spark job (measured: 1.7 s of a 19-s night for 40 images, most of it the job and its Python
+    worker). Only when nothing of the open runs can be scored yet (a night's new run), every file
+    is local, and the runs' named files hold all their images (as ``_files_holding`` checks)."""
+    from semspark.dataset import data_files, dataset_root
+
+    if (runs.check_predictions or runs.unnamed or engine != "tflite" or not runs.names
+            or n_pending > config.infer.driver_max_images
+            or not spark.sparkContext.master.startswith("local") or not url.startswith("file:")):
+        return None
+    root = dataset_root(url)
+    if not root.is_dir():
+        return None
+    every = data_files(root)
+    files = _files_of_runs(root, every, set(runs.names), runs, scale_bins)
+    if files is not None:
+        summary.dataset_files, summary.dataset_files_read = len(every), len(files)
+    return files
+
+
+def _files_of_runs(root, every: list[str], pending_runs: set, runs: _OpenRuns, scale_bins) -> list[str] | None:
+    """The dataset files named after ``pending_runs`` (dataset.RUN_FILE) when, bin by bin, they hold
+    as many rows as sem.images has of each of those runs there (their Parquet footers say): then
+    they hold all its images. Else None."""
+    import pyarrow.parquet as pq
+
+    from semspark.dataset import bin_of, run_of_file
+
+    named = [f for f in every if run_of_file(f) in pending_runs and (not scale_bins or bin_of(f) in scale_bins)]
+    if not named or None in pending_runs:
+        return None
+    held: dict[tuple[str, str], int] = {}
+    for f in named:
+        key = (run_of_file(f), bin_of(f))
+        held[key] = held.get(key, 0) + pq.ParquetFile(root / f).metadata.num_rows
+    if all(held.get(key, 0) == n for key, n in runs.bin_counts.items() if key[0] in pending_runs):
+        return named
+    return None
+
+
+def _score_in_driver(spark, config: Config, files: list[str], runs: _OpenRuns, scale_bins, payload,
+                     weights: bytes, reference: bytes | None, staged_folder, stamp, run_id: str) -> None:
+    """Score the open runs' images in this process with the worker's own predictor
+    (predictor.build_predictor on TensorFlow Lite), and stage their rows to ``staged_folder`` as
+    the Spark tasks would (same columns and types): the rest of the run reads them from there."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from semspark.catalog import _arrow_type, local_columns
+    from semspark.dataset import dataset_root
+    from semspark.infer.predictor import build_predictor, tflite_forward, verified
+
+    images = local_columns(spark, config.catalog.database, IMAGES,
+                           ["image_id", "chroma", "contrast", "ingest_run", "scale_bin"])
+    wanted = pc.is_in(images["ingest_run"], pa.array(runs.names, pa.string()))
+    if scale_bins:
+        wanted = pc.and_(wanted, pc.is_in(images["scale_bin"], pa.array(list(scale_bins), pa.string())))
+    first: dict[str, dict] = {}   # each image once, as the tasks' dropDuplicates
+    for row in images.filter(wanted).select(["image_id", "chroma", "contrast"]).to_pylist():
+        first.setdefault(row["image_id"], row)
+    ids = list(first)
+    # NULL (not measured) as NaN, as the tasks' pandas batches give it
+    chroma = np.array([first[i]["chroma"] for i in ids], dtype=np.float64).reshape(-1)
+    contrast = np.array([first[i]["contrast"] for i in ids], dtype=np.float64).reshape(-1)
+    root = dataset_root(dataset_url(config))
+    stored = pq.read_table([str(root / f) for f in files], columns=["image_id", "image"])
+    stored = stored.filter(pc.is_in(stored["image_id"], pa.array(ids, pa.string())))
+    pixels: dict[str, bytes] = {}
+    for image_id, image in zip(stored["image_id"].to_pylist(), stored["image"].to_pylist()):
+        pixels.setdefault(image_id, image)
+    model = verified(weights, payload.sha256, f"the TFLite model of {payload.model_version}")
+    reference_embeddings = None
+    if reference is not None:
+        import io
+
+        reference_embeddings = np.load(io.BytesIO(reference), allow_pickle=False)
+    predict = build_predictor(tflite_forward(model, payload.input_size, payload.threads), payload,
+                              reference_embeddings)
+    batch = config.infer.batch_size
+    parts = [predict(np.array([pixels.get(i) for i in ids[start:start + batch]], dtype=object),
+                     chroma[start:start + batch], contrast[start:start + batch])
+             for start in range(0, len(ids), batch)]
+
+    def column(name: str) -> list:
+        return [value for part in parts for value in part[name]]
+
+    def flag(name: str) -> list:   # 1.0 / 0.0 / NaN to True / False / None, as the tasks' _flag
+        return [None if np.isnan(v) else bool(v > 0.5) for v in column(name)]
+
+    types = {f.name: _arrow_type(f.dataType) for f in PREDICTION.fields}
+    table = pa.table({
+        "image_id": pa.array(ids, pa.string()),
+        "category": pa.array(column("category"), types["category"]),
+        "confidence": pa.array([None if np.isnan(v) else float(v) for v in column("confidence")], types["confidence"]),
+        "probabilities": pa.array([v.tolist() for v in column("probabilities")], types["probabilities"]),
+        "logits": pa.array([v.tolist() for v in column("logits")], types["logits"]),
+        "embedding": pa.array([v.tolist() for v in column("embedding")], types["embedding"]),
+        "error": pa.array(column("error"), types["error"]),
+        "uncertain": pa.array(flag("uncertain"), pa.bool_()),
+        "out_of_distribution": pa.array(flag("out_of_distribution"), pa.bool_()),
+        "ood_distance": pa.array([None if np.isnan(v) else float(v) for v in column("ood_distance")], pa.float64()),
+        "ood_reason": pa.array(column("ood_reason"), types["ood_reason"]),
+        "predicted_at": pa.array([stamp.replace(tzinfo=None)] * len(ids), pa.timestamp("us")),
+        "infer_run": pa.array([run_id] * len(ids), pa.string()),
+        "model_version": pa.array([payload.model_version] * len(ids), pa.string()),
+    })
+    staged_folder.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, staged_folder / "part-00000-driver.snappy.parquet", compression="snappy",
+                   use_deprecated_int96_timestamps=True)
 
 
 def _flag(column: str):
@@ -470,25 +616,21 @@ def _files_holding(spark, stored, pending, runs: _OpenRuns, scale_bins, url: str
     alone) and the pixels from the files that hold a pending id, and no others."""
     from pyspark.sql import functions as F
 
-    from semspark.dataset import bin_of, data_files, dataset_root, hadoop_path, run_of_file
+    from semspark.dataset import data_files, dataset_root, hadoop_path
 
     root = dataset_root(url)
     every = data_files(root)
     summary.dataset_files = len(every)
-    pending_runs = {r["ingest_run"] for r in pending.select("ingest_run").distinct().collect()}
-    named = [f for f in every if run_of_file(f) in pending_runs and (not scale_bins or bin_of(f) in scale_bins)]
-    if named and None not in pending_runs:
-        import pyarrow.parquet as pq
-
-        held: dict[tuple[str, str], int] = {}
-        for f in named:
-            key = (run_of_file(f), bin_of(f))
-            held[key] = held.get(key, 0) + pq.ParquetFile(root / f).metadata.num_rows
-        if all(held.get(key, 0) == n for key, n in runs.bin_counts.items() if key[0] in pending_runs):
-            summary.dataset_files_read = len(named)
-            log.info("reading the pixels of %d of %d dataset files (the pending images' ingest runs)",
-                     len(named), summary.dataset_files)
-            return spark.read.option("basePath", url).parquet(*[hadoop_path(root, f) for f in named])
+    if runs.check_predictions:
+        pending_runs = {r["ingest_run"] for r in pending.select("ingest_run").distinct().collect()}
+    else:   # every image of the open runs is pending
+        pending_runs = set(runs.names) | ({None} if runs.unnamed else set())
+    named = _files_of_runs(root, every, pending_runs, runs, scale_bins)
+    if named is not None:
+        summary.dataset_files_read = len(named)
+        log.info("reading the pixels of %d of %d dataset files (the pending images' ingest runs)",
+                 len(named), summary.dataset_files)
+        return spark.read.option("basePath", url).parquet(*[hadoop_path(root, f) for f in named])
     holders = (stored.select("image_id", F.col("_metadata.file_path").alias("file"))
                .join(pending.select("image_id"), "image_id", "left_semi").select("file").distinct())
     files = sorted(r["file"] for r in holders.collect())

@@ -46,6 +46,7 @@ class ModelPayload:
     ood_neighbours: int = 5
     reference_sha256: str | None = None    # of the broadcast reference embeddings (.npy)
     engine: str = "tensorflow"             # what the broadcast model is: tensorflow (.npz) or tflite
+    appearance: object = None              # train.evaluation.AppearanceBounds of the training images, or None
 
 
 def decode_png_batch(images) -> tuple[np.ndarray, list[str | None]]:
@@ -205,14 +206,17 @@ def build_predictor(forward, payload: ModelPayload, reference_embeddings: np.nda
                                       threshold=payload.ood_threshold)
     classes = np.array(payload.class_names, dtype=object)
 
-    def predict(images: np.ndarray) -> dict[str, np.ndarray]:
+    def predict(images: np.ndarray, chroma: np.ndarray | None = None,
+                contrast: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """PNG bytes, and sem.images' chroma and contrast of the same images (NaN or None: not
+        measured), to the PREDICTION columns."""
         from semspark.train.evaluation import softmax
 
         from semspark.storage import pause_point
 
         stack, errors = decode_png_batch(images)
         embedding, logits = forward(stack)
-        pause_point("scoring-batch")   # tests kill a run here: the model running in a Spark task
+        pause_point("scoring-batch")   # tests kill a run here: the model running (a Spark task, or the driver)
         embedding = embedding.reshape(len(stack), -1)
         probabilities = softmax(logits, payload.temperature)    # calibrated (temperature from validation)
         best = probabilities.argmax(axis=1)
@@ -226,19 +230,62 @@ def build_predictor(forward, payload: ModelPayload, reference_embeddings: np.nda
         if payload.uncertain_below is not None:
             uncertain = (confidence < payload.uncertain_below).astype(np.float64)
         ood_distance = np.full(len(stack), np.nan)
-        out_of_distribution = np.full(len(stack), np.nan)
+        far = np.full(len(stack), np.nan)   # the embedding's verdict
         if reference is not None:
             ood_distance = reference.distances(embedding)
-            out_of_distribution = (ood_distance > reference.threshold).astype(np.float64)
+            far = (ood_distance > reference.threshold).astype(np.float64)
         uncertain[failed] = np.nan
-        out_of_distribution[failed] = np.nan
         ood_distance[failed] = np.nan
+        unknown = np.full(len(stack), np.nan)
+        out_of_distribution, ood_reason = verdicts(
+            far, ood_distance, unknown if chroma is None else chroma, unknown if contrast is None else contrast,
+            failed, reference.threshold if reference is not None else None, payload.appearance)
         return {"category": category, "confidence": confidence,
                 "probabilities": probabilities.astype(np.float32), "logits": logits.astype(np.float32),
                 "embedding": embedding.astype(np.float32), "error": np.array(errors, dtype=object),
-                "uncertain": uncertain, "out_of_distribution": out_of_distribution, "ood_distance": ood_distance}
+                "uncertain": uncertain, "out_of_distribution": out_of_distribution, "ood_distance": ood_distance,
+                "ood_reason": ood_reason}
 
     return predict
+
+
+def _known(value) -> float | None:
+    """A measured value, or None for NULL (None from Spark, NaN from pandas)."""
+    return None if value is None or (isinstance(value, float) and np.isnan(value)) else float(value)
+
+
+def verdicts(embedding_flags, distances, chroma, contrast, failed, embedding_threshold: float | None,
+             appearance) -> tuple[np.ndarray, np.ndarray]:
+    """Each image's out-of-distribution flag (1.0 / 0.0, NaN unknown) and reason (words with the
+    figures; None when in distribution): from the embedding's distance (``embedding_flags``,
+    decided against ``embedding_threshold``) and from the appearance bounds of the training images
+    (``appearance``: sem.images' chroma over its limit, contrast under it). The flag is unknown
+    only when nothing could be checked, and for a failed image (its reason too)."""
+    flags = np.full(len(failed), np.nan)
+    reasons = np.full(len(failed), None, dtype=object)
+    chroma_limit = appearance.chroma_limit if appearance is not None else None
+    contrast_limit = appearance.contrast_limit if appearance is not None else None
+    for i in range(len(failed)):
+        if failed[i]:
+            continue
+        flag, shade, flatness = _known(embedding_flags[i]), _known(chroma[i]), _known(contrast[i])
+        found = []
+        if embedding_threshold is not None and flag is not None and flag > 0.5:
+            found.append(f"unlike the training images to the model (embedding distance {distances[i]:.3f}, "
+                         f"over {embedding_threshold:.3f})")
+        if chroma_limit is not None and shade is not None and shade > chroma_limit:
+            found.append(f"colour image (chroma {shade:.3f}, the training images at most "
+                         f"{appearance.training_chroma_max:.3f})")
+        if contrast_limit is not None and flatness is not None and flatness < contrast_limit:
+            found.append(f"almost no contrast (contrast {flatness:.3f}, the training images at least "
+                         f"{appearance.training_contrast_min:.3f})")
+        checked = (flag is not None or (chroma_limit is not None and shade is not None)
+                   or (contrast_limit is not None and flatness is not None))
+        if found:
+            flags[i], reasons[i] = 1.0, "; ".join(found)
+        elif checked:
+            flags[i] = 0.0
+    return flags, reasons
 
 
 def make_predict_fn(payload: ModelPayload, model_bytes, reference_bytes=None):
