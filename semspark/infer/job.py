@@ -373,8 +373,14 @@ def _score(spark, config: Config, joined, scored, scale_bins, model_version: str
     if files is not None:
         log.info("scoring %d images with %s in the driver (TensorFlow Lite, %d threads)", n_pending,
                  model_version, threads)
-        _score_in_driver(spark, config, files, runs, scale_bins, payload, weights, reference,
-                         staging / "scored", stamp, run_id)
+        import pyarrow as pa
+
+        try:
+            _score_in_driver(spark, config, files, runs, scale_bins, payload, weights, reference,
+                             staging / "scored", stamp, run_id)
+        except (OSError, pa.ArrowException) as exc:   # a file gone or damaged meanwhile: as a task's failure
+            raise InferRunFailed(f"scoring with {model_version} failed ({type(exc).__name__}: {exc}); nothing was "
+                                 "written to the predictions table, rerun to try again") from exc
     else:
         _score_in_tasks(spark, config, pending, runs, scale_bins, url, payload, weights, reference,
                         staging / "scored", stamp, tasks, summary)
