@@ -138,10 +138,10 @@ def test_appended_partitions_are_the_ones_spark_makes(spark, semspark_home):
 
 
 def test_local_columns_read_what_spark_reads(spark, semspark_home, tmp_path):
-    """catalog.local_columns (pyarrow from the files, partition values from the metastore) against
-    Spark's own query of the same partitioned table: escaped values, a partition Spark wrote with a
-    null value (Hive's default partition), one moved to a custom location, and a folder that is
-    not a registered partition (not read, as by Spark)."""
+    """catalog.local_columns (pyarrow from the files, partition values from the metastore's names)
+    against Spark's own query of the same partitioned table: escaped values, a partition Spark
+    wrote with a null value (Hive's default partition), a folder that is not a registered partition
+    (not read, as by Spark); a partition moved to a location of its own is left to Spark (None)."""
     import shutil
 
     import pyarrow as pa
@@ -162,20 +162,27 @@ def test_local_columns_read_what_spark_reads(spark, semspark_home, tmp_path):
                                     local_columns(spark, database, PREDICTIONS, PREDICTIONS.schema.fieldNames()).schema)
     assert append_arrow(spark, database, PREDICTIONS, appended)
     folder = semspark_home / "warehouse" / f"{database}.db" / "predictions"
-    elsewhere = tmp_path / "moved_partition"
-    shutil.copytree(folder / "model_version=moved%2F1", elsewhere)
-    spark.sql(f"ALTER TABLE {database}.predictions PARTITION (model_version = 'moved/1') "
-              f"SET LOCATION '{elsewhere}'")
-    shutil.rmtree(folder / "model_version=moved%2F1")
     stray = folder / "model_version=stray"   # not registered: Spark does not read it
     stray.mkdir()
     shutil.copy(next((folder / "model_version=old%2F1").glob("part-*")), stray / "part-00000-stray.parquet")
     spark.catalog.refreshTable(f"{database}.predictions")
 
-    mine = local_columns(spark, database, PREDICTIONS, ["image_id", "model_version", "predicted_at"]).to_pylist()
+    def read():
+        return local_columns(spark, database, PREDICTIONS, ["image_id", "model_version", "predicted_at"])
+
     expected = [("a", "old/1"), ("b", "old/1"), ("c", "it's 2"), ("m", "moved/1"), ("n", None)]   # by hand
-    assert sorted((r["image_id"], r["model_version"]) for r in mine) == expected
-    assert {r["predicted_at"] for r in mine} == {t}
+    assert sorted((r["image_id"], r["model_version"]) for r in read().to_pylist()) == expected
+    assert {r["predicted_at"] for r in read().to_pylist()} == {t}
+    theirs = spark.sql(f"SELECT image_id, model_version FROM {database}.predictions").collect()
+    assert sorted(tuple(r) for r in theirs) == expected
+
+    elsewhere = tmp_path / "moved_partition"
+    shutil.copytree(folder / "model_version=moved%2F1", elsewhere)
+    spark.sql(f"ALTER TABLE {database}.predictions PARTITION (model_version = 'moved/1') "
+              f"SET LOCATION '{elsewhere}'")
+    shutil.rmtree(folder / "model_version=moved%2F1")
+    spark.catalog.refreshTable(f"{database}.predictions")
+    assert read() is None   # its values are in the metastore's record, not in its folder's name: Spark's to read
     theirs = spark.sql(f"SELECT image_id, model_version FROM {database}.predictions").collect()
     assert sorted(tuple(r) for r in theirs) == expected
 

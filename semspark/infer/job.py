@@ -368,7 +368,7 @@ def _score(spark, config: Config, joined, scored, scale_bins, model_version: str
     staging = home_path(f"staging/infer-{run_id}")
     stamp = utc_now()
     url = dataset_url(config)
-    files = _driver_scoring_files(spark, config, runs, scale_bins, url, n_pending, engine, summary)
+    files, images = _driver_scoring_input(spark, config, runs, scale_bins, url, n_pending, engine, summary)
     summary.scored_in = "driver" if files is not None else "tasks"
     if files is not None:
         log.info("scoring %d images with %s in the driver (TensorFlow Lite, %d threads)", n_pending,
@@ -376,7 +376,7 @@ def _score(spark, config: Config, joined, scored, scale_bins, model_version: str
         import pyarrow as pa
 
         try:
-            _score_in_driver(spark, config, files, runs, scale_bins, payload, weights, reference,
+            _score_in_driver(config, files, images, runs, scale_bins, payload, weights, reference,
                              staging / "scored", stamp, run_id)
         except (OSError, pa.ArrowException) as exc:   # a file gone or damaged meanwhile: as a task's failure
             raise InferRunFailed(f"scoring with {model_version} failed ({type(exc).__name__}: {exc}); nothing was "
@@ -482,9 +482,10 @@ def _score_in_tasks(spark, config: Config, pending, runs: _OpenRuns, scale_bins,
             reference_bytes.unpersist()
 
 
-def _driver_scoring_files(spark, config: Config, runs: _OpenRuns, scale_bins, url: str, n_pending: int,
-                          engine: str, summary: InferSummary) -> list[str] | None:
-    """The dataset files to read when a run is scored in the driver, else None (Spark tasks).
+def _driver_scoring_input(spark, config: Config, runs: _OpenRuns, scale_bins, url: str, n_pending: int,
+                          engine: str, summary: InferSummary):
+    """(the dataset files to read, sem.images' rows as pyarrow) when a run is scored in the driver,
+    else (None, None): Spark tasks.
 
     In local mode the driver is the machine the tasks would run on: a small run of a model with
     its TensorFlow Lite conversion (a night's few images) is scored there, the pixels read with
@@ -492,20 +493,24 @@ def _driver_scoring_files(spark, config: Config, runs: _OpenRuns, scale_bins, ur
     no Spark job (measured: 1.7 s of a 19-s night for 40 images, most of it the job and its Python
     worker). Only when nothing of the open runs can be scored yet (a night's new run), every file
     is local, and the runs' named files hold all their images (as ``_files_holding`` checks)."""
+    from semspark.catalog import local_columns
     from semspark.dataset import data_files, dataset_root
 
     if (runs.check_predictions or runs.unnamed or engine != "tflite" or not runs.names
             or n_pending > config.infer.driver_max_images
             or not spark.sparkContext.master.startswith("local") or not url.startswith("file:")):
-        return None
+        return None, None
     root = dataset_root(url)
     if not root.is_dir():
-        return None
+        return None, None
     every = data_files(root)
     files = _files_of_runs(root, every, set(runs.names), runs, scale_bins)
-    if files is not None:
-        summary.dataset_files, summary.dataset_files_read = len(every), len(files)
-    return files
+    images = local_columns(spark, config.catalog.database, IMAGES,
+                           ["image_id", "chroma", "contrast", "ingest_run", "scale_bin"]) if files else None
+    if images is None:
+        return None, None
+    summary.dataset_files, summary.dataset_files_read = len(every), len(files)
+    return files, images
 
 
 def _files_of_runs(root, every: list[str], pending_runs: set, runs: _OpenRuns, scale_bins) -> list[str] | None:
@@ -528,7 +533,7 @@ def _files_of_runs(root, every: list[str], pending_runs: set, runs: _OpenRuns, s
     return None
 
 
-def _score_in_driver(spark, config: Config, files: list[str], runs: _OpenRuns, scale_bins, payload,
+def _score_in_driver(config: Config, files: list[str], images, runs: _OpenRuns, scale_bins, payload,
                      weights: bytes, reference: bytes | None, staged_folder, stamp, run_id: str) -> None:
     """Score the open runs' images in this process with the worker's own predictor
     (predictor.build_predictor on TensorFlow Lite), and stage their rows to ``staged_folder`` as
@@ -538,12 +543,10 @@ def _score_in_driver(spark, config: Config, files: list[str], runs: _OpenRuns, s
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from semspark.catalog import _arrow_type, local_columns
+    from semspark.catalog import _arrow_type
     from semspark.dataset import dataset_root
     from semspark.infer.predictor import build_predictor, tflite_forward, verified
 
-    images = local_columns(spark, config.catalog.database, IMAGES,
-                           ["image_id", "chroma", "contrast", "ingest_run", "scale_bin"])
     wanted = pc.is_in(images["ingest_run"], pa.array(runs.names, pa.string()))
     if scale_bins:
         wanted = pc.and_(wanted, pc.is_in(images["scale_bin"], pa.array(list(scale_bins), pa.string())))
