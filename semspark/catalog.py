@@ -257,15 +257,15 @@ def local_columns(spark, database: str, table: TableSpec, columns: list[str], re
     Spark). For the small reads the driver makes of key columns at the start of a run: as a Spark
     job each costs a few tenths of a second whatever the table's size, a night several of them.
     Timestamps come as Spark stores them: naive UTC (INT96 read in microseconds). Partition
-    columns come from the files' folder names (``scale_bin=100nm``; Hive's escapes undone, its
-    default partition as null). An unpartitioned table's files are those in its folder now;
-    a partitioned table's those Spark lists for the partitions the metastore holds, and
-    ``refresh`` lists them again first (what another process wrote since this session listed them;
-    this session's own writes are always seen, as by its Spark queries)."""
+    columns come from the partitions' folder names (``scale_bin=100nm``; Hive's escapes undone, its
+    default partition as null). The files are those in the table's folder, or in the folders of
+    the partitions the metastore holds, now (``local_data_folders``: other processes' files
+    included). Where that cannot be (a partition outside its folder) Spark lists them, and
+    ``refresh`` has it list again first (what another process wrote since this session listed)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from semspark.storage import from_index_uri, local_path, walk_visible
+    from semspark.storage import from_index_uri, local_path, spark_data_files
 
     name = qualified(database, table)
     # The table's folder (or its partitions' folders, as the metastore records them) walked as
@@ -274,8 +274,7 @@ def local_columns(spark, database: str, table: TableSpec, columns: list[str], re
     folders = local_data_folders(spark, database, table)
     if folders is not None:
         files = [(f"{folder}/{relative}", values) for folder, values in folders
-                 for relative, status in walk_visible(folder)
-                 if status is not None and not relative.rpartition("/")[2].startswith("_")]
+                 for relative, _ in spark_data_files(folder)]
     else:
         if refresh:
             spark.catalog.refreshTable(name)
@@ -316,8 +315,6 @@ def local_data_folders(spark, database: str, table: TableSpec) -> list[tuple[str
     field): None, so that Spark lists the files, when the table or any partition's folder is not
     there (a remote warehouse; a partition moved to a location of its own, which semspark never
     does: one moved by hand with its old folder left in place would be read from the old one)."""
-    from urllib.parse import unquote
-
     folder = local_table_folder(spark, database, table)
     if folder is None or len(table.partition_by) > 1:
         return None
@@ -329,22 +326,26 @@ def local_data_folders(spark, database: str, table: TableSpec) -> list[tuple[str
         path = Path(folder) / name
         if not path.is_dir():
             return None
-        value = unquote(name.partition("=")[2])   # Spark's escapes are %XX of single characters
-        folders.append((str(path), {column: None if value == "__HIVE_DEFAULT_PARTITION__" else value}))
+        folders.append((str(path), {column: partition_value_of_folder(name.partition("=")[2])}))
     return folders
+
+
+def partition_value_of_folder(folder_value: str) -> str | None:
+    """A partition value as its folder name holds it, unescaped as Spark unescapes (``%XX`` of single
+    characters); Hive's default partition is null."""
+    from urllib.parse import unquote
+
+    return None if folder_value == "__HIVE_DEFAULT_PARTITION__" else unquote(folder_value)
 
 
 def _partition_value(path: str, column: str) -> str | None:
     """The value of partition ``column`` in a file's path: its ``column=value`` folder, unescaped as
     Spark unescapes (``%XX``); Hive's default partition is null."""
-    from urllib.parse import unquote
-
     prefix = f"{column}="
     folder = next((part for part in reversed(Path(path).parent.parts) if part.startswith(prefix)), None)
     if folder is None:
         raise ValueError(f"{path} is not in a {prefix}... folder: not a file of a table partitioned by {column}")
-    value = folder[len(prefix):]
-    return None if value == "__HIVE_DEFAULT_PARTITION__" else unquote(value)
+    return partition_value_of_folder(folder[len(prefix):])
 
 
 def _arrow_type(spark_type):

@@ -91,13 +91,12 @@ def table_files(spark, database: str, table: TableSpec) -> dict[str, list[tuple[
 
 
 def _walked_files(root: str) -> dict[str, list[tuple[str, int]]]:
-    from semspark.storage import walk_visible
+    from semspark.storage import spark_data_files
 
     by_folder: dict[str, list[tuple[str, int]]] = {}
-    for name, status in walk_visible(root):
+    for name, status in spark_data_files(root):
         folder, _, file = f"{root}/{name}".rpartition("/")
-        if status is not None and not file.startswith("_"):   # nor Parquet summary files; gone: merged away
-            by_folder.setdefault(f"file:{folder}", []).append((f"file:{folder}/{file}", status.st_size))
+        by_folder.setdefault(f"file:{folder}", []).append((f"file:{folder}/{file}", status.st_size))
     return by_folder
 
 

@@ -58,6 +58,14 @@ class UnlistableFolder(OSError):
         self.relative, self.cause = relative, cause
 
 
+def spark_data_files(directory: str) -> list[tuple[str, object]]:
+    """The data files Spark reads under local folder ``directory``: ``walk_visible``'s files that
+    still exist, without Parquet's summary files (``_metadata``, ``_common_metadata``), as
+    (path relative to ``directory``, os.stat_result)."""
+    return [(name, status) for name, status in walk_visible(directory)
+            if status is not None and not name.rpartition("/")[2].startswith("_")]
+
+
 def walk_visible(directory: str):
     """Every file under local folder ``directory`` that Spark's file index would list
     (``hidden_from_spark``), as (path relative to ``directory``, os.stat_result), folder by folder in

@@ -367,14 +367,14 @@ def _score(spark, config: Config, joined, scored, scale_bins, model_version: str
                            engine=engine, appearance=AppearanceBounds.from_dict(ood.get("appearance")))
     staging = home_path(f"staging/infer-{run_id}")
     stamp = utc_now()
+    import pyarrow as pa
+
     url = dataset_url(config)
     files, images = _driver_scoring_input(spark, config, runs, scale_bins, url, n_pending, engine, summary)
     summary.scored_in = "driver" if files is not None else "tasks"
     if files is not None:
         log.info("scoring %d images with %s in the driver (TensorFlow Lite, %d threads)", n_pending,
                  model_version, threads)
-        import pyarrow as pa
-
         try:
             _score_in_driver(config, files, images, runs, scale_bins, payload, weights, reference,
                              staging / "scored", stamp, run_id)
@@ -490,8 +490,8 @@ def _driver_scoring_input(spark, config: Config, runs: _OpenRuns, scale_bins, ur
     In local mode the driver is the machine the tasks would run on: a small run of a model with
     its TensorFlow Lite conversion (a night's few images) is scored there, the pixels read with
     pyarrow from the files its ingest runs wrote and the rows staged as the tasks stage them, with
-    no Spark job (measured: 1.7 s of a 19-s night for 40 images, most of it the job and its Python
-    worker). Only when nothing of the open runs can be scored yet (a night's new run), every file
+    no Spark job (in a py-spy profile of one night of 40 images, a one-off: the tasks' scoring
+    job took 1.7 s of the driver's 19, most of it the job and its Python worker's start). Only when nothing of the open runs can be scored yet (a night's new run), every file
     is local, and the runs' named files hold all their images (as ``_files_holding`` checks)."""
     from semspark.catalog import local_columns
     from semspark.dataset import data_files, dataset_root
@@ -510,7 +510,7 @@ def _driver_scoring_input(spark, config: Config, runs: _OpenRuns, scale_bins, ur
     if images is None:
         return None, None
     summary.dataset_files, summary.dataset_files_read = len(every), len(files)
-    return files, images
+    return [root / f for f in files], images
 
 
 def _files_of_runs(root, every: list[str], pending_runs: set, runs: _OpenRuns, scale_bins) -> list[str] | None:
@@ -533,7 +533,7 @@ def _files_of_runs(root, every: list[str], pending_runs: set, runs: _OpenRuns, s
     return None
 
 
-def _score_in_driver(config: Config, files: list[str], images, runs: _OpenRuns, scale_bins, payload,
+def _score_in_driver(config: Config, files: list, images, runs: _OpenRuns, scale_bins, payload,
                      weights: bytes, reference: bytes | None, staged_folder, stamp, run_id: str) -> None:
     """Score the open runs' images in this process with the worker's own predictor
     (predictor.build_predictor on TensorFlow Lite), and stage their rows to ``staged_folder`` as
@@ -543,9 +543,10 @@ def _score_in_driver(config: Config, files: list[str], images, runs: _OpenRuns, 
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    from types import SimpleNamespace
+
     from semspark.catalog import _arrow_type
-    from semspark.dataset import dataset_root
-    from semspark.infer.predictor import build_predictor, tflite_forward, verified
+    from semspark.infer.predictor import make_predict_fn
 
     wanted = pc.is_in(images["ingest_run"], pa.array(runs.names, pa.string()))
     if scale_bins:
@@ -555,22 +556,17 @@ def _score_in_driver(config: Config, files: list[str], images, runs: _OpenRuns, 
         first.setdefault(row["image_id"], row)
     ids = list(first)
     # NULL (not measured) as NaN, as the tasks' pandas batches give it
-    chroma = np.array([first[i]["chroma"] for i in ids], dtype=np.float64).reshape(-1)
-    contrast = np.array([first[i]["contrast"] for i in ids], dtype=np.float64).reshape(-1)
-    root = dataset_root(dataset_url(config))
-    stored = pq.read_table([str(root / f) for f in files], columns=["image_id", "image"])
+    chroma = np.array([first[i]["chroma"] for i in ids], dtype=np.float64)
+    contrast = np.array([first[i]["contrast"] for i in ids], dtype=np.float64)
+    stored = pq.read_table([str(f) for f in files], columns=["image_id", "image"])
     stored = stored.filter(pc.is_in(stored["image_id"], pa.array(ids, pa.string())))
     pixels: dict[str, bytes] = {}
     for image_id, image in zip(stored["image_id"].to_pylist(), stored["image"].to_pylist()):
         pixels.setdefault(image_id, image)
-    model = verified(weights, payload.sha256, f"the TFLite model of {payload.model_version}")
-    reference_embeddings = None
-    if reference is not None:
-        import io
-
-        reference_embeddings = np.load(io.BytesIO(reference), allow_pickle=False)
-    predict = build_predictor(tflite_forward(model, payload.input_size, payload.threads), payload,
-                              reference_embeddings)
+    # the worker's own loading (checksums of the model and the reference embeddings checked), given
+    # the bytes as a broadcast would give them
+    predict = make_predict_fn(payload, SimpleNamespace(value=weights),
+                              SimpleNamespace(value=reference) if reference is not None else None)()
     batch = config.infer.batch_size
     parts = [predict(np.array([pixels.get(i) for i in ids[start:start + batch]], dtype=object),
                      chroma[start:start + batch], contrast[start:start + batch])

@@ -20,12 +20,10 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote
-
+from semspark.catalog import partition_value_of_folder
 from semspark.storage import walk_visible
 from semspark.schema import TableSpec
 
-HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 RETRIES = 3
 LISTING_INTERVAL = 1.0   # seconds: a burst of requests (a page's thumbnails) lists the folders once
 
@@ -71,8 +69,7 @@ class Warehouse:
             values = {}
             for part in relative.parent.parts:
                 key, _, value = part.partition("=")
-                value = unquote(value)
-                values[key] = None if value == HIVE_NULL else value
+                values[key] = partition_value_of_folder(value)
             out.append((str(top / relative), values))
         return out
 
