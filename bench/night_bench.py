@@ -46,7 +46,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 def run(arguments: list[str], env: dict, log: Path) -> float:
     started = time.perf_counter()
     with open(log, "w") as err:
-        done = subprocess.run([SEMSPARK, *arguments], env=env, stdout=subprocess.DEVNULL, stderr=err)
+        # from the log's folder, not the caller's: Spark starts its Python workers with `python -m`,
+        # which puts the working directory first on their path, so run from a checkout they would
+        # import its semspark/ whatever PYTHONPATH says (and --against would time the checkout's workers)
+        done = subprocess.run([SEMSPARK, *arguments], env=env, stdout=subprocess.DEVNULL, stderr=err, cwd=log.parent)
     if done.returncode not in (0, 3):
         raise SystemExit(f"semspark {' '.join(arguments)} failed ({done.returncode}): see {log}")
     return time.perf_counter() - started

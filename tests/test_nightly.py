@@ -13,18 +13,20 @@ import sys
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from semspark.catalog import insert
 from semspark.config import QualityConfig
+from semspark.ingest.job import run_ingest
 from semspark.errors import RunFailed
 from semspark.infer.job import promote
 from semspark.nightly import NightlyError, ensure_run_log, run_nightly
 from semspark.schema import RUN_EVENTS
 from semspark.synth.generate import generate
 
-from .conftest import free_port, start_sql_server, stop_process_group
+from .conftest import free_port, register_copy, start_sql_server, stop_process_group
 from .test_infer import distinct_images
 
 pytestmark = pytest.mark.spark
@@ -51,9 +53,22 @@ def add_broken_file(folder: Path) -> None:
     (folder / "Particles" / "cut_short.jpg").write_bytes(data[: len(data) // 3])
 
 
-def test_nightly_twice_leaves_the_same_tables(spark, scoring, tmp_path):
-    db = "scoring"
-    promote(spark, scoring.config, scoring.model.model_version)
+@pytest.fixture(scope="module")
+def own(spark, scoring):
+    """The nightly's own database, ingested from the images of the infer tests' catalog, and its own
+    copy of their model: promoting and scoring here leaves what test_infer counts in `scoring` as it
+    was, whichever order the tests run in."""
+    db = "nightly_scoring"
+    config = dataclasses.replace(
+        scoring.config, catalog=dataclasses.replace(scoring.config.catalog, database=db),
+        ingest=dataclasses.replace(scoring.config.ingest, dataset_dir=f"datasets/{db}"))
+    run_ingest(spark, config, str(scoring.first), labels="folders")
+    return SimpleNamespace(db=db, config=config, model_version=register_copy(scoring.model.path, "nightly_scorer"))
+
+
+def test_nightly_twice_leaves_the_same_tables(spark, own, tmp_path):
+    db = own.db
+    promote(spark, own.config, own.model_version)
     night = tmp_path / "night"
     generate(night, 8, seed=23, width=384, height=288)
     generated = distinct_images(night)
@@ -70,10 +85,10 @@ def test_nightly_twice_leaves_the_same_tables(spark, scoring, tmp_path):
 
     known = {r[0] for r in spark.sql(f"SELECT image_id FROM {db}.images").collect()}
     scored_before = {r[0] for r in spark.sql(f"SELECT image_id FROM {db}.predictions "
-                                             f"WHERE model_version = '{scoring.model.model_version}'").collect()}
+                                             f"WHERE model_version = '{own.model_version}'").collect()}
     new = generated - known
     # a strict gate: 2 quarantined files of the night's ~10 are over 10%
-    strict = dataclasses.replace(scoring.config, quality=QualityConfig(max_quarantined_share=0.1))
+    strict = dataclasses.replace(own.config, quality=QualityConfig(max_quarantined_share=0.1))
     first = run_nightly(spark, strict, str(night), labels="folders")
     # quarantined: the cut-short JPEG, and the generator's manifest.csv (not an image)
     assert first.record["new_images"] == len(new) and first.record["quarantined"] == 2
@@ -86,10 +101,10 @@ def test_nightly_twice_leaves_the_same_tables(spark, scoring, tmp_path):
     assert not any("nightly-finished" in line for line in first.lines())
     after_first = snapshot(spark, db)
 
-    second = run_nightly(spark, scoring.config, str(night), labels="folders")
+    second = run_nightly(spark, own.config, str(night), labels="folders")
     assert (second.record["new_images"], second.record["scored"], second.record["quarantined"]) == (0, 0, 0)
     assert snapshot(spark, db) == after_first
-    ids = [r[0] for r in after_first["predictions"] if r[1] == scoring.model.model_version]
+    ids = [r[0] for r in after_first["predictions"] if r[1] == own.model_version]
     assert len(ids) == len(set(ids)) == len(after_first["images"])
 
     runs = {r["run_id"]: r for r in spark.sql(f"SELECT * FROM {db}.runs").collect()}
@@ -102,12 +117,12 @@ def test_nightly_twice_leaves_the_same_tables(spark, scoring, tmp_path):
     assert runs[first.run_id]["new_images"] == len(new) and runs[first.run_id]["ended_at"] is not None
 
 
-def test_a_failed_nightly_says_what_failed_and_is_recorded(spark, scoring, tmp_path):
+def test_a_failed_nightly_says_what_failed_and_is_recorded(spark, own, tmp_path):
     with pytest.raises(NightlyError, match="ingest failed") as caught:
-        run_nightly(spark, scoring.config, str(tmp_path / "no-such-folder"))
+        run_nightly(spark, own.config, str(tmp_path / "no-such-folder"))
     assert "rerun" in str(caught.value)
     assert not isinstance(caught.value, RunFailed)     # a folder that does not exist: exit 2, not a retry
-    failed = spark.sql("SELECT status, message FROM scoring.runs WHERE status = 'failed'").collect()
+    failed = spark.sql(f"SELECT status, message FROM {own.db}.runs WHERE status = 'failed'").collect()
     assert len(failed) == 1 and "ingest failed" in failed[0]["message"]
 
 
