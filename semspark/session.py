@@ -120,7 +120,7 @@ def build_session(config: Config, app_name: str | None = None, extra: dict[str, 
         given = SparkContext._jvm.org.apache.spark.SparkConf(True)  # what spark-submit was told
         # semspark's SQL settings hold on a cluster too (UTC timestamps, Arrow, few shuffle
         # partitions for catalog-sized tables), unless the operator set them.
-        defaults = {**_sql_defaults(config), **config.spark.extra, **(extra or {})}
+        defaults = {**_session_defaults(config), **config.spark.extra, **(extra or {})}
         if config.catalog.metastore == "postgresql":
             # the password from the environment, never from a command line (`semspark spark-conf`
             # prints the rest): the metastore client starts after this, inside the driver's JVM
@@ -155,7 +155,7 @@ def build_session(config: Config, app_name: str | None = None, extra: dict[str, 
             "spark.driver.memory": config.spark.driver_memory,
             "spark.ui.enabled": str(config.spark.ui_enabled).lower(),
             "spark.local.dir": str(home / "tmp" / "spark"),
-            **_sql_defaults(config),
+            **_session_defaults(config),
         }
         settings.update(catalog_conf(config, home))
         if config.spark.driver_jit == "c1":
@@ -224,6 +224,17 @@ def _metastore_given(given) -> bool:
 
     loader = SparkContext._jvm.java.lang.Thread.currentThread().getContextClassLoader()
     return loader.getResource("hive-site.xml") is not None
+
+
+def _session_defaults(config: Config) -> dict[str, str]:
+    return {
+        # Spark starts its Python workers with `python -m`, which puts their working directory
+        # (the driver's, in local mode) first on their path: started from a folder holding another
+        # semspark/ (a checkout, another version) the workers would import that one while the
+        # driver runs the installed one. Safe-path workers import what is installed (Python 3.11).
+        "spark.executorEnv.PYTHONSAFEPATH": "1",
+        **_sql_defaults(config),
+    }
 
 
 def _sql_defaults(config: Config) -> dict[str, str]:

@@ -191,3 +191,21 @@ def test_spark_progress_bars_only_on_a_terminal(monkeypatch):
             assert console_progress() == {"spark.ui.showConsoleProgress": "true"}
     finally:
         os.close(primary)
+
+
+def test_spark_workers_import_the_drivers_semspark_whatever_the_working_folder(spark):
+    """Spark starts its Python workers with `python -m`, which would put their working folder (the
+    driver's, in local mode) first on their path: a night started from a folder holding another
+    semspark/ then ran the driver's code with that folder's in its tasks (seen in night_bench's
+    --against arm). The workers run with Python's safe path instead."""
+    import os
+
+    import semspark
+
+    def probe(_):
+        import semspark as worker_semspark
+        return sys.flags.safe_path, os.getcwd(), sys.path[0], worker_semspark.__file__
+
+    safe_path, folder, first, module = spark.sparkContext.parallelize([0], 1).map(probe).first()
+    assert safe_path and first != folder
+    assert module == semspark.__file__
