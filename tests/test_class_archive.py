@@ -84,6 +84,22 @@ def test_the_key_follows_what_an_archive_must_match():
         SparkConfig(class_archive="on")
 
 
+def test_the_key_follows_sparks_jars_rewritten_in_place(tmp_path, monkeypatch):
+    """The JVM refuses an archive when a class-path jar's modification time differs from the one it
+    recorded, even with the same name and size (seen after a reinstall rewrote Spark's jars: every
+    run warned and mapped nothing, and the unchanged key never let a new archive be made)."""
+    jars = tmp_path / "spark" / "jars"
+    jars.mkdir(parents=True)
+    jar = jars / "spark-core_2.12-3.5.9.jar"
+    jar.write_bytes(b"PK" + bytes(100))
+    monkeypatch.setenv("SPARK_HOME", str(tmp_path / "spark"))
+    settings = {"spark.driver.memory": "4g"}
+    key = archive_key("semspark-nightly", settings)
+    assert archive_key("semspark-nightly", settings) == key
+    os.utime(jar, (jar.stat().st_atime, jar.stat().st_mtime - 3600))   # the same bytes, rewritten earlier
+    assert archive_key("semspark-nightly", settings) != key
+
+
 def test_part_written_archives_of_killed_runs_are_removed_after_an_hour(tmp_path):
     """A JVM whose Python process was killed writes its archive to a part file nobody moves in:
     the next run removes those over an hour old, never a younger one (a JVM may be writing it)."""
