@@ -85,7 +85,6 @@ def main() -> None:
 
     home = Path(tempfile.mkdtemp(prefix="semspark-train-bench-"))
     os.environ["SEMSPARK_HOME"] = str(home)
-    import horovod.spark
     import numpy as np
     import tensorflow as tf
 
@@ -95,6 +94,7 @@ def main() -> None:
     from semspark.session import build_session
     from semspark.synth.generate import generate
     from semspark.train.data import labelled_images, read_shard
+    from semspark.train.job import run_ranks
 
     stored = 160
     config = Config(ingest=IngestConfig(image_size=stored))
@@ -122,7 +122,7 @@ def main() -> None:
         real = {}
         for ranks in (1, 2):
             started = time.perf_counter()
-            rates = horovod.spark.run(rank_throughput, args=(payload,), num_proc=ranks, use_gloo=True)
+            rates = run_ranks(spark, rank_throughput, (payload,), ranks)   # as training launches them
             real[ranks] = {"images_per_s": round(rates[0], 2), "wall_seconds": round(time.perf_counter() - started, 1)}
     finally:
         spark.stop()

@@ -80,9 +80,8 @@ def _java() -> Path | None:
 
 def archive_key(command: str, settings: dict[str, str]) -> str:
     """What an archive must match to be mapped: the JVM (its launcher and libjvm), Spark's jars (their
-    sizes and modification times),
-    the extra class path, the conf folders spark-submit puts on the class path, the heap size
-    (compressed pointers) and the -XX options; and the command."""
+    sizes and modification times), the extra class path, the conf folders spark-submit puts on the
+    class path, the heap size (compressed pointers) and the -XX options; and the command."""
     import pyspark
 
     java = _java()
@@ -91,7 +90,7 @@ def archive_key(command: str, settings: dict[str, str]) -> str:
     # the JVM checks each class-path jar's size and modification time against the archive: a
     # reinstall that rewrote the same jars (2026-12-03) left every run warning "the top archive
     # failed to load" and mapping nothing, under a key that never changed, so never remade
-    jars = sorted(_file_identity(p)[1:] + [p.name] for p in (spark_home / "jars").glob("*.jar"))
+    jars = sorted(_file_identity(p) for p in (spark_home / "jars").glob("*.jar"))
     options = [o for o in settings.get("spark.driver.extraJavaOptions", "").split()
                if o.startswith("-XX:") and "Archive" not in o]
     identity = {"command": command, "java": _file_identity(java) if java else None,

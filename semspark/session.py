@@ -118,8 +118,8 @@ def build_session(config: Config, app_name: str | None = None, extra: dict[str, 
     if submitted:
         SparkContext._ensure_initialized()
         given = SparkContext._jvm.org.apache.spark.SparkConf(True)  # what spark-submit was told
-        # semspark's SQL settings hold on a cluster too (UTC timestamps, Arrow, few shuffle
-        # partitions for catalog-sized tables), unless the operator set them.
+        # semspark's session settings hold on a cluster too (UTC timestamps, Arrow, few shuffle
+        # partitions for catalog-sized tables, safe-path workers), unless the operator set them.
         defaults = {**_session_defaults(config), **config.spark.extra, **(extra or {})}
         if config.catalog.metastore == "postgresql":
             # the password from the environment, never from a command line (`semspark spark-conf`
@@ -228,21 +228,15 @@ def _metastore_given(given) -> bool:
 
 def _session_defaults(config: Config) -> dict[str, str]:
     return {
+        "spark.sql.shuffle.partitions": str(config.spark.shuffle_partitions),
+        "spark.sql.session.timeZone": "UTC",
+        # Arrow makes the pandas UDFs of ingest and infer fast.
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
         # Spark starts its Python workers with `python -m`, which puts their working directory
         # (the driver's, in local mode) first on their path: started from a folder holding another
         # semspark/ (a checkout, another version) the workers would import that one while the
         # driver runs the installed one. Safe-path workers import what is installed (Python 3.11).
         "spark.executorEnv.PYTHONSAFEPATH": "1",
-        **_sql_defaults(config),
-    }
-
-
-def _sql_defaults(config: Config) -> dict[str, str]:
-    return {
-        "spark.sql.shuffle.partitions": str(config.spark.shuffle_partitions),
-        "spark.sql.session.timeZone": "UTC",
-        # Arrow makes the pandas UDFs of ingest and infer fast.
-        "spark.sql.execution.arrow.pyspark.enabled": "true",
     }
 
 

@@ -19,9 +19,9 @@ import pytest
 
 from semspark.catalog import insert
 from semspark.config import QualityConfig
-from semspark.ingest.job import run_ingest
 from semspark.errors import RunFailed
 from semspark.infer.job import promote
+from semspark.ingest.job import run_ingest
 from semspark.nightly import NightlyError, ensure_run_log, run_nightly
 from semspark.schema import RUN_EVENTS
 from semspark.synth.generate import generate

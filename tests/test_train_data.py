@@ -10,7 +10,7 @@ from semspark.dataset import dataset_url
 from semspark.ingest.job import run_ingest
 from semspark.synth.generate import generate
 from semspark.train.data import labelled_images, make_split, read_shard, tf_dataset
-from semspark.train.job import _check_gloo_without_fork
+from semspark.train.job import run_ranks
 
 pytestmark = pytest.mark.spark
 
@@ -45,8 +45,6 @@ def test_labelled_images_and_their_split(spark, ingested):
 
 
 def test_two_horovod_ranks_read_disjoint_shards_covering_the_training_images(spark, ingested):
-    import horovod.spark
-
     images = labelled_images(spark, "traindata")
     split = make_split(images, seed=1)
     train = set(split.ids("train"))
@@ -58,11 +56,9 @@ def test_two_horovod_ranks_read_disjoint_shards_covering_the_training_images(spa
         hvd.init()
         return sorted(i for _, _, i in read_shard(url, label_of, hvd.rank(), hvd.size()))
 
-    # as semspark's training launches its ranks: Gloo, whose presence is asked of a fresh interpreter
-    # (without use_gloo, Horovod forks this process, TensorFlow loaded, to ask whether MPI is built:
-    # the child crashed once here and the test failed on it)
-    _check_gloo_without_fork()
-    shards = horovod.spark.run(read, args=(url, images.label_of(train)), num_proc=2, use_gloo=True)
+    # launched as training launches its ranks (horovod.spark.run's own default forks this process,
+    # TensorFlow loaded, to ask whether MPI is built: the child crashed once here)
+    shards = run_ranks(spark, read, (url, images.label_of(train)), num_proc=2)
     assert len(shards) == 2 and all(shards)
     assert not set(shards[0]) & set(shards[1])
     assert set(shards[0]) | set(shards[1]) == train

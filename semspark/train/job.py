@@ -160,8 +160,6 @@ class TrainResult:
 
 
 def run_training(spark, config: Config, request: TrainRequest) -> TrainResult:
-    import horovod.spark
-
     request.check()
     db = config.catalog.database
     ensure_tables(spark, db, TRAIN_TABLES)
@@ -233,10 +231,8 @@ def run_training(spark, config: Config, request: TrainRequest) -> TrainResult:
     log.info("training %s at %d px (%s, init %s, batch %d and peak learning rate %g per rank) on %d images with %d "
              "Horovod ranks", request.arch, request.resolved_input_size, request.mode, request.init, request.batch_size,
              request.resolved_learning_rate, len(split["train"]), request.num_proc)
-    _check_gloo_without_fork()
     try:
-        results = horovod.spark.run(_train, args=(payload,), num_proc=request.num_proc,
-                                    use_gloo=True, verbose=1, executable=_executor_python(spark))
+        results = run_ranks(spark, _train, (payload,), request.num_proc)
     except Exception as exc:
         state = registry.read_json(run / "state.json") or {}
         raise TrainRunFailed(f"training failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
@@ -244,6 +240,17 @@ def run_training(spark, config: Config, request: TrainRequest) -> TrainResult:
                          f"--run-id {run_id} to resume") from exc
     outcome = next(r for r in results if r is not None)
     return _register(spark, db, request, run_id, run, split, outcome)
+
+
+def run_ranks(spark, fn, args: tuple, num_proc: int) -> list:
+    """``fn(*args)`` in ``num_proc`` Horovod ranks, one per Spark task, as semspark's training runs
+    them: over Gloo (its presence asked of a fresh interpreter, not of a fork of this one), each
+    rank on the executors' Python; returns the ranks' results in rank order."""
+    import horovod.spark
+
+    _check_gloo_without_fork()
+    return horovod.spark.run(fn, args=args, num_proc=num_proc, use_gloo=True, verbose=1,
+                             executable=_executor_python(spark))
 
 
 _GLOO_BUILT: bool | None = None
