@@ -181,6 +181,22 @@ def read_staged_table(folder: Path, columns: list[str], where=None):
     return staged.to_table(columns=columns, filter=where)
 
 
+def staged_batches(folder: Path, columns: dict, where=None, batch_rows: int = 64):
+    """``read_staged_table`` a few rows at a time: record batches of ``columns`` (output name ->
+    staged column) of the rows matching ``where``, for what is too big to hold at once (a bulk's
+    pixels). Nothing when nothing was staged."""
+    import pyarrow.dataset as ds
+
+    staged = ds.dataset(str(folder), format=ds.ParquetFileFormat(
+        read_options=ds.ParquetReadOptions(coerce_int96_timestamp_unit="us")))
+    if not staged.files:
+        return iter(())
+    scanner = staged.scanner(columns={name: ds.field(column) for name, column in columns.items()},
+                             filter=where, batch_size=batch_rows, batch_readahead=4,
+                             fragment_readahead=2)   # a few batches ahead, not the default's hundreds
+    return scanner.to_batches()
+
+
 def read_staged_rows(folder: Path, columns: list[str]) -> list[dict]:
     """``read_staged_table`` as rows of plain Python values (None, int, datetime)."""
     table = read_staged_table(folder, columns)

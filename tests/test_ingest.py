@@ -589,3 +589,41 @@ def test_healing_is_needed_for_a_file_quarantined_twice_or_ingested_since():
     assert needs_healing(quarantined, {("file:/a.tif", 10, 1000)})              # a.tif ingested since
     assert needs_healing(frame(("file:/a.tif", 10, 1000), ("file:/a.tif", 10, 1000)), set())   # twice
     assert not needs_healing(frame(), {("file:/a.tif", 10, 1000)})
+
+
+def test_a_bulk_is_written_to_the_dataset_a_row_group_at_a_time(spark, tmp_path, monkeypatch):
+    """The driver's streamed write: batches of mixed bins go to Spark's partition folders (a bin
+    with a slash escaped as Spark escapes it), files of at most IMAGES_PER_FILE rows, row groups
+    closed at the size asked for, and Spark reads back every row with its own bin."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from semspark.ingest import writing
+
+    monkeypatch.setattr(writing, "IMAGES_PER_FILE", 5)
+    image = b"\x89" * 1000   # 1,000 bytes of pixels a row: a row group of 2,500 bytes closes at 3 rows
+    bins = ["1um", "2um", "1um", "a/b", "1um", "1um", "1um", "1um", "2um", "1um", "1um", "1um", "1um"]
+    rows = [{"image_id": f"id{n:02d}", "label": None, "scale_bin": b, "nm_per_px": float(n), "image": image}
+            for n, b in enumerate(bins)]
+    schema = pa.schema([("image_id", pa.string()), ("label", pa.string()), ("scale_bin", pa.string()),
+                        ("nm_per_px", pa.float64()), ("image", pa.binary())],
+                       metadata={"org.apache.spark.sql.parquet.row.metadata": "{\"staged\": true}"})
+    table = pa.Table.from_pylist(rows, schema=schema)
+    batches = table.to_batches(max_chunksize=2)
+    big = tmp_path / "big"
+    writing._write_bins(spark, iter(batches), big, row_group_size_mb=1)   # one group a file here
+    ones = sorted((big / "scale_bin=1um").glob("*.parquet"))
+    # 10 rows of 1um: two files of 5 (IMAGES_PER_FILE), the bins' folders as Spark names them
+    assert [pq.ParquetFile(f).metadata.num_rows for f in ones] == [5, 5]
+    assert sorted(p.name for p in big.iterdir()) == ["scale_bin=1um", "scale_bin=2um", "scale_bin=a%2Fb"]
+
+    small = tmp_path / "small"
+    monkeypatch.setattr(writing, "IMAGES_PER_FILE", 100)
+    writing._write_bins(spark, iter(table.to_batches(max_chunksize=1)), small, row_group_size_mb=0)
+    groups = [pq.ParquetFile(f).metadata.num_row_groups for f in (small / "scale_bin=1um").glob("*.parquet")]
+    assert groups == [10]   # a row group for each row held when the group size is reached at once
+    read = {(r["image_id"], r["scale_bin"]) for r in spark.read.parquet(str(big)).collect()}
+    assert read == {(r["image_id"], r["scale_bin"]) for r in rows}
+    # the staged files' Spark schema is not carried over: Spark would read its columns as the dataset's
+    assert spark.read.parquet(str(small)).columns == ["image_id", "label", "nm_per_px", "image", "scale_bin"]
+    assert b"staged" not in (pq.read_schema(ones[0]).metadata or {}).get(b"org.apache.spark.sql.parquet.row.metadata", b"")

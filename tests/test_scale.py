@@ -145,14 +145,40 @@ def test_synthetic_images_of_every_layout_and_scale(synthetic_set):
     assert right >= 26, f"only {right}/27 labels read"
 
 
-def test_reading_does_not_depend_on_order_or_grouping(real_manifest):
-    """The same files read together, one by one in reverse, and in small groups: identical readings."""
+def test_reading_does_not_depend_on_order_or_grouping(real_manifest, monkeypatch):
+    """The same files read together, one by one in reverse, and in small groups: identical readings,
+    Tesseract asked every time (no readings kept: what makes keeping them safe is shown here)."""
+    from semspark.ingest import ocr
+
+    monkeypatch.setattr(ocr, "READINGS_KEPT", 0)
+    ocr._readings.clear()
     paths = [str(REAL_SAMPLES / row["file"]) for row in real_manifest]
     together = {o.path: (o.scale.as_dict(), o.databar_px) for o in read_scale_files(paths)}
     alone = {o.path: (o.scale.as_dict(), o.databar_px) for p in reversed(paths) for o in read_scale_files([p])}
     grouped = {o.path: (o.scale.as_dict(), o.databar_px)
                for start in range(0, len(paths), 5) for o in read_scale_files(paths[::-1][start:start + 5])}
     assert together == alone == grouped
+
+
+def test_a_crop_read_before_is_not_read_again(real_manifest):
+    """Readings are kept by the crop's pixels: a second pass over the real samples asks Tesseract
+    nothing and reads what the first read; a crop that differs by one pixel is read afresh."""
+    from semspark.ingest import ocr
+
+    ocr._readings.clear()
+    paths = [str(REAL_SAMPLES / row["file"]) for row in real_manifest]
+    first = [(o.scale.as_dict(), o.databar_px) for o in read_scale_files(paths)]
+    asked = ocr.recognitions
+    again = [(o.scale.as_dict(), o.databar_px) for o in read_scale_files(paths)]
+    assert ocr.recognitions == asked and again == first
+    label = rendered_label("2 µm")
+    tessdata = find_tessdata()
+    recognise(label, tessdata)
+    touched = label.copy()
+    touched[0, 0] = 254
+    before = ocr.recognitions
+    assert [w.text for w in recognise(touched, tessdata)] == [w.text for w in recognise(label, tessdata)]
+    assert ocr.recognitions == before + 1
 
 
 # (layout, width, variant) the reader does not read yet, each with its reason. Only shrinks.

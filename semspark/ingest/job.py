@@ -43,7 +43,7 @@ from semspark.ingest.writing import (clear_pending, sidecar_records, sidecar_row
                                      write_dataset)
 from semspark.labels import append_changes, current_user, ensure_labels
 from semspark.schema import FILES, IMAGES, INGEST_TABLES, PROCESSED, QUARANTINE
-from semspark.storage import home_path, read_staged_rows, read_staged_table
+from semspark.storage import home_path, read_staged_rows, read_staged_table, staged_batches
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +52,6 @@ IMAGES_ROWS_PER_TASK = 100_000
 # Up to this many new images a run names them by path in a filter on the staged rows; more, and the
 # new images are staged again on their own (a join, a write) to keep the query plans small.
 NAMED_NEW_IMAGES = 5_000
-# A night's new images up to this many have their pixels read into the driver and written to the
-# dataset by pyarrow (~40 MB of 299-px PNGs at most); more are written by Spark.
-PIXELS_IN_DRIVER = 500
 
 
 @dataclass
@@ -108,6 +105,8 @@ class IngestSummary:
 def run_ingest(spark, config: Config, input_path: str, labels: str | None = None) -> IngestSummary:
     """Ingest everything new under ``input_path``; ``labels`` is None, 'folders' or a CSV path."""
     import pandas as pd
+    import pyarrow as pa
+    import pyarrow.dataset as ds
     from pyspark.sql import functions as F
 
     db = config.catalog.database
@@ -223,13 +222,16 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
         new_images = spark.read.parquet((staging / "new_images").as_uri())
         new_rows = read_staged_rows(staging / "new_images", ["image_id", "path", "label", "scale_bin", "scale_confidence"])
     pixels = good.select("path", "image")   # one staged row per listed path
-    # a night's new images read back from the staging folder by the driver, for the dataset's
-    # write and the sem.images rows (no Spark job for either where they are local)
-    with_pixels = len(new_rows) <= PIXELS_IN_DRIVER
-    staged_new = _staged_new_images(staging / "processed", new_rows, with_pixels) if images_in_driver else None
+    # the new images read back from the staging folder by the driver, for the dataset's write
+    # (their pixels streamed) and the sem.images rows: no Spark job for either where they are local
+    staged_new = _staged_new_images(staging / "processed", new_rows) if images_in_driver else None
+    streamed = None
+    if staged_new is not None and all(r["scale_bin"] is not None for r in new_rows):
+        def streamed():
+            return staged_batches(staging / "processed", DATASET_COLUMNS,
+                                  where=ds.field("path").isin(pa.array([r["path"] for r in new_rows], pa.string())))
     write_dataset(spark, config, new_images.join(pixels, "path"), summary.dataset_url, run_id,
-                  image_ids=[r["image_id"] for r in new_rows],
-                  pixels=staged_new.select(list(DATASET_COLUMNS)) if staged_new is not None and with_pixels else None)
+                  image_ids=[r["image_id"] for r in new_rows], pixels=streamed)
     log.info("appended the new images to the dataset (%s)", clock.lap("dataset", n_pending, "files"))
     if labels is not None:   # before sem.images: a rerun after a crash finds them and adds nothing
         append_changes(spark, db, [(r["image_id"], r["label"]) for r in new_rows if r["label"] is not None],
@@ -300,18 +302,19 @@ def run_ingest(spark, config: Config, input_path: str, labels: str | None = None
     return summary
 
 
-DATASET_COLUMNS = ("image_id", "label", "scale_bin", "nm_per_px", "image")   # a dataset row's, in its order
+# a dataset row's columns, in their order, from the staged columns
+DATASET_COLUMNS = {"image_id": "sha256", "label": "label", "scale_bin": "scale_bin", "nm_per_px": "nm_per_px",
+                   "image": "image"}
 _STAGED_IMAGE_COLUMNS = [c for c in IMAGES.schema.fieldNames() if c not in ("image_id", "ingested_at", "ingest_run")]
 
 
-def _staged_new_images(staged_folder, new_rows: list[dict], with_pixels: bool):
-    """The staged rows of ``new_rows`` (a night's new images, by their first path) as a pyarrow
-    Table: the id (the staged SHA-256), the columns sem.images takes from them, and the pixels if
-    ``with_pixels``."""
+def _staged_new_images(staged_folder, new_rows: list[dict]):
+    """The staged rows of ``new_rows`` (a run's new images, by their first path) as a pyarrow
+    Table without their pixels: the id (the staged SHA-256) and the columns sem.images takes."""
     import pyarrow as pa
     import pyarrow.dataset as ds
 
-    columns = [*_STAGED_IMAGE_COLUMNS, *(["image"] if with_pixels else [])]
+    columns = _STAGED_IMAGE_COLUMNS
     rows = read_staged_table(staged_folder, ["sha256", *columns],
                              where=ds.field("path").isin(pa.array([r["path"] for r in new_rows], pa.string())))
     return rows.rename_columns(["image_id", *columns])
@@ -321,9 +324,9 @@ def _image_rows(staged_new, started, run_id: str):
     """sem.images rows of the staged new images: their columns, the run's time and id."""
     import pyarrow as pa
 
-    rows = staged_new.drop([c for c in ("image",) if c in staged_new.column_names])
-    return (rows.append_column("ingested_at", pa.array([started] * rows.num_rows, pa.timestamp("us")))
-            .append_column("ingest_run", pa.array([run_id] * rows.num_rows, pa.string())))
+    count = staged_new.num_rows
+    return (staged_new.append_column("ingested_at", pa.array([started] * count, pa.timestamp("us")))
+            .append_column("ingest_run", pa.array([run_id] * count, pa.string())))
 
 
 class _PhaseClock:

@@ -108,9 +108,10 @@ def write_dataset(spark, config: Config, new_images, url: str, run_id: str, imag
     while a marker is left (or for a dataset from before them) are the dataset's ids read to skip
     what is there: a normal night does not read every id of the dataset. ``image_ids``: the ids of
     ``new_images`` when the caller holds them (else they are collected, a Spark job). ``pixels``:
-    the same rows as a pyarrow Table (image_id, label, scale_bin, nm_per_px, image), a night's few,
-    written by pyarrow where the dataset is local (no Spark job and shuffle); Spark writes them
-    when a marker is left (the rows are then filtered against the dataset) or a bin is null."""
+    a function giving the same rows as pyarrow record batches (image_id, label, scale_bin,
+    nm_per_px, image; no null bin), streamed to the files by pyarrow where the dataset is local
+    (no Spark job, no shuffle, memory bounded); Spark writes them when a marker is left (the rows
+    are then filtered against the dataset)."""
     from pathlib import Path
 
     from petastorm.etl.dataset_metadata import materialize_dataset
@@ -146,35 +147,85 @@ def write_dataset(spark, config: Config, new_images, url: str, run_id: str, imag
         # Written beside the dataset (a _ folder readers skip), then renamed in with the run's id
         # in their names: scoring finds a night's images by their run (dataset.RUN_FILE).
         shutil.rmtree(local / STAGING, ignore_errors=True)   # what a killed writer left: writers take turns
-        if pixels is None or pixels["scale_bin"].null_count:
+        if pixels is None:
             with petastorm_parquet_settings(spark, config.ingest.row_group_size_mb):
                 appended.parquet((local / STAGING / run_id).as_uri())
         else:
-            _write_bins(spark, pixels, local / STAGING / run_id, config.ingest.row_group_size_mb)
+            _write_bins(spark, pixels(), local / STAGING / run_id, config.ingest.row_group_size_mb)
         move_in_run_files(local, local / STAGING / run_id, run_id)
         shutil.rmtree(local / STAGING, ignore_errors=True)
         pause_point("dataset-appended")   # committed; Petastorm's metadata not updated yet
         update_metadata(local, schema)    # the new files' row groups counted, the others kept
 
 
-def _write_bins(spark, pixels, folder, row_group_size_mb: int) -> None:
-    """``pixels`` as Spark's ``partitionBy("scale_bin")`` lays them out under ``folder`` (a bin's
-    folder name escaped as Spark escapes it), at most IMAGES_PER_FILE images a file, row groups of
-    about ``row_group_size_mb`` as Petastorm's settings make them."""
+def _write_bins(spark, batches, folder, row_group_size_mb: int) -> None:
+    """The rows of ``batches`` (record batches of image_id, label, scale_bin, nm_per_px, image) as
+    Spark's ``partitionBy("scale_bin")`` lays them out under ``folder`` (a bin's folder name escaped
+    as Spark escapes it), at most IMAGES_PER_FILE images a file, row groups of about
+    ``row_group_size_mb`` as Petastorm's settings make them. Streamed: memory holds about one row
+    group per bin, whatever the number of images."""
+    import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     from semspark.catalog import partition_folder_name
 
-    mean_row_bytes = max(1, pixels["image"].nbytes // max(1, pixels.num_rows))
-    rows_per_group = max(1, row_group_size_mb * 1024 * 1024 // mean_row_bytes)
-    for scale_bin in sorted(pixels["scale_bin"].unique().to_pylist()):
-        rows = pixels.filter(pc.equal(pixels["scale_bin"], scale_bin)).drop(["scale_bin"])
-        target = folder / partition_folder_name(spark, "scale_bin", scale_bin)
-        target.mkdir(parents=True, exist_ok=True)
-        for n, start in enumerate(range(0, rows.num_rows, IMAGES_PER_FILE)):
-            pq.write_table(rows.slice(start, IMAGES_PER_FILE), target / f"part-{n:05d}.snappy.parquet",
-                           compression="snappy", row_group_size=rows_per_group)
+    bins: dict[str, _BinFiles] = {}
+    for batch in batches:
+        # without the staged files' Spark schema (all their columns), which Spark would read as the dataset's
+        rows = pa.Table.from_batches([batch]).replace_schema_metadata(None)
+        if rows.num_rows == 0:
+            continue
+        for scale_bin in rows["scale_bin"].unique().to_pylist():
+            if scale_bin not in bins:
+                bins[scale_bin] = _BinFiles(folder / partition_folder_name(spark, "scale_bin", scale_bin),
+                                            row_group_size_mb * 1024 * 1024)
+            bins[scale_bin].add(rows.filter(pc.equal(rows["scale_bin"], scale_bin)).drop(["scale_bin"]))
+    for files in bins.values():
+        files.close()
+
+
+class _BinFiles:
+    """One scale bin's Parquet files, written a row group at a time: rows are held until they make
+    a row group of ``group_bytes``, a file is closed at IMAGES_PER_FILE rows."""
+
+    def __init__(self, folder, group_bytes: int):
+        self.folder, self.group_bytes = folder, group_bytes
+        self.held, self.held_bytes = [], 0
+        self.writer, self.in_file, self.files = None, 0, 0
+
+    def add(self, rows) -> None:
+        self.held.append(rows)
+        self.held_bytes += rows.nbytes
+        if self.held_bytes >= self.group_bytes:
+            self._write_held()
+
+    def close(self) -> None:
+        self._write_held()
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    def _write_held(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not self.held:
+            return
+        rows = pa.concat_tables(self.held)
+        self.held, self.held_bytes = [], 0
+        while rows.num_rows:
+            if self.writer is None:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                self.writer = pq.ParquetWriter(str(self.folder / f"part-{self.files:05d}.snappy.parquet"),
+                                               rows.schema, compression="snappy")
+                self.files += 1
+            take = min(rows.num_rows, IMAGES_PER_FILE - self.in_file)
+            self.writer.write_table(rows.slice(0, take), row_group_size=take)
+            self.in_file += take
+            rows = rows.slice(take)
+            if self.in_file == IMAGES_PER_FILE:
+                self.writer.close()
+                self.writer, self.in_file = None, 0
 
 
 def _pending_ids(local) -> set[str]:
