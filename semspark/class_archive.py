@@ -40,6 +40,10 @@ JVM_LOG_OPTIONS = "-Xlog:disable -Xlog:all=warning:stderr"
 JVM_LOG_OPTIONS_WRITING = "-Xlog:disable -Xlog:all=warning,cds*=off:stderr"
 DUMP_WAIT_S = 300
 STALE_PART_S = 3600   # a part-written archive this old has no JVM writing it any more
+# An archive no run mapped for this long fits nothing in use any more (a reinstall's new jars, an
+# older Java, a removed checkout's class path make new keys and leave the old archives behind,
+# 130 to 180 MB each): removed. Each run that maps an archive marks it used (its modification time).
+UNUSED_ARCHIVE_S = 14 * 86400
 
 
 @dataclass(frozen=True)
@@ -112,9 +116,14 @@ def plan(command: str, settings: dict[str, str], configured_dir: str = "") -> Ar
         return None
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in command) or "semspark"
     archive = folder / f"{safe}-{archive_key(command, settings)}.jsa"
-    _remove_stale_parts(folder)
     if archive.is_file() and archive.stat().st_size > 0:
+        try:
+            os.utime(archive)   # used now: not pruned while runs map it
+        except OSError:   # a folder shared read-only: the archive is still mapped
+            pass
+        _remove_unused(folder)
         return ArchivePlan(archive, None)
+    _remove_unused(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".probe-{uuid.uuid4().hex}"
@@ -126,12 +135,18 @@ def plan(command: str, settings: dict[str, str], configured_dir: str = "") -> Ar
     return ArchivePlan(archive, folder / f".{archive.stem}.{uuid.uuid4().hex}.part")
 
 
-def _remove_stale_parts(folder: Path) -> None:
-    """What JVMs wrote when their Python process was killed before moving the archive in."""
+def _remove_unused(folder: Path) -> None:
+    """What JVMs wrote when their Python process was killed before moving the archive in, and
+    archives no run mapped for UNUSED_ARCHIVE_S. A JVM that maps one keeps its mapping when the
+    file goes (Linux), and a later run of its kind makes it again."""
+    now = time.time()
     try:
-        for part in folder.glob(".*.part"):
-            if time.time() - part.stat().st_mtime > STALE_PART_S:
-                part.unlink(missing_ok=True)
+        for path in [*folder.glob(".*.part"), *folder.glob("*.jsa")]:
+            unused = now - path.stat().st_mtime
+            if unused > (STALE_PART_S if path.suffix == ".part" else UNUSED_ARCHIVE_S):
+                path.unlink(missing_ok=True)
+                if path.suffix == ".jsa":
+                    log.info("removed the class archive %s, not used for %d days", path.name, unused // 86400)
     except OSError:   # a folder that cannot be read or written: plan() says so when it matters
         pass
 

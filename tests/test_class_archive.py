@@ -117,3 +117,27 @@ def test_part_written_archives_of_killed_runs_are_removed_after_an_hour(tmp_path
     assert made is not None and made.making is not None and made.making.parent == tmp_path / "jvm"
     assert not old.exists() and young.exists()
     assert "-XX:ArchiveClassesAtExit=" in made.java_options("-Dx=1") and "-Dx=1" in made.java_options("-Dx=1")
+
+
+def test_archives_no_run_mapped_for_two_weeks_are_removed(tmp_path):
+    """Archives under keys nothing uses any more (new jars, another Java) are removed once no run
+    mapped them for 14 days; an archive a run maps is marked used and kept."""
+    import time
+
+    from semspark.class_archive import archive_key, plan
+
+    folder = tmp_path / "jvm"
+    folder.mkdir()
+    settings = {"spark.driver.memory": "4g"}
+    in_use = folder / f"semspark-sql-{archive_key('semspark-sql', settings)}.jsa"
+    superseded, recent = folder / "semspark-sql-0123456789abcdef.jsa", folder / "semspark-nightly-0123456789abcdef.jsa"
+    for archive in (in_use, superseded, recent):
+        archive.write_bytes(b"\0" * 16)
+    three_weeks_ago, ten_days_ago = time.time() - 21 * 86400, time.time() - 10 * 86400
+    for archive in (in_use, superseded):
+        os.utime(archive, (three_weeks_ago, three_weeks_ago))
+    os.utime(recent, (ten_days_ago, ten_days_ago))
+    mapped = plan("semspark-sql", settings, str(folder))
+    assert mapped is not None and mapped.making is None and mapped.archive == in_use
+    assert not superseded.exists() and recent.exists() and in_use.exists()
+    assert time.time() - in_use.stat().st_mtime < 60   # marked used by the run that maps it
