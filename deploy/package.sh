@@ -9,8 +9,9 @@
 #             (about 4x faster to build and to unpack; what the loopback cluster of deploy/cluster.sh uses)
 #   --output  where the wheel and the archive go (default: dist/ in the checkout)
 #
-# Prints the archive's path on the last line. Rebuilds only when requirements.lock, pyproject.toml
-# or a file of semspark/ changed since the last build of that format (a stamp next to the archive).
+# Prints the archive's path on the last line. Rebuilds only when requirements.lock, pyproject.toml,
+# this script or a file of semspark/ changed since the last build of that format (a stamp next to
+# the archive).
 #
 # How: the checkout's .venv has semspark installed in editable mode, which venv-pack cannot ship
 # (and which would point executors back at the checkout). So the environment is cloned with hard
@@ -46,7 +47,7 @@ stamp="$archive.inputs.sha256"
 exec 8>"$out/.package.lock"
 flock 8
 
-inputs=$(cd "$root" && { sha256sum requirements.lock pyproject.toml;
+inputs=$(cd "$root" && { sha256sum requirements.lock pyproject.toml deploy/package.sh;
                          find semspark -type f -name '*.py' -print0 | sort -z | xargs -0 sha256sum; } | sha256sum | cut -d' ' -f1)
 if [ -f "$archive" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$inputs" ]; then
     say "up to date: $archive"
@@ -90,8 +91,11 @@ EOF
 say "packing with venv-pack ($format; a tar.gz takes about half a minute)"
 level=(); [ "$format" = tar.gz ] && level=(--compress-level 1)
 # TensorFlow's C++ headers are for building extensions, which is done: 170 MB less to ship.
+# pyspark's jars are the JVM of a Spark started from Python; executors and a submitted driver run
+# in the cluster's own Spark and import pyspark from its python/lib/pyspark.zip: 320 MB less.
 "$venv/bin/venv-pack" -q -p "$work/env" -o "$work/env.$format" --format "$format" "${level[@]}" \
-    --exclude 'lib/python3.11/site-packages/tensorflow/include/*'
+    --exclude 'lib/python3.11/site-packages/tensorflow/include/*' \
+    --exclude 'lib/python3.11/site-packages/pyspark/jars/*'
 mv -f "$work/env.$format" "$archive"
 echo "$inputs" > "$stamp"
 say "packed $(du -h "$archive" | cut -f1) into $archive"
