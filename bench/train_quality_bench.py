@@ -4,6 +4,7 @@
         [--images 640] [--epochs E] [--input-px P] [--batch-size B] [--check-images 1000] [--cli-alexnet] [--learning-rate R] [--label-smoothing S]
         [--weight-decay W] [--alexnet-head average|flatten] [--convnext-layout depthwise|keras]
         [--convnext-layer-scale S] [--convnext-drop-path R] [--efficientnet-drop-connect R] [--translation T]
+        [--select last|best]
 
 Per architecture, at a CPU-sized input and a fixed epoch budget (BUDGETS), over several seeds:
 the generated categories (semspark.synth.morphology, the images the demo ingests, rendered at
@@ -14,6 +15,9 @@ test accuracy and macro-F1, training images/s, ECE before and after temperature 
 accuracy and ECE on a larger held-out set of the same generator (``--check-images``, another seed),
 train/inference gap (accuracy on the training images in training mode minus inference mode; the
 first release's augmentation made it 0.5).
+
+``--select best`` keeps the epoch of best validation accuracy, as ``semspark train`` registers,
+and calibrates on the same validation images; ``last`` (default) keeps the last epoch.
 
 ``--cli-alexnet`` also runs the issue's end-to-end case for real: 300 generated images ingested
 into a scratch catalog, ``semspark train --arch alexnet --input-size 128 --epochs 12 --num-proc 2``,
@@ -85,6 +89,30 @@ def ece_floor(probabilities, seed: int, draws: int = 200) -> float:
     return float(np.mean(values))
 
 
+SELECT = "last"   # --select best: the epoch `semspark train` registers (best on validation), not the last
+
+
+def _keep_best_on_validation():
+    import tensorflow as tf
+
+    from semspark.train.rank import better_than_best
+
+    class KeepBestOnValidation(tf.keras.callbacks.Callback):
+        """The weights of the epoch the training job would register: the best on validation
+        (accuracy, then loss; train/rank.py's rule)."""
+
+        def __init__(self, x, y):
+            super().__init__()
+            self.x, self.y, self.best, self.weights, self.epoch = x, y, None, None, 0
+
+        def on_epoch_end(self, epoch, logs=None):
+            scores = self.model.evaluate(self.x, self.y, verbose=0, return_dict=True)
+            if better_than_best(scores["accuracy"], scores["loss"], self.best):
+                self.best = {"val_accuracy": scores["accuracy"], "val_loss": scores["loss"]}
+                self.weights, self.epoch = self.model.get_weights(), epoch + 1
+    return KeepBestOnValidation
+
+
 def run_one(arch: str, seed: int, n: int, overrides: dict | None = None, check: int = 0) -> dict:
     import numpy as np
     import tensorflow as tf
@@ -95,6 +123,7 @@ def run_one(arch: str, seed: int, n: int, overrides: dict | None = None, check: 
                                        learning_rate_schedule, make_optimizer, mix_batches_in_training)
     from semspark.train.spec import learning_rate_for, rate_for_batch
 
+    KeepBestOnValidation = _keep_best_on_validation()
     size, epochs, batch = BUDGETS[arch]
     x, y = images(n, seed)
     x = tf.image.resize(x[..., None].astype("float32"), (size, size), antialias=True).numpy()
@@ -111,10 +140,14 @@ def run_one(arch: str, seed: int, n: int, overrides: dict | None = None, check: 
                   loss, metrics=["accuracy"])
     mix_batches_in_training(model, loss, recipe.mixup, seed)
     counts = {int(c): int((y[train] == c).sum()) for c in range(10)}
+    callbacks = [DecoupledWeightDecay(recipe.weight_decay)]
+    kept = KeepBestOnValidation(x[validation], y[validation]) if SELECT == "best" else None
     started = time.perf_counter()
     history = model.fit(x[train], y[train], batch_size=batch, epochs=epochs, verbose=0,
-                        class_weight=class_weights(counts, recipe), callbacks=[DecoupledWeightDecay(recipe.weight_decay)])
+                        class_weight=class_weights(counts, recipe), callbacks=callbacks + ([kept] if kept else []))
     seconds = time.perf_counter() - started
+    if kept:
+        model.set_weights(kept.weights)
     heads = tf.keras.Model(model.inputs, model.get_layer("logits").output)
     logits = {k: heads.predict(x[s], verbose=0) for k, s in (("train", train), ("validation", validation), ("test", test))}
     scores = held_out_scores(y[test], logits["test"].argmax(1), [str(c) for c in range(10)], seed=seed)
@@ -143,7 +176,10 @@ def run_one(arch: str, seed: int, n: int, overrides: dict | None = None, check: 
             "ece_floor_after": round(ece_floor(softmax(logits["test"], temperature), seed), 4),
             "temperature": round(temperature, 3),
             "train_minus_inference_accuracy_on_training_images": round(training_mode - inference_mode, 4),
-            "final_training_accuracy": round(float(history.history["accuracy"][-1]), 4), **checked}
+            "final_training_accuracy": round(float(history.history["accuracy"][-1]), 4),
+            "kept_epoch": kept.epoch if kept else epochs,
+            "validation_accuracy_of_kept": round(float(np.mean(logits["validation"].argmax(1) == y[validation])), 4),
+            **checked}
 
 
 def cli_alexnet(seed: int) -> dict:
@@ -203,7 +239,12 @@ def main() -> None:
                              "models.EFFICIENTNET_DROP_CONNECT_RATE)")
     parser.add_argument("--translation", type=float,
                         help="a random shift of up to this share of the side (semspark's default: models.TRANSLATION)")
+    parser.add_argument("--select", choices=("last", "best"), default="last",
+                        help="the model evaluated: the last epoch's (default) or the best on validation, as "
+                             "`semspark train` registers it (its calibration is then fitted on the images that chose it)")
     args = parser.parse_args()
+    global SELECT
+    SELECT = args.select
     from semspark.train import models
     if args.translation is not None:
         models.TRANSLATION = args.translation
@@ -226,7 +267,7 @@ def main() -> None:
     runs = [run_one(arch, seed, args.images, overrides, args.check_images) for arch in args.archs.split(",") for seed in seeds]
     result = {"benchmark": "training quality", "machine": {"cpu": cpu_model(),
                                                            "cores": os.cpu_count(), "python": platform.python_version()},
-              "images": args.images, "recipe_overrides": overrides,
+              "images": args.images, "recipe_overrides": overrides, "select": args.select,
               "model_overrides": {"alexnet_head": models.ALEXNET_HEAD, "convnext_layout": args.convnext_layout,
                                   "convnext_layer_scale_init": 1e-6 if KERAS_LAYOUT else models.CONVNEXT_LAYER_SCALE_INIT,
                                   "convnext_drop_path": 0.0 if KERAS_LAYOUT else models.CONVNEXT_DROP_PATH_RATE,
