@@ -4,7 +4,7 @@
         [--images 640] [--epochs E] [--input-px P] [--batch-size B] [--check-images 1000] [--cli-alexnet] [--learning-rate R] [--label-smoothing S]
         [--weight-decay W] [--alexnet-head average|flatten] [--convnext-layout depthwise|keras]
         [--convnext-layer-scale S] [--convnext-drop-path R] [--efficientnet-drop-connect R] [--translation T]
-        [--select last|best]
+        [--select last|best] [--ema D]
 
 Per architecture, at a CPU-sized input and a fixed epoch budget (BUDGETS), over several seeds:
 the generated categories (semspark.synth.morphology, the images the demo ingests, rendered at
@@ -89,6 +89,7 @@ def ece_floor(probabilities, seed: int, draws: int = 200) -> float:
     return float(np.mean(values))
 
 
+EMA = 0.0         # --ema D: evaluate an exponential moving average of the weights (recipe.WeightAverage)
 SELECT = "last"   # --select best: the epoch `semspark train` registers (best on validation), not the last
 
 
@@ -120,7 +121,7 @@ def run_one(arch: str, seed: int, n: int, overrides: dict | None = None, check: 
     from semspark.train.evaluation import expected_calibration_error, fit_temperature, held_out_scores, softmax
     from semspark.train.models import build_model
     from semspark.train.recipe import (DecoupledWeightDecay, Recipe, SmoothedSparseCrossentropy, class_weights,
-                                       learning_rate_schedule, make_optimizer, mix_batches_in_training)
+                                       learning_rate_schedule, make_optimizer, mix_batches_in_training, WeightAverage)
     from semspark.train.spec import learning_rate_for, rate_for_batch
 
     KeepBestOnValidation = _keep_best_on_validation()
@@ -141,6 +142,9 @@ def run_one(arch: str, seed: int, n: int, overrides: dict | None = None, check: 
     mix_batches_in_training(model, loss, recipe.mixup, seed)
     counts = {int(c): int((y[train] == c).sum()) for c in range(10)}
     callbacks = [DecoupledWeightDecay(recipe.weight_decay)]
+    average = WeightAverage(EMA) if EMA else None
+    if average:
+        callbacks.append(average)
     kept = KeepBestOnValidation(x[validation], y[validation]) if SELECT == "best" else None
     started = time.perf_counter()
     history = model.fit(x[train], y[train], batch_size=batch, epochs=epochs, verbose=0,
@@ -148,6 +152,8 @@ def run_one(arch: str, seed: int, n: int, overrides: dict | None = None, check: 
     seconds = time.perf_counter() - started
     if kept:
         model.set_weights(kept.weights)
+    elif average:
+        average.swap()   # the averaged weights are the model evaluated
     heads = tf.keras.Model(model.inputs, model.get_layer("logits").output)
     logits = {k: heads.predict(x[s], verbose=0) for k, s in (("train", train), ("validation", validation), ("test", test))}
     scores = held_out_scores(y[test], logits["test"].argmax(1), [str(c) for c in range(10)], seed=seed)
@@ -242,9 +248,11 @@ def main() -> None:
     parser.add_argument("--select", choices=("last", "best"), default="last",
                         help="the model evaluated: the last epoch's (default) or the best on validation, as "
                              "`semspark train` registers it (its calibration is then fitted on the images that chose it)")
+    parser.add_argument("--ema", type=float, default=0.0,
+                        help="evaluate the exponential moving average of the weights with this decay (0: off)")
     args = parser.parse_args()
-    global SELECT
-    SELECT = args.select
+    global SELECT, EMA
+    SELECT, EMA = args.select, args.ema
     from semspark.train import models
     if args.translation is not None:
         models.TRANSLATION = args.translation
@@ -267,7 +275,7 @@ def main() -> None:
     runs = [run_one(arch, seed, args.images, overrides, args.check_images) for arch in args.archs.split(",") for seed in seeds]
     result = {"benchmark": "training quality", "machine": {"cpu": cpu_model(),
                                                            "cores": os.cpu_count(), "python": platform.python_version()},
-              "images": args.images, "recipe_overrides": overrides, "select": args.select,
+              "images": args.images, "recipe_overrides": overrides, "select": args.select, "ema": args.ema,
               "model_overrides": {"alexnet_head": models.ALEXNET_HEAD, "convnext_layout": args.convnext_layout,
                                   "convnext_layer_scale_init": 1e-6 if KERAS_LAYOUT else models.CONVNEXT_LAYER_SCALE_INIT,
                                   "convnext_drop_path": 0.0 if KERAS_LAYOUT else models.CONVNEXT_DROP_PATH_RATE,

@@ -203,7 +203,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="input side in px (default: the architecture's own: compact_cnn 64, alexnet 227, "
                         "inception_* 299, convnext_tiny and efficientnetv2_s 224)")
     p.add_argument("--seed", type=int, default=d.seed, help="split and initialisation seed")
-    p.add_argument("--patience", type=int, default=d.patience, help="early stopping on validation accuracy")
+    p.add_argument("--patience", type=int, default=d.patience,
+                   help="stop after this many epochs without a better validation accuracy (default 0: never; "
+                        "for --schedule constant: a cosine schedule stopped early ends at a high rate)")
+    p.add_argument("--keep", choices=("auto", "last", "best"), default=d.keep,
+                   help="the epoch registered: the last, or the most accurate on validation (auto, default: "
+                        "the last under the cosine schedule, the best under a constant rate)")
     p.add_argument("--warmup-epochs", type=int, default=d.warmup_epochs,
                    help="linear learning-rate warm-up, then --schedule")
     p.add_argument("--schedule", choices=("cosine", "constant"), default=d.schedule,
@@ -356,7 +361,7 @@ def cmd_train(args) -> int:
         scale_bins=parse_scale_bins(args.scale_bins), epochs=args.epochs,
         fine_tune_epochs=args.fine_tune_epochs,
         batch_size=args.batch_size, learning_rate=args.learning_rate, optimizer=args.optimizer,
-        num_proc=args.num_proc, input_size=args.input_size, seed=args.seed, patience=args.patience,
+        num_proc=args.num_proc, input_size=args.input_size, seed=args.seed, patience=args.patience, keep=args.keep,
         warmup_epochs=args.warmup_epochs, mixed_precision=args.mixed_precision, schedule=args.schedule,
         label_smoothing=args.label_smoothing, weight_decay=args.weight_decay, class_weighting=args.class_weights,
         mixup=args.mixup, uncertain_target=args.uncertain_target)

@@ -52,7 +52,7 @@ def prepare_demo_input(folder: Path, n: int, seed: int) -> Path:
 # decay), label smoothing, balanced class weights and weight decay (train/recipe.py); two ranks of
 # 16 images at 1e-3 each, a step of 32 images at 2e-3 in all.
 DEMO_TRAINING = TrainRequest(arch="compact_cnn", epochs=25, batch_size=16, learning_rate=1e-3, num_proc=2,
-                             name="demo", patience=100)
+                             name="demo")
 
 
 def run_demo(config: Config, n: int = 600, seed: int = 0, train: bool = True) -> int:

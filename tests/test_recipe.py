@@ -217,6 +217,16 @@ def test_the_best_epoch_is_the_most_accurate_then_the_least_surprised():
     assert better_than_best(0.9, 5.0, {"epoch": 2, "val_accuracy": 0.9})  # recorded before the loss was
 
 
+def test_the_registered_epoch_is_the_last_under_cosine_and_the_best_under_a_constant_rate():
+    from semspark.train.job import TrainRequest
+
+    assert TrainRequest().resolved_keep == "last"                       # default: cosine
+    assert TrainRequest(schedule="constant").resolved_keep == "best"
+    assert TrainRequest(keep="best").resolved_keep == "best"
+    assert TrainRequest(schedule="constant", keep="last").resolved_keep == "last"
+    assert TrainRequest().patience == 0                                  # no early stopping unless asked
+
+
 def _intensity_classifier():
     """Logistic regression on an image's mean intensity: p(class 1) = sigmoid(w * mean + b)."""
     inputs = tf.keras.Input((4, 4, 1))
@@ -264,3 +274,26 @@ def test_mixup_teaches_the_share_of_each_category(alpha):
     assert history.history["accuracy"][-1] == 1.0
     # inference is untouched: the unmixed images are classified as they are
     assert (model.predict(x, verbose=0).argmax(1) == y).all()
+
+
+def test_the_weight_average_follows_its_ramped_decay_and_swaps_back():
+    """One weight, 0 when training begins, then 1 after every step; decay 0.9, ramped as
+    min(0.9, (1 + t) / (10 + t)). By hand: t=1, d=2/11: 9/11 = 0.818182; t=2, d=1/4:
+    0.25 * 9/11 + 0.75 = 0.954545; t=3, d=4/13: 0.986014. A swap puts the average into the model
+    and the live weight into the average; a second swap restores both."""
+    from semspark.train.recipe import WeightAverage
+
+    model = tf.keras.Sequential([tf.keras.Input((1,)), tf.keras.layers.Dense(1, use_bias=False, kernel_initializer="zeros")])
+    average = WeightAverage(0.9)
+    average.set_model(model)
+    average.on_train_begin()
+    kernel = model.weights[0]
+    for expected in (0.818182, 0.954545, 0.986014):
+        kernel.assign([[1.0]])
+        average.on_train_batch_end(0)
+        assert float(average.shadow[0].numpy()[0, 0]) == pytest.approx(expected, abs=1e-6)
+    average.swap()
+    assert float(kernel.numpy()[0, 0]) == pytest.approx(0.986014, abs=1e-6)
+    assert float(average.shadow[0].numpy()[0, 0]) == 1.0
+    average.swap()
+    assert float(kernel.numpy()[0, 0]) == 1.0 and float(average.shadow[0].numpy()[0, 0]) == pytest.approx(0.986014, abs=1e-6)

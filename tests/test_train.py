@@ -41,7 +41,8 @@ def test_requests_are_checked_before_anything_runs():
                        (dict(optimizer="lbfgs"), "--optimizer"), (dict(learning_rate=-1e-3), "--learning-rate"),
                        (dict(schedule="step"), "--schedule"),
                        (dict(label_smoothing=1.0), "--label-smoothing"), (dict(weight_decay=-1), "--weight-decay"),
-                       (dict(class_weighting="inverse"), "--class-weights"), (dict(mixup=-0.4), "--mixup"), (dict(batch_size=-1), "--batch-size"),
+                       (dict(class_weighting="inverse"), "--class-weights"), (dict(keep="first"), "--keep"),
+                       (dict(patience=-1), "--patience"), (dict(mixup=-0.4), "--mixup"), (dict(batch_size=-1), "--batch-size"),
                        (dict(arch="alexnet", input_size=64), "at least 67 for alexnet")]:
         with pytest.raises(TrainError, match=words):
             dataclasses.replace(FAST, **bad).check()
@@ -68,6 +69,10 @@ def test_two_ranks_learn_the_categories_and_register_the_model(spark, learned):
     assert metadata["class_names"] == sorted(metadata["class_names"]) and len(metadata["class_names"]) == 10
     assert metadata["architecture"] == "compact_cnn" and metadata["num_proc"] == 2
     assert metadata["input_size"] == 64 and metadata["recipe"]["schedule"] == "cosine"
+    # under the cosine schedule the last epoch is registered, whichever was best on validation
+    assert (metadata["kept"], metadata["best_epoch"], result.best_epoch) == ("last", LEARNED_EPOCHS, LEARNED_EPOCHS)
+    assert 1 <= metadata["best_validation_epoch"] <= LEARNED_EPOCHS
+    assert registry.file_sha256(folder / "model.keras") == registry.file_sha256(registry.run_dir(result.run_id) / "last.keras")
     assert (metadata["recipe"]["batch_size"], metadata["recipe"]["learning_rate"]) == (16, 1e-3)   # as given
     scores = metadata["test_scores"]
     assert scores["accuracy"]["value"] == pytest.approx(result.test_accuracy)
@@ -112,7 +117,7 @@ def test_inference_sees_what_training_saw(spark, learned):
     train_accuracy = sum(right[i] for i in split["train"]) / len(split["train"])
     test_accuracy = sum(right[i] for i in split["test"]) / len(split["test"])
     state = json.loads((registry.run_dir(learned.run_id) / "state.json").read_text())
-    training_mode = next(h["accuracy"] for h in state["history"] if h["epoch"] == state["best"]["epoch"])
+    training_mode = next(h["accuracy"] for h in state["history"] if h["epoch"] == learned.best_epoch)
     assert train_accuracy >= training_mode - 0.05, (train_accuracy, training_mode)
     assert abs(test_accuracy - learned.test_accuracy) <= 1 / len(split["test"]) + 1e-9
 
@@ -121,14 +126,18 @@ def test_feature_extraction_keeps_the_earlier_models_backbone_and_fine_tuning_th
     """One run of feature_extraction_then_fine_tuning from the learned model, one epoch per phase:
     the backbone after the first phase (run/feature_extraction.keras) is the earlier model's, bit
     for bit; after the second, most of its weights have moved. With mixup (its train step on two
-    Horovod ranks, made again for the second phase's compile)."""
+    Horovod ranks, made again for the second phase's compile.) Kept: the epoch best on validation
+    (--keep best), the one the run's state names, and its checkpoint is what is registered."""
     import numpy as np
 
     result = run_training(spark, CONFIG, dataclasses.replace(
         FAST, name="fe-ft", mode="feature_extraction_then_fine_tuning", init=f"model:{learned.model_version}",
-        epochs=1, fine_tune_epochs=1, run_id="fe-then-ft", mixup=0.4))
+        epochs=1, fine_tune_epochs=1, run_id="fe-then-ft", mixup=0.4, keep="best"))
     run = registry.run_dir("fe-then-ft")
-    assert [h["epoch"] for h in json.loads((run / "state.json").read_text())["history"]] == [1, 2]
+    state = json.loads((run / "state.json").read_text())
+    assert [h["epoch"] for h in state["history"]] == [1, 2]
+    assert result.best_epoch == state["best"]["epoch"]
+    assert registry.file_sha256(registry.models_root() / "fe-ft" / "1" / "model.keras") == registry.file_sha256(run / "best.keras")
     source = backbone_weights(registry.models_root() / "learn" / "1" / "model.keras")
     extracted = backbone_weights(run / "feature_extraction.keras")   # after the first phase
     assert len(source) == len(extracted) > 5

@@ -99,7 +99,8 @@ def train_on_rank(payload: dict) -> dict | None:
                           **{k: float(v) for k, v in logs.items()}}
                 state["history"] = [h for h in state["history"] if h["epoch"] < epoch + 1] + [record]
                 if better_than_best(logs["val_accuracy"], logs["val_loss"], state["best"]):
-                    _save_atomically(model, run / "best.keras")
+                    if payload["keep"] == "best":
+                        _save_atomically(model, run / "best.keras")
                     state["best"] = {"epoch": epoch + 1, "val_accuracy": logs["val_accuracy"],
                                      "val_loss": logs["val_loss"]}
                 _save_atomically(model, run / "last.keras")
@@ -128,8 +129,10 @@ def train_on_rank(payload: dict) -> dict | None:
             hvd.callbacks.MetricAverageCallback(),
             DecoupledWeightDecay(recipe.weight_decay),
             EpochEnd(),
-            tf.keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=payload["patience"]),
         ]
+        if payload["patience"] > 0:
+            callbacks.append(tf.keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max",
+                                                              patience=payload["patience"]))
         model.fit(train, steps_per_epoch=steps, epochs=until, initial_epoch=state["completed_epochs"],
                   callbacks=callbacks, class_weight=weights, verbose=2 if rank == 0 else 0)
         if rank == 0 and len(phases) > 1 and phase_mode == "feature_extraction":
@@ -139,7 +142,7 @@ def train_on_rank(payload: dict) -> dict | None:
     if rank != 0:
         return None
 
-    return _evaluate_best(payload, run, state, classes, url, image_size, input_size, batch)
+    return _evaluate_kept(payload, run, state, classes, url, image_size, input_size, batch)
 
 
 def better_than_best(val_accuracy: float, val_loss: float, best: dict | None) -> bool:
@@ -155,8 +158,9 @@ def better_than_best(val_accuracy: float, val_loss: float, best: dict | None) ->
     return val_loss < best.get("val_loss", float("inf"))
 
 
-def _evaluate_best(payload, run: Path, state: dict, classes, url, image_size, input_size, batch) -> dict:
-    """Rank 0, after training: the best checkpoint on the held-out images. Test scores with their
+def _evaluate_kept(payload, run: Path, state: dict, classes, url, image_size, input_size, batch) -> dict:
+    """Rank 0, after training: the kept checkpoint (the last epoch's, or the best on validation's:
+    TrainRequest.resolved_keep) on the held-out images. Test scores with their
     bootstrap intervals; temperature scaling, the uncertainty threshold and the out-of-distribution
     distance fitted on validation; a sample of training embeddings kept as the reference of what the
     model was trained on (run/reference_embeddings.npy)."""
@@ -168,8 +172,11 @@ def _evaluate_best(payload, run: Path, state: dict, classes, url, image_size, in
                                            fit_temperature, held_out_scores, softmax)
     from semspark.train.models import load_saved_model
 
-    best = load_saved_model(run / "best.keras")
-    heads = tf.keras.Model(best.inputs, [best.get_layer("embedding").output, best.get_layer("logits").output])
+    keep_best = payload["keep"] == "best"
+    kept_checkpoint = "best.keras" if keep_best else "last.keras"
+    kept_epoch = state["best"]["epoch"] if keep_best else state["completed_epochs"]
+    kept = load_saved_model(run / kept_checkpoint)
+    heads = tf.keras.Model(kept.inputs, [kept.get_layer("embedding").output, kept.get_layer("logits").output])
 
     def outputs(ids):
         embeddings, logits, truth = [], [], []
@@ -211,7 +218,8 @@ def _evaluate_best(payload, run: Path, state: dict, classes, url, image_size, in
         "test_confident_share": float(test_confident.mean()) if len(test_truth) else None,
         "test_accuracy_of_confident": float(test_right[test_confident].mean()) if test_confident.any() else None,
     }
-    return {"history": state["history"], "best_epoch": state["best"]["epoch"],
+    return {"history": state["history"], "best_epoch": kept_epoch, "kept": payload["keep"],
+            "kept_checkpoint": kept_checkpoint, "best_validation_epoch": state["best"]["epoch"],
             "confusion": scores["confusion_matrix"], "test_images": int(len(test_truth)),
             "test_scores": scores, "calibration": calibration,
             "out_of_distribution": {"neighbours": ood.neighbours, "threshold": ood.threshold,

@@ -162,6 +162,52 @@ class DecoupledWeightDecay(tf.keras.callbacks.Callback):
             self._step()
 
 
+class WeightAverage(tf.keras.callbacks.Callback):
+    """An exponential moving average of the model's weights (every variable, batch-norm statistics
+    too), updated after each step: shadow <- d * shadow + (1 - d) * weights, with the decay ramped
+    as d_t = min(d, (1 + t) / (10 + t)) so that the first steps' random weights fade at once.
+    ``swap()`` exchanges the model's weights and the average (twice restores them): evaluate and
+    save the average, train the live weights."""
+
+    def __init__(self, decay: float):
+        super().__init__()
+        self.decay = decay
+        self.shadow: list[tf.Variable] = []
+        self.updates = None
+        self._step = None
+        self._swap = None
+
+    def on_train_begin(self, logs=None):
+        if self.shadow:
+            return   # a second fit of the same model (a second phase) keeps averaging
+        weights = self.model.weights
+        self.shadow = [tf.Variable(w, trainable=False) for w in weights]
+        self.updates = tf.Variable(0, dtype=tf.int64, trainable=False)
+        shadow, updates, decay = self.shadow, self.updates, self.decay
+
+        @tf.function
+        def step():
+            updates.assign_add(1)
+            t = tf.cast(updates, tf.float32)
+            d = tf.minimum(tf.constant(decay, tf.float32), (1.0 + t) / (10.0 + t))
+            for average, weight in zip(shadow, weights):
+                average.assign(tf.cast(d, average.dtype) * average + tf.cast(1.0 - d, average.dtype) * weight)
+
+        @tf.function
+        def swap():
+            for average, weight in zip(shadow, weights):
+                live = tf.identity(weight)
+                weight.assign(average)
+                average.assign(live)
+        self._step, self._swap = step, swap
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._step()
+
+    def swap(self) -> None:
+        self._swap()
+
+
 def optimizer_variables(optimizer) -> list[tf.Variable]:
     return list(optimizer.variables())
 
