@@ -339,7 +339,7 @@ def _register(spark, db, request, run_id, run, split, outcome) -> TrainResult:
                  for i, c in enumerate(classes)}
     test_accuracy = float(np.trace(confusion) / max(confusion.sum(), 1))
     version, folder = registry.new_version(request.name)
-    shutil.copy(run / outcome.get("kept_checkpoint", "best.keras"), folder / "model.keras")
+    shutil.copy(run / outcome["kept_checkpoint"], folder / "model.keras")
     reference = run / "reference_embeddings.npy"
     if reference.exists():
         shutil.copy(reference, folder / registry.REFERENCE_EMBEDDINGS)
@@ -358,8 +358,8 @@ def _register(spark, db, request, run_id, run, split, outcome) -> TrainResult:
         "train_images": len(split["train"]), "validation_images": len(split["validation"]),
         "test_images": len(split["test"]), "train_image_ids_sha256": train_hash,
         "near_duplicate_groups_merged": split["groups_merged"],
-        "best_epoch": outcome["best_epoch"], "kept": outcome.get("kept", "best"),
-        "best_validation_epoch": outcome.get("best_validation_epoch", outcome["best_epoch"]),
+        "best_epoch": outcome["best_epoch"], "kept": outcome["kept"],
+        "best_validation_epoch": outcome["best_validation_epoch"],
         "validation_accuracy": best["val_accuracy"],
         "test_accuracy": test_accuracy, "per_category_test_accuracy": per_class,
         "confusion_matrix": confusion.tolist(), "num_proc": request.num_proc,

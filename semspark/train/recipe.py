@@ -13,6 +13,9 @@
   copy of itself, images and losses in the same proportion (``mix_batches_in_training``);
 - the optimizer's state (step counter, moments) is saved beside each checkpoint and restored on
   resume (``save_optimizer_state`` / ``restore_optimizer_state``).
+- ``WeightAverage``, a moving average of the weights, is measured by bench/train_quality_bench.py
+  (``--ema``) and not part of ``semspark train``: under a cosine schedule ending at zero it lands
+  where the last epoch does (ConvNeXt-Tiny, README "Training quality").
 
 Optimizers are Keras' legacy ones: Horovod 0.28's DistributedOptimizer wraps those in TF >= 2.11.
 """
