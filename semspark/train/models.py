@@ -71,6 +71,11 @@ ALEXNET_HEAD = "average"   # see _alexnet
 # 0.83); compact_cnn (25 epochs, seeds 0-2, 1,000 check images) 0.975, 0.973, 0.984 -> 0.971,
 # 0.969, 0.984, no change. 0: off.
 TRANSLATION = 0.125
+# While training, a random rotation by any angle up to this share of a full turn either way (the
+# corners filled by reflection, bilinear, no resizing): in an SEM the sample's orientation under the
+# beam is arbitrary, and quarter turns and flips give only eight of them. 0: off (the default; see
+# README "Training quality" for what it measured).
+ROTATION = 0.0
 AUGMENTATION_LAYERS = ("flip", "rot90", "translation", "brightness", "contrast")
 
 
@@ -315,6 +320,8 @@ def build_model(arch: str, num_classes: int, input_size: int, dropout: float = 0
         # up to 15% gave 0.930, 0.914, 0.984 test accuracy; without it 0.953, 0.961, 0.992.
         x = layers.RandomFlip("horizontal_and_vertical", name="flip")(x)
         x = RandomRot90(name="rot90")(x)
+        if ROTATION > 0:
+            x = layers.RandomRotation(ROTATION, fill_mode="reflect", interpolation="bilinear", name="rotation")(x)
         x = layers.RandomTranslation(TRANSLATION, TRANSLATION, fill_mode="reflect", interpolation="nearest",
                                      name="translation")(x)
         x = layers.RandomBrightness(0.1, value_range=(0.0, 255.0), name="brightness")(x)
