@@ -177,11 +177,11 @@ def run_one(arch: str, seed: int, n: int, overrides: dict | None = None, check: 
                    "check_ece_before": round(expected_calibration_error(softmax(check_logits), yc), 4),
                    "check_ece_after": round(expected_calibration_error(softmax(check_logits, temperature), yc), 4),
                    "check_ece_floor_after": round(ece_floor(softmax(check_logits, temperature), seed), 4)}
+        checked["check_ece_after_views"] = round(
+            expected_calibration_error(softmax(check_logits, temperature_views), yc), 4)
         # the temperature the check images themselves would choose: what temperature scaling can
         # reach on this model at best, so that a high ECE after calibration tells the few
         # validation images' noisy fit apart from a miscalibration one temperature cannot mend
-        checked["check_ece_after_views"] = round(
-            expected_calibration_error(softmax(check_logits, temperature_views), yc), 4)
         best_possible = fit_temperature(check_logits, yc)
         checked.update({"check_temperature": round(best_possible, 3),
                         "check_ece_at_check_temperature": round(
