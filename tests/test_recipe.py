@@ -297,3 +297,34 @@ def test_the_weight_average_follows_its_ramped_decay_and_swaps_back():
     assert float(average.shadow[0].numpy()[0, 0]) == 1.0
     average.swap()
     assert float(kernel.numpy()[0, 0]) == 1.0 and float(average.shadow[0].numpy()[0, 0]) == pytest.approx(0.986014, abs=1e-6)
+
+
+def test_the_optional_rotation_keeps_values_and_scale(monkeypatch):
+    """models.ROTATION (off by default, a bench option): when on, a rotation layer sits among the
+    augmentations; constant frames keep their grey level exactly (reflection fills the corners), no
+    value leaves 0..255, stripes of an 8-pixel period keep it (the spectrum's peak 8 cycles from
+    the centre, within a bin: a turned pattern falls between bins), and inference is untouched."""
+    from semspark.train import models
+
+    assert models.ROTATION == 0.0 and "rotation" not in [l.name for l in build_model("compact_cnn", 3, 32).layers]
+    monkeypatch.setattr(models, "ROTATION", 0.5)
+    tf.keras.utils.set_random_seed(5)
+    layer = build_model("compact_cnn", 3, 64).get_layer("rotation")
+    levels = np.array([0, 64, 128, 255], np.float32)
+    frames = np.repeat(levels[:, None, None, None], 64, axis=1).repeat(64, axis=2)
+    out = layer(tf.constant(frames), training=True).numpy()
+    np.testing.assert_allclose(out.reshape(len(levels), -1).min(axis=1), levels, atol=1e-3)
+    np.testing.assert_allclose(out.reshape(len(levels), -1).max(axis=1), levels, atol=1e-3)
+    x = np.arange(64, dtype=np.float32)
+    stripes = np.tile(128 + 100 * np.sin(2 * np.pi * x / 8), (64, 1))[None, ..., None].repeat(16, axis=0)
+    turned = layer(tf.constant(stripes), training=True).numpy()[..., 0]
+    assert turned.min() >= 0 and turned.max() <= 255
+    angles = set()
+    for image in turned:
+        power = np.abs(np.fft.fft2(image - image.mean()))
+        fy, fx = np.unravel_index(np.argmax(power), power.shape)
+        fy, fx = min(fy, 64 - fy), min(fx, 64 - fx)
+        assert math.hypot(fy, fx) == pytest.approx(8.0, abs=1.0), (fy, fx)
+        angles.add((fy, fx))
+    assert len(angles) > 2                            # it does turn them
+    np.testing.assert_array_equal(layer(tf.constant(stripes), training=False).numpy(), stripes)
