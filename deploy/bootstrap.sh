@@ -47,11 +47,30 @@ if [ ! -f "$stack_stamp" ] || [ "$(cat "$stack_stamp")" != "$stack_hash" ]; then
     "$venv/bin/pip" install -q -r "$venv/.lock-without-horovod.txt"
     horovod_pin=$(grep '^horovod==' "$lock")
     if ! "$venv/bin/pip" show horovod 2>/dev/null | grep -q "^Version: ${horovod_pin#horovod==}$"; then
-        say "building $horovod_pin from source with TensorFlow and Gloo (2 to 5 minutes)"
-        # CMAKE_POLICY_VERSION_MINIMUM: Horovod's bundled gloo asks for a CMake policy CMake 4 rejects.
-        CMAKE_POLICY_VERSION_MINIMUM=3.5 HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1 \
-        HOROVOD_WITHOUT_MXNET=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
-            "$venv/bin/pip" install -q --no-build-isolation --no-cache-dir "${horovod_pin/horovod/horovod[spark]}"
+        # Horovod compiles against the installed TensorFlow. The wheel is kept per machine under a key
+        # of everything it was compiled against (Horovod's and TensorFlow's pins, the interpreter, the
+        # CPU kind, the build flags), so another checkout of the same lock (CI's clean clone, a second
+        # working copy) installs it in seconds instead of compiling again; pip's own cache is not used
+        # because it keys a built wheel by Horovod's version only, not by the TensorFlow it linked.
+        build_flags="HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1"
+        build_key=$({ echo "$horovod_pin"; grep -E '^tensorflow(-cpu)?==' "$lock";
+                      "$venv/bin/python" -c 'import platform, sys; print(sys.version, platform.machine())';
+                      echo "$build_flags"; } | sha256sum | cut -c1-16)
+        wheels="${SEMSPARK_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/semspark/wheels}/horovod-$build_key"
+        if ! ls "$wheels"/horovod-*.whl >/dev/null 2>&1; then
+            say "building $horovod_pin from source with TensorFlow and Gloo (2 to 5 minutes; kept in $wheels)"
+            mkdir -p "$(dirname "$wheels")"
+            building=$(mktemp -d "$(dirname "$wheels")/.building.XXXXXX") && chmod 755 "$building"
+            # CMAKE_POLICY_VERSION_MINIMUM: Horovod's bundled gloo asks for a CMake policy CMake 4 rejects.
+            env CMAKE_POLICY_VERSION_MINIMUM=3.5 $build_flags \
+                "$venv/bin/pip" wheel -q --no-deps --no-build-isolation --no-cache-dir -w "$building" "$horovod_pin"
+            # renamed into place whole: a build cut short never looks like a cached wheel
+            mv -T "$building" "$wheels" 2>/dev/null || rm -rf "$building"
+        else
+            say "installing $horovod_pin built earlier on this machine ($wheels)"
+        fi
+        wheel=$(ls "$wheels"/horovod-*.whl)
+        "$venv/bin/pip" install -q --no-build-isolation "$wheel[spark]"
     fi
     "$venv/bin/python" -c "import tensorflow, horovod.tensorflow.keras, horovod.spark, petastorm, pyspark" 2>/dev/null \
         || { say "the stack does not import after install; see the pip output above"; exit 1; }

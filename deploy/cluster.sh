@@ -77,7 +77,7 @@ wait_for_port() {  # the master accepts connections on its port
 }
 
 write_configs() {
-    mkdir -p "$dir" "$SPARK_PID_DIR" "$SPARK_LOG_DIR" "$dir/work" "$dir/local/driver"
+    mkdir -p "$dir" "$SPARK_PID_DIR" "$SPARK_LOG_DIR" "$dir/work" "$dir/local/driver" "$dir/local/executors"
     # Files holding the secret are created owner-only before anything is written into them.
     (umask 077 && touch "$dir/secret" "$dir/daemon.conf" "$dir/submit.conf" "$dir/submit-provisioned.conf")
     if [ ! -s "$dir/secret" ]; then
@@ -123,6 +123,9 @@ spark.pyspark.driver.python        $venv/bin/python
 spark.executorEnv.OMP_THREAD_LIMIT 1
 spark.executorEnv.TF_CPP_MIN_LOG_LEVEL 2
 spark.executorEnv.PYTHONWARNINGS   ignore::FutureWarning
+# Executors' own scratch under DIR too, not /tmp: each copies a shipped archive there before it
+# unpacks it, and an executor killed meanwhile would leave 2 GB in /tmp.
+spark.executor.extraJavaOptions    -Djava.io.tmpdir=$dir/local/executors
 EOF
     # Shipped: every application carries the environment; each executor unpacks it as ./environment.
     cp "$dir/submit.conf" "$dir/submit-provisioned.conf"

@@ -122,6 +122,19 @@ class Cluster:
                 found.append({"pid": int(proc.name), "cwd": cwd, "exe": exe, "env": environ})
         return found
 
+    def executor_command_lines(self) -> list[list[str]]:
+        """The command lines of this cluster's executor JVMs."""
+        found = []
+        for proc in Path("/proc").iterdir():
+            try:
+                argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+                cwd = os.readlink(proc / "cwd")
+            except OSError:
+                continue
+            if cwd.startswith(str(self.dir / "work")) and any(a.endswith("CoarseGrainedExecutorBackend") for a in argv):
+                found.append(argv)
+        return found
+
 
 def read_until(process: subprocess.Popen, marker: str, timeout: float, seen: list[str]) -> None:
     deadline = time.monotonic() + timeout
@@ -213,6 +226,7 @@ def pipeline(cluster, raw):
         workers = wait_for(cluster.python_workers, 240, "executor Python workers (archive unpacked)")
         time.sleep(1.5)
         seen["shipped_workers"] = cluster.python_workers() or workers
+        seen["shipped_executors"] = cluster.executor_command_lines()
         assert first.poll() is None, "ingest finished before the driver could be killed:\n" + "".join(log[-20:])
     finally:
         os.killpg(first.pid, signal.SIGKILL)
@@ -350,6 +364,12 @@ def test_executors_ran_the_shipped_environment_not_the_checkout(cluster, pipelin
         assert re.fullmatch(rf"{re.escape(str(cluster.dir))}/work/worker-[12]/app-[^/]+/\d+/environment/bin/python3\.11",
                             worker["exe"]), worker["exe"]
         assert not importable_from_path(worker["env"])
+    # each executor copies the 2 GB archive into its java.io.tmpdir before unpacking it: under the
+    # cluster's folder (deploy/cluster.sh), so that one killed meanwhile leaves nothing in /tmp
+    executors = pipeline["shipped_executors"]
+    assert executors
+    for argv in executors:
+        assert f"-Djava.io.tmpdir={cluster.dir}/local/executors" in argv, argv
     environment = Path(shipped[0]["exe"]).parents[1]
     site = environment / "lib" / "python3.11" / "site-packages"
     assert (site / "semspark" / "__init__.py").is_file()  # from the wheel
