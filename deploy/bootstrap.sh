@@ -61,6 +61,7 @@ if [ ! -f "$stack_stamp" ] || [ "$(cat "$stack_stamp")" != "$stack_hash" ]; then
             say "building $horovod_pin from source with TensorFlow and Gloo (2 to 5 minutes; kept in $wheels)"
             mkdir -p "$(dirname "$wheels")"
             building=$(mktemp -d "$(dirname "$wheels")/.building.XXXXXX") && chmod 755 "$building"
+            trap 'rm -rf "$building"' EXIT   # a failed build leaves nothing behind
             # CMAKE_POLICY_VERSION_MINIMUM: Horovod's bundled gloo asks for a CMake policy CMake 4 rejects.
             env CMAKE_POLICY_VERSION_MINIMUM=3.5 $build_flags \
                 "$venv/bin/pip" wheel -q --no-deps --no-build-isolation --no-cache-dir -w "$building" "$horovod_pin"
