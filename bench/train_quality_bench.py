@@ -4,16 +4,17 @@
         [--images 640] [--epochs E] [--input-px P] [--batch-size B] [--check-images 1000] [--cli-alexnet] [--learning-rate R] [--label-smoothing S]
         [--weight-decay W] [--alexnet-head average|flatten] [--convnext-layout depthwise|keras]
         [--convnext-layer-scale S] [--convnext-drop-path R] [--efficientnet-drop-connect R] [--translation T] [--rotation R]
-        [--select last|best] [--ema D]
+        [--select last|best] [--ema D] [--save-logits DIR]
 
 Per architecture, at a CPU-sized input and a fixed epoch budget (BUDGETS), over several seeds:
 the generated categories (semspark.synth.morphology, the images the demo ingests, rendered at
 128 px and resized like the stored dataset), split 70/10/20, trained in this process with the
 product's recipe (train/recipe.py: warm-up then cosine decay, label smoothing, balanced class
 weights, decoupled weight decay) and evaluated like the training job does (train/evaluation.py):
-test accuracy and macro-F1, training images/s, ECE before and after temperature scaling, and the
+test accuracy and macro-F1, training images/s, ECE before and after temperature scaling (and after
+it fitted on the validation likelihood alone, without the product's prior on T: the baseline), the
 accuracy and ECE on a larger held-out set of the same generator (``--check-images``, another seed),
-train/inference gap (accuracy on the training images in training mode minus inference mode; the
+and the train/inference gap (accuracy on the training images in training mode minus inference mode; the
 first release's augmentation made it 0.5).
 
 ``--select best`` keeps the epoch of best validation accuracy, as ``semspark train`` registers,
@@ -91,6 +92,7 @@ def ece_floor(probabilities, seed: int, draws: int = 200) -> float:
 
 EMA = 0.0         # --ema D: evaluate an exponential moving average of the weights (recipe.WeightAverage)
 SELECT = "last"   # --select best: the epoch `semspark train` registers (best on validation), not the last
+SAVE_LOGITS: Path | None = None   # --save-logits DIR: each run's held-out logits and labels, ARCH-sSEED.npz
 
 
 def _keep_best_on_validation():
@@ -158,6 +160,8 @@ def run_one(arch: str, seed: int, n: int, overrides: dict | None = None, check: 
     logits = {k: heads.predict(x[s], verbose=0) for k, s in (("train", train), ("validation", validation), ("test", test))}
     scores = held_out_scores(y[test], logits["test"].argmax(1), [str(c) for c in range(10)], seed=seed)
     temperature = fit_temperature(logits["validation"], y[validation])
+    # the baseline: the validation images' likelihood alone, without the prior on T
+    temperature_likelihood_only = fit_temperature(logits["validation"], y[validation], prior_scale=None)
     # the validation images in the eight orientations training shows them in (flips and quarter
     # turns): more outcomes to fit one temperature on than a few dozen images give
     views = np.concatenate([np.rot90(v, k, axes=(1, 2)) for v in (x[validation], x[validation][:, :, ::-1])
@@ -176,7 +180,9 @@ def run_one(arch: str, seed: int, n: int, overrides: dict | None = None, check: 
                    "check_accuracy": round(float(np.mean(check_logits.argmax(1) == yc)), 4),
                    "check_ece_before": round(expected_calibration_error(softmax(check_logits), yc), 4),
                    "check_ece_after": round(expected_calibration_error(softmax(check_logits, temperature), yc), 4),
-                   "check_ece_floor_after": round(ece_floor(softmax(check_logits, temperature), seed), 4)}
+                   "check_ece_floor_after": round(ece_floor(softmax(check_logits, temperature), seed), 4),
+                   "check_ece_after_likelihood_only": round(
+                       expected_calibration_error(softmax(check_logits, temperature_likelihood_only), yc), 4)}
         checked["check_ece_after_views"] = round(
             expected_calibration_error(softmax(check_logits, temperature_views), yc), 4)
         # the temperature the check images themselves would choose: what temperature scaling can
@@ -186,6 +192,13 @@ def run_one(arch: str, seed: int, n: int, overrides: dict | None = None, check: 
         checked.update({"check_temperature": round(best_possible, 3),
                         "check_ece_at_check_temperature": round(
                             expected_calibration_error(softmax(check_logits, best_possible), yc), 4)})
+    if SAVE_LOGITS:
+        # what a calibration method is fitted on and judged by, so that methods can be compared on
+        # the same trained models without training them again
+        SAVE_LOGITS.mkdir(parents=True, exist_ok=True)
+        np.savez(SAVE_LOGITS / f"{arch}-s{seed}.npz", validation=logits["validation"], validation_truth=y[validation],
+                 test=logits["test"], test_truth=y[test],
+                 **({"check": check_logits, "check_truth": yc} if check else {}))
     return {"arch": arch, "seed": seed, "input_px": size, "epochs": epochs, "train_seconds": round(seconds, 1),
             "train_images_per_s": round(a * epochs / seconds, 1),
             "test_accuracy": round(scores["accuracy"]["value"], 4),
@@ -195,6 +208,9 @@ def run_one(arch: str, seed: int, n: int, overrides: dict | None = None, check: 
             "ece_after": round(expected_calibration_error(softmax(logits["test"], temperature), y[test]), 4),
             "ece_floor_after": round(ece_floor(softmax(logits["test"], temperature), seed), 4),
             "temperature": round(temperature, 3),
+            "temperature_likelihood_only": round(temperature_likelihood_only, 3),
+            "ece_after_likelihood_only": round(
+                expected_calibration_error(softmax(logits["test"], temperature_likelihood_only), y[test]), 4),
             "temperature_views": round(temperature_views, 3),
             "ece_after_views": round(expected_calibration_error(softmax(logits["test"], temperature_views), y[test]), 4),
             "train_minus_inference_accuracy_on_training_images": round(training_mode - inference_mode, 4),
@@ -269,9 +285,12 @@ def main() -> None:
                              "`semspark train` registers it (its calibration is then fitted on the images that chose it)")
     parser.add_argument("--ema", type=float, default=0.0,
                         help="evaluate the exponential moving average of the weights with this decay (0: off)")
+    parser.add_argument("--save-logits", type=Path,
+                        help="a folder for each run's validation, test and check logits with their labels "
+                             "(ARCH-sSEED.npz), to compare calibration methods on the same models")
     args = parser.parse_args()
-    global SELECT, EMA
-    SELECT, EMA = args.select, args.ema
+    global SELECT, EMA, SAVE_LOGITS
+    SELECT, EMA, SAVE_LOGITS = args.select, args.ema, args.save_logits
     from semspark.train import models
     if args.translation is not None:
         models.TRANSLATION = args.translation

@@ -82,6 +82,7 @@ def test_two_ranks_learn_the_categories_and_register_the_model(spark, learned):
     # validation corrects it on the test images (measured: ECE 0.17 -> 0.05)
     calibration = metadata["calibration"]
     assert calibration["test_ece_after"] < calibration["test_ece_before"]
+    assert calibration["temperature_prior_scale"] == 0.5      # recorded with T: how T was fitted
     assert 0 < calibration["uncertain_below_confidence"] <= 1 and calibration["test_confident_share"] > 0.5
     assert metadata["model_sha256"] == registry.file_sha256(folder / "model.keras")
     assert sum(map(sum, metadata["confusion_matrix"])) == metadata["test_images"]

@@ -169,7 +169,7 @@ def _evaluate_kept(payload, run: Path, state: dict, classes, url, image_size, in
 
     from semspark.train.data import tf_dataset
     from semspark.train.evaluation import (OutOfDistribution, confidence_threshold, expected_calibration_error,
-                                           fit_temperature, held_out_scores, softmax)
+                                           TEMPERATURE_PRIOR_SCALE, fit_temperature, held_out_scores, softmax)
     from semspark.train.models import load_saved_model
 
     keep_best = payload["keep"] == "best"
@@ -208,7 +208,7 @@ def _evaluate_kept(payload, run: Path, state: dict, classes, url, image_size, in
     ood = OutOfDistribution.fit(train_embeddings, validation_embeddings, seed=payload["seed"])
     np.save(run / "reference_embeddings.npy", ood.reference)
     calibration = {
-        "temperature": temperature,
+        "temperature": temperature, "temperature_prior_scale": TEMPERATURE_PRIOR_SCALE,
         "validation_ece_before": expected_calibration_error(softmax(validation_logits), validation_truth),
         "validation_ece_after": expected_calibration_error(calibrated, validation_truth),
         "test_ece_before": expected_calibration_error(softmax(test_logits), test_truth),
