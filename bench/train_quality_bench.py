@@ -190,7 +190,7 @@ def run_one(arch: str, seed: int, n: int, overrides: dict | None = None, check: 
         # the temperature the check images themselves would choose: what temperature scaling can
         # reach on this model at best, so that a high ECE after calibration tells the few
         # validation images' noisy fit apart from a miscalibration one temperature cannot mend
-        best_possible = fit_temperature(check_logits, yc)
+        best_possible = fit_temperature(check_logits, yc, prior_scale=None)
         checked.update({"check_temperature": round(best_possible, 3),
                         "check_ece_at_check_temperature": round(
                             expected_calibration_error(softmax(check_logits, best_possible), yc), 4)})

@@ -124,7 +124,7 @@ def negative_log_likelihood(logits: np.ndarray, truth: np.ndarray, temperature: 
 def fit_temperature(logits: np.ndarray, truth, prior_scale: float | None = TEMPERATURE_PRIOR_SCALE) -> float:
     """The T in [0.05, 20] of highest posterior: the summed negative log-likelihood of
     softmax(logits / T) over the images plus (log T)^2 / (2 prior_scale^2), a normal prior on log T
-    centred on 1 (TEMPERATURE_PRIOR_SCALE). ``prior_scale=None``: the likelihood alone (Guo et
+    centred on 0, i.e. T = 1 (TEMPERATURE_PRIOR_SCALE). ``prior_scale=None``: the likelihood alone (Guo et
     al.'s fit), which has no finite answer when every image is right."""
     from scipy.optimize import minimize_scalar
 
