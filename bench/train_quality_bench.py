@@ -26,8 +26,10 @@ then ``semspark infer``, and compares inference's test accuracy with the one tra
 
 Targets (issue 12): the demo's model (compact_cnn) at least 0.95 test accuracy in no more training
 time than the first release's demo (about 3 minutes on 2 cores); every architecture at least 0.9
-within its budget; ECE after calibration at most 0.03; the CLI AlexNet at least 0.75.
-Machines here are noisy: compare within one run.
+within its budget; ECE after calibration at most 0.03; the CLI AlexNet at least 0.75. Each seed is
+judged on its 1,000 check images when they are measured (``targets``: 128 test images cannot tell
+0.89 from 0.9 nor an ECE of 0.03 from 0.05); the JSON keeps the same targets judged on the test
+split (``by_test_split``). Machines here are noisy: compare within one run.
 """
 from __future__ import annotations
 
@@ -165,11 +167,6 @@ def run_one(arch: str, seed: int, n: int, overrides: dict | None = None, check: 
     temperature = fit_temperature(logits["validation"], y[validation])
     # the baseline: the validation images' likelihood alone, without the prior on T
     temperature_likelihood_only = fit_temperature(logits["validation"], y[validation], prior_scale=None)
-    # the validation images in the eight orientations training shows them in (flips and quarter
-    # turns): more outcomes to fit one temperature on than a few dozen images give
-    views = np.concatenate([np.rot90(v, k, axes=(1, 2)) for v in (x[validation], x[validation][:, :, ::-1])
-                            for k in range(4)])
-    temperature_views = fit_temperature(heads.predict(views, verbose=0), np.tile(y[validation], 8))
     training_mode = float(np.mean(np.argmax(model(x[train], training=True).numpy(), 1) == y[train]))
     inference_mode = float(np.mean(logits["train"].argmax(1) == y[train]))
     checked = {}
@@ -186,8 +183,6 @@ def run_one(arch: str, seed: int, n: int, overrides: dict | None = None, check: 
                    "check_ece_floor_after": round(ece_floor(softmax(check_logits, temperature), seed), 4),
                    "check_ece_after_likelihood_only": round(
                        expected_calibration_error(softmax(check_logits, temperature_likelihood_only), yc), 4)}
-        checked["check_ece_after_views"] = round(
-            expected_calibration_error(softmax(check_logits, temperature_views), yc), 4)
         # the temperature the check images themselves would choose: what temperature scaling can
         # reach on this model at best, so that a high ECE after calibration tells the few
         # validation images' noisy fit apart from a miscalibration one temperature cannot mend
@@ -214,8 +209,6 @@ def run_one(arch: str, seed: int, n: int, overrides: dict | None = None, check: 
             "temperature_likelihood_only": round(temperature_likelihood_only, 3),
             "ece_after_likelihood_only": round(
                 expected_calibration_error(softmax(logits["test"], temperature_likelihood_only), y[test]), 4),
-            "temperature_views": round(temperature_views, 3),
-            "ece_after_views": round(expected_calibration_error(softmax(logits["test"], temperature_views), y[test]), 4),
             "train_minus_inference_accuracy_on_training_images": round(training_mode - inference_mode, 4),
             "final_training_accuracy": round(float(history.history["accuracy"][-1]), 4),
             "kept_epoch": kept.epoch if kept else epochs,
@@ -248,6 +241,37 @@ def cli_alexnet(seed: int) -> dict:
     inferred = json.loads(printed.strip().splitlines()[-1])["accuracy"] if printed.strip() else None
     return {"seed": seed, "train_seconds": round(seconds, 1), "recorded_test_accuracy": metadata["test_accuracy"],
             "inference_test_accuracy": inferred, "home": str(home)}
+
+
+def accuracy_target(arch: str) -> float:
+    return 0.95 if arch == "compact_cnn" else 0.9
+
+
+def targets(summary: dict, check_images: int) -> dict:
+    """Issue 12's targets, each seed judged on its held-out images. Where the check images were
+    measured (``--check-images``, 1,000 by default) they decide: on each seed's 128 test images one
+    error is 0.8 points and a model truly at 0.93 shows under 0.9 about one time in ten, and a
+    perfectly calibrated model shows an ECE of 0.03 to 0.05 by chance (``ece_floor_after``); on
+    1,000 images the 95% interval of an accuracy is about 1.6 points either way and the floor 0.01
+    to 0.02. The check images are generated with another seed and never trained on, validated on
+    or calibrated on. ``by_test_split`` keeps the same targets judged on the 128 test images."""
+    on_check = bool(check_images)
+    accuracy_key, ece_key = ("min_check_accuracy", "max_check_ece_after") if on_check else ("min_test_accuracy",
+                                                                                            "max_ece_after")
+    decided = {"decided_on": f"{check_images} check images a seed" if on_check else "the test split"}
+    by_test = {}
+    for arch, s in summary.items():
+        decided[f"{arch} accuracy >= {accuracy_target(arch)} on every seed"] = s[accuracy_key] >= accuracy_target(arch)
+        decided[f"{arch} ECE after calibration <= 0.03 on every seed"] = s[ece_key] <= 0.03
+        by_test[f"{arch} test accuracy >= {accuracy_target(arch)} on every seed"] = (
+            s["min_test_accuracy"] >= accuracy_target(arch))
+        by_test[f"{arch} test ECE after calibration <= 0.03 on every seed"] = s["max_ece_after"] <= 0.03
+    if "compact_cnn" in summary:
+        # the first release's demo trained for about 3 minutes on 2 cores
+        decided["compact_cnn training <= 180 s on every seed"] = summary["compact_cnn"]["max_train_seconds"] <= 180
+    if on_check:
+        decided["by_test_split"] = by_test
+    return decided
 
 
 def main() -> None:
@@ -332,16 +356,13 @@ def main() -> None:
                                 "mean_test_accuracy": round(sum(r["test_accuracy"] for r in rs) / len(rs), 4),
                                 "max_ece_after": max(r["ece_after"] for r in rs),
                                 **({"min_check_accuracy": min(r["check_accuracy"] for r in rs),
+                                    "mean_check_accuracy": round(sum(r["check_accuracy"] for r in rs) / len(rs), 4),
                                     "max_check_ece_after": max(r["check_ece_after"] for r in rs)}
                                    if args.check_images else {}),
+                                "max_train_seconds": max(r["train_seconds"] for r in rs),
                                 "mean_train_seconds": round(sum(r["train_seconds"] for r in rs) / len(rs), 1)}
                          for arch, rs in by_arch.items()}
-    result["targets"] = {f"{arch} test accuracy >= {0.95 if arch == 'compact_cnn' else 0.9}":
-                         s["min_test_accuracy"] >= (0.95 if arch == "compact_cnn" else 0.9)
-                         for arch, s in result["summary"].items()}
-    result["targets"]["ece_after <= 0.03"] = all(r["ece_after"] <= 0.03 for r in runs)
-    if args.check_images:
-        result["targets"]["check_ece_after <= 0.03"] = all(r["check_ece_after"] <= 0.03 for r in runs)
+    result["targets"] = targets(result["summary"], args.check_images)
     if args.cli_alexnet:
         cases = [cli_alexnet(seed) for seed in seeds]
         result["cli_alexnet_128px_12_epochs_300_images"] = cases
