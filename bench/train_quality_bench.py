@@ -56,8 +56,8 @@ from ingest_bench import cpu_model  # noqa: E402  (bench/ is on sys.path when ru
 # 240: 0.914 (seed 0; 0.867 at 150, still fitting its training images), about 80 minutes on a
 # shared Intel Xeon; ConvNeXt-Tiny at 128 px (its stride-4 stem leaves 4x4 maps at the last stage,
 # 2x2 at 64 px): 0.891, 0.969, 0.930 (seeds 0-2; 0.928, 0.933, 0.930 on 1,000 check images, where
-# 64 px made 0.895), about 50 minutes alone; Inception-v4 at 107 px and 90 epochs: 0.922 and 0.930
-# (seeds 0, 2; check 0.919, 0.906), about 20 minutes alone (README, "Training quality").
+# 64 px made 0.895), about 50 minutes alone; Inception-v4 at 107 px and 90 epochs: 0.922, 0.938, 0.930
+# (seeds 0-2; check 0.919, 0.908, 0.906), about 20 minutes alone (README, "Training quality").
 BUDGETS = {"compact_cnn": (64, 25, 32), "alexnet": (128, 30, 32), "convnext_tiny": (128, 120, 32),
            "efficientnetv2_s": (64, 90, 32), "inception_v3": (75, 120, 32), "inception_v4": (107, 90, 32),
            "inception_resnet_v2": (75, 90, 32)}
