@@ -52,6 +52,7 @@ def main() -> None:
             v, vt, c, ct = saved["validation"], saved["validation_truth"], saved["check"], saved["check_truth"]
             row = {"model": f"{folder.name}/{path.stem}", "validation_images": int(len(vt)),
                    "validation_accuracy": round(float(np.mean(v.argmax(1) == vt)), 4),
+                   "test_accuracy": round(float(np.mean(saved["test"].argmax(1) == saved["test_truth"])), 4),
                    "check_accuracy": round(float(np.mean(c.argmax(1) == ct)), 4), "temperature": {}, "check_ece": {}}
             for name, fit in {**methods, "check_own": lambda v_, t_: fit_temperature(c, ct, prior_scale=None)}.items():
                 t = fit(v, vt)
