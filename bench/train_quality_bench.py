@@ -211,6 +211,8 @@ def run_one(arch: str, seed: int, n: int, overrides: dict | None = None, check: 
                 expected_calibration_error(softmax(logits["test"], temperature_likelihood_only), y[test]), 4),
             "train_minus_inference_accuracy_on_training_images": round(training_mode - inference_mode, 4),
             "final_training_accuracy": round(float(history.history["accuracy"][-1]), 4),
+            # the learning curve, to tell a model still fitting at its last epoch from one that stalled
+            "training_accuracy_every_10_epochs": [round(float(v), 3) for v in history.history["accuracy"][9::10]],
             "kept_epoch": kept.epoch if kept else epochs,
             "validation_accuracy_of_kept": round(float(np.mean(logits["validation"].argmax(1) == y[validation])), 4),
             **checked}
