@@ -10,6 +10,13 @@ product's fit with the prior on log T at the standard deviations compared (``--p
 the likelihood averaged over bootstrap resamplings of the validation images; and the T the check
 images choose for themselves (the best one temperature can do). The README's table "Calibration
 from few validation images" is this benchmark's summary.
+
+``--validation-sizes 64,128,256,512``: how many validation images the product's fit needs. Each
+model's check images are split once into a judging set (``--judged-on``, 600) and a pool; a
+validation set of each size is drawn from the pool (``--draws`` times), T is fitted on it with the
+product's prior and judged by the ECE on the judging set. Printed per size: the mean ECE and the
+share of (model, draw) pairs over 0.03, and the mean ECE above the judging set's own T's (what one
+temperature can do on those images: their ECE and share over 0.03 are printed as the floor).
 """
 from __future__ import annotations
 
@@ -37,6 +44,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="+", type=Path)
     parser.add_argument("--prior-scales", default="0.5,0.75,1.0")
+    parser.add_argument("--validation-sizes", default="", help="e.g. 64,128,256,512: see the module's text")
+    parser.add_argument("--judged-on", type=int, default=600)
+    parser.add_argument("--draws", type=int, default=100)
     args = parser.parse_args()
     scales = [float(s) for s in args.prior_scales.split(",")]
     methods = {"uncalibrated": lambda v, t: 1.0,
@@ -66,8 +76,47 @@ def main() -> None:
         values = [m["check_ece"][name] for m in models]
         summary[name] = {"mean_check_ece": round(float(np.mean(values)), 4), "largest": max(values),
                          "models_over_0.03": sum(v > 0.03 for v in values)}
-    print(json.dumps({"benchmark": "calibration", "models": len(models), "summary": summary, "per_model": models},
-                     indent=2))
+    sizes = [int(v) for v in args.validation_sizes.split(",") if v]
+    by_size = validation_size_study(args.folders, sizes, args.judged_on, args.draws) if sizes else {}
+    print(json.dumps({"benchmark": "calibration", "models": len(models), "summary": summary,
+                      **({"by_validation_size": by_size} if by_size else {}), "per_model": models}, indent=2))
+
+
+def validation_size_study(folders, sizes: list[int], judged_on: int, draws: int) -> dict:
+    """Temperatures fitted on validation sets of each size drawn from the check images, judged on
+    a fixed other part of them (see the module's text)."""
+    ece = {size: [] for size in sizes}
+    excess = {size: [] for size in sizes}   # over the judging set's own temperature's ECE
+    floor = []
+    for folder in folders:
+        for index, path in enumerate(sorted(folder.glob("*.npz"))):
+            saved = np.load(path)
+            logits, truth = saved["check"], saved["check_truth"]
+            if len(truth) < judged_on + max(sizes):
+                raise SystemExit(f"{path}: {len(truth)} check images, fewer than --judged-on {judged_on} plus the "
+                                 f"largest validation size {max(sizes)}")
+            rng = np.random.default_rng(index)
+            order = rng.permutation(len(truth))
+            judged, pool = order[:judged_on], order[judged_on:]
+            judged_logits, judged_truth = logits[judged], truth[judged]
+            own = fit_temperature(judged_logits, judged_truth, prior_scale=None)
+            floor.append(expected_calibration_error(softmax(judged_logits, own), judged_truth))
+            for size in sizes:
+                for _ in range(draws):
+                    drawn = rng.choice(pool, size, replace=False)
+                    t = fit_temperature(logits[drawn], truth[drawn])
+                    ece[size].append(expected_calibration_error(softmax(judged_logits, t), judged_truth))
+                    excess[size].append(ece[size][-1] - floor[-1])
+    out = {"judged_on": judged_on, "draws_per_model": draws,
+           "judging_sets_own_temperature": {"mean_ece": round(float(np.mean(floor)), 4),
+                                            "share_over_0.03": round(float(np.mean(np.array(floor) > 0.03)), 3)}}
+    for size in sizes:
+        values = np.array(ece[size])
+        out[str(size)] = {"mean_ece": round(float(values.mean()), 4),
+                          "mean_ece_over_own_temperature": round(float(np.mean(excess[size])), 4),
+                          "ece_90th_percentile": round(float(np.quantile(values, 0.9)), 4),
+                          "share_over_0.03": round(float(np.mean(values > 0.03)), 3)}
+    return out
 
 
 if __name__ == "__main__":
