@@ -8,7 +8,8 @@ For every model, T is fitted on its validation images by each method and judged 
 check images: no calibration (T = 1); the likelihood alone (the baseline, Guo et al.'s fit); the
 product's fit with the prior on log T at the standard deviations compared (``--prior-scales``);
 the likelihood averaged over bootstrap resamplings of the validation images; and the T the check
-images choose for themselves (the best one temperature can do). The README's table "Calibration
+images choose for themselves (the best one temperature can do); for the product's fit
+(``fit_temperature``'s default prior) also a bootstrap 95% interval of the check ECE. The README's table "Calibration
 from few validation images" is this benchmark's summary.
 
 ``--validation-sizes 64,128,256,512``: how many validation images the product's fit needs. Each
@@ -40,6 +41,14 @@ def bootstrap_temperature(logits, truth, rounds: int = 200, seed: int = 0) -> fl
     return float(np.exp(np.mean([np.log(fit_temperature(logits[i], truth[i], prior_scale=None)) for i in picks])))
 
 
+def ece_interval(probabilities, truth, rounds: int = 200, seed: int = 0) -> list[float]:
+    """The 2.5th and 97.5th percentiles of the ECE over bootstrap resamplings of the images."""
+    rng = np.random.default_rng(seed)
+    n = len(truth)
+    values = [expected_calibration_error(probabilities[i], truth[i]) for i in (rng.integers(0, n, n) for _ in range(rounds))]
+    return [round(float(v), 4) for v in np.quantile(values, [0.025, 0.975])]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="+", type=Path)
@@ -68,6 +77,8 @@ def main() -> None:
                 t = fit(v, vt)
                 row["temperature"][name] = round(t, 3)
                 row["check_ece"][name] = round(expected_calibration_error(softmax(c, t), ct), 4)
+            # how far the product's figure could move on another 1,000 check images
+            row["check_ece_product_95"] = ece_interval(softmax(c, fit_temperature(v, vt)), ct)
             models.append(row)
     if not models:
         raise SystemExit("no ARCH-sSEED.npz in the folders given")
