@@ -177,7 +177,7 @@ def add_analyze_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     from semspark.train.job import TrainRequest
-    from semspark.train.spec import ARCHITECTURES, MODES
+    from semspark.train.spec import ARCHITECTURES, DEFAULT_LEARNING_RATE, MODES
 
     d = TrainRequest()
     p.add_argument("--arch", choices=ARCHITECTURES, default=d.arch)
@@ -195,8 +195,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="per rank; 0 (default): 32, smaller for a small training set so that an epoch takes at least "
                         "16 steps (the default learning rate follows its square root)")
     p.add_argument("--learning-rate", type=float, default=d.learning_rate,
-                   help="peak rate per rank, scaled by --num-proc (default: the architecture's own: alexnet "
-                        "3e-4, the others 2e-3; a tenth of it with --mode fine_tuning)")
+                   help="peak rate per rank at a batch of 32, scaled by --num-proc (default: the architecture's own: "
+                        + ", ".join(f"{arch} {rate:g}" for arch, rate in DEFAULT_LEARNING_RATE.items())
+                        + "; moved to the batch by its square root; a tenth of it with --mode fine_tuning)")
     p.add_argument("--optimizer", choices=("sgd", "adam"), default=d.optimizer)
     p.add_argument("--num-proc", type=int, default=d.num_proc, help="Horovod ranks (Spark tasks)")
     p.add_argument("--input-size", type=int, default=d.input_size,
