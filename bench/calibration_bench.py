@@ -62,13 +62,14 @@ def main() -> None:
                "likelihood_only": lambda v, t: fit_temperature(v, t, prior_scale=None),
                **{f"prior_{s}": (lambda v, t, s=s: fit_temperature(v, t, prior_scale=s)) for s in scales},
                "likelihood_bootstrap_mean": bootstrap_temperature}
-    models = []
+    models, checks = [], []   # checks: each model's check logits and labels, for --validation-sizes
     for folder in args.folders:
         for path in sorted(folder.glob("*.npz")):
             saved = np.load(path)
             if "check" not in saved:
                 raise SystemExit(f"{path} has no check logits: rerun train_quality_bench.py with --check-images")
             v, vt, c, ct = saved["validation"], saved["validation_truth"], saved["check"], saved["check_truth"]
+            checks.append((path, c, ct))
             row = {"model": f"{folder.name}/{path.stem}", "validation_images": int(len(vt)),
                    "validation_accuracy": round(float(np.mean(v.argmax(1) == vt)), 4),
                    "test_accuracy": round(float(np.mean(saved["test"].argmax(1) == saved["test_truth"])), 4),
@@ -88,36 +89,33 @@ def main() -> None:
         summary[name] = {"mean_check_ece": round(float(np.mean(values)), 4), "largest": max(values),
                          "models_over_0.03": sum(v > 0.03 for v in values)}
     sizes = [int(v) for v in args.validation_sizes.split(",") if v]
-    by_size = validation_size_study(args.folders, sizes, args.judged_on, args.draws) if sizes else {}
+    by_size = validation_size_study(checks, sizes, args.judged_on, args.draws) if sizes else {}
     print(json.dumps({"benchmark": "calibration", "models": len(models), "summary": summary,
                       **({"by_validation_size": by_size} if by_size else {}), "per_model": models}, indent=2))
 
 
-def validation_size_study(folders, sizes: list[int], judged_on: int, draws: int) -> dict:
+def validation_size_study(checks, sizes: list[int], judged_on: int, draws: int) -> dict:
     """Temperatures fitted on validation sets of each size drawn from the check images, judged on
-    a fixed other part of them (see the module's text)."""
+    a fixed other part of them (see the module's text). ``checks``: (path, logits, labels) a model."""
     ece = {size: [] for size in sizes}
     excess = {size: [] for size in sizes}   # over the judging set's own temperature's ECE
     floor = []
-    for folder in folders:
-        for index, path in enumerate(sorted(folder.glob("*.npz"))):
-            saved = np.load(path)
-            logits, truth = saved["check"], saved["check_truth"]
-            if len(truth) < judged_on + max(sizes):
-                raise SystemExit(f"{path}: {len(truth)} check images, fewer than --judged-on {judged_on} plus the "
-                                 f"largest validation size {max(sizes)}")
-            rng = np.random.default_rng(index)
-            order = rng.permutation(len(truth))
-            judged, pool = order[:judged_on], order[judged_on:]
-            judged_logits, judged_truth = logits[judged], truth[judged]
-            own = fit_temperature(judged_logits, judged_truth, prior_scale=None)
-            floor.append(expected_calibration_error(softmax(judged_logits, own), judged_truth))
-            for size in sizes:
-                for _ in range(draws):
-                    drawn = rng.choice(pool, size, replace=False)
-                    t = fit_temperature(logits[drawn], truth[drawn])
-                    ece[size].append(expected_calibration_error(softmax(judged_logits, t), judged_truth))
-                    excess[size].append(ece[size][-1] - floor[-1])
+    for index, (path, logits, truth) in enumerate(checks):
+        if len(truth) < judged_on + max(sizes):
+            raise SystemExit(f"{path}: {len(truth)} check images, fewer than --judged-on {judged_on} plus the "
+                             f"largest validation size {max(sizes)}")
+        rng = np.random.default_rng(index)
+        order = rng.permutation(len(truth))
+        judged, pool = order[:judged_on], order[judged_on:]
+        judged_logits, judged_truth = logits[judged], truth[judged]
+        own = fit_temperature(judged_logits, judged_truth, prior_scale=None)
+        floor.append(expected_calibration_error(softmax(judged_logits, own), judged_truth))
+        for size in sizes:
+            for _ in range(draws):
+                drawn = rng.choice(pool, size, replace=False)
+                t = fit_temperature(logits[drawn], truth[drawn])
+                ece[size].append(expected_calibration_error(softmax(judged_logits, t), judged_truth))
+                excess[size].append(ece[size][-1] - floor[-1])
     out = {"judged_on": judged_on, "draws_per_model": draws,
            "judging_sets_own_temperature": {"mean_ece": round(float(np.mean(floor)), 4),
                                             "share_over_0.03": round(float(np.mean(np.array(floor) > 0.03)), 3)}}
