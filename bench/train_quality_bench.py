@@ -167,7 +167,12 @@ def run_one(arch: str, seed: int, n: int, overrides: dict | None = None, check: 
     temperature = fit_temperature(logits["validation"], y[validation])
     # the baseline: the validation images' likelihood alone, without the prior on T
     temperature_likelihood_only = fit_temperature(logits["validation"], y[validation], prior_scale=None)
+    # a call in training mode moves every batch normalisation's moving statistics one step towards
+    # this batch's: put them back, or the check images below meet another model than the test
+    # images above did (before 2026-12-04 they did: the check figures until then carry that step)
+    evaluated_weights = model.get_weights()
     training_mode = float(np.mean(np.argmax(model(x[train], training=True).numpy(), 1) == y[train]))
+    model.set_weights(evaluated_weights)
     inference_mode = float(np.mean(logits["train"].argmax(1) == y[train]))
     checked = {}
     if check:
@@ -194,8 +199,12 @@ def run_one(arch: str, seed: int, n: int, overrides: dict | None = None, check: 
         # what a calibration method is fitted on and judged by, so that methods can be compared on
         # the same trained models without training them again
         SAVE_LOGITS.mkdir(parents=True, exist_ok=True)
+        # and the validation images' eight quarter-turn and flip views (the orbit training augments
+        # over), to try fitting the temperature on them
+        views = np.stack([heads.predict(np.rot90(np.flip(x[validation], 2) if flip else x[validation], k, (1, 2)),
+                                        verbose=0) for flip in (False, True) for k in range(4)])
         np.savez(SAVE_LOGITS / f"{arch}-s{seed}.npz", validation=logits["validation"], validation_truth=y[validation],
-                 test=logits["test"], test_truth=y[test],
+                 validation_views=views, test=logits["test"], test_truth=y[test],
                  **({"check": check_logits, "check_truth": yc} if check else {}))
     return {"arch": arch, "seed": seed, "input_px": size, "epochs": epochs, "train_seconds": round(seconds, 1),
             "train_images_per_s": round(a * epochs / seconds, 1),
