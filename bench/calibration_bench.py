@@ -8,7 +8,8 @@ For every model, T is fitted on its validation images by each method and judged 
 check images: no calibration (T = 1); the likelihood alone (the baseline, Guo et al.'s fit); the
 product's fit with the prior on log T at the standard deviations compared (``--prior-scales``);
 the likelihood averaged over bootstrap resamplings of the validation images; and the T the check
-images choose for themselves (the best one temperature can do); for the product's fit
+images choose for themselves (the best one temperature can do); where the runs saved them, the
+product's fit on the validation images' eight quarter-turn and flip views; for the product's fit
 (``fit_temperature``'s default prior) also a bootstrap 95% interval of the check ECE. The README's table "Calibration
 from few validation images" is this benchmark's summary.
 
@@ -74,7 +75,13 @@ def main() -> None:
                    "validation_accuracy": round(float(np.mean(v.argmax(1) == vt)), 4),
                    "test_accuracy": round(float(np.mean(saved["test"].argmax(1) == saved["test_truth"])), 4),
                    "check_accuracy": round(float(np.mean(c.argmax(1) == ct)), 4), "temperature": {}, "check_ece": {}}
-            for name, fit in {**methods, "check_own": lambda v_, t_: fit_temperature(c, ct, prior_scale=None)}.items():
+            fits = {**methods, "check_own": lambda v_, t_: fit_temperature(c, ct, prior_scale=None)}
+            if "validation_views" in saved:
+                # the product's fit on the validation images' eight quarter-turn and flip views
+                views = saved["validation_views"]
+                fits["prior_0.5_on_views"] = lambda v_, t_: fit_temperature(views.reshape(-1, views.shape[-1]),
+                                                                            np.tile(t_, len(views)))
+            for name, fit in fits.items():
                 t = fit(v, vt)
                 row["temperature"][name] = round(t, 3)
                 row["check_ece"][name] = round(expected_calibration_error(softmax(c, t), ct), 4)
@@ -84,9 +91,9 @@ def main() -> None:
     if not models:
         raise SystemExit("no ARCH-sSEED.npz in the folders given")
     summary = {}
-    for name in models[0]["check_ece"]:
-        values = [m["check_ece"][name] for m in models]
-        summary[name] = {"mean_check_ece": round(float(np.mean(values)), 4), "largest": max(values),
+    for name in dict.fromkeys(k for m in models for k in m["check_ece"]):
+        values = [m["check_ece"][name] for m in models if name in m["check_ece"]]
+        summary[name] = {"models": len(values), "mean_check_ece": round(float(np.mean(values)), 4), "largest": max(values),
                          "models_over_0.03": sum(v > 0.03 for v in values)}
     sizes = [int(v) for v in args.validation_sizes.split(",") if v]
     by_size = validation_size_study(checks, sizes, args.judged_on, args.draws) if sizes else {}

@@ -29,7 +29,8 @@ time than the first release's demo (about 3 minutes on 2 cores); every architect
 within its budget; ECE after calibration at most 0.03; the CLI AlexNet at least 0.75. Each seed is
 judged on its 1,000 check images when they are measured (``targets``: 128 test images cannot tell
 0.89 from 0.9 nor an ECE of 0.03 from 0.05); the JSON keeps the same targets judged on the test
-split (``by_test_split``). Machines here are noisy: compare within one run.
+split (``by_test_split``) and on each architecture's mean over its seeds (``mean_over_seeds``, not
+deciding). Machines here are noisy: compare within one run.
 """
 from __future__ import annotations
 
@@ -270,16 +271,23 @@ def targets(summary: dict, check_images: int) -> dict:
     accuracy_key, ece_key = ("min_check_accuracy", "max_check_ece_after") if on_check else ("min_test_accuracy",
                                                                                             "max_ece_after")
     decided = {"decided_on": f"{check_images} check images a seed" if on_check else "the test split"}
-    by_test = {}
+    by_test, seeds_mean = {}, {}
     for arch, s in summary.items():
         decided[f"{arch} accuracy >= {accuracy_target(arch)} on every seed"] = s[accuracy_key] >= accuracy_target(arch)
         decided[f"{arch} ECE after calibration <= 0.03 on every seed"] = s[ece_key] <= 0.03
+        # the other reading of "over 3 seeds": the architecture's mean. Not what decides: printed
+        # because one seed's ECE moves by about 0.01 with which 64 validation images it drew
+        mean_accuracy, mean_ece = (("mean_check_accuracy", "mean_check_ece_after") if on_check
+                                   else ("mean_test_accuracy", "mean_ece_after"))
+        seeds_mean[f"{arch} mean accuracy >= {accuracy_target(arch)}"] = s[mean_accuracy] >= accuracy_target(arch)
+        seeds_mean[f"{arch} mean ECE after calibration <= 0.03"] = s[mean_ece] <= 0.03
         by_test[f"{arch} test accuracy >= {accuracy_target(arch)} on every seed"] = (
             s["min_test_accuracy"] >= accuracy_target(arch))
         by_test[f"{arch} test ECE after calibration <= 0.03 on every seed"] = s["max_ece_after"] <= 0.03
     if "compact_cnn" in summary:
         # the first release's demo trained for about 3 minutes on 2 cores
         decided["compact_cnn training <= 180 s on every seed"] = summary["compact_cnn"]["max_train_seconds"] <= 180
+    decided["mean_over_seeds"] = seeds_mean
     if on_check:
         decided["by_test_split"] = by_test
     return decided
@@ -366,9 +374,11 @@ def main() -> None:
     result["summary"] = {arch: {"min_test_accuracy": min(r["test_accuracy"] for r in rs),
                                 "mean_test_accuracy": round(sum(r["test_accuracy"] for r in rs) / len(rs), 4),
                                 "max_ece_after": max(r["ece_after"] for r in rs),
+                                "mean_ece_after": round(sum(r["ece_after"] for r in rs) / len(rs), 4),
                                 **({"min_check_accuracy": min(r["check_accuracy"] for r in rs),
                                     "mean_check_accuracy": round(sum(r["check_accuracy"] for r in rs) / len(rs), 4),
-                                    "max_check_ece_after": max(r["check_ece_after"] for r in rs)}
+                                    "max_check_ece_after": max(r["check_ece_after"] for r in rs),
+                                    "mean_check_ece_after": round(sum(r["check_ece_after"] for r in rs) / len(rs), 4)}
                                    if args.check_images else {}),
                                 "max_train_seconds": max(r["train_seconds"] for r in rs),
                                 "mean_train_seconds": round(sum(r["train_seconds"] for r in rs) / len(rs), 1)}
