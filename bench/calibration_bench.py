@@ -10,7 +10,8 @@ product's fit with the prior on log T at the standard deviations compared (``--p
 the likelihood averaged over bootstrap resamplings of the validation images; and the T the check
 images choose for themselves (the best one temperature can do); where the runs saved them, the
 product's fit on the validation images' eight quarter-turn and flip views; for the product's fit
-(``fit_temperature``'s default prior) also a bootstrap 95% interval of the check ECE. The README's table "Calibration
+(``fit_temperature``'s default prior) also a bootstrap 95% interval of the check ECE, and how many
+validation images are wrong with a confidence over 0.95 at the check images' own T. The README's table "Calibration
 from few validation images" is this benchmark's summary.
 
 ``--validation-sizes 64,128,256,512``: how many validation images the product's fit needs. Each
@@ -85,6 +86,10 @@ def main() -> None:
                 t = fit(v, vt)
                 row["temperature"][name] = round(t, 3)
                 row["check_ece"][name] = round(expected_calibration_error(softmax(c, t), ct), 4)
+            # validation images wrong with a confidence over 0.95 at the check images' own T (what a
+            # calibrated model would say): each one pulls a fit on a few dozen images towards a higher T
+            calibrated = softmax(v, row["temperature"]["check_own"])
+            row["validation_errors_over_0.95"] = int(np.sum((calibrated.argmax(1) != vt) & (calibrated.max(1) > 0.95)))
             # how far the product's figure could move on another 1,000 check images
             row["check_ece_product_95"] = ece_interval(softmax(c, fit_temperature(v, vt)), ct)
             models.append(row)

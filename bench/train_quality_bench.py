@@ -332,8 +332,9 @@ def main() -> None:
     parser.add_argument("--ema", type=float, default=0.0,
                         help="evaluate the exponential moving average of the weights with this decay (0: off)")
     parser.add_argument("--save-logits", type=Path,
-                        help="a folder for each run's validation, test and check logits with their labels "
-                             "(ARCH-sSEED.npz), to compare calibration methods on the same models")
+                        help="a folder for each run's validation (and its eight quarter-turn and flip views), "
+                             "test and check logits with their labels (ARCH-sSEED.npz), to compare calibration "
+                             "methods on the same models")
     args = parser.parse_args()
     global SELECT, EMA, SAVE_LOGITS
     SELECT, EMA, SAVE_LOGITS = args.select, args.ema, args.save_logits
