@@ -38,6 +38,7 @@ class LabelSummary:
     changed: int = 0                  # rows appended to sem.labels (a new or a different label)
     unchanged: int = 0                # the image had that label already
     removed: int = 0                  # of the changed: labels removed (an empty label)
+    confirmed: int = 0                # of the unchanged: a person's label appended where no person's was
     by_label: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
@@ -47,6 +48,8 @@ class LabelSummary:
     def lines(self) -> list[str]:
         out = [f"labelling {self.run_id}", f"  rows:       {self.rows}", f"  changed:    {self.changed}",
                f"  unchanged:  {self.unchanged}", f"  removed:    {self.removed}"]
+        if self.confirmed:
+            out.append(f"  confirmed:  {self.confirmed} (a person's label where no person's was: reviewed)")
         out += [f"    {label:<20}{n}" for label, n in sorted(self.by_label.items())]
         return out
 
@@ -232,7 +235,19 @@ def label_one(spark, database: str, image_id: str, label: str | None, labelled_b
         raise LabelError(f"no image {image_id} in {database}.images")
     ensure_labels(spark, database)
     run_id = new_run_id("label-")
-    proposed = spark.createDataFrame([(image_id, (label or "").strip() or None)], "image_id string, label string")
+    label = (label or "").strip() or None
+    current = (spark.table(qualified(database, CURRENT_LABELS_VIEW)).filter(F.col("image_id") == image_id)
+               .select("label", "source").collect())
+    if label is not None and current and current[0]["label"] == label and current[0]["source"] != "person":
+        # a person confirming a folder's or a CSV's label has reviewed the image: the web app's
+        # review queues drop it (its current label's source is person), the label stays
+        from semspark.catalog import append_rows
+
+        append_rows(spark, database, LABELS, [{"image_id": image_id, "label": label, "source": "person",
+                                               "labelled_by": labelled_by or current_user(),
+                                               "labelled_at": utc_now(), "label_run": run_id}])
+        return LabelSummary(run_id=run_id, rows=1, unchanged=1, confirmed=1)
+    proposed = spark.createDataFrame([(image_id, label)], "image_id string, label string")
     counts = append_changes(spark, database, proposed, "person", labelled_by or current_user(), run_id)
     return LabelSummary(run_id=run_id, rows=1, changed=counts["changed"], unchanged=counts["unchanged"],
                         removed=counts["removed"], by_label=counts["by_label"])

@@ -122,6 +122,24 @@ def test_a_person_corrects_one_image_and_the_pixels_stay_as_they_are(spark, inge
     assert sorted((str(f), f.stat().st_mtime_ns) for f in dataset.rglob("*")) == stamps
 
 
+def test_a_person_confirming_a_folders_label_is_recorded_once(spark, ingested, corrected):
+    """The folder's own label given by a person: no label changes, but the image's current label is now
+    a person's (the web app's review queues drop it); given again, nothing is appended."""
+    folder, records, _ = ingested
+    image_id = sha(folder / records[4].file)
+    assert spark.sql(f"SELECT source FROM {DB}.current_labels WHERE image_id = '{image_id}'").first()["source"] == "folders"
+    before = spark.table(f"{DB}.labels").count()
+    summary = label_one(spark, DB, image_id, records[4].category, labelled_by="a reviewer")
+    assert (summary.changed, summary.unchanged, summary.confirmed) == (0, 1, 1)
+    spark.catalog.refreshTable(f"{DB}.labels")
+    row = spark.sql(f"SELECT label, source, labelled_by FROM {DB}.current_labels WHERE image_id = '{image_id}'").first()
+    assert (row["label"], row["source"], row["labelled_by"]) == (records[4].category, "person", "a reviewer")
+    again = label_one(spark, DB, image_id, records[4].category)
+    assert (again.changed, again.unchanged, again.confirmed) == (0, 1, 0)
+    spark.catalog.refreshTable(f"{DB}.labels")
+    assert spark.table(f"{DB}.labels").count() == before + 1
+
+
 def test_the_label_command_with_its_exit_codes_and_json(spark, ingested, corrected, tmp_path, capsys):
     from semspark.cli import main
 

@@ -334,6 +334,25 @@ def test_the_review_queue_follows_the_confidence_order_and_keys_accept(spark, we
     assert browser.find_element(By.ID, "image-id").text == expected[2]
 
 
+def test_a_person_confirming_a_folders_label_is_recorded_and_leaves_the_review_queues(spark, web):
+    """Accepting a prediction the folder's label already says is a person's review: a row of source
+    person with the same label (the review queues drop the image); saying it again records nothing."""
+    image_id, label, source = spark.sql(
+        "SELECT image_id, label, source FROM scoring.current_labels WHERE source <> 'person' "
+        "ORDER BY image_id DESC LIMIT 1").first()
+    headers = {"Authorization": f"Bearer {web['token']}"}
+    url = f"{web['url']}/api/images/{image_id}/labels"
+    status, result = _post_json(url, headers, {"label": label})
+    assert status == 200 and (result["changed"], result["recorded"], result["label"]) == (False, True, label)
+    spark.catalog.refreshTable("scoring.labels")
+    row = spark.sql(f"SELECT label, source, labelled_by FROM scoring.current_labels WHERE image_id = '{image_id}'").first()
+    assert (row["label"], row["source"], row["labelled_by"]) == (label, "person", "scientist"), source
+    status, again = _post_json(url, headers, {"label": label})
+    assert status == 200 and (again["changed"], again["recorded"]) == (False, False)
+    status, history = _get(url, headers)
+    assert [entry["source"] for entry in history["history"]].count("person") == 1, history
+
+
 def test_a_scale_corrected_in_the_app_is_applied_by_rescale(spark, web, scoring):
     """A scale recorded through the API (label 500 nm over a bar of 100 px) is what the next
     semspark rescale writes to sem.images: 5 nm per pixel, by hand."""

@@ -225,7 +225,7 @@ def create_app(config: Config, home: Path | None = None):
         label = request.form.get("accept") or request.form.get("other") or request.form.get("label")
         result = correct_label(tables, image_id, label, g.user)
         log.info("web: %s labelled %s %r (%s)", g.user, image_id[:12], result["label"],
-                 "changed" if result["changed"] else "unchanged")
+                 "changed" if result["changed"] else "confirmed" if result["recorded"] else "unchanged")
         return _back(url_for("image_page", image_id=image_id))
 
     @app.route("/images/<image_id>/scale", methods=["POST"])

@@ -53,20 +53,25 @@ def _known_image(tables: Tables, image_id: str) -> None:
 
 
 def correct_label(tables: Tables, image_id: str, label: str | None, user: str) -> dict:
-    """Append a person's label for ``image_id`` (None removes it) when it changes the current one.
-    Returns {"changed": bool, "label": ..., "label_run": ...}."""
+    """Append a person's label for ``image_id`` (None removes it) when it changes the current one,
+    or when it confirms a label no person gave (a folder's, a CSV's): accepting a prediction that
+    the folder's label already says is a person's review, and the review queues drop the image.
+    Returns {"changed": bool (the label differs), "recorded": bool (a row was appended), "label": ...,
+    "label_run": ...}; a person's label given again records nothing."""
     label = clean_label(label)
     folder = _table_folder(tables, LABELS, "semspark ingest with labels, or semspark label,")
     with writer_lock(purpose=f"web: label of {image_id[:12]} by {user}"):
         _known_image(tables, image_id)
-        current = tables.query(f"SELECT label FROM {CURRENT_LABELS} WHERE image_id = ?", [image_id])
-        if (current[0]["label"] if current else None) == label:
-            return {"changed": False, "label": label, "label_run": None}
+        current = tables.query(f"SELECT label, source FROM {CURRENT_LABELS} WHERE image_id = ?", [image_id])
+        current_label, current_source = (current[0]["label"], current[0]["source"]) if current else (None, None)
+        changed = current_label != label
+        if not changed and (current_source == "person" or label is None):
+            return {"changed": False, "recorded": False, "label": label, "label_run": None}
         run = new_run_id("web-")
         _append(folder, {"image_id": image_id, "label": label, "source": "person", "labelled_by": user,
                          "labelled_at": utc_now(), "label_run": run})
     tables.refresh(force=True)   # the next page shows it
-    return {"changed": True, "label": label, "label_run": run}
+    return {"changed": changed, "recorded": True, "label": label, "label_run": run}
 
 
 def correct_scale(tables: Tables, image_id: str, value, unit: str, bar_px, user: str) -> dict:
