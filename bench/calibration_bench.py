@@ -11,8 +11,9 @@ the likelihood averaged over bootstrap resamplings of the validation images; and
 images choose for themselves (the best one temperature can do); where the runs saved them, the
 product's fit on the validation images' eight quarter-turn and flip views; for the product's fit
 (``fit_temperature``'s default prior) also a bootstrap 95% interval of the check ECE, and how many
-validation images are wrong with a confidence over 0.95 at the check images' own T. The README's table "Calibration
-from few validation images" is this benchmark's summary.
+validation images are wrong with a confidence over 0.95 at the check images' own T, and the 95%
+interval of T the product records (``temperature_interval``) with whether it holds the check
+images' own T. The README's table "Calibration from few validation images" is this benchmark's summary.
 
 ``--validation-sizes 64,128,256,512``: how many validation images the product's fit needs. Each
 model's check images are split once into a judging set (``--judged-on``, 600) and a pool; a
@@ -33,7 +34,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from semspark.train.evaluation import expected_calibration_error, fit_temperature, softmax  # noqa: E402
+from semspark.train.evaluation import (expected_calibration_error, fit_temperature, softmax,  # noqa: E402
+                                       temperature_interval)
 
 
 def bootstrap_temperature(logits, truth, rounds: int = 200, seed: int = 0) -> float:
@@ -90,6 +92,11 @@ def main() -> None:
             # calibrated model would say): each one pulls a fit on a few dozen images towards a higher T
             calibrated = softmax(v, row["temperature"]["check_own"])
             row["validation_errors_over_0.95"] = int(np.sum((calibrated.argmax(1) != vt) & (calibrated.max(1) > 0.95)))
+            # how far the validation images pin T down (the posterior interval the product records), and
+            # whether the T the check images choose for themselves lies in it
+            low, high = temperature_interval(v, vt)
+            row["temperature_interval_95"] = [round(low, 3), round(high, 3)]
+            row["interval_covers_check_temperature"] = bool(low <= row["temperature"]["check_own"] <= high)
             # how far the product's figure could move on another 1,000 check images
             row["check_ece_product_95"] = ece_interval(softmax(c, fit_temperature(v, vt)), ct)
             models.append(row)
@@ -100,6 +107,11 @@ def main() -> None:
         values = [m["check_ece"][name] for m in models if name in m["check_ece"]]
         summary[name] = {"models": len(values), "mean_check_ece": round(float(np.mean(values)), 4), "largest": max(values),
                          "models_over_0.03": sum(v > 0.03 for v in values)}
+    summary["temperature_interval_95"] = {
+        "models_whose_interval_covers_the_check_temperature": sum(m["interval_covers_check_temperature"] for m in models),
+        "models": len(models),
+        "median_high_over_low": round(float(np.median([m["temperature_interval_95"][1] / m["temperature_interval_95"][0]
+                                                       for m in models])), 3)}
     sizes = [int(v) for v in args.validation_sizes.split(",") if v]
     by_size = validation_size_study(checks, sizes, args.judged_on, args.draws) if sizes else {}
     print(json.dumps({"benchmark": "calibration", "models": len(models), "summary": summary,

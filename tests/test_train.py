@@ -89,6 +89,8 @@ def test_two_ranks_learn_the_categories_and_register_the_model(spark, learned):
     assert metadata["test_accuracy"] == pytest.approx(result.test_accuracy)
     split = json.loads((registry.run_dir(result.run_id) / "split.json").read_text())
     assert not set(split["train"]) & set(split["test"]) and not set(split["train"]) & set(split["validation"])
+    low, high = calibration["temperature_interval_95"]       # from the split's validation images
+    assert low < calibration["temperature"] < high and calibration["validation_images"] == len(split["validation"])
     for figure in ("accuracy.png", "confusion.png"):
         assert (folder / figure).stat().st_size > 10_000
     row = spark.table("training.models").filter("model_version = 'learn/1'").collect()[0]

@@ -24,6 +24,7 @@ from semspark.dataset import dataset_url, ensure_consistent, stored_image_size
 from semspark.schema import IMAGES, MODELS, TRAIN_TABLES, TRAINING_HISTORY
 from semspark import registry
 from semspark.train.data import labelled_images, make_split
+from semspark.train.evaluation import WIDE_TEMPERATURE_INTERVAL
 from semspark.train.spec import (ARCHITECTURES, MIN_INPUT_SIZES, MODES, ModelError, batch_size_for,
                                  input_size_for, learning_rate_for, parse_init, rate_for_batch)
 
@@ -171,6 +172,10 @@ class TrainResult:
         if c:
             out.append(f"  calibration: temperature {c['temperature']:.2f}, expected calibration error on test "
                        f"{c['test_ece_before']:.3f} -> {c['test_ece_after']:.3f}")
+            if "temperature_interval_95" in c:   # models registered before it have none
+                low, high = c["temperature_interval_95"]
+                out.append(f"    temperature 95% interval {low:.2f}-{high:.2f} from {c['validation_images']} validation "
+                           "images" + (": more labelled images would pin it down" if high / low > WIDE_TEMPERATURE_INTERVAL else ""))
             share = c.get("test_confident_share")
             out.append(f"  uncertain below confidence {c['uncertain_below_confidence']:.3f} (target "
                        f"{c['uncertain_target_accuracy']:.0%} right among the confident"

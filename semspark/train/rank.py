@@ -169,7 +169,8 @@ def _evaluate_kept(payload, run: Path, state: dict, classes, url, image_size, in
 
     from semspark.train.data import tf_dataset
     from semspark.train.evaluation import (OutOfDistribution, confidence_threshold, expected_calibration_error,
-                                           TEMPERATURE_PRIOR_SCALE, fit_temperature, held_out_scores, softmax)
+                                           TEMPERATURE_PRIOR_SCALE, fit_temperature, held_out_scores, softmax,
+                                           temperature_interval)
     from semspark.train.models import load_saved_model
 
     keep_best = payload["keep"] == "best"
@@ -199,6 +200,7 @@ def _evaluate_kept(payload, run: Path, state: dict, classes, url, image_size, in
 
     scores = held_out_scores(test_truth, test_logits.argmax(axis=1), classes, seed=payload["seed"])
     temperature = fit_temperature(validation_logits, validation_truth)
+    interval = temperature_interval(validation_logits, validation_truth)
     calibrated = softmax(validation_logits, temperature)
     threshold, coverage = confidence_threshold(calibrated.max(axis=1), calibrated.argmax(axis=1) == validation_truth,
                                                payload["uncertain_target"])
@@ -209,6 +211,8 @@ def _evaluate_kept(payload, run: Path, state: dict, classes, url, image_size, in
     np.save(run / "reference_embeddings.npy", ood.reference)
     calibration = {
         "temperature": temperature, "temperature_prior_scale": TEMPERATURE_PRIOR_SCALE,
+        # how far the validation images pin T down: a few dozen leave it uncertain by a third
+        "temperature_interval_95": list(interval), "validation_images": int(len(validation_truth)),
         "validation_ece_before": expected_calibration_error(softmax(validation_logits), validation_truth),
         "validation_ece_after": expected_calibration_error(calibrated, validation_truth),
         "test_ece_before": expected_calibration_error(softmax(test_logits), test_truth),
