@@ -18,13 +18,22 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from semspark.catalog import ensure_tables, ensure_view, insert, local_columns, new_run_id, qualified, utc_now
+from semspark.catalog import (append_rows, ensure_tables, ensure_view, insert, local_columns, new_run_id, qualified,
+                              utc_now)
 from semspark.schema import FILES, IMAGES, LABELS
 
 log = logging.getLogger(__name__)
 
 CURRENT_LABELS_VIEW = "current_labels"
 SOURCES = ("folders", "csv", "person")
+
+
+def person_label_adds(current_label: str | None, current_source: str | None, label: str | None) -> bool:
+    """Whether a person's ``label`` for an image (None removes it) is a new row of sem.labels: when it
+    changes the current label, or confirms one no person gave (a folder's, a CSV's): that person has
+    looked at the image, and the web app's review queues drop it. The same label from a person again
+    adds nothing. The rule of ``semspark label --image-id`` and of the web app's corrections."""
+    return label != current_label or (label is not None and current_source != "person")
 
 
 class LabelError(ValueError):
@@ -227,7 +236,8 @@ def label_from_csv(spark, database: str, csv_path: str, labelled_by: str | None 
 
 
 def label_one(spark, database: str, image_id: str, label: str | None, labelled_by: str | None = None) -> LabelSummary:
-    """A person's label (or its removal: None) for one image."""
+    """A person's label (or its removal: None) for one image, appended when ``person_label_adds``
+    says so (also when it confirms the folder's label: counted ``confirmed``)."""
     from pyspark.sql import functions as F
 
     image_id = image_id.strip().lower()
@@ -238,16 +248,13 @@ def label_one(spark, database: str, image_id: str, label: str | None, labelled_b
     label = (label or "").strip() or None
     current = (spark.table(qualified(database, CURRENT_LABELS_VIEW)).filter(F.col("image_id") == image_id)
                .select("label", "source").collect())
-    if label is not None and current and current[0]["label"] == label and current[0]["source"] != "person":
-        # a person confirming a folder's or a CSV's label has reviewed the image: the web app's
-        # review queues drop it (its current label's source is person), the label stays
-        from semspark.catalog import append_rows
-
-        append_rows(spark, database, LABELS, [{"image_id": image_id, "label": label, "source": "person",
-                                               "labelled_by": labelled_by or current_user(),
-                                               "labelled_at": utc_now(), "label_run": run_id}])
+    current_label, current_source = (current[0]["label"], current[0]["source"]) if current else (None, None)
+    if not person_label_adds(current_label, current_source, label):
+        return LabelSummary(run_id=run_id, rows=1, unchanged=1)
+    append_rows(spark, database, LABELS, [{"image_id": image_id, "label": label, "source": "person",
+                                           "labelled_by": labelled_by or current_user(), "labelled_at": utc_now(),
+                                           "label_run": run_id}])
+    if label == current_label:
         return LabelSummary(run_id=run_id, rows=1, unchanged=1, confirmed=1)
-    proposed = spark.createDataFrame([(image_id, label)], "image_id string, label string")
-    counts = append_changes(spark, database, proposed, "person", labelled_by or current_user(), run_id)
-    return LabelSummary(run_id=run_id, rows=1, changed=counts["changed"], unchanged=counts["unchanged"],
-                        removed=counts["removed"], by_label=counts["by_label"])
+    return LabelSummary(run_id=run_id, rows=1, changed=1, removed=int(label is None),
+                        by_label={label: 1} if label is not None else {})

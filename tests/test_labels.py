@@ -122,6 +122,21 @@ def test_a_person_corrects_one_image_and_the_pixels_stay_as_they_are(spark, inge
     assert sorted((str(f), f.stat().st_mtime_ns) for f in dataset.rglob("*")) == stamps
 
 
+@pytest.mark.parametrize("current_label, current_source, label, adds", [
+    ("Fibres", "folders", "Fibres", True),    # confirms a folder's label: reviewed
+    ("Fibres", "csv", "Fibres", True),
+    ("Fibres", "person", "Fibres", False),    # a person's label again
+    ("Fibres", "person", "Tips", True),       # a correction
+    ("Fibres", "folders", None, True),        # a removal
+    (None, None, None, False),                # removing what is not there
+    (None, None, "Tips", True),               # a first label
+])
+def test_which_persons_labels_are_appended_by_hand(current_label, current_source, label, adds):
+    from semspark.labels import person_label_adds
+
+    assert person_label_adds(current_label, current_source, label) is adds
+
+
 def test_a_person_confirming_a_folders_label_is_recorded_once(spark, ingested, corrected):
     """The folder's own label given by a person: no label changes, but the image's current label is now
     a person's (the web app's review queues drop it); given again, nothing is appended."""

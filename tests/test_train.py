@@ -293,6 +293,9 @@ def test_models_are_compared_on_one_plot(learned, tmp_path, capsys):
     assert learned.model_version in printed and "fe-ft/1" in printed and str(out) in printed
     accuracy = json.loads((registry.models_root() / "learn" / "1" / "metadata.json").read_text())["test_scores"]["accuracy"]
     assert f"{accuracy['value']:.3f} [{accuracy['low']:.3f}, {accuracy['high']:.3f}]" in printed
+    calibration = json.loads((registry.models_root() / "learn" / "1" / "metadata.json").read_text())["calibration"]
+    low, high = calibration["temperature_interval_95"]
+    assert f"{calibration['temperature']:.2f} [{low:.2f}, {high:.2f}]" in printed
     assert out.stat().st_size > 10_000
     assert main(["models", "list"]) == 0
     assert learned.model_version in capsys.readouterr().out

@@ -334,9 +334,10 @@ def test_the_review_queue_follows_the_confidence_order_and_keys_accept(spark, we
     assert browser.find_element(By.ID, "image-id").text == expected[2]
 
 
-def test_a_person_confirming_a_folders_label_is_recorded_and_leaves_the_review_queues(spark, web):
+def test_a_person_confirming_a_folders_label_is_recorded_as_theirs(spark, web):
     """Accepting a prediction the folder's label already says is a person's review: a row of source
-    person with the same label (the review queues drop the image); saying it again records nothing."""
+    person with the same label, so the current label's source is person (the review queues' test);
+    saying it again records nothing."""
     image_id, label, source = spark.sql(
         "SELECT image_id, label, source FROM scoring.current_labels WHERE source <> 'person' "
         "ORDER BY image_id DESC LIMIT 1").first()

@@ -60,7 +60,7 @@ def compare_models(specs: list[str], out: str | None = None) -> tuple[list[str],
         name, number, folder = registry.resolve(spec)
         models.append((f"{name}/{number}", folder, registry.read_json(folder / "metadata.json") or {}))
     lines = [f"{'model':<16}{'arch':<20}{'px':>5}{'epochs':>7}  {'test accuracy [95%]':<26}"
-             f"{'macro-F1 [95%]':<26}{'ECE before -> after':<20}"]
+             f"{'macro-F1 [95%]':<26}{'ECE before -> after':<20}{'temperature [95%]':<20}"]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for version, folder, metadata in models:
         history = _history(folder)
@@ -68,8 +68,11 @@ def compare_models(specs: list[str], out: str | None = None) -> tuple[list[str],
         calibration = metadata.get("calibration") or {}
         ece = (f"{calibration['test_ece_before']:.3f} -> {calibration['test_ece_after']:.3f}"
                if "test_ece_after" in calibration else "-")
+        interval = calibration.get("temperature_interval_95")   # models registered before it have none
+        temperature = (f"{calibration['temperature']:.2f} [{interval[0]:.2f}, {interval[1]:.2f}]" if interval
+                       else f"{calibration['temperature']:.2f}" if "temperature" in calibration else "-")
         lines.append(f"{version:<16}{metadata.get('architecture', '?'):<20}{metadata.get('input_size', 0):>5}"
-                     f"{len(history):>7}  {_spread(scores, 'accuracy'):<26}{_spread(scores, 'macro_f1'):<26}{ece:<20}")
+                     f"{len(history):>7}  {_spread(scores, 'accuracy'):<26}{_spread(scores, 'macro_f1'):<26}{ece:<20}{temperature:<20}")
         epochs = [h["epoch"] for h in history]
         label = f"{version} ({metadata.get('architecture', '?')}, {metadata.get('mode', '?')})"
         ax.plot(epochs, [h.get("test_accuracy") for h in history], marker="o", markersize=3, label=label)

@@ -174,8 +174,9 @@ class TrainResult:
                        f"{c['test_ece_before']:.3f} -> {c['test_ece_after']:.3f}")
             if "temperature_interval_95" in c:   # models registered before it have none
                 low, high = c["temperature_interval_95"]
-                out.append(f"    temperature 95% interval {low:.2f}-{high:.2f} from {c['validation_images']} validation "
-                           "images" + (": more labelled images would pin it down" if high / low > WIDE_TEMPERATURE_INTERVAL else ""))
+                weak = ": more labelled images would pin it down" if high / low > WIDE_TEMPERATURE_INTERVAL else ""
+                out.append(f"    temperature 95% interval {low:.2f}-{high:.2f} from {c['validation_images']} "
+                           f"validation images{weak}")
             share = c.get("test_confident_share")
             out.append(f"  uncertain below confidence {c['uncertain_below_confidence']:.3f} (target "
                        f"{c['uncertain_target_accuracy']:.0%} right among the confident"

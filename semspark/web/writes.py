@@ -16,6 +16,7 @@ import os
 import uuid
 
 from semspark.catalog import new_run_id, utc_now
+from semspark.labels import person_label_adds
 from semspark.schema import CLUSTER_NAMES, LABELS, SCALE_CORRECTIONS
 from semspark.storage import writer_lock
 from semspark.web.search import CURRENT_LABELS
@@ -53,11 +54,10 @@ def _known_image(tables: Tables, image_id: str) -> None:
 
 
 def correct_label(tables: Tables, image_id: str, label: str | None, user: str) -> dict:
-    """Append a person's label for ``image_id`` (None removes it) when it changes the current one,
-    or when it confirms a label no person gave (a folder's, a CSV's): accepting a prediction that
-    the folder's label already says is a person's review, and the review queues drop the image.
-    Returns {"changed": bool (the label differs), "recorded": bool (a row was appended), "label": ...,
-    "label_run": ...}; a person's label given again records nothing."""
+    """Append a person's label for ``image_id`` (None removes it) when ``person_label_adds`` says so:
+    it changes the current label, or confirms one no person gave (accepting a prediction the folder's
+    label says already). Returns {"changed": bool (the label differs), "recorded": bool (a row was
+    appended), "label": ..., "label_run": ...}."""
     label = clean_label(label)
     folder = _table_folder(tables, LABELS, "semspark ingest with labels, or semspark label,")
     with writer_lock(purpose=f"web: label of {image_id[:12]} by {user}"):
@@ -65,7 +65,7 @@ def correct_label(tables: Tables, image_id: str, label: str | None, user: str) -
         current = tables.query(f"SELECT label, source FROM {CURRENT_LABELS} WHERE image_id = ?", [image_id])
         current_label, current_source = (current[0]["label"], current[0]["source"]) if current else (None, None)
         changed = current_label != label
-        if not changed and (current_source == "person" or label is None):
+        if not person_label_adds(current_label, current_source, label):
             return {"changed": False, "recorded": False, "label": label, "label_run": None}
         run = new_run_id("web-")
         _append(folder, {"image_id": image_id, "label": label, "source": "person", "labelled_by": user,
