@@ -175,7 +175,9 @@ def append_arrow(spark, database: str, table: TableSpec, data) -> bool:
         # whole append or none of it, but for the instant of the renames
         for hidden, final in written:
             os.replace(hidden, final)
-    spark.catalog.refreshTable(name)   # this session's next reads list the folder again
+        # this session's next reads list the folder again; before the lock is let go, so that the
+        # next writer's read (another thread's: the web app) sees these rows
+        spark.catalog.refreshTable(name)
     return True
 
 

@@ -183,11 +183,13 @@ class WebConfig:
     page_size: int = 100             # gallery images per page
     thumbnail_px: int = 160
     secure_cookies: bool = False     # true when users reach the app over HTTPS: the login cookie never goes over HTTP
+    write_wait_s: float = 30.0       # a correction waits this long for the writer lock, then answers 503 (retry)
 
     def __post_init__(self) -> None:
         _require(0 < self.port < 65536, "web.port must be a TCP port (1-65535)")
         _require(1 <= self.page_size <= 500, "web.page_size must be 1 to 500")
         _require(32 <= self.thumbnail_px <= 512, "web.thumbnail_px must be 32 to 512")
+        _require(0 < self.write_wait_s <= 3600, "web.write_wait_s must be over 0 and at most 3600 seconds")
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from semspark.catalog import (append_rows, ensure_tables, ensure_view, insert, local_columns, new_run_id, qualified,
                               utc_now)
 from semspark.schema import FILES, IMAGES, LABELS
+from semspark.storage import writer_lock
 
 log = logging.getLogger(__name__)
 
@@ -118,17 +119,49 @@ def append_changes(spark, database: str, proposed, source: str, labelled_by: str
     ingest does not report it, and counting is a Spark job).
     ``image_ids``: every id ``proposed`` may hold, when the caller knows them (a night's new images),
     so that only their history is read, not every image's."""
-    from pyspark.sql import functions as F
-
     if source not in SOURCES:
         raise ValueError(f"label source {source!r} is none of {SOURCES}")
     ensure_labels(spark, database)
+    purpose = f"labels from {source} ({run_id})"
     if isinstance(proposed, list):
-        done = _append_changes_in_driver(spark, database, proposed, source, labelled_by, run_id, at, count_unchanged)
-        if done is not None:
-            return done
-        image_ids = {image_id for image_id, _ in proposed}   # the history of these images only, as below
-        proposed = spark.createDataFrame(proposed, "image_id string, label string")
+        # the history read and the changes appended under the writer lock, as one step: a label given
+        # meanwhile (the web app) is either in the history read or appended after these rows
+        with writer_lock(purpose=purpose):
+            done = _append_changes_in_driver(spark, database, proposed, source, labelled_by, run_id, at,
+                                             count_unchanged)
+            if done is not None:
+                return done
+            image_ids = {image_id for image_id, _ in proposed}   # the history of these images only, as below
+            proposed = spark.createDataFrame(proposed, "image_id string, label string")
+            return _insert_staged(database, *_stage_changes(spark, database, proposed, source, labelled_by, run_id,
+                                                            at, image_ids), count_unchanged)
+    # A DataFrame (a CSV of many labels): its join with the history is a Spark job of seconds to
+    # minutes, too long to hold the lock through (the web app's corrections wait 30 s for it). It is
+    # computed first, against the table's files as listed then; under the lock the rows are appended
+    # if the table still has exactly those files (every writer adds or replaces files), else the
+    # changes are computed again, under the lock, against what was written meanwhile.
+    listed = _label_files(spark, database)
+    staged = _stage_changes(spark, database, proposed, source, labelled_by, run_id, at, image_ids)
+    with writer_lock(purpose=purpose):
+        if _label_files(spark, database) != listed:
+            log.info("sem.labels changed while %s was compared with it; comparing again", purpose)
+            staged = _stage_changes(spark, database, proposed, source, labelled_by, run_id, at, image_ids)
+        return _insert_staged(database, *staged, count_unchanged)
+
+
+def _label_files(spark, database: str) -> list[str]:
+    """The data files of sem.labels as Spark lists them now (its cached listing refreshed first):
+    appends add files and compaction replaces them, so equal lists mean an unchanged history."""
+    name = qualified(database, LABELS)
+    spark.catalog.refreshTable(name)
+    return sorted(spark.table(name).inputFiles())
+
+
+def _stage_changes(spark, database: str, proposed, source: str, labelled_by: str, run_id: str, at, image_ids):
+    """The rows of ``proposed`` that change a current label, computed once (a local checkpoint)
+    against the history as it is now; with their counts by label, and the join for the rest."""
+    from pyspark.sql import functions as F
+
     current = current_labels(spark, database).withColumnRenamed("label", "current")
     if image_ids is not None and len(image_ids) <= FILTERED_IDS:
         current = current.filter(F.col("image_id").isin(sorted(image_ids)))
@@ -139,6 +172,10 @@ def append_changes(spark, database: str, proposed, source: str, labelled_by: str
                        F.lit(at or utc_now()).cast("timestamp").alias("labelled_at"), F.lit(run_id).alias("label_run")))
     staged = changes.localCheckpoint()   # computed once against the history before it grows
     counts = {(r["label"] is None, r["label"]): r["count"] for r in staged.groupBy("label").count().collect()}
+    return staged, counts, joined
+
+
+def _insert_staged(database: str, staged, counts: dict, joined, count_unchanged: bool) -> dict:
     insert(staged, database, LABELS)
     changed = sum(counts.values())
     return {"changed": changed, "unchanged": joined.count() - changed if count_unchanged else None,
@@ -246,14 +283,17 @@ def label_one(spark, database: str, image_id: str, label: str | None, labelled_b
     ensure_labels(spark, database)
     run_id = new_run_id("label-")
     label = (label or "").strip() or None
-    current = (spark.table(qualified(database, CURRENT_LABELS_VIEW)).filter(F.col("image_id") == image_id)
-               .select("label", "source").collect())
-    current_label, current_source = (current[0]["label"], current[0]["source"]) if current else (None, None)
-    if not person_label_adds(current_label, current_source, label):
-        return LabelSummary(run_id=run_id, rows=1, unchanged=1)
-    append_rows(spark, database, LABELS, [{"image_id": image_id, "label": label, "source": "person",
-                                           "labelled_by": labelled_by or current_user(), "labelled_at": utc_now(),
-                                           "label_run": run_id}])
+    # the current label read and the row appended under the writer lock: another person's label
+    # for the same image (the web app, another command) lands before the read or after the append
+    with writer_lock(purpose=f"label of {image_id[:12]}"):
+        current = (spark.table(qualified(database, CURRENT_LABELS_VIEW)).filter(F.col("image_id") == image_id)
+                   .select("label", "source").collect())
+        current_label, current_source = (current[0]["label"], current[0]["source"]) if current else (None, None)
+        if not person_label_adds(current_label, current_source, label):
+            return LabelSummary(run_id=run_id, rows=1, unchanged=1)
+        append_rows(spark, database, LABELS, [{"image_id": image_id, "label": label, "source": "person",
+                                               "labelled_by": labelled_by or current_user(),
+                                               "labelled_at": utc_now(), "label_run": run_id}])
     if label == current_label:
         return LabelSummary(run_id=run_id, rows=1, unchanged=1, confirmed=1)
     return LabelSummary(run_id=run_id, rows=1, changed=1, removed=int(label is None),

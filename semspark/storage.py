@@ -6,8 +6,10 @@ s3fs on the executors), so that a nightly run reads only the files it has not se
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 import re
+import threading
 from urllib.parse import unquote, urlparse
 
 from semspark.config import semspark_home
@@ -203,64 +205,99 @@ def read_staged_rows(folder: Path, columns: list[str]) -> list[dict]:
     return [] if table is None else table.to_pylist()
 
 
-_held_locks: dict[str, tuple[object, int]] = {}
+class LockTimeout(TimeoutError):
+    """The writer lock stayed held longer than the writer would wait; ``holder`` says by whom
+    ("pid N purpose" of another process, or the purpose of another thread of this one)."""
+
+    def __init__(self, message: str, holder: str):
+        super().__init__(message)
+        self.holder = holder
+
+
+_held_locks: dict[str, tuple[object, int, str]] = {}   # name -> (the flock's file, depth, purpose): the holder's
+_thread_locks: dict[str, object] = {}              # name -> threading.RLock: one thread of the process at a time
+_thread_locks_guard = threading.Lock()
 
 
 class writer_lock:
     """The catalog's writer lock: one writer at a time rewrites or appends to semspark's tables and
     dataset (``$SEMSPARK_HOME/locks/NAME.lock``, an flock, released by the kernel when the process
-    dies, so a killed job never leaves it held). Re-entrant within a process. Readers never take
-    it. A writer that finds it held waits, saying for whom, up to ``wait_s`` seconds."""
+    dies, so a killed job never leaves it held). One thread of a process at a time too (the web
+    app's request threads): re-entrant within a thread, not across threads, or two people's
+    corrections could read and append at once. Readers never take it. A writer that finds it
+    held waits, saying for whom, up to ``wait_s`` seconds."""
 
     def __init__(self, name: str = "catalog", purpose: str = "", wait_s: float = 6 * 3600):
         self.name, self.purpose, self.wait_s = name, purpose, wait_s
 
     def __enter__(self):
+        import time
+
+        with _thread_locks_guard:
+            in_process = _thread_locks.setdefault(self.name, threading.RLock())
+        deadline = time.monotonic() + self.wait_s
+        if not in_process.acquire(blocking=False):
+            held = _held_locks.get(self.name)
+            holder = held[2] if held else "?"
+            logging.getLogger(__name__).warning("waiting for the %s lock, held by another thread of this process (%s)",
+                                                self.name, holder)
+            if not in_process.acquire(timeout=max(self.wait_s, 0)):
+                raise LockTimeout(f"the {self.name} lock was held for over {self.wait_s:g} s by another thread "
+                                  f"of this process ({holder}); rerun when it is done", holder)
+        held = _held_locks.get(self.name)
+        if held is not None:   # this thread holds it already
+            _held_locks[self.name] = (held[0], held[1] + 1, held[2])
+            return self
+        try:
+            handle = self._lock_file(deadline)
+        except BaseException:
+            in_process.release()
+            raise
+        _held_locks[self.name] = (handle, 1, self.purpose)
+        return self
+
+    def _lock_file(self, deadline: float):
+        """The flock, waited for while another process holds it; returns its open file."""
         import fcntl
-        import logging
         import os
         import time
 
-        held = _held_locks.get(self.name)
-        if held is not None:
-            _held_locks[self.name] = (held[0], held[1] + 1)
-            return self
         path = home_path(f"locks/{self.name}.lock")
         path.parent.mkdir(parents=True, exist_ok=True)
         handle = open(path, "a+")
-        deadline, said = time.monotonic() + self.wait_s, False
+        holder = None
         while True:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                if not said:
+                if holder is None:
                     handle.seek(0)
-                    logging.getLogger(__name__).warning(
-                        "waiting for the %s lock (%s), held by %s", self.name, path, handle.read().strip() or "?")
-                    said = True
+                    holder = handle.read().strip() or "?"
+                    logging.getLogger(__name__).warning("waiting for the %s lock (%s), held by %s", self.name, path,
+                                                        holder)
                 if time.monotonic() > deadline:
                     handle.close()
-                    raise TimeoutError(f"the {self.name} lock ({path}) was held for over {self.wait_s:.0f} s by "
-                                       "another semspark process; rerun when it is done")
+                    raise LockTimeout(f"the {self.name} lock ({path}) was held for over {self.wait_s:g} s by "
+                                      f"another semspark process ({holder}); rerun when it is done", holder)
                 time.sleep(0.5)
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()} {self.purpose}\n")
         handle.flush()
-        _held_locks[self.name] = (handle, 1)
-        return self
+        return handle
 
     def __exit__(self, *exc):
         import fcntl
 
-        handle, depth = _held_locks[self.name]
+        handle, depth, purpose = _held_locks[self.name]
         if depth > 1:
-            _held_locks[self.name] = (handle, depth - 1)
-            return False
-        del _held_locks[self.name]
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()
+            _held_locks[self.name] = (handle, depth - 1, purpose)
+        else:
+            del _held_locks[self.name]
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
+        _thread_locks[self.name].release()
         return False
 
 

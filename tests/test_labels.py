@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import time
 
 import pytest
 
@@ -153,6 +154,75 @@ def test_a_person_confirming_a_folders_label_is_recorded_once(spark, ingested, c
     assert (again.changed, again.unchanged, again.confirmed) == (0, 1, 0)
     spark.catalog.refreshTable(f"{DB}.labels")
     assert spark.table(f"{DB}.labels").count() == before + 1
+
+
+def test_two_people_labelling_one_image_at_once_append_one_row(spark, ingested, corrected, caplog):
+    """While one writer holds the lock (a person's label coming in through the web app), another
+    person's identical label waits, then reads the label the first one appended: one row, not two."""
+    import threading
+
+    from semspark.catalog import append_rows, utc_now
+    from semspark.schema import LABELS
+    from semspark.storage import writer_lock
+
+    folder, records, _ = ingested
+    image_id = sha(folder / records[11].file)
+    other = next(r.category for r in records if r.category != records[11].category)
+    answers = []
+    with writer_lock(purpose="the first person"):
+        second = threading.Thread(target=lambda: answers.append(label_one(spark, DB, image_id, other, "second")))
+        second.start()
+        deadline = time.monotonic() + 120
+        while not any("held by another thread" in r.getMessage() for r in caplog.records):
+            assert second.is_alive() and time.monotonic() < deadline, "label_one did not wait for the lock"
+            time.sleep(0.1)
+        append_rows(spark, DB, LABELS, [{"image_id": image_id, "label": other, "source": "person",
+                                         "labelled_by": "first", "labelled_at": utc_now(), "label_run": "race"}])
+    second.join(120)
+    assert (answers[0].changed, answers[0].unchanged, answers[0].confirmed) == (0, 1, 0)
+    spark.catalog.refreshTable(f"{DB}.labels")
+    rows = spark.sql(f"SELECT labelled_by FROM {DB}.labels WHERE image_id = '{image_id}' AND source = 'person'").collect()
+    assert [r["labelled_by"] for r in rows] == ["first"]
+
+
+def test_a_csv_compares_with_the_labels_before_the_lock_and_again_if_they_changed_meanwhile(
+        spark, ingested, corrected, tmp_path, caplog):
+    """A CSV of many labels is compared with the history before its writer takes the lock (a Spark
+    job too long to hold the web app's corrections up), then appended under it. Here a person's
+    label for one of its images is appended while the CSV's writer waits for the lock, the very
+    label the CSV gives: the CSV's rows are compared again and that image gets one row, not two."""
+    import logging
+    import threading
+
+    from semspark.catalog import append_rows, utc_now
+    from semspark.schema import LABELS
+    from semspark.storage import writer_lock
+
+    caplog.set_level(logging.INFO, logger="semspark.labels")
+    folder, records, _ = ingested
+    chosen = records[13:17]
+    relabel = {sha(folder / r.file): next(r2.category for r2 in records if r2.category != r.category) for r in chosen}
+    raced = sha(folder / chosen[0].file)
+    table = write_csv(tmp_path / "four.csv", ["image_id", "label"], sorted(relabel.items()))
+    answers = []
+    with writer_lock(purpose="a person's correction"):
+        csv_writer = threading.Thread(target=lambda: answers.append(label_from_csv(spark, DB, table, "csv-writer")))
+        csv_writer.start()
+        deadline = time.monotonic() + 180
+        while not any("held by another thread" in r.getMessage() for r in caplog.records):
+            assert csv_writer.is_alive() and time.monotonic() < deadline, "label_from_csv did not wait for the lock"
+            time.sleep(0.1)
+        append_rows(spark, DB, LABELS, [{"image_id": raced, "label": relabel[raced], "source": "person",
+                                         "labelled_by": "person", "labelled_at": utc_now(), "label_run": "race-csv"}])
+    csv_writer.join(180)
+    assert (answers[0].rows, answers[0].changed, answers[0].unchanged) == (4, 3, 1)
+    spark.catalog.refreshTable(f"{DB}.labels")
+    rows = spark.sql(f"SELECT image_id, labelled_by FROM {DB}.labels WHERE label_run IN ('race-csv', '{answers[0].run_id}')").collect()
+    assert sorted((r["image_id"], r["labelled_by"]) for r in rows) == sorted(
+        [(raced, "person")] + [(i, "csv-writer") for i in relabel if i != raced])
+    assert {i: current(spark)[i] for i in relabel} == relabel
+    # compared before the lock was free (else the person's row would have been in the first reading)
+    assert any("changed while labels from csv" in r.getMessage() for r in caplog.records)
 
 
 def test_the_label_command_with_its_exit_codes_and_json(spark, ingested, corrected, tmp_path, capsys):

@@ -37,7 +37,7 @@ def web(spark, scoring, tmp_path_factory):
     port = free_port()
     config.write_text(f"catalog: {{database: scoring}}\n"
                       f"ingest: {{image_size: {scoring.config.ingest.image_size}, dataset_dir: {scoring.config.ingest.dataset_dir}}}\n"
-                      f"web: {{port: {port}, users_file: web-test/users.yaml}}\n")
+                      f"web: {{port: {port}, users_file: web-test/users.yaml, write_wait_s: 2}}\n")
     semspark = [str(Path(sys.executable).parent / "semspark"), "--config", str(config)]
     made = subprocess.run(semspark + ["web-user", "add", "scientist", "--password-stdin"], input=PASSWORD + "\n",
                           capture_output=True, text=True, env=os.environ.copy())
@@ -352,6 +352,32 @@ def test_a_person_confirming_a_folders_label_is_recorded_as_theirs(spark, web):
     assert status == 200 and (again["changed"], again["recorded"]) == (False, False)
     status, history = _get(url, headers)
     assert [entry["source"] for entry in history["history"]].count("person") == 1, history
+
+
+def test_a_correction_while_another_writer_holds_the_catalog_is_refused_and_says_why(spark, web):
+    """A compaction (here: this test process) holds the catalog's writer lock: the web app waits
+    web.write_wait_s (2 s here), then answers 503 naming the holder, and records nothing; once the
+    lock is free the same label is recorded."""
+    from semspark.storage import writer_lock
+
+    image_id, label = spark.sql("SELECT image_id, label FROM scoring.current_labels WHERE label IS NOT NULL "
+                                "ORDER BY image_id LIMIT 1 OFFSET 5").first()
+    other = next(r["label"] for r in spark.sql("SELECT DISTINCT label FROM scoring.current_labels "
+                                                "WHERE label IS NOT NULL ORDER BY label").collect() if r["label"] != label)
+    headers = {"Authorization": f"Bearer {web['token']}"}
+    url = f"{web['url']}/api/images/{image_id}/labels"
+    before = _get(url, headers)[1]
+    with writer_lock(purpose="compaction of the test"):
+        started = time.monotonic()
+        status, result = _post_json(url, headers, {"label": other})
+        waited = time.monotonic() - started
+    assert status == 503, result
+    assert "nothing was recorded" in result["error"] and "compaction of the test" in result["error"]
+    assert 2 <= waited < 20
+    assert _get(url, headers)[1] == before
+    status, result = _post_json(url, headers, {"label": other})
+    assert status == 200 and result["recorded"] and _get(url, headers)[1]["current_label"] == other
+    spark.catalog.refreshTable("scoring.labels")   # the later tests' Spark reads see the web app's row
 
 
 def test_a_scale_corrected_in_the_app_is_applied_by_rescale(spark, web, scoring):

@@ -30,7 +30,7 @@ from semspark.web.search import (DERIVED, LEFT_ON_DISK, QUEUES, SORTS, TABLES, F
                                  analyses, analysis_of, choices, clusters, described, image, known_labels, models,
                                  production_model, review_queue, runs, search)
 from semspark.web.tables import Tables, Warehouse
-from semspark.web.writes import CorrectionError, correct_label, correct_scale, name_cluster
+from semspark.web.writes import CatalogBusy, CorrectionError, correct_label, correct_scale, name_cluster
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,12 @@ def create_app(config: Config, home: Path | None = None):
     def bad_request(exc):
         return (jsonify(error=str(exc)), 400) if is_api() else (render_template("error.html", message=str(exc)), 400)
 
+    @app.errorhandler(CatalogBusy)
+    def catalog_busy(exc):
+        log.warning("web: %s", exc)
+        page = jsonify(error=str(exc)) if is_api() else render_template("error.html", message=str(exc))
+        return page, 503, {"Retry-After": "60"}
+
     @app.errorhandler(HTTPException)
     def http_error(exc):
         if is_api():
@@ -223,7 +229,7 @@ def create_app(config: Config, home: Path | None = None):
     def label_form(image_id):
         _image_or_404(image_id)
         label = request.form.get("accept") or request.form.get("other") or request.form.get("label")
-        result = correct_label(tables, image_id, label, g.user)
+        result = correct_label(tables, image_id, label, g.user, wait_s=web.write_wait_s)
         log.info("web: %s labelled %s %r (%s)", g.user, image_id[:12], result["label"],
                  "changed" if result["changed"] else "confirmed" if result["recorded"] else "unchanged")
         return _back(url_for("image_page", image_id=image_id))
@@ -232,7 +238,7 @@ def create_app(config: Config, home: Path | None = None):
     def scale_form(image_id):
         _image_or_404(image_id)
         result = correct_scale(tables, image_id, request.form.get("value"), request.form.get("unit"),
-                               request.form.get("bar_px"), g.user)
+                               request.form.get("bar_px"), g.user, wait_s=web.write_wait_s)
         log.info("web: %s corrected the scale of %s to %g %s", g.user, image_id[:12], result["scale_value"],
                  result["scale_unit"])
         return _back(url_for("image_page", image_id=image_id))
@@ -360,7 +366,8 @@ def create_app(config: Config, home: Path | None = None):
             k, cluster = int(form.get("k", "")), int(form.get("cluster", ""))
         except ValueError as exc:
             raise CorrectionError("k and cluster are whole numbers") from exc
-        result = name_cluster(tables, analysis, form.get("method", ""), k, cluster, form.get("name"), g.user, cut_of)
+        result = name_cluster(tables, analysis, form.get("method", ""), k, cluster, form.get("name"), g.user, cut_of,
+                              wait_s=web.write_wait_s)
         log.info("web: %s named cluster %d of %s (%s, k=%d) %r", g.user, cluster, analysis, result["method"], k,
                  result["name"])
         return _back(url_for("clusters_page", analysis=analysis, method=result["method"], k=k))
@@ -388,7 +395,7 @@ def create_app(config: Config, home: Path | None = None):
         if not (body["name"] is None or isinstance(body["name"], str)):
             raise CorrectionError("the name is text, or null")
         return jsonify(_json_ready(name_cluster(tables, analysis, str(body["method"]), body["k"], body["cluster"],
-                                                body["name"], g.user, cut_of)))
+                                                body["name"], g.user, cut_of, wait_s=web.write_wait_s)))
 
     @app.route("/runs")
     def runs_page():
@@ -442,7 +449,8 @@ def create_app(config: Config, home: Path | None = None):
         body = request.get_json(silent=True)
         if not isinstance(body, dict) or "label" not in body or not (body["label"] is None or isinstance(body["label"], str)):
             raise CorrectionError('send JSON {"label": "Category"} (null or "" removes the label)')
-        return jsonify(_json_ready(correct_label(tables, image_id, body["label"], g.user)))
+        return jsonify(_json_ready(correct_label(tables, image_id, body["label"], g.user,
+                                                 wait_s=web.write_wait_s)))
 
     @app.route("/api/images/<image_id>/scale", methods=["POST"])
     def api_scale(image_id):
@@ -451,7 +459,7 @@ def create_app(config: Config, home: Path | None = None):
         if not isinstance(body, dict) or "value" not in body or "unit" not in body:
             raise CorrectionError('send JSON {"value": 500, "unit": "nm", "bar_px": 120} (bar_px optional)')
         return jsonify(_json_ready(correct_scale(tables, image_id, body["value"], body["unit"], body.get("bar_px"),
-                                                 g.user)))
+                                                 g.user, wait_s=web.write_wait_s)))
 
     @app.route("/api/runs")
     def api_runs():

@@ -12,13 +12,15 @@ that the nightly needs. Timestamps are written as Spark writes them (INT96, UTC)
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 import os
 import uuid
 
 from semspark.catalog import new_run_id, utc_now
+from semspark.config import WebConfig
 from semspark.labels import person_label_adds
 from semspark.schema import CLUSTER_NAMES, LABELS, SCALE_CORRECTIONS
-from semspark.storage import writer_lock
+from semspark.storage import LockTimeout, writer_lock
 from semspark.web.search import CURRENT_LABELS
 from semspark.web.tables import Tables
 
@@ -28,6 +30,23 @@ UNITS = {"nm": "nm", "um": "um", "µm": "um", "μm": "um", "micron": "um", "mm":
 
 class CorrectionError(ValueError):
     """A correction that cannot be written as given; the message says why."""
+
+
+class CatalogBusy(RuntimeError):
+    """Another writer (a nightly's long append, a compaction) held the catalog's writer lock longer
+    than the web app waits (web.write_wait_s): nothing was written; the message says who and what to do."""
+
+
+@contextmanager
+def _catalog_lock(purpose: str, wait_s: float):
+    """The writer lock, waited for ``wait_s`` seconds at most: a request thread does not hang while a
+    compaction rewrites a table."""
+    try:
+        with writer_lock(purpose=purpose, wait_s=wait_s):
+            yield
+    except LockTimeout as exc:
+        raise CatalogBusy(f"nothing was recorded: another writer has held the catalog for over {wait_s:g} s "
+                          f"({exc.holder}); try again in a minute") from exc
 
 
 def clean_label(label: str | None) -> str | None:
@@ -53,14 +72,14 @@ def _known_image(tables: Tables, image_id: str) -> None:
         raise CorrectionError(f"no image {image_id}")
 
 
-def correct_label(tables: Tables, image_id: str, label: str | None, user: str) -> dict:
+def correct_label(tables: Tables, image_id: str, label: str | None, user: str, wait_s: float = WebConfig.write_wait_s) -> dict:
     """Append a person's label for ``image_id`` (None removes it) when ``person_label_adds`` says so:
     it changes the current label, or confirms one no person gave (accepting a prediction the folder's
     label says already). Returns {"changed": bool (the label differs), "recorded": bool (a row was
     appended), "label": ..., "label_run": ...}."""
     label = clean_label(label)
     folder = _table_folder(tables, LABELS, "semspark ingest with labels, or semspark label,")
-    with writer_lock(purpose=f"web: label of {image_id[:12]} by {user}"):
+    with _catalog_lock(f"web: label of {image_id[:12]} by {user}", wait_s):
         _known_image(tables, image_id)
         current = tables.query(f"SELECT label, source FROM {CURRENT_LABELS} WHERE image_id = ?", [image_id])
         current_label, current_source = (current[0]["label"], current[0]["source"]) if current else (None, None)
@@ -74,7 +93,8 @@ def correct_label(tables: Tables, image_id: str, label: str | None, user: str) -
     return {"changed": changed, "recorded": True, "label": label, "label_run": run}
 
 
-def correct_scale(tables: Tables, image_id: str, value, unit: str, bar_px, user: str) -> dict:
+def correct_scale(tables: Tables, image_id: str, value, unit: str, bar_px, user: str,
+                  wait_s: float = WebConfig.write_wait_s) -> dict:
     """Record a person's scale for ``image_id`` (the label's value and unit, and the bar's length in
     pixels when they measured it) in sem.scale_corrections; ``semspark rescale`` applies it."""
     try:
@@ -88,7 +108,7 @@ def correct_scale(tables: Tables, image_id: str, value, unit: str, bar_px, user:
     if not (value > 0 and value < 1e7) or (bar_px is not None and not 0 < bar_px < 1e6):
         raise CorrectionError("the scale's value and bar length are positive")
     folder = _table_folder(tables, SCALE_CORRECTIONS, "semspark rescale (or an ingest of this release)")
-    with writer_lock(purpose=f"web: scale of {image_id[:12]} by {user}"):
+    with _catalog_lock(f"web: scale of {image_id[:12]} by {user}", wait_s):
         _known_image(tables, image_id)
         run = new_run_id("web-")
         _append(folder, {"image_id": image_id, "scale_value": value, "scale_unit": unit, "scale_bar_px": bar_px,
@@ -98,7 +118,7 @@ def correct_scale(tables: Tables, image_id: str, value, unit: str, bar_px, user:
 
 
 def name_cluster(tables: Tables, analysis: str, method: str, k: int, cluster: int, name: str | None, user: str,
-                 cut_of=None) -> dict:
+                 cut_of=None, wait_s: float = WebConfig.write_wait_s) -> dict:
     """Record a person's name for a cluster of an analysis's current run (a proposed sub-category;
     None or "" removes it), in sem.cluster_names. The cut is sem.clusters' or, at another k, the one
     ``cut_of`` makes from the report's hierarchy (search.cut_source)."""
@@ -106,7 +126,7 @@ def name_cluster(tables: Tables, analysis: str, method: str, k: int, cluster: in
 
     name = clean_label(name)
     folder = _table_folder(tables, CLUSTER_NAMES, "semspark analyze (this release)")
-    with writer_lock(purpose=f"web: name of cluster {cluster} of {analysis} by {user}"):
+    with _catalog_lock(f"web: name of cluster {cluster} of {analysis} by {user}", wait_s):
         tables.refresh(force=True)
         try:
             about, cut, cut_params, relations = cut_source(tables, analysis, method, int(k), cut_of)
