@@ -287,16 +287,29 @@ def test_more_like_this_is_the_nearest_by_the_production_models_embedding(spark,
             .select("image_id", "embedding").orderBy("image_id").collect())
     ids, matrix = [r["image_id"] for r in rows], np.array([r["embedding"] for r in rows], dtype=np.float64)
     query = ids[len(ids) // 2]
-    _, nearest = NearestNeighbors(n_neighbors=13, metric="cosine", algorithm="brute").fit(matrix).kneighbors(
-        matrix[[ids.index(query)]])
+    found_by_sklearn = NearestNeighbors(metric="cosine", algorithm="brute").fit(matrix)
+    _, nearest = found_by_sklearn.kneighbors(matrix[[ids.index(query)]], n_neighbors=13)
     expected = [ids[i] for i in nearest[0] if ids[i] != query][:12]
+    distances, every = found_by_sklearn.kneighbors(matrix[[ids.index(query)]], n_neighbors=len(ids))
+    distance_of = dict(zip((ids[i] for i in every[0]), distances[0]))
+
+    def same_neighbours(shown: list[str], wanted: list[str]) -> bool:
+        """The same images in the same order, but for two whose distances are equal to float32's
+        precision (the app keeps unit vectors in float32, scikit-learn works in float64: a near tie
+        may come out either way; seen once in CI, at the 4th of 12)."""
+        if shown == wanted:
+            return True
+        if len(shown) != len(wanted) or set(shown) - set(distance_of) or len(set(shown)) != len(shown):
+            return False
+        return all(abs(distance_of[a] - distance_of[b]) < 1e-5 for a, b in zip(shown, wanted))
+
     _open(browser, web, f"/images/{query}")
     WebDriverWait(browser, 60).until(lambda driver: driver.find_elements(By.CSS_SELECTOR, "#similar .tile"))
     shown = [e.get_attribute("data-image-id") for e in browser.find_elements(By.CSS_SELECTOR, "#similar .tile")]
-    assert shown == expected
+    assert same_neighbours(shown, expected), (shown, expected, [distance_of.get(i) for i in shown])
     assert model in browser.find_element(By.ID, "similar-status").text
     status, found = _get(f"{web['url']}/api/images/{query}/similar?k=3", {"Authorization": f"Bearer {web['token']}"})
-    assert status == 200 and [r["image_id"] for r in found["images"]] == expected[:3]
+    assert status == 200 and same_neighbours([r["image_id"] for r in found["images"]], expected[:3])
     assert _get(f"{web['url']}/api/images/{query}/similar?k=0", {"Authorization": f"Bearer {web['token']}"})[0] == 400
 
 
