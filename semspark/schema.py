@@ -113,6 +113,11 @@ MODELS = TableSpec(
         ("best_epoch", IntegerType()), ("validation_accuracy", DoubleType()), ("test_accuracy", DoubleType()),
         ("num_proc", IntegerType()), ("run_id", StringType()), ("path", StringType()),
         ("model_sha256", StringType()), ("git_commit", StringType()), ("trained_at", TimestampType()),
+        # the held-out figures a lab compares models by, from the model's metadata (registry); null
+        # for versions registered before semspark recorded them
+        ("test_macro_f1", DoubleType()), ("temperature", DoubleType()), ("temperature_low", DoubleType()),
+        ("temperature_high", DoubleType()), ("test_ece_before", DoubleType()), ("test_ece_after", DoubleType()),
+        ("uncertain_below_confidence", DoubleType()),
     ),
     comment="One row per trained model version (NAME/N).",
 )

@@ -95,6 +95,13 @@ def test_two_ranks_learn_the_categories_and_register_the_model(spark, learned):
         assert (folder / figure).stat().st_size > 10_000
     row = spark.table("training.models").filter("model_version = 'learn/1'").collect()[0]
     assert row["test_accuracy"] == pytest.approx(result.test_accuracy) and row["train_images"] == len(split["train"])
+    # the figures a lab compares models by, queryable in SQL as the registry records them
+    assert (row["temperature"], row["temperature_low"], row["temperature_high"]) == pytest.approx(
+        (calibration["temperature"], low, high))
+    assert (row["test_ece_before"], row["test_ece_after"]) == pytest.approx(
+        (calibration["test_ece_before"], calibration["test_ece_after"]))
+    assert row["test_macro_f1"] == pytest.approx(scores["macro_f1"]["value"])
+    assert row["uncertain_below_confidence"] == pytest.approx(calibration["uncertain_below_confidence"])
     epochs = spark.table("training.training_history").filter("model_version = 'learn/1'").count()
     assert epochs == LEARNED_EPOCHS
 

@@ -429,9 +429,14 @@ def test_the_models_and_runs_pages_show_the_catalogs_figures(spark, web, browser
 
     version = scoring.model.model_version
     _open(browser, web, f"/models?model={version}")
-    expected = spark.sql(f"SELECT test_accuracy FROM scoring.models WHERE model_version = '{version}'").first()[0]
+    expected = spark.sql(f"SELECT test_accuracy, temperature, temperature_low, temperature_high, test_ece_before, "
+                         f"test_ece_after FROM scoring.models WHERE model_version = '{version}'").first()
     row = browser.find_element(By.CSS_SELECTOR, f'tr.model[data-model="{version}"]')
-    assert row.find_element(By.CLASS_NAME, "test-accuracy").text == f"{expected:.3f}"
+    assert row.find_element(By.CLASS_NAME, "test-accuracy").text == f"{expected['test_accuracy']:.3f}"
+    # the calibration the registry recorded, beside the accuracy (the metadata's figures: test_train)
+    assert row.find_element(By.CLASS_NAME, "temperature").text == (
+        f"{expected['temperature']:.2f} [{expected['temperature_low']:.2f}, {expected['temperature_high']:.2f}]")
+    assert row.find_element(By.CLASS_NAME, "ece").text == f"{expected['test_ece_before']:.3f} → {expected['test_ece_after']:.3f}"
     epochs = spark.sql(f"SELECT count(*) FROM scoring.training_history WHERE model_version = '{version}' "
                        "AND test_accuracy IS NOT NULL").first()[0]
     line = browser.find_element(By.CSS_SELECTOR, f'#accuracy-chart polyline[data-model="{version}"]')

@@ -390,7 +390,7 @@ def _register(spark, db, request, run_id, run, split, outcome) -> TrainResult:
            "validation_accuracy": float(best["val_accuracy"]), "test_accuracy": test_accuracy,
            "num_proc": request.num_proc, "run_id": run_id, "path": str(folder),
            "model_sha256": metadata["model_sha256"], "git_commit": metadata["git_commit"],
-           "trained_at": utc_now()}
+           "trained_at": utc_now(), **_calibration_columns(metadata)}
     append_rows(spark, db, MODELS, [row])
     rows = [{"model_version": model_version, "epoch": h["epoch"], "loss": h.get("loss"),
              "accuracy": h.get("accuracy"), "val_accuracy": h.get("val_accuracy"),
@@ -418,6 +418,19 @@ def _appearance_of_training_images(spark, db: str, train_ids: list[str]):
     row = (images.join(F.broadcast(ids), "image_id", "left_semi")
            .agg(F.max("chroma").alias("chroma"), F.min("contrast").alias("contrast")).first())
     return AppearanceBounds.fit([row["chroma"]], [row["contrast"]])
+
+
+def _calibration_columns(metadata: dict) -> dict:
+    """sem.models' held-out figures from the metadata: macro-F1 on the test images, the temperature
+    with its 95% interval, the test ECE before and after it, the confidence below which a
+    prediction is uncertain. None where the run recorded none (no validation or test images)."""
+    calibration = metadata.get("calibration") or {}
+    low, high = calibration.get("temperature_interval_95") or (None, None)
+    macro_f1 = (metadata.get("test_scores") or {}).get("macro_f1") or {}
+    return {"test_macro_f1": macro_f1.get("value"), "temperature": calibration.get("temperature"),
+            "temperature_low": low, "temperature_high": high,
+            "test_ece_before": calibration.get("test_ece_before"), "test_ece_after": calibration.get("test_ece_after"),
+            "uncertain_below_confidence": calibration.get("uncertain_below_confidence")}
 
 
 def _write_history(path, history) -> None:

@@ -367,7 +367,8 @@ def runs(tables: Tables, limit: int = 200) -> list[dict]:
 def models(tables: Tables) -> list[dict]:
     """Registered model versions, newest first, with their held-out figures (sem.models)."""
     return tables.query("SELECT model_version, arch, mode, init, input_size, classes, scale_bins, train_images, "
-                        "test_images, best_epoch, validation_accuracy, test_accuracy, num_proc, trained_at "
+                        "test_images, best_epoch, validation_accuracy, test_accuracy, test_macro_f1, temperature, temperature_low, "
+                        "temperature_high, test_ece_before, test_ece_after, uncertain_below_confidence, num_proc, trained_at "
                         "FROM models ORDER BY trained_at DESC NULLS LAST, model_version")
 
 
