@@ -9,7 +9,9 @@ Per round, in alternating order (the machine's speed drifts; pair the figures of
 - shipped:     spark-submit to the cluster with --archives: every application's executors fetch
                and unpack the 2 GB environment first.
 Each on a fresh SEMSPARK_HOME and the same files. Also times deploy/package.sh (fresh builds as
-.tar and as .tar.gz, and the up-to-date check) and the cluster's start.
+.tar and as .tar.gz, and the up-to-date check) and the cluster's start, and measures the disk a
+shipped application takes (the file system's used bytes sampled every 0.2 s during the submit, the
+peak over what was used before it: what deploy/cluster.sh start's disk check must leave room for).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -43,6 +46,28 @@ def timed(command: list[str], env: dict) -> float:
     if result.returncode != 0:
         sys.exit(f"{' '.join(command[:4])} failed:\n{result.stderr[-3000:]}{result.stdout[-2000:]}")
     return time.perf_counter() - started
+
+
+class PeakDiskUse:
+    """The most bytes the file system holding ``path`` had in use above its use at the start."""
+
+    def __init__(self, path: Path):
+        self.path, self.peak, self._done = path, 0, threading.Event()
+
+    def __enter__(self):
+        self.start = shutil.disk_usage(self.path).used
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.2):
+            self.peak = max(self.peak, shutil.disk_usage(self.path).used - self.start)
+
+    def __exit__(self, *exc):
+        self._done.set()
+        self._thread.join()
+        return False
 
 
 def main() -> None:
@@ -72,7 +97,10 @@ def main() -> None:
                                                        "tar", "--output", str(work / "dist")], base), 2)
         figures["cluster_start_s"] = round(timed(["bash", str(ROOT / "deploy" / "cluster.sh"), "start", "--port",
                                                   str(port), "--webui-port", str(webui)], cluster_env), 1)
-        rounds = []
+        figures["archive_gb"] = round(next((work / "dist").glob("semspark-env-*.tar")).stat().st_size / 1024 ** 3, 2)
+        figures["env_unpacked_gb"] = round(sum(f.stat().st_size for f in (cluster_home / "cluster" / "env").rglob("*")
+                                               if f.is_file() and not f.is_symlink()) / 1024 ** 3, 2)
+        rounds, shipped_peak_gb = [], []
         for number in range(args.rounds):
             order = ["local", "provisioned", "shipped"]
             order = order if number % 2 == 0 else order[::-1]
@@ -89,7 +117,10 @@ def main() -> None:
                     command = ["bash", str(ROOT / "deploy" / "cluster.sh"), "submit", "--dir",
                                str(cluster_home / "cluster"), str(ROOT / "jobs" / "ingest.py"),
                                "--input", str(raw), "--labels", "folders"]
-                seconds[mode] = round(timed(command, env), 1)
+                with PeakDiskUse(work) as disk:
+                    seconds[mode] = round(timed(command, env), 1)
+                if mode == "shipped":
+                    shipped_peak_gb.append(round(disk.peak / 1024 ** 3, 1))
                 shutil.rmtree(home, ignore_errors=True)
             rounds.append(seconds)
     finally:
@@ -107,6 +138,7 @@ def main() -> None:
         "provisioned_over_local": ratio("provisioned", "local"),
         "shipped_over_provisioned": ratio("shipped", "provisioned"),
         "shipping_overhead_s": [round(r["shipped"] - r["provisioned"], 1) for r in rounds],
+        "shipped_peak_disk_gb": shipped_peak_gb,
     }, indent=2))
 
 

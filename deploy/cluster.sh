@@ -76,6 +76,30 @@ wait_for_port() {  # the master accepts connections on its port
     done
 }
 
+# What a shipped application costs on this machine's disk (bench/cluster_bench.py's
+# shipped_peak_disk_gb: 15.4 GB at the peak with the 1.9 GB archive): the driver copies the archive
+# twice into its scratch and unpacks it; each worker fetches it into its cache, and its executor
+# copies and unpacks it; env/ holds one more unpacked copy. Unpacked, the environment is what env/
+# holds, or before that at most what .venv holds (a tar.gz is far smaller than what it unpacks to).
+# Short of that, executors die at start with "No space left on device" and Spark launches new
+# ones in a loop, so a first start refuses and says what to do; a restart of a running cluster
+# (a worker coming back) only warns, its applications' folders already being on the disk.
+check_disk() {  # ARCHIVE UNPACK_ENV(0|1)
+    local size unpacked free need message
+    size=$(stat -c %s "$1")
+    if (($2)); then unpacked=$(du -sb "$venv" | cut -f1); else unpacked=$(du -sb "$dir/env" | cut -f1); fi
+    need=$(((workers + 1) * (2 * size + unpacked) + $2 * unpacked))
+    free=$(df -P -B1 "$dir" | awk 'NR == 2 {print $4}')
+    ((free >= need)) && return 0
+    message="$dir has $((free / 1024 ** 3)) GB free; $workers workers running a shipped application need about $((need / 1024 ** 3)) GB (the $((size / 1024 ** 2)) MB archive, $((unpacked / 1024 ** 2)) MB unpacked: two copies and an unpacked copy for the driver and for each worker$( (($2)) && echo ", one more unpacked copy in env/")). Free space there, start with --dir on a larger disk, or with fewer --workers"
+    if alive "$(master_pid_file)"; then
+        say "warning: $message"
+    else
+        say "$message"
+        exit 1
+    fi
+}
+
 write_configs() {
     mkdir -p "$dir" "$SPARK_PID_DIR" "$SPARK_LOG_DIR" "$dir/work" "$dir/local/driver" "$dir/local/executors"
     # Files holding the secret are created owner-only before anything is written into them.
@@ -136,8 +160,10 @@ spark.pyspark.python               ./executor-python.sh
 EOF
     # Provisioned: the same archive unpacked once per node at one path (what the GPU image of
     # deploy/docker does); applications then start in seconds instead of moving 2 GB each.
-    local stamp="$dir/env/.archive-inputs"
-    if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$(cat "$archive.inputs.sha256")" ]; then
+    local stamp="$dir/env/.archive-inputs" unpack=1
+    [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$(cat "$archive.inputs.sha256")" ] && unpack=0
+    check_disk "$archive" "$unpack"
+    if ((unpack)); then
         say "unpacking the environment once for provisioned submits into $dir/env"
         rm -rf "$dir/env"
         mkdir -p "$dir/env"

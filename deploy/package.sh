@@ -55,8 +55,21 @@ if [ -f "$archive" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$inputs" ]; th
     exit 0
 fi
 
-work=$(mktemp -d "$out/.build.XXXXXX")
-trap 'rm -rf "$work"' EXIT
+# The new archive is written beside the old one before it replaces it: about one environment's
+# size must be free, or venv-pack dies half-way with "No space left on device".
+if [ -f "$archive" ]; then need=$(stat -c %s "$archive"); else need=$(du -sb "$venv" | cut -f1); fi
+free=$(df -P -B1 "$out" | awk 'NR == 2 {print $4}')
+if ((free < need + need / 10)); then
+    say "$out has $((free / 1024 ** 2)) MB free; the archive needs about $((need / 1024 ** 2)) MB: free space there or pass --output on a larger disk"
+    exit 1
+fi
+
+# The clone is made of hard links to .venv, so it lives beside .venv (on its filesystem), not in
+# --output, which may be another disk; the archive is written into --output under a temporary
+# name and renamed into place, so a reader never sees half an archive.
+work=$(mktemp -d "$root/.package-build.XXXXXX")
+partial="$out/.semspark-env-$version.$format.partial"
+trap 'rm -rf "$work" "$partial"' EXIT
 
 # The wheel, built from a copy of the sources: an in-tree build/ could carry deleted modules along.
 say "building the semspark $version wheel"
@@ -93,10 +106,13 @@ level=(); [ "$format" = tar.gz ] && level=(--compress-level 1)
 # TensorFlow's C++ headers are for building extensions, which is done: 170 MB less to ship.
 # pyspark's jars are the JVM of a Spark started from Python; executors and a submitted driver run
 # in the cluster's own Spark and import pyspark from its python/lib/pyspark.zip: 320 MB less.
-"$venv/bin/venv-pack" -q -p "$work/env" -o "$work/env.$format" --format "$format" "${level[@]}" \
+"$venv/bin/venv-pack" -q -f -p "$work/env" -o "$partial" --format "$format" "${level[@]}" \
     --exclude 'lib/python3.11/site-packages/tensorflow/include/*' \
     --exclude 'lib/python3.11/site-packages/pyspark/jars/*'
-mv -f "$work/env.$format" "$archive"
+# venv-pack writes it owner-only; it holds no secret, and a node provisioned from it (unpacked at
+# one path, e.g. by another user) must be able to read it.
+chmod 0644 "$partial"
+mv -f "$partial" "$archive"
 echo "$inputs" > "$stamp"
 say "packed $(du -h "$archive" | cut -f1) into $archive"
 echo "$archive"

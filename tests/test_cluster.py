@@ -370,6 +370,9 @@ def test_executors_ran_the_shipped_environment_not_the_checkout(cluster, pipelin
     assert executors
     for argv in executors:
         assert f"-Djava.io.tmpdir={cluster.dir}/local/executors" in argv, argv
+    # the archive is readable by others (a node provisioned from it by another user): venv-pack wrote it 0600
+    archive = Path(re.search(r"^ENV_ARCHIVE=(.*)$", (cluster.dir / "cluster.env").read_text(), re.M).group(1))
+    assert archive.stat().st_mode & 0o777 == 0o644, oct(archive.stat().st_mode)
     environment = Path(shipped[0]["exe"]).parents[1]
     site = environment / "lib" / "python3.11" / "site-packages"
     assert (site / "semspark" / "__init__.py").is_file()  # from the wheel

@@ -9,6 +9,7 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from semspark.cli import _parser
@@ -171,3 +172,38 @@ def test_cluster_scripts_are_executable_and_parse():
         script = DEPLOY / name
         assert script.stat().st_mode & 0o111, f"deploy/{name} must be executable"
         assert subprocess.run(["bash" if name != "executor-python.sh" else "sh", "-n", str(script)]).returncode == 0
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 64 MB filesystem (tmpfs): smaller than one copy of the packaged environment."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount_point)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_cluster_and_package_refuse_a_disk_too_small_and_say_what_to_do(small_disk):
+    # CI once ran the cluster test with 14 GB free: executors died with "No space left on device" and
+    # Spark relaunched them for five minutes. A first start now refuses at once and says why.
+    started = subprocess.run(["bash", str(DEPLOY / "cluster.sh"), "start", "--dir", str(small_disk / "cluster"),
+                              "--port", "17177", "--webui-port", "18180"], capture_output=True, text=True, timeout=900)
+    assert started.returncode == 1, started.stderr[-2000:]
+    message = started.stderr.strip().splitlines()[-1]
+    assert re.search(r"has 0 GB free; 2 workers running a shipped application need about \d+ GB", message), message
+    assert "--dir on a larger disk" in message
+    assert not list((small_disk / "cluster" / "pids").glob("*.pid"))  # no daemon was started
+    # The archive itself: refused before venv-pack fills the disk, nothing half-written left behind
+    packed = subprocess.run(["bash", str(DEPLOY / "package.sh"), "--format", "tar", "--output", str(small_disk / "dist")],
+                            capture_output=True, text=True, timeout=900)
+    assert packed.returncode == 1, packed.stderr[-2000:]
+    assert re.search(r"has \d+ MB free; the archive needs about \d+ MB: .*--output on a larger disk",
+                     packed.stderr), packed.stderr[-2000:]
+    assert [p.name for p in (small_disk / "dist").iterdir()] == [".package.lock"]
+    assert not list(ROOT.glob(".package-build.*"))
