@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from semspark.cli import _parser
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -191,9 +192,11 @@ def small_disk(tmp_path):
 
 def test_cluster_and_package_refuse_a_disk_too_small_and_say_what_to_do(small_disk):
     # CI once ran the cluster test with 14 GB free: executors died with "No space left on device" and
-    # Spark relaunched them for five minutes. A first start now refuses at once and says why.
+    # Spark relaunched them for five minutes. A first start now refuses at once and says why. (Free
+    # ports: were the check to let it through, no other test's master would be in its way.)
     started = subprocess.run(["bash", str(DEPLOY / "cluster.sh"), "start", "--dir", str(small_disk / "cluster"),
-                              "--port", "17177", "--webui-port", "18180"], capture_output=True, text=True, timeout=900)
+                              "--port", str(free_port()), "--webui-port", str(free_port())],
+                             capture_output=True, text=True, timeout=900)
     assert started.returncode == 1, started.stderr[-2000:]
     message = started.stderr.strip().splitlines()[-1]
     assert re.search(r"has 0 GB free; 2 workers running a shipped application need about \d+ GB", message), message
