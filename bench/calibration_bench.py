@@ -7,7 +7,11 @@ trained model, with its validation and check logits and labels; the runs need ``
 For every model, T is fitted on its validation images by each method and judged by the ECE on its
 check images: no calibration (T = 1); the likelihood alone (the baseline, Guo et al.'s fit); the
 product's fit with the prior on log T at the standard deviations compared (``--prior-scales``);
-the likelihood averaged over bootstrap resamplings of the validation images; and the T the check
+the likelihood averaged over bootstrap resamplings of the validation images; the validation
+images' Brier score instead of their likelihood (``brier``; ``brier_prior_0.5`` with the product's
+prior on log T: a bounded loss, which two confident errors among a few dozen images cannot pull as
+far as they pull the likelihood); the median of the product's posterior of T rather than its mode
+(``posterior_median``); and the T the check
 images choose for themselves (the best one temperature can do); where the runs saved them, the
 product's fit on the validation images' eight quarter-turn and flip views; for the product's fit
 (``fit_temperature``'s default prior) also a bootstrap 95% interval of the check ECE, and how many
@@ -20,7 +24,9 @@ model's check images are split once into a judging set (``--judged-on``, 600) an
 validation set of each size is drawn from the pool (``--draws`` times), T is fitted on it with the
 product's prior and judged by the ECE on the judging set. Printed per size: the mean ECE and the
 share of (model, draw) pairs over 0.03, and the mean ECE above the judging set's own T's (what one
-temperature can do on those images: their ECE and share over 0.03 are printed as the floor).
+temperature can do on those images: their ECE and share over 0.03 are printed as the floor); the
+same for the Brier fits on the same draws, with their mean ECE minus the product's and the share of
+draws on which they did better (``FITS_COMPARED_BY_SIZE``).
 """
 from __future__ import annotations
 
@@ -45,6 +51,35 @@ def bootstrap_temperature(logits, truth, rounds: int = 200, seed: int = 0) -> fl
     return float(np.exp(np.mean([np.log(fit_temperature(logits[i], truth[i], prior_scale=None)) for i in picks])))
 
 
+def fit_temperature_brier(logits, truth, prior_scale: float | None = None) -> float:
+    """The T in [0.05, 20] that minimises the validation images' summed Brier score (plus, with
+    ``prior_scale``, the product's normal prior on log T): a bounded loss, so that one image wrong at a
+    confidence near 1 weighs at most 2, where its negative log-likelihood grows without bound. Not the
+    product's fit; compared with it here."""
+    from scipy.optimize import minimize_scalar
+
+    truth = np.asarray(truth, dtype=np.int64)
+    onehot = np.eye(logits.shape[1])[truth]
+
+    def cost(log_t: float) -> float:
+        summed = float(np.sum((softmax(logits, float(np.exp(log_t))) - onehot) ** 2))
+        return summed if prior_scale is None else summed + log_t ** 2 / (2.0 * prior_scale ** 2)
+
+    found = minimize_scalar(cost, bounds=(np.log(0.05), np.log(20.0)), method="bounded", options={"xatol": 1e-4})
+    return float(np.exp(found.x))
+
+
+FITS_COMPARED_BY_SIZE = {   # the product's fit and the alternatives the validation-size study draws for
+    "product": lambda v, t: fit_temperature(v, t),
+    "brier": fit_temperature_brier,
+    "brier_prior_0.5": lambda v, t: fit_temperature_brier(v, t, prior_scale=0.5),
+    # the median of the posterior the product maximises, rather than its mode
+    "posterior_median": lambda v, t: temperature_interval(v, t, level=0.0)[0],
+    # Guo et al.'s fit averaged (in log T) over 50 bootstrap resamplings of the validation images
+    "likelihood_bootstrap_mean": lambda v, t: bootstrap_temperature(v, t, rounds=50),
+}
+
+
 def ece_interval(probabilities, truth, rounds: int = 200, seed: int = 0) -> list[float]:
     """The 2.5th and 97.5th percentiles of the ECE over bootstrap resamplings of the images."""
     rng = np.random.default_rng(seed)
@@ -65,7 +100,10 @@ def main() -> None:
     methods = {"uncalibrated": lambda v, t: 1.0,
                "likelihood_only": lambda v, t: fit_temperature(v, t, prior_scale=None),
                **{f"prior_{s}": (lambda v, t, s=s: fit_temperature(v, t, prior_scale=s)) for s in scales},
-               "likelihood_bootstrap_mean": bootstrap_temperature}
+               "likelihood_bootstrap_mean": bootstrap_temperature,
+               "brier": fit_temperature_brier,
+               "brier_prior_0.5": lambda v, t: fit_temperature_brier(v, t, prior_scale=0.5),
+               "posterior_median": FITS_COMPARED_BY_SIZE["posterior_median"]}
     models, checks = [], []   # checks: each model's check logits and labels, for --validation-sizes
     for folder in args.folders:
         for path in sorted(folder.glob("*.npz")):
@@ -121,8 +159,9 @@ def main() -> None:
 def validation_size_study(checks, sizes: list[int], judged_on: int, draws: int) -> dict:
     """Temperatures fitted on validation sets of each size drawn from the check images, judged on
     a fixed other part of them (see the module's text). ``checks``: (path, logits, labels) a model."""
-    ece = {size: [] for size in sizes}
-    excess = {size: [] for size in sizes}   # over the judging set's own temperature's ECE
+    fits = FITS_COMPARED_BY_SIZE
+    ece = {(fit, size): [] for fit in fits for size in sizes}
+    excess = {(fit, size): [] for fit in fits for size in sizes}   # over the judging set's own temperature's ECE
     floor = []
     for index, (path, logits, truth) in enumerate(checks):
         if len(truth) < judged_on + max(sizes):
@@ -137,18 +176,26 @@ def validation_size_study(checks, sizes: list[int], judged_on: int, draws: int) 
         for size in sizes:
             for _ in range(draws):
                 drawn = rng.choice(pool, size, replace=False)
-                t = fit_temperature(logits[drawn], truth[drawn])
-                ece[size].append(expected_calibration_error(softmax(judged_logits, t), judged_truth))
-                excess[size].append(ece[size][-1] - floor[-1])
+                for fit_name, fit in fits.items():   # every fit on the same draw: a paired comparison
+                    t = fit(logits[drawn], truth[drawn])
+                    ece[fit_name, size].append(expected_calibration_error(softmax(judged_logits, t), judged_truth))
+                    excess[fit_name, size].append(ece[fit_name, size][-1] - floor[-1])
     out = {"judged_on": judged_on, "draws_per_model": draws,
            "judging_sets_own_temperature": {"mean_ece": round(float(np.mean(floor)), 4),
                                             "share_over_0.03": round(float(np.mean(np.array(floor) > 0.03)), 3)}}
     for size in sizes:
-        values = np.array(ece[size])
-        out[str(size)] = {"mean_ece": round(float(values.mean()), 4),
-                          "mean_ece_over_own_temperature": round(float(np.mean(excess[size])), 4),
-                          "ece_90th_percentile": round(float(np.quantile(values, 0.9)), 4),
-                          "share_over_0.03": round(float(np.mean(values > 0.03)), 3)}
+        out[str(size)] = {}
+        for fit_name in fits:
+            values = np.array(ece[fit_name, size])
+            figures = {"mean_ece": round(float(values.mean()), 4),
+                       "mean_ece_over_own_temperature": round(float(np.mean(excess[fit_name, size])), 4),
+                       "ece_90th_percentile": round(float(np.quantile(values, 0.9)), 4),
+                       "share_over_0.03": round(float(np.mean(values > 0.03)), 3)}
+            if fit_name != "product":   # paired with the product's fit on the same draws
+                difference = values - np.array(ece["product", size])
+                figures["mean_ece_minus_product"] = round(float(difference.mean()), 4)
+                figures["share_of_draws_better_than_product"] = round(float(np.mean(difference < 0)), 3)
+            out[str(size)][fit_name] = figures
     return out
 
 
