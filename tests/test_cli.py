@@ -209,3 +209,23 @@ def test_spark_workers_import_the_drivers_semspark_whatever_the_working_folder(s
     safe_path, folder, first, module = spark.sparkContext.parallelize([0], 1).map(probe).first()
     assert safe_path and first != folder
     assert module == semspark.__file__
+
+
+def test_the_validation_fraction_reaches_the_split():
+    """--validation-fraction is the share of labelled images the split holds out for validation (the
+    images the temperature and the uncertain threshold are fitted on): 0.2 of 500 is about 100."""
+    import numpy as np
+
+    from semspark.cli import _parser, train_request
+    from semspark.train.split import split_images
+
+    assert train_request(_parser().parse_args(["train"])).validation == 0.1
+    request = train_request(_parser().parse_args(["train", "--validation-fraction", "0.2"]))
+    assert request.validation == 0.2
+    rng = np.random.default_rng(0)
+    ids = [f"{i:064x}" for i in range(500)]
+    labels = [f"category{i % 5}" for i in range(500)]
+    phashes = [int(h) for h in rng.integers(0, 2 ** 62, 500)]   # far apart: no near-duplicate groups
+    for fraction, expected in ((0.1, 50), (0.2, 100)):
+        split = split_images(ids, labels, phashes, seed=0, validation=fraction, test=request.test)
+        assert abs(list(split.side.values()).count("validation") - expected) <= 5

@@ -42,7 +42,8 @@ def test_requests_are_checked_before_anything_runs():
                        (dict(schedule="step"), "--schedule"),
                        (dict(label_smoothing=1.0), "--label-smoothing"), (dict(weight_decay=-1), "--weight-decay"),
                        (dict(class_weighting="inverse"), "--class-weights"), (dict(keep="first"), "--keep"),
-                       (dict(patience=-1), "--patience"), (dict(mixup=-0.4), "--mixup"), (dict(batch_size=-1), "--batch-size"),
+                       (dict(patience=-1), "--patience"), (dict(validation=0.0), "--validation-fraction"),
+                       (dict(validation=0.5), "--validation-fraction"), (dict(mixup=-0.4), "--mixup"), (dict(batch_size=-1), "--batch-size"),
                        (dict(arch="alexnet", input_size=64), "at least 67 for alexnet")]:
         with pytest.raises(TrainError, match=words):
             dataclasses.replace(FAST, **bad).check()

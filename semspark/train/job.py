@@ -108,6 +108,8 @@ class TrainRequest:
             problems.append("--weight-decay must not be negative")
         if not 0 < self.uncertain_target < 1:
             problems.append("--uncertain-target must be a share between 0 and 1 (e.g. 0.99)")
+        if not 0 < self.validation <= 0.4:
+            problems.append("--validation-fraction must be over 0 and at most 0.4 (the test split takes 0.2)")
         if not self.mixup >= 0:
             problems.append("--mixup must be 0 (off) or a positive Beta alpha (e.g. 0.4)")
         if self.keep not in ("auto", "last", "best"):
@@ -174,7 +176,8 @@ class TrainResult:
                        f"{c['test_ece_before']:.3f} -> {c['test_ece_after']:.3f}")
             if "temperature_interval_95" in c:   # models registered before it have none
                 low, high = c["temperature_interval_95"]
-                weak = ": more labelled images would pin it down" if high / low > WIDE_TEMPERATURE_INTERVAL else ""
+                weak = (": more labelled images, or a larger --validation-fraction, would pin it down"
+                        if high / low > WIDE_TEMPERATURE_INTERVAL else "")
                 out.append(f"    temperature 95% interval {low:.2f}-{high:.2f} from {c['validation_images']} "
                            f"validation images{weak}")
             share = c.get("test_confident_share")
