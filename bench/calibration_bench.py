@@ -25,8 +25,8 @@ validation set of each size is drawn from the pool (``--draws`` times), T is fit
 product's prior and judged by the ECE on the judging set. Printed per size: the mean ECE and the
 share of (model, draw) pairs over 0.03, and the mean ECE above the judging set's own T's (what one
 temperature can do on those images: their ECE and share over 0.03 are printed as the floor); the
-same for the Brier fits on the same draws, with their mean ECE minus the product's and the share of
-draws on which they did better (``FITS_COMPARED_BY_SIZE``).
+same for every other fit of ``FITS_COMPARED_BY_SIZE`` on the same draws, with its mean ECE minus the
+product's and the share of draws on which it did better.
 """
 from __future__ import annotations
 
@@ -69,13 +69,16 @@ def fit_temperature_brier(logits, truth, prior_scale: float | None = None) -> fl
     return float(np.exp(found.x))
 
 
-FITS_COMPARED_BY_SIZE = {   # the product's fit and the alternatives the validation-size study draws for
-    "product": lambda v, t: fit_temperature(v, t),
+ALTERNATIVE_FITS = {   # compared with the product's fit, on each model's own validation images and on draws
     "brier": fit_temperature_brier,
     "brier_prior_0.5": lambda v, t: fit_temperature_brier(v, t, prior_scale=0.5),
     # the median of the posterior the product maximises, rather than its mode
     "posterior_median": lambda v, t: temperature_interval(v, t, level=0.0)[0],
-    # Guo et al.'s fit averaged (in log T) over 50 bootstrap resamplings of the validation images
+}
+FITS_COMPARED_BY_SIZE = {   # the product's fit and the alternatives the validation-size study draws for
+    "product": lambda v, t: fit_temperature(v, t),
+    **ALTERNATIVE_FITS,
+    # Guo et al.'s fit averaged (in log T) over 50 bootstrap resamplings (200 per model: too slow per draw)
     "likelihood_bootstrap_mean": lambda v, t: bootstrap_temperature(v, t, rounds=50),
 }
 
@@ -100,10 +103,7 @@ def main() -> None:
     methods = {"uncalibrated": lambda v, t: 1.0,
                "likelihood_only": lambda v, t: fit_temperature(v, t, prior_scale=None),
                **{f"prior_{s}": (lambda v, t, s=s: fit_temperature(v, t, prior_scale=s)) for s in scales},
-               "likelihood_bootstrap_mean": bootstrap_temperature,
-               "brier": fit_temperature_brier,
-               "brier_prior_0.5": lambda v, t: fit_temperature_brier(v, t, prior_scale=0.5),
-               "posterior_median": FITS_COMPARED_BY_SIZE["posterior_median"]}
+               "likelihood_bootstrap_mean": bootstrap_temperature, **ALTERNATIVE_FITS}
     models, checks = [], []   # checks: each model's check logits and labels, for --validation-sizes
     for folder in args.folders:
         for path in sorted(folder.glob("*.npz")):
