@@ -85,13 +85,16 @@ wait_for_port() {  # the master accepts connections on its port
 # ones in a loop, so a first start refuses and says what to do; a restart of a running cluster
 # (a worker coming back) only warns, its applications' folders already being on the disk.
 check_disk() {  # ARCHIVE UNPACK_ENV(0|1)
-    local size unpacked free need message
+    local size unpacked free need message env_copy=""
     size=$(stat -c %s "$1")
     if (($2)); then unpacked=$(du -sb "$venv" | cut -f1); else unpacked=$(du -sb "$dir/env" | cut -f1); fi
     need=$(((workers + 1) * (2 * size + unpacked) + $2 * unpacked))
     free=$(df -P -B1 "$dir" | awk 'NR == 2 {print $4}')
     ((free >= need)) && return 0
-    message="$dir has $((free / 1024 ** 3)) GB free; $workers workers running a shipped application need about $((need / 1024 ** 3)) GB (the $((size / 1024 ** 2)) MB archive, $((unpacked / 1024 ** 2)) MB unpacked: two copies and an unpacked copy for the driver and for each worker$( (($2)) && echo ", one more unpacked copy in env/")). Free space there, start with --dir on a larger disk, or with fewer --workers"
+    # (not `$( (($2)) && echo ...)` inside the assignment: under set -e its failure when env/ is
+    # already unpacked ended the script there, silently)
+    if (($2)); then env_copy=", one more unpacked copy in env/"; fi
+    message="$dir has $((free / 1024 ** 3)) GB free; $workers workers running a shipped application need about $((need / 1024 ** 3)) GB (the $((size / 1024 ** 2)) MB archive, $((unpacked / 1024 ** 2)) MB unpacked: two copies and an unpacked copy for the driver and for each worker$env_copy). Free space there, start with --dir on a larger disk, or with fewer --workers"
     if alive "$(master_pid_file)"; then
         say "warning: $message"
     else

@@ -5,6 +5,7 @@ fields the Spark operator requires; the cron entry calls a script that exists an
 from __future__ import annotations
 
 import ast
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -210,3 +211,49 @@ def test_cluster_and_package_refuse_a_disk_too_small_and_say_what_to_do(small_di
                      packed.stderr), packed.stderr[-2000:]
     assert [p.name for p in (small_disk / "dist").iterdir()] == [".package.lock"]
     assert not list(ROOT.glob(".package-build.*"))
+
+
+def test_a_running_cluster_short_of_disk_is_warned_not_stopped(small_disk):
+    # A restart (`start` while the master runs, e.g. to bring back a worker that died) on a disk that
+    # has filled since the first start: refusing would leave the running cluster short of a worker, so
+    # it warns and goes on. The master is a real one, started as cluster.sh starts it (its first start
+    # here would be refused: that is the test above).
+    cluster = small_disk / "cluster"
+    spark_home = ROOT / ".venv" / "lib" / "python3.11" / "site-packages" / "pyspark"
+    port, webui_port = free_port(), free_port()
+    daemons = {**os.environ, "SPARK_HOME": str(spark_home), "SPARK_PID_DIR": str(cluster / "pids"),
+               "SPARK_LOG_DIR": str(cluster / "logs"), "SPARK_IDENT_STRING": "semspark", "SPARK_LOCAL_IP": "127.0.0.1"}
+    cluster_sh = ["bash", str(DEPLOY / "cluster.sh")]
+    start = cluster_sh + ["start", "--dir", str(cluster), "--port", str(port), "--webui-port", str(webui_port),
+                          "--workers", "1"]
+    refused = subprocess.run(start, capture_output=True, text=True, timeout=900)
+    assert refused.returncode == 1, refused.stderr[-2000:]   # the configuration is written, nothing started
+    # What a first start on a larger disk leaves: env/ unpacked from the archive (2 GB do not fit on
+    # 64 MB; its stamp is what tells a restart not to unpack it again) and the master, started here
+    # as cluster.sh starts it, with the configuration (secret included) the refused start wrote
+    archive = (cluster / "cluster.env").read_text().split("ENV_ARCHIVE=")[1].split()[0]
+    (cluster / "env").mkdir()
+    (cluster / "env" / ".archive-inputs").write_text(Path(archive + ".inputs.sha256").read_text())
+    # stopped, env/ unpacked: refused with the reason (it once ended silently, status 1, whenever env/
+    # was already unpacked), and the reason counts no second unpacked copy
+    refused = subprocess.run(start, capture_output=True, text=True, timeout=900)
+    assert refused.returncode == 1
+    assert re.search(r"has 0 GB free; 1 workers running a shipped application need about \d+ GB", refused.stderr), (
+        refused.stderr[-2000:])
+    assert "one more unpacked copy in env/" not in refused.stderr
+    try:
+        subprocess.run([str(spark_home / "sbin" / "spark-daemon.sh"), "start", "org.apache.spark.deploy.master.Master",
+                        "1", "--host", "127.0.0.1", "--port", str(port), "--webui-port", str(webui_port),
+                        "--properties-file", str(cluster / "daemon.conf")],
+                       env=daemons, capture_output=True, check=True, timeout=120)
+        restarted = subprocess.run(start, capture_output=True, text=True, timeout=900)
+        assert restarted.returncode == 0, restarted.stderr[-2000:]
+        assert re.search(r"warning: \S+ has 0 GB free; 1 workers running a shipped application need about \d+ GB",
+                         restarted.stderr), restarted.stderr[-2000:]
+        assert "master already running" in restarted.stderr
+        status = subprocess.run(cluster_sh + ["status", "--dir", str(cluster)], capture_output=True, text=True, timeout=60)
+        assert status.returncode == 0, status.stdout + status.stderr
+        running = [line for line in status.stdout.splitlines() if line.startswith("running")]
+        assert len(running) == 2, status.stdout  # the master went on, and the missing worker came back
+    finally:
+        subprocess.run(cluster_sh + ["stop", "--dir", str(cluster)], capture_output=True, timeout=120)
