@@ -4,11 +4,12 @@
         [--images 640] [--epochs E] [--input-px P] [--batch-size B] [--check-images 1000] [--cli-alexnet] [--learning-rate R] [--label-smoothing S]
         [--weight-decay W] [--alexnet-head average|flatten] [--convnext-layout depthwise|keras]
         [--convnext-layer-scale S] [--convnext-drop-path R] [--efficientnet-drop-connect R] [--translation T] [--rotation R]
-        [--select last|best] [--ema D] [--save-logits DIR]
+        [--select last|best] [--ema D] [--validation-fraction V] [--save-logits DIR]
 
 Per architecture, at a CPU-sized input and a fixed epoch budget (BUDGETS), over several seeds:
 the generated categories (semspark.synth.morphology, the images the demo ingests, rendered at
-128 px and resized like the stored dataset), split 70/10/20, trained in this process with the
+128 px and resized like the stored dataset), split 70/10/20 (``--validation-fraction``: the
+validation share, taken from training's), trained in this process with the
 product's recipe (train/recipe.py: warm-up then cosine decay, label smoothing, balanced class
 weights, decoupled weight decay) and evaluated like the training job does (train/evaluation.py):
 test accuracy and macro-F1, training images/s, ECE before and after temperature scaling (and after
@@ -96,6 +97,7 @@ def ece_floor(probabilities, seed: int, draws: int = 200) -> float:
     return float(np.mean(values))
 
 
+VALIDATION = 0.1  # --validation-fraction V: the share held out for validation (`semspark train`'s flag)
 EMA = 0.0         # --ema D: evaluate an exponential moving average of the weights (recipe.WeightAverage)
 SELECT = "last"   # --select best: the epoch `semspark train` registers (best on validation), not the last
 SAVE_LOGITS: Path | None = None   # --save-logits DIR: each run's held-out logits and labels, ARCH-sSEED.npz
@@ -136,7 +138,9 @@ def run_one(arch: str, seed: int, n: int, overrides: dict | None = None, check: 
     size, epochs, batch = BUDGETS[arch]
     x, y = images(n, seed)
     x = tf.image.resize(x[..., None].astype("float32"), (size, size), antialias=True).numpy()
-    a, b = int(0.7 * n), int(0.8 * n)
+    # the test images are the last fifth whatever the validation share, so that runs at two shares
+    # are judged on the same images; a larger validation share takes its images from training's
+    a, b = int(round((0.8 - VALIDATION) * n)), int(0.8 * n)
     train, validation, test = slice(0, a), slice(a, b), slice(b, n)
     tf.keras.utils.set_random_seed(seed)
     # the architecture's own rate moved to this batch, as `semspark train` does, unless one is given
@@ -207,7 +211,8 @@ def run_one(arch: str, seed: int, n: int, overrides: dict | None = None, check: 
         np.savez(SAVE_LOGITS / f"{arch}-s{seed}.npz", validation=logits["validation"], validation_truth=y[validation],
                  validation_views=views, test=logits["test"], test_truth=y[test],
                  **({"check": check_logits, "check_truth": yc} if check else {}))
-    return {"arch": arch, "seed": seed, "input_px": size, "epochs": epochs, "train_seconds": round(seconds, 1),
+    return {"arch": arch, "seed": seed, "input_px": size, "epochs": epochs, "train_images": a,
+            "validation_images": b - a, "train_seconds": round(seconds, 1),
             "train_images_per_s": round(a * epochs / seconds, 1),
             "test_accuracy": round(scores["accuracy"]["value"], 4),
             "test_accuracy_95": [round(scores["accuracy"]["low"], 4), round(scores["accuracy"]["high"], 4)],
@@ -331,13 +336,18 @@ def main() -> None:
                              "`semspark train` registers it (its calibration is then fitted on the images that chose it)")
     parser.add_argument("--ema", type=float, default=0.0,
                         help="evaluate the exponential moving average of the weights with this decay (0: off)")
+    parser.add_argument("--validation-fraction", type=float, default=0.1,
+                        help="the share of the images held out for validation (temperature, uncertain threshold); "
+                             "taken from the training images, the test images stay the last fifth")
     parser.add_argument("--save-logits", type=Path,
                         help="a folder for each run's validation (and its eight quarter-turn and flip views), "
                              "test and check logits with their labels (ARCH-sSEED.npz), to compare calibration "
                              "methods on the same models")
     args = parser.parse_args()
-    global SELECT, EMA, SAVE_LOGITS
-    SELECT, EMA, SAVE_LOGITS = args.select, args.ema, args.save_logits
+    global SELECT, EMA, SAVE_LOGITS, VALIDATION
+    SELECT, EMA, SAVE_LOGITS, VALIDATION = args.select, args.ema, args.save_logits, args.validation_fraction
+    if not 0 < VALIDATION <= 0.4:
+        parser.error("--validation-fraction must be over 0 and at most 0.4 (the test split takes 0.2)")
     from semspark.train import models
     if args.translation is not None:
         models.TRANSLATION = args.translation
@@ -362,7 +372,7 @@ def main() -> None:
     runs = [run_one(arch, seed, args.images, overrides, args.check_images) for arch in args.archs.split(",") for seed in seeds]
     result = {"benchmark": "training quality", "machine": {"cpu": cpu_model(),
                                                            "cores": os.cpu_count(), "python": platform.python_version()},
-              "images": args.images, "recipe_overrides": overrides, "select": args.select, "ema": args.ema,
+              "images": args.images, "validation_fraction": VALIDATION, "recipe_overrides": overrides, "select": args.select, "ema": args.ema,
               "model_overrides": {"alexnet_head": models.ALEXNET_HEAD, "convnext_layout": args.convnext_layout,
                                   "convnext_layer_scale_init": 1e-6 if KERAS_LAYOUT else models.CONVNEXT_LAYER_SCALE_INIT,
                                   "convnext_drop_path": 0.0 if KERAS_LAYOUT else models.CONVNEXT_DROP_PATH_RATE,
