@@ -5,6 +5,7 @@
         [--weight-decay W] [--alexnet-head average|flatten] [--convnext-layout depthwise|keras]
         [--convnext-layer-scale S] [--convnext-drop-path R] [--efficientnet-drop-connect R] [--translation T] [--rotation R]
         [--select last|best] [--ema D] [--validation-fraction V] [--save-logits DIR]
+    .venv/bin/python bench/train_quality_bench.py --paired BASE.json[,...] OTHER.json[,...]
 
 Per architecture, at a CPU-sized input and a fixed epoch budget (BUDGETS), over several seeds:
 the generated categories (semspark.synth.morphology, the images the demo ingests, rendered at
@@ -17,6 +18,10 @@ it fitted on the validation likelihood alone, without the product's prior on T: 
 accuracy and ECE on a larger held-out set of the same generator (``--check-images``, another seed),
 and the train/inference gap (accuracy on the training images in training mode minus inference mode; the
 first release's augmentation made it 0.5).
+
+``--paired`` trains nothing: it pairs the runs of printed results by architecture and seed (e.g.
+the same seeds at two ``--validation-fraction`` shares, whose test and check images are the same)
+and prints the paired differences of check accuracy and check ECE after calibration.
 
 ``--select best`` keeps the epoch of best validation accuracy, as ``semspark train`` registers,
 and calibrates on the same validation images; ``last`` (default) keeps the last epoch.
@@ -298,7 +303,54 @@ def targets(summary: dict, check_images: int) -> dict:
     return decided
 
 
+def paired(base_files: list[Path], other_files: list[Path]) -> dict:
+    """Runs of two printed results (e.g. at two --validation-fraction shares) paired by architecture
+    and seed: per pair the check accuracy and check ECE after calibration of both, then the mean
+    difference (other minus base) of each with the 95% interval of the paired differences (t), and
+    how many pairs are lower in the other. Trains nothing."""
+    import numpy as np
+    from scipy import stats
+
+    def runs(files):
+        found = {}
+        for f in files:
+            result = json.loads(Path(f).read_text())
+            for r in result["runs"]:
+                found[(r["arch"], r["seed"])] = {**r, "validation_fraction": result.get("validation_fraction", 0.1)}
+        return found
+
+    base, other = runs(base_files), runs(other_files)
+    keys = sorted(set(base) & set(other))
+    if not keys or any("check_accuracy" not in base[k] or "check_accuracy" not in other[k] for k in keys):
+        raise SystemExit("--paired needs runs of the same architecture and seed, measured with --check-images")
+    pairs = [{"arch": a, "seed": s, **{f"{m}_{side}": run[(a, s)].get(m) for side, run in (("base", base), ("other", other))
+                                       for m in ("check_accuracy", "check_ece_after", "validation_images")}}
+             for a, s in keys]
+
+    def summary(metric: str, rows: list[dict]) -> dict:
+        d = np.array([r[f"{metric}_other"] - r[f"{metric}_base"] for r in rows])
+        half = (stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+        return {"mean_difference": round(float(d.mean()), 4),
+                "difference_95": [round(float(d.mean() - half), 4), round(float(d.mean() + half), 4)],
+                "lower_in_other": int((d < 0).sum()), "pairs": len(d)}
+
+    by_arch = {a: [r for r in pairs if r["arch"] == a] for a in sorted({r["arch"] for r in pairs})}
+    return {"benchmark": "training quality, paired runs", "pairs": pairs,
+            "check_accuracy": {"all": summary("check_accuracy", pairs),
+                               **{a: summary("check_accuracy", rows) for a, rows in by_arch.items()}},
+            "check_ece_after": {"all": summary("check_ece_after", pairs),
+                                "over_0.03_base": sum(r["check_ece_after_base"] > 0.03 for r in pairs),
+                                "over_0.03_other": sum(r["check_ece_after_other"] > 0.03 for r in pairs)}}
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--paired"]:
+        # --paired BASE.json[,BASE.json...] OTHER.json[,OTHER.json...]: compare printed results
+        if len(sys.argv) != 4:
+            raise SystemExit("usage: train_quality_bench.py --paired BASE.json[,...] OTHER.json[,...]")
+        print(json.dumps(paired([Path(f) for f in sys.argv[2].split(",")], [Path(f) for f in sys.argv[3].split(",")]),
+                         indent=2))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archs", default="compact_cnn", help=f"comma-separated, of {', '.join(BUDGETS)}")
     parser.add_argument("--seeds", default="0,1,2")
