@@ -238,7 +238,7 @@ def test_a_running_cluster_short_of_disk_is_warned_not_stopped(small_disk):
     # was already unpacked), and the reason counts no second unpacked copy
     refused = subprocess.run(start, capture_output=True, text=True, timeout=900)
     assert refused.returncode == 1
-    assert re.search(r"has 0 GB free; 1 workers running a shipped application need about \d+ GB", refused.stderr), (
+    assert re.search(r"has 0 GB free; 1 worker running a shipped application need about \d+ GB", refused.stderr), (
         refused.stderr[-2000:])
     assert "one more unpacked copy in env/" not in refused.stderr
     try:
@@ -248,7 +248,7 @@ def test_a_running_cluster_short_of_disk_is_warned_not_stopped(small_disk):
                        env=daemons, capture_output=True, check=True, timeout=120)
         restarted = subprocess.run(start, capture_output=True, text=True, timeout=900)
         assert restarted.returncode == 0, restarted.stderr[-2000:]
-        assert re.search(r"warning: \S+ has 0 GB free; 1 workers running a shipped application need about \d+ GB",
+        assert re.search(r"warning: \S+ has 0 GB free; 1 worker running a shipped application need about \d+ GB",
                          restarted.stderr), restarted.stderr[-2000:]
         assert "master already running" in restarted.stderr
         status = subprocess.run(cluster_sh + ["status", "--dir", str(cluster)], capture_output=True, text=True, timeout=60)
