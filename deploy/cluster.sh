@@ -96,7 +96,7 @@ check_disk() {  # ARCHIVE UNPACK_ENV(0|1)
     if (($2)); then env_copy=", one more unpacked copy in env/"; fi
     local workers_named="$workers workers"
     if ((workers == 1)); then workers_named="1 worker"; fi
-    message="$dir has $((free / 1024 ** 3)) GB free; $workers_named running a shipped application need about $((need / 1024 ** 3)) GB (the $((size / 1024 ** 2)) MB archive, $((unpacked / 1024 ** 2)) MB unpacked: two copies and an unpacked copy for the driver and for each worker$env_copy). Free space there, start with --dir on a larger disk, or with fewer --workers"
+    message="$dir has $((free / 1024 ** 3)) GB free; a shipped application on $workers_named needs about $((need / 1024 ** 3)) GB (the $((size / 1024 ** 2)) MB archive, $((unpacked / 1024 ** 2)) MB unpacked: two copies and an unpacked copy for the driver and for each worker$env_copy). Free space there, start with --dir on a larger disk, or with fewer --workers"
     if alive "$(master_pid_file)"; then
         say "warning: $message"
     else

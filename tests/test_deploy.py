@@ -200,7 +200,7 @@ def test_cluster_and_package_refuse_a_disk_too_small_and_say_what_to_do(small_di
                              capture_output=True, text=True, timeout=900)
     assert started.returncode == 1, started.stderr[-2000:]
     message = started.stderr.strip().splitlines()[-1]
-    assert re.search(r"has 0 GB free; 2 workers running a shipped application need about \d+ GB", message), message
+    assert re.search(r"has 0 GB free; a shipped application on 2 workers needs about \d+ GB", message), message
     assert "--dir on a larger disk" in message
     assert not list((small_disk / "cluster" / "pids").glob("*.pid"))  # no daemon was started
     # The archive itself: refused before venv-pack fills the disk, nothing half-written left behind
@@ -238,7 +238,7 @@ def test_a_running_cluster_short_of_disk_is_warned_not_stopped(small_disk):
     # was already unpacked), and the reason counts no second unpacked copy
     refused = subprocess.run(start, capture_output=True, text=True, timeout=900)
     assert refused.returncode == 1
-    assert re.search(r"has 0 GB free; 1 worker running a shipped application need about \d+ GB", refused.stderr), (
+    assert re.search(r"has 0 GB free; a shipped application on 1 worker needs about \d+ GB", refused.stderr), (
         refused.stderr[-2000:])
     assert "one more unpacked copy in env/" not in refused.stderr
     try:
@@ -248,7 +248,7 @@ def test_a_running_cluster_short_of_disk_is_warned_not_stopped(small_disk):
                        env=daemons, capture_output=True, check=True, timeout=120)
         restarted = subprocess.run(start, capture_output=True, text=True, timeout=900)
         assert restarted.returncode == 0, restarted.stderr[-2000:]
-        assert re.search(r"warning: \S+ has 0 GB free; 1 worker running a shipped application need about \d+ GB",
+        assert re.search(r"warning: \S+ has 0 GB free; a shipped application on 1 worker needs about \d+ GB",
                          restarted.stderr), restarted.stderr[-2000:]
         assert "master already running" in restarted.stderr
         status = subprocess.run(cluster_sh + ["status", "--dir", str(cluster)], capture_output=True, text=True, timeout=60)
