@@ -4,8 +4,8 @@
         [--images 640] [--epochs E] [--input-px P] [--batch-size B] [--check-images 1000] [--cli-alexnet] [--learning-rate R] [--label-smoothing S]
         [--weight-decay W] [--alexnet-head average|flatten] [--convnext-layout depthwise|keras]
         [--convnext-layer-scale S] [--convnext-drop-path R] [--efficientnet-drop-connect R] [--translation T] [--rotation R]
-        [--select last|best] [--ema D] [--validation-fraction V] [--save-logits DIR]
-    .venv/bin/python bench/train_quality_bench.py --paired BASE.json[,...] OTHER.json[,...]
+        [--select last|best] [--ema D] [--validation-fraction V] [--refit-with-validation] [--save-logits DIR]
+    .venv/bin/python bench/train_quality_bench.py --paired BASE.json[,...] OTHER.json[@refit][,...]
 
 Per architecture, at a CPU-sized input and a fixed epoch budget (BUDGETS), over several seeds:
 the generated categories (semspark.synth.morphology, the images the demo ingests, rendered at
@@ -22,6 +22,12 @@ first release's augmentation made it 0.5).
 ``--paired`` trains nothing: it pairs the runs of printed results by architecture and seed (e.g.
 the same seeds at two ``--validation-fraction`` shares, whose test and check images are the same)
 and prints the paired differences of check accuracy and check ECE after calibration.
+
+``--refit-with-validation`` trains each model a second time, from the same seed, on the training
+and validation images together, and scores it with the temperature the first model's validation
+images chose: a larger validation share then pins the temperature down without costing the final
+model training images (at twice the training time). ``--paired BASE.json OTHER.json@refit``
+compares those second models with another run's.
 
 ``--select best`` keeps the epoch of best validation accuracy, as ``semspark train`` registers,
 and calibrates on the same validation images; ``last`` (default) keeps the last epoch.
@@ -105,6 +111,7 @@ def ece_floor(probabilities, seed: int, draws: int = 200) -> float:
 VALIDATION = 0.1  # --validation-fraction V: the share held out for validation (`semspark train`'s flag)
 EMA = 0.0         # --ema D: evaluate an exponential moving average of the weights (recipe.WeightAverage)
 SELECT = "last"   # --select best: the epoch `semspark train` registers (best on validation), not the last
+REFIT = False     # --refit-with-validation: also train on training + validation, scored with the first model's T
 SAVE_LOGITS: Path | None = None   # --save-logits DIR: each run's held-out logits and labels, ARCH-sSEED.npz
 
 
@@ -147,30 +154,38 @@ def run_one(arch: str, seed: int, n: int, overrides: dict | None = None, check: 
     # are judged on the same images; a larger validation share takes its images from training's
     a, b = int(round((0.8 - VALIDATION) * n)), int(0.8 * n)
     train, validation, test = slice(0, a), slice(a, b), slice(b, n)
-    tf.keras.utils.set_random_seed(seed)
     # the architecture's own rate moved to this batch, as `semspark train` does, unless one is given
     recipe = Recipe(**{"learning_rate": rate_for_batch(learning_rate_for(arch), batch, False), **(overrides or {})})
-    steps = int(np.ceil(a / batch))
-    model = build_model(arch, 10, size, keras_layout=KERAS_LAYOUT)
-    loss = SmoothedSparseCrossentropy(10, recipe.label_smoothing)
-    model.compile(make_optimizer(recipe, learning_rate_schedule(recipe.learning_rate, recipe.schedule,
-                                                                recipe.warmup_epochs * steps, epochs * steps)),
-                  loss, metrics=["accuracy"])
-    mix_batches_in_training(model, loss, recipe.mixup, seed)
-    counts = {int(c): int((y[train] == c).sum()) for c in range(10)}
-    callbacks = [DecoupledWeightDecay(recipe.weight_decay)]
-    average = WeightAverage(EMA) if EMA else None
-    if average:
-        callbacks.append(average)
-    kept = KeepBestOnValidation(x[validation], y[validation]) if SELECT == "best" else None
-    started = time.perf_counter()
-    history = model.fit(x[train], y[train], batch_size=batch, epochs=epochs, verbose=0,
-                        class_weight=class_weights(counts, recipe), callbacks=callbacks + ([kept] if kept else []))
-    seconds = time.perf_counter() - started
-    if kept:
-        model.set_weights(kept.weights)
-    elif average:
-        average.swap()   # the averaged weights are the model evaluated
+
+    def fit(trained: slice, keep_best: bool):
+        """A model built and trained from this seed on the images of ``trained``, with the recipe;
+        the weights evaluated (last, best on validation or averaged) are put in place."""
+        tf.keras.utils.set_random_seed(seed)
+        count = trained.stop - trained.start
+        steps = int(np.ceil(count / batch))
+        model = build_model(arch, 10, size, keras_layout=KERAS_LAYOUT)
+        loss = SmoothedSparseCrossentropy(10, recipe.label_smoothing)
+        model.compile(make_optimizer(recipe, learning_rate_schedule(recipe.learning_rate, recipe.schedule,
+                                                                    recipe.warmup_epochs * steps, epochs * steps)),
+                      loss, metrics=["accuracy"])
+        mix_batches_in_training(model, loss, recipe.mixup, seed)
+        counts = {int(c): int((y[trained] == c).sum()) for c in range(10)}
+        callbacks = [DecoupledWeightDecay(recipe.weight_decay)]
+        average = WeightAverage(EMA) if EMA else None
+        if average:
+            callbacks.append(average)
+        kept = KeepBestOnValidation(x[validation], y[validation]) if keep_best else None
+        started = time.perf_counter()
+        history = model.fit(x[trained], y[trained], batch_size=batch, epochs=epochs, verbose=0,
+                            class_weight=class_weights(counts, recipe), callbacks=callbacks + ([kept] if kept else []))
+        seconds = time.perf_counter() - started
+        if kept:
+            model.set_weights(kept.weights)
+        elif average:
+            average.swap()   # the averaged weights are the model evaluated
+        return model, history, seconds, kept
+
+    model, history, seconds, kept = fit(train, SELECT == "best")
     heads = tf.keras.Model(model.inputs, model.get_layer("logits").output)
     logits = {k: heads.predict(x[s], verbose=0) for k, s in (("train", train), ("validation", validation), ("test", test))}
     scores = held_out_scores(y[test], logits["test"].argmax(1), [str(c) for c in range(10)], seed=seed)
@@ -216,6 +231,28 @@ def run_one(arch: str, seed: int, n: int, overrides: dict | None = None, check: 
         np.savez(SAVE_LOGITS / f"{arch}-s{seed}.npz", validation=logits["validation"], validation_truth=y[validation],
                  validation_views=views, test=logits["test"], test_truth=y[test],
                  **({"check": check_logits, "check_truth": yc} if check else {}))
+    refitted = {}
+    if REFIT:
+        # the recipe trained again from the same seed on the training and validation images together,
+        # scored with the temperature the first model's validation images chose: whether the
+        # temperature a larger validation share pins down carries over to a model that loses no
+        # training images to it
+        refit, refit_history, refit_seconds, _ = fit(slice(0, b), False)
+        refit_heads = tf.keras.Model(refit.inputs, refit.get_layer("logits").output)
+        refit_test = refit_heads.predict(x[test], verbose=0)
+        refitted = {"train_images": b, "train_seconds": round(refit_seconds, 1),
+                    "test_accuracy": round(float(np.mean(refit_test.argmax(1) == y[test])), 4),
+                    "ece_after": round(expected_calibration_error(softmax(refit_test, temperature), y[test]), 4),
+                    "final_training_accuracy": round(float(refit_history.history["accuracy"][-1]), 4)}
+        if check:
+            refit_check = refit_heads.predict(xc, verbose=0)
+            own = fit_temperature(refit_check, yc, prior_scale=None)
+            refitted.update({
+                "check_accuracy": round(float(np.mean(refit_check.argmax(1) == yc)), 4),
+                "check_ece_before": round(expected_calibration_error(softmax(refit_check), yc), 4),
+                "check_ece_after": round(expected_calibration_error(softmax(refit_check, temperature), yc), 4),
+                "check_temperature": round(own, 3),
+                "check_ece_at_check_temperature": round(expected_calibration_error(softmax(refit_check, own), yc), 4)})
     return {"arch": arch, "seed": seed, "input_px": size, "epochs": epochs, "train_images": a,
             "validation_images": b - a, "train_seconds": round(seconds, 1),
             "train_images_per_s": round(a * epochs / seconds, 1),
@@ -235,7 +272,7 @@ def run_one(arch: str, seed: int, n: int, overrides: dict | None = None, check: 
             "training_accuracy_every_10_epochs": [round(float(v), 3) for v in history.history["accuracy"][9::10]],
             "kept_epoch": kept.epoch if kept else epochs,
             "validation_accuracy_of_kept": round(float(np.mean(logits["validation"].argmax(1) == y[validation])), 4),
-            **checked}
+            **checked, **({"refit_on_train_and_validation": refitted} if refitted else {})}
 
 
 def cli_alexnet(seed: int) -> dict:
@@ -314,9 +351,18 @@ def paired(base_files: list[Path], other_files: list[Path]) -> dict:
     def runs(files):
         found = {}
         for f in files:
-            result = json.loads(Path(f).read_text())
+            # FILE@refit: the models trained again on training + validation (--refit-with-validation)
+            name, _, model = str(f).partition("@")
+            if model not in ("", "refit"):
+                raise SystemExit(f"--paired: {f}: after @ only 'refit' is known")
+            result = json.loads(Path(name).read_text())
             for r in result["runs"]:
-                found[(r["arch"], r["seed"])] = {**r, "validation_fraction": result.get("validation_fraction", 0.1)}
+                if model == "refit":
+                    if "refit_on_train_and_validation" not in r:
+                        raise SystemExit(f"--paired: {name} was not run with --refit-with-validation")
+                    r = {**r, **r["refit_on_train_and_validation"]}
+                found[(r["arch"], r["seed"])] = {**r, "validation_fraction": result.get("validation_fraction", 0.1),
+                                                 "model": model or "first"}
         return found
 
     base, other = runs(base_files), runs(other_files)
@@ -324,7 +370,8 @@ def paired(base_files: list[Path], other_files: list[Path]) -> dict:
     if not keys or any("check_accuracy" not in base[k] or "check_accuracy" not in other[k] for k in keys):
         raise SystemExit("--paired needs runs of the same architecture and seed, measured with --check-images")
     pairs = [{"arch": a, "seed": s, **{f"{m}_{side}": run[(a, s)].get(m) for side, run in (("base", base), ("other", other))
-                                       for m in ("check_accuracy", "check_ece_after", "validation_images")}}
+                                       for m in ("check_accuracy", "check_ece_after", "validation_images",
+                                                                 "train_images", "model")}}
              for a, s in keys]
 
     def summary(metric: str, rows: list[dict]) -> dict:
@@ -391,13 +438,21 @@ def main() -> None:
     parser.add_argument("--validation-fraction", type=float, default=0.1,
                         help="the share of the images held out for validation (temperature, uncertain threshold); "
                              "taken from the training images, the test images stay the last fifth")
+    parser.add_argument("--refit-with-validation", action="store_true",
+                        help="also train each model again on the training and validation images together and "
+                             "score it with the temperature the first model's validation images chose "
+                             "(refit_on_train_and_validation; compare with --paired FILE@refit)")
     parser.add_argument("--save-logits", type=Path,
                         help="a folder for each run's validation (and its eight quarter-turn and flip views), "
                              "test and check logits with their labels (ARCH-sSEED.npz), to compare calibration "
                              "methods on the same models")
     args = parser.parse_args()
-    global SELECT, EMA, SAVE_LOGITS, VALIDATION
+    global SELECT, EMA, SAVE_LOGITS, VALIDATION, REFIT
     SELECT, EMA, SAVE_LOGITS, VALIDATION = args.select, args.ema, args.save_logits, args.validation_fraction
+    REFIT = args.refit_with_validation
+    if REFIT and SELECT == "best":
+        parser.error("--refit-with-validation trains on the validation images: no epoch is left to choose by them "
+                     "(use --select last)")
     if not 0 < VALIDATION <= 0.4:
         parser.error("--validation-fraction must be over 0 and at most 0.4 (the test split takes 0.2)")
     from semspark.train import models
@@ -425,6 +480,7 @@ def main() -> None:
     result = {"benchmark": "training quality", "machine": {"cpu": cpu_model(),
                                                            "cores": os.cpu_count(), "python": platform.python_version()},
               "images": args.images, "validation_fraction": VALIDATION, "recipe_overrides": overrides, "select": args.select, "ema": args.ema,
+              "refit_with_validation": REFIT,
               "model_overrides": {"alexnet_head": models.ALEXNET_HEAD, "convnext_layout": args.convnext_layout,
                                   "convnext_layer_scale_init": 1e-6 if KERAS_LAYOUT else models.CONVNEXT_LAYER_SCALE_INIT,
                                   "convnext_drop_path": 0.0 if KERAS_LAYOUT else models.CONVNEXT_DROP_PATH_RATE,
