@@ -140,7 +140,8 @@ def run_one(arch: str, seed: int, n: int, overrides: dict | None = None, check: 
     import numpy as np
     import tensorflow as tf
 
-    from semspark.train.evaluation import expected_calibration_error, fit_temperature, held_out_scores, softmax
+    from semspark.train.evaluation import (OutOfDistribution, expected_calibration_error, fit_temperature,
+                                           held_out_scores, softmax)
     from semspark.train.models import build_model
     from semspark.train.recipe import (DecoupledWeightDecay, Recipe, SmoothedSparseCrossentropy, class_weights,
                                        learning_rate_schedule, make_optimizer, mix_batches_in_training, WeightAverage)
@@ -247,6 +248,18 @@ def run_one(arch: str, seed: int, n: int, overrides: dict | None = None, check: 
         if check:
             refit_check = refit_heads.predict(xc, verbose=0)
             own = fit_temperature(refit_check, yc, prior_scale=None)
+            # the out-of-distribution threshold as `semspark train` sets it (1.5 times the largest
+            # distance of a validation image to the training images' embeddings): the refitted model
+            # has trained on its validation images, so its threshold is measured on images it has seen
+            # (against a reference of the first model's training images only). The share of the check
+            # images (new, but of the training images' kind) each model flags is what that costs.
+            def flagged(m, trained_reference: slice):
+                embed = tf.keras.Model(m.inputs, m.get_layer("embedding").output)
+                ood = OutOfDistribution.fit(embed.predict(x[trained_reference], verbose=0),
+                                            embed.predict(x[validation], verbose=0), seed=seed)
+                return round(float(np.mean(ood.distances(embed.predict(xc, verbose=0)) > ood.threshold)), 4)
+            refitted.update({"check_flagged_out_of_distribution": flagged(refit, train),
+                             "first_model_check_flagged_out_of_distribution": flagged(model, train)})
             refitted.update({
                 "check_accuracy": round(float(np.mean(refit_check.argmax(1) == yc)), 4),
                 "check_ece_before": round(expected_calibration_error(softmax(refit_check), yc), 4),

@@ -221,7 +221,8 @@ def test_the_validation_fraction_reaches_the_split():
 
     assert train_request(_parser().parse_args(["train"])).validation == 0.1
     request = train_request(_parser().parse_args(["train", "--validation-fraction", "0.2"]))
-    assert request.validation == 0.2
+    assert request.validation == 0.2 and not request.refit_with_validation
+    assert train_request(_parser().parse_args(["train", "--refit-with-validation"])).refit_with_validation
     rng = np.random.default_rng(0)
     ids = [f"{i:064x}" for i in range(500)]
     labels = [f"category{i % 5}" for i in range(500)]

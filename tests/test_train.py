@@ -44,7 +44,11 @@ def test_requests_are_checked_before_anything_runs():
                        (dict(class_weighting="inverse"), "--class-weights"), (dict(keep="first"), "--keep"),
                        (dict(patience=-1), "--patience"), (dict(validation=0.0), "--validation-fraction"),
                        (dict(validation=0.5), "--validation-fraction"), (dict(mixup=-0.4), "--mixup"), (dict(batch_size=-1), "--batch-size"),
-                       (dict(arch="alexnet", input_size=64), "at least 67 for alexnet")]:
+                       (dict(arch="alexnet", input_size=64), "at least 67 for alexnet"),
+                       # a refit trains on the validation images: none is left to stop early on or choose by
+                       (dict(refit_with_validation=True), "--refit-with-validation"),
+                       (dict(refit_with_validation=True, patience=0, keep="best"), "--refit-with-validation"),
+                       (dict(refit_with_validation=True, patience=0, schedule="constant"), "--refit-with-validation")]:
         with pytest.raises(TrainError, match=words):
             dataclasses.replace(FAST, **bad).check()
 
@@ -160,6 +164,74 @@ def test_feature_extraction_keeps_the_earlier_models_backbone_and_fine_tuning_th
     metadata = json.loads((registry.models_root() / "fe-ft" / "1" / "metadata.json").read_text())
     assert (metadata["mode"], metadata["recipe"]["mixup"]) == ("feature_extraction_then_fine_tuning", 0.4)
     assert result.model_version == "fe-ft/1"
+
+
+def _logits_and_truth(model_path, ids, split, config=CONFIG):
+    """A saved model's logits on these images, read from the stored dataset as inference-free Keras
+    calls, with their labels from the run's split."""
+    import numpy as np
+    import tensorflow as tf
+
+    from semspark.dataset import dataset_url, stored_image_size
+    from semspark.train.data import tf_dataset
+    from semspark.train.models import load_saved_model
+
+    model = load_saved_model(model_path)
+    heads = tf.keras.Model(model.inputs, model.get_layer("logits").output)
+    index = {name: i for i, name in enumerate(split["class_names"])}
+    url = dataset_url(config)
+    logits, truth = [], []
+    for x, y in tf_dataset(url, {i: index[split["labels"][i]] for i in ids}, stored_image_size(url),
+                           model.input_shape[1], 32):
+        logits.append(heads(x, training=False).numpy())
+        truth.append(y.numpy())
+    return np.concatenate(logits), np.concatenate(truth)
+
+
+def test_a_refit_trains_on_validation_too_and_keeps_the_first_models_calibration(spark, catalog):
+    """--refit-with-validation: the first model (run/last.keras) is trained and calibrated on the
+    validation images, then the recipe trains again on training + validation (run/refit) and that
+    model is registered, with the temperature the first model's validation images choose (fitted
+    here again from the first checkpoint), and test figures that are its own (recomputed here from
+    the registered checkpoint and the split's test images)."""
+    import hashlib
+
+    import numpy as np
+
+    from semspark.train.evaluation import expected_calibration_error, fit_temperature, softmax
+
+    result = run_training(spark, CONFIG, dataclasses.replace(FAST, name="refit", epochs=8, patience=0,
+                                                             refit_with_validation=True, run_id="refit-run"))
+    run = registry.run_dir("refit-run")
+    split = json.loads((run / "split.json").read_text())
+    folder = registry.models_root() / "refit" / "1"
+    metadata = json.loads((folder / "metadata.json").read_text())
+    trained_on = split["train"] + split["validation"]
+    assert metadata["train_images"] == result.train_images == len(trained_on)
+    assert metadata["train_image_ids_sha256"] == hashlib.sha256("\n".join(trained_on).encode()).hexdigest()
+    registered = registry.file_sha256(folder / "model.keras")
+    assert registered == registry.file_sha256(run / "refit" / "last.keras") != registry.file_sha256(run / "last.keras")
+    refit_state = json.loads((run / "refit" / "state.json").read_text())
+    assert [h["epoch"] for h in refit_state["history"]] == list(range(1, 9))
+    assert all(h["val_accuracy"] is None for h in refit_state["history"])   # no validation image left out
+
+    calibration = metadata["calibration"]
+    first_logits, first_truth = _logits_and_truth(run / "last.keras", split["validation"], split)
+    assert calibration["temperature"] == pytest.approx(fit_temperature(first_logits, first_truth), rel=1e-4)
+    assert calibration["carried_from_first_model"] and calibration["validation_images"] == len(split["validation"])
+
+    test_logits, test_truth = _logits_and_truth(folder / "model.keras", split["test"], split)
+    accuracy = float(np.mean(test_logits.argmax(1) == test_truth))
+    assert metadata["test_accuracy"] == pytest.approx(accuracy) and accuracy >= 0.5, result.lines()
+    assert calibration["test_ece_after"] == pytest.approx(
+        expected_calibration_error(softmax(test_logits, calibration["temperature"]), test_truth), abs=1e-6)
+    first = metadata["refit_with_validation"]
+    assert first["first_model_train_images"] == len(split["train"]) and first["train_images"] == len(trained_on)
+    first_test_logits, first_test_truth = _logits_and_truth(run / "last.keras", split["test"], split)
+    assert first["first_model_test_accuracy"] == pytest.approx(float(np.mean(first_test_logits.argmax(1) == first_test_truth)))
+    assert any("refitted on training + validation" in line for line in result.lines())
+    row = spark.table("training.models").filter("model_version = 'refit/1'").collect()[0]
+    assert row["train_images"] == len(trained_on) and row["temperature"] == pytest.approx(calibration["temperature"])
 
 
 # Why each odd image is out of distribution. The model's embedding alone places all three among

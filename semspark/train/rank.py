@@ -91,14 +91,17 @@ def train_on_rank(payload: dict) -> dict | None:
             logs = logs if logs is not None else {}
             scores = [0.0, 0.0, 0.0]
             if rank == 0:
-                scores = [*evaluate(payload["validation_ids"]), evaluate(payload["test_ids"])[0]]
+                # refitted on training + validation: the validation images are training images now
+                held_out = [] if payload.get("validation_in_training") else payload["validation_ids"]
+                scores = [*evaluate(held_out), evaluate(payload["test_ids"])[0]]
             shared = hvd.broadcast(tf.constant(scores, tf.float64), root_rank=0, name=f"eval_{epoch}").numpy()
             logs["val_accuracy"], logs["val_loss"], logs["test_accuracy"] = (float(v) for v in shared)
             if rank == 0:
                 record = {"epoch": epoch + 1, "finished_at": time.time(),
-                          **{k: float(v) for k, v in logs.items()}}
+                          **{k: float(v) if math.isfinite(float(v)) else None for k, v in logs.items()}}
                 state["history"] = [h for h in state["history"] if h["epoch"] < epoch + 1] + [record]
-                if better_than_best(logs["val_accuracy"], logs["val_loss"], state["best"]):
+                if math.isfinite(logs["val_accuracy"]) and better_than_best(logs["val_accuracy"], logs["val_loss"],
+                                                                            state["best"]):
                     if payload["keep"] == "best":
                         _save_atomically(model, run / "best.keras")
                     state["best"] = {"epoch": epoch + 1, "val_accuracy": logs["val_accuracy"],
@@ -176,6 +179,11 @@ def _evaluate_kept(payload, run: Path, state: dict, classes, url, image_size, in
     keep_best = payload["keep"] == "best"
     kept_checkpoint = "best.keras" if keep_best else "last.keras"
     kept_epoch = state["best"]["epoch"] if keep_best else state["completed_epochs"]
+    # refitted on training + validation (TrainRequest.refit_with_validation): the calibration comes
+    # from the first model's validation images (carried), and the out-of-distribution reference
+    # from the first model's training images, so that the validation images stay apart from it
+    refitted = bool(payload.get("validation_in_training"))
+    carried = payload.get("carried_calibration") if refitted else None
     kept = load_saved_model(run / kept_checkpoint)
     heads = tf.keras.Model(kept.inputs, [kept.get_layer("embedding").output, kept.get_layer("logits").output])
 
@@ -194,16 +202,21 @@ def _evaluate_kept(payload, run: Path, state: dict, classes, url, image_size, in
     _, test_logits, test_truth = outputs(payload["test_ids"])
     validation_embeddings, validation_logits, validation_truth = outputs(payload["validation_ids"])
     rng = np.random.default_rng(payload["seed"])
-    train_ids = sorted(payload["train_ids"])
+    train_ids = sorted(set(payload["train_ids"]) - set(payload["validation_ids"]) if refitted else payload["train_ids"])
     sample = [train_ids[i] for i in sorted(rng.choice(len(train_ids), min(len(train_ids), 1000), replace=False))]
     train_embeddings, _, _ = outputs(sample)
 
     scores = held_out_scores(test_truth, test_logits.argmax(axis=1), classes, seed=payload["seed"])
-    temperature = fit_temperature(validation_logits, validation_truth)
-    interval = temperature_interval(validation_logits, validation_truth)
-    calibrated = softmax(validation_logits, temperature)
-    threshold, coverage = confidence_threshold(calibrated.max(axis=1), calibrated.argmax(axis=1) == validation_truth,
-                                               payload["uncertain_target"])
+    if carried:
+        temperature, interval = carried["temperature"], tuple(carried["temperature_interval_95"])
+        threshold, coverage = carried["uncertain_below_confidence"], carried["validation_confident_share"]
+    else:
+        temperature = fit_temperature(validation_logits, validation_truth)
+        interval = temperature_interval(validation_logits, validation_truth)
+        calibrated = softmax(validation_logits, temperature)
+        threshold, coverage = confidence_threshold(calibrated.max(axis=1),
+                                                   calibrated.argmax(axis=1) == validation_truth,
+                                                   payload["uncertain_target"])
     test_calibrated = softmax(test_logits, temperature)
     test_confident = test_calibrated.max(axis=1) >= threshold
     test_right = test_calibrated.argmax(axis=1) == test_truth
@@ -213,17 +226,22 @@ def _evaluate_kept(payload, run: Path, state: dict, classes, url, image_size, in
         "temperature": temperature, "temperature_prior_scale": TEMPERATURE_PRIOR_SCALE,
         # how far the validation images pin T down: a few dozen leave it uncertain by a third
         "temperature_interval_95": list(interval), "validation_images": int(len(validation_truth)),
-        "validation_ece_before": expected_calibration_error(softmax(validation_logits), validation_truth),
-        "validation_ece_after": expected_calibration_error(calibrated, validation_truth),
+        # the first model's, whose validation images the temperature was fitted on, when refitted
+        "validation_ece_before": carried["validation_ece_before"] if carried else expected_calibration_error(
+            softmax(validation_logits), validation_truth),
+        "validation_ece_after": carried["validation_ece_after"] if carried else expected_calibration_error(
+            calibrated, validation_truth),
         "test_ece_before": expected_calibration_error(softmax(test_logits), test_truth),
         "test_ece_after": expected_calibration_error(test_calibrated, test_truth),
         "uncertain_target_accuracy": payload["uncertain_target"], "uncertain_below_confidence": threshold,
         "validation_confident_share": coverage,
         "test_confident_share": float(test_confident.mean()) if len(test_truth) else None,
         "test_accuracy_of_confident": float(test_right[test_confident].mean()) if test_confident.any() else None,
+        **({"carried_from_first_model": True} if carried else {}),
     }
     return {"history": state["history"], "best_epoch": kept_epoch, "kept": payload["keep"],
-            "kept_checkpoint": kept_checkpoint, "best_validation_epoch": state["best"]["epoch"],
+            "kept_checkpoint": kept_checkpoint,
+            "best_validation_epoch": state["best"]["epoch"] if state.get("best") else None,
             "confusion": scores["confusion_matrix"], "test_images": int(len(test_truth)),
             "test_scores": scores, "calibration": calibration,
             "out_of_distribution": {"neighbours": ood.neighbours, "threshold": ood.threshold,
