@@ -233,6 +233,14 @@ def test_a_refit_trains_on_validation_too_and_keeps_the_first_models_calibration
     row = spark.table("training.models").filter("model_version = 'refit/1'").collect()[0]
     assert row["train_images"] == len(trained_on) and row["temperature"] == pytest.approx(calibration["temperature"])
 
+    # a rerun of the finished run trains neither model again (each resumes after its last epoch)
+    # and registers the same checkpoint with the same carried temperature
+    again = run_training(spark, CONFIG, dataclasses.replace(FAST, name="refit", run_id="refit-run"))
+    assert again.model_version == "refit/2"
+    assert registry.file_sha256(registry.models_root() / "refit" / "2" / "model.keras") == registered
+    assert json.loads((run / "refit" / "state.json").read_text())["history"] == refit_state["history"]
+    assert again.calibration["temperature"] == pytest.approx(calibration["temperature"])
+
 
 # Why each odd image is out of distribution. The model's embedding alone places all three among
 # the generated SEM categories (distances 0.03 to 0.13 against a threshold near 0.12, varying with
