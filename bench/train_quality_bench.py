@@ -503,19 +503,29 @@ def main() -> None:
     by_arch: dict = {}
     for r in runs:
         by_arch.setdefault(r["arch"], []).append(r)
-    result["summary"] = {arch: {"min_test_accuracy": min(r["test_accuracy"] for r in rs),
-                                "mean_test_accuracy": round(sum(r["test_accuracy"] for r in rs) / len(rs), 4),
-                                "max_ece_after": max(r["ece_after"] for r in rs),
-                                "mean_ece_after": round(sum(r["ece_after"] for r in rs) / len(rs), 4),
-                                **({"min_check_accuracy": min(r["check_accuracy"] for r in rs),
-                                    "mean_check_accuracy": round(sum(r["check_accuracy"] for r in rs) / len(rs), 4),
-                                    "max_check_ece_after": max(r["check_ece_after"] for r in rs),
-                                    "mean_check_ece_after": round(sum(r["check_ece_after"] for r in rs) / len(rs), 4)}
-                                   if args.check_images else {}),
-                                "max_train_seconds": max(r["train_seconds"] for r in rs),
-                                "mean_train_seconds": round(sum(r["train_seconds"] for r in rs) / len(rs), 1)}
-                         for arch, rs in by_arch.items()}
+    def summarise(by_arch: dict) -> dict:
+        return {arch: {"min_test_accuracy": min(r["test_accuracy"] for r in rs),
+                       "mean_test_accuracy": round(sum(r["test_accuracy"] for r in rs) / len(rs), 4),
+                       "max_ece_after": max(r["ece_after"] for r in rs),
+                       "mean_ece_after": round(sum(r["ece_after"] for r in rs) / len(rs), 4),
+                       **({"min_check_accuracy": min(r["check_accuracy"] for r in rs),
+                           "mean_check_accuracy": round(sum(r["check_accuracy"] for r in rs) / len(rs), 4),
+                           "max_check_ece_after": max(r["check_ece_after"] for r in rs),
+                           "mean_check_ece_after": round(sum(r["check_ece_after"] for r in rs) / len(rs), 4)}
+                          if args.check_images else {}),
+                       "max_train_seconds": max(r["train_seconds"] for r in rs),
+                       "mean_train_seconds": round(sum(r["train_seconds"] for r in rs) / len(rs), 1)}
+                for arch, rs in by_arch.items()}
+    result["summary"] = summarise(by_arch)
     result["targets"] = targets(result["summary"], args.check_images)
+    if REFIT:
+        # the same targets judged on the refitted models (each with the first model's temperature);
+        # their training time is both trainings'
+        refitted = {arch: [{**r["refit_on_train_and_validation"], "train_seconds": r["train_seconds"]
+                            + r["refit_on_train_and_validation"]["train_seconds"]} for r in rs]
+                    for arch, rs in by_arch.items()}
+        result["refit_summary"] = summarise(refitted)
+        result["refit_targets"] = targets(result["refit_summary"], args.check_images)
     if args.cli_alexnet:
         cases = [cli_alexnet(seed) for seed in seeds]
         result["cli_alexnet_128px_12_epochs_300_images"] = cases
