@@ -364,10 +364,13 @@ def paired(base_files: list[Path], other_files: list[Path]) -> dict:
     def runs(files):
         found = {}
         for f in files:
-            # FILE@refit: the models trained again on training + validation (--refit-with-validation)
-            name, _, model = str(f).partition("@")
-            if model not in ("", "refit"):
-                raise SystemExit(f"--paired: {f}: after @ only 'refit' is known")
+            # FILE@refit: the models trained again on training + validation (--refit-with-validation);
+            # only that suffix is read, so a path may itself hold an "@"
+            name, model = str(f), ""
+            if name.endswith("@refit"):
+                name, model = name[:-len("@refit")], "refit"
+            if not Path(name).is_file():
+                raise SystemExit(f"--paired: no file {name} (FILE, or FILE@refit for the refitted models)")
             result = json.loads(Path(name).read_text())
             for r in result["runs"]:
                 if model == "refit":
