@@ -223,16 +223,19 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="balanced: each category weighs the same in the loss, however rare")
     p.add_argument("--validation-fraction", type=float, default=d.validation,
                    help="share of the labelled images held out for validation, on which the temperature and the "
-                        "uncertain threshold are fitted (default 0.1; at most 0.4, the test split takes 0.2): "
-                        "with a few hundred labelled images, 0.2 pins the temperature down better")
+                        "uncertain threshold are fitted (default: 0.2 when refitting, else 0.1; at most 0.4, the "
+                        "test split takes 0.2): with a few hundred labelled images, 0.2 pins the temperature down "
+                        "better")
     p.add_argument("--uncertain-target", type=float, default=d.uncertain_target,
                    help="predictions are flagged uncertain below the confidence at which validation images "
                         "are right this often (default 0.99)")
-    p.add_argument("--refit-with-validation", action="store_true",
+    p.add_argument("--refit-with-validation", action=argparse.BooleanOptionalAction, default=d.refit_with_validation,
                    help="after the temperature and the uncertain threshold are fitted on the validation images, "
                         "train again on the training and validation images together and register that model "
-                        "with them (twice the training time; with --validation-fraction 0.2 the calibration of "
-                        "a larger validation share without its cost in training images)")
+                        "with them: the calibration of a larger validation share without its cost in training "
+                        "images, at twice the training time (default: on, unless --patience, --keep best or "
+                        "--schedule constant need the validation images; --no-refit-with-validation halves the "
+                        "training time)")
     p.add_argument("--mixed-precision", action="store_true", help="float16 compute (GPU executors)")
 
 

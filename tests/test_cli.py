@@ -213,16 +213,33 @@ def test_spark_workers_import_the_drivers_semspark_whatever_the_working_folder(s
 
 def test_the_validation_fraction_reaches_the_split():
     """--validation-fraction is the share of labelled images the split holds out for validation (the
-    images the temperature and the uncertain threshold are fitted on): 0.2 of 500 is about 100."""
+    images the temperature and the uncertain threshold are fitted on): 0.2 of 500 is about 100. Its
+    default follows the refit's: 0.2 when the model is refitted on training + validation (the default),
+    0.1 when it is not (asked, or validation stops the run or chooses its epoch)."""
     import numpy as np
 
     from semspark.cli import _parser, train_request
+    from semspark.train.job import TrainError
     from semspark.train.split import split_images
 
-    assert train_request(_parser().parse_args(["train"])).validation == 0.1
-    request = train_request(_parser().parse_args(["train", "--validation-fraction", "0.2"]))
-    assert request.validation == 0.2 and not request.refit_with_validation
-    assert train_request(_parser().parse_args(["train", "--refit-with-validation"])).refit_with_validation
+    def request_of(*flags):
+        request = train_request(_parser().parse_args(["train", *flags]))
+        request.check()
+        return request
+
+    # the default: refitted on training + validation, with 0.2 of the images held out for validation
+    assert (request_of().resolved_refit, request_of().resolved_validation) == (True, 0.2)
+    assert (request_of("--no-refit-with-validation").resolved_validation, request_of("--patience", "3").resolved_validation,
+            request_of("--keep", "best").resolved_validation) == (0.1, 0.1, 0.1)
+    assert not request_of("--schedule", "constant").resolved_refit       # its epoch is chosen on validation
+    request = request_of("--validation-fraction", "0.3", "--no-refit-with-validation")
+    assert (request.resolved_validation, request.resolved_refit) == (0.3, False)
+    assert request_of("--refit-with-validation", "--validation-fraction", "0.15").resolved_validation == 0.15
+    with pytest.raises(TrainError, match="drop --refit-with-validation"):
+        request_of("--refit-with-validation", "--patience", "3")
+    with pytest.raises(TrainError, match="or 0 for the default"):
+        request_of("--validation-fraction", "0.5")
+    request = request_of("--validation-fraction", "0.2")
     rng = np.random.default_rng(0)
     ids = [f"{i:064x}" for i in range(500)]
     labels = [f"category{i % 5}" for i in range(500)]

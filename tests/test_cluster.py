@@ -6,7 +6,9 @@ One pass through the pipeline, with the faults on the way:
   ingest   #1 shipped environment (--archives); the driver is SIGKILLed while tasks run;
            #2 rerun; one worker (and its executor) is SIGKILLed while tasks run; the job finishes;
   train    two Horovod ranks, one per executor; rank 1 is SIGKILLed after the first checkpoint; the
-           run fails saying how to resume; the rerun with --run-id resumes from the checkpoint;
+           run fails saying how to resume; the rerun with --run-id resumes from the checkpoint,
+           finishes the first model, and starts the refit on training + validation (the default),
+           whose rank 1 is SIGKILLed after its first checkpoint; the third run resumes the refit;
   promote, the nightly through deploy/nightly.sh on new images (it scores every image the
            production model has not: the first ingest's and the night's), analyze.
 The same stages run in local mode (the test session's Spark) on the same files, with the model the
@@ -63,10 +65,11 @@ analysis:
 # The demo's compact network: the cluster test is about distribution and faults, and AlexNet's 54
 # million weights made every checkpoint, broadcast and allreduce of it several times slower (every
 # architecture trains a step in tests/test_models.py). Ten short epochs leave rank 1 time to be
-# killed after the first checkpoint and before the last.
+# killed after the first checkpoint and before the last, of the first model and of the refit (the
+# default: trained again on training + validation, 0.2 of the images held out for validation).
 EPOCHS = 10
 TRAIN = ["--arch", "compact_cnn", "--input-size", "64", "--epochs", str(EPOCHS), "--batch-size", "8", "--num-proc", "2",
-         "--name", "clu", "--optimizer", "adam", "--learning-rate", "1e-4", "--patience", "100", "--run-id", "rk"]
+         "--name", "clu", "--optimizer", "adam", "--learning-rate", "1e-4", "--run-id", "rk"]
 
 
 class Cluster:
@@ -251,26 +254,33 @@ def pipeline(cluster, raw):
     lap("ingest_killed_worker")
     seen["ingested"] = {t: cluster_rows(cluster, t) for t in ("files", "images", "quarantine")}
 
-    # train: rank 1 dies after the first checkpoint
+    # train: rank 1 dies after the first checkpoint of the first model, then of the refit
+    def train_killing_rank_1(state: Path, wait_s: int) -> tuple[int, str]:
+        train = cluster.submit("train.py", *TRAIN)
+        try:
+            wait_for(lambda: state.exists() and json.loads(state.read_text())["completed_epochs"] >= 1, wait_s,
+                     f"the first checkpoint in {state}")
+            ranks = [w for w in cluster.python_workers() if "HOROVOD_RANK" in w["env"]]
+            seen.setdefault("ranks", ranks)
+            victim = next(w for w in ranks if w["env"]["HOROVOD_RANK"] == "1")
+            os.kill(victim["pid"], signal.SIGKILL)
+            out, _ = train.communicate(timeout=300)
+        finally:
+            if train.poll() is None:
+                os.killpg(train.pid, signal.SIGKILL)
+        return train.returncode, out
+
     state = cluster.home / "runs" / "rk" / "state.json"
-    log = []
-    train = cluster.submit("train.py", *TRAIN)
-    try:
-        wait_for(lambda: state.exists() and json.loads(state.read_text())["completed_epochs"] >= 1, 400,
-                 "the first checkpoint")
-        ranks = [w for w in cluster.python_workers() if "HOROVOD_RANK" in w["env"]]
-        seen["ranks"] = ranks
-        victim = next(w for w in ranks if w["env"]["HOROVOD_RANK"] == "1")
-        os.kill(victim["pid"], signal.SIGKILL)
-        out, _ = train.communicate(timeout=300)
-    finally:
-        if train.poll() is None:
-            os.killpg(train.pid, signal.SIGKILL)
-    seen["killed_train"] = (train.returncode, out)
+    refit_state = cluster.home / "runs" / "rk" / "refit" / "state.json"
+    seen["killed_train"] = train_killing_rank_1(state, 400)
     seen["state_at_kill"] = json.loads(state.read_text())  # rank 0 cannot go on alone: final
     lap("train_killed")
+    # the first model's remaining epochs, then the refit's first
+    seen["killed_refit"] = train_killing_rank_1(refit_state, 800)
+    seen["refit_state_at_kill"] = json.loads(refit_state.read_text())
+    lap("train_resumed_refit_killed")
     seen["resumed_train"] = cluster.run("train.py", *TRAIN)
-    lap("train_resumed")
+    lap("refit_resumed")
 
     # The nightly scores every image the production model has not scored (the first ingest's and
     # the night's) with run_inference, the code of jobs/infer.py: no separate infer submit.
@@ -327,7 +337,8 @@ def reference(spark, raw, cluster, pipeline):
 
     run_ingest(spark, config, str(raw["raw"]), labels="folders")
     ingested = {t: rows(spark, f"SELECT * FROM clusterref.{t}") for t in ("files", "images", "quarantine")}
-    split = make_split(labelled_images(spark, "clusterref"), seed=0)  # what train split, before the nightly
+    # what train split, before the nightly: 0.2 validation, the default of a refitted run
+    split = make_split(labelled_images(spark, "clusterref"), seed=0, validation=0.2)
     model = register_copy(cluster.home / "models" / "clu" / "1", "cluref")
     promote(spark, config, model)
     run_nightly(spark, config, str(raw["night"]), labels="folders")
@@ -425,17 +436,31 @@ def test_a_killed_rank_fails_the_run_with_a_message_and_the_rerun_resumes(pipeli
     returncode, out = pipeline["killed_train"]
     assert returncode != 0
     assert "training failed" in out and "--run-id rk to resume" in out
-    resumed = pipeline["resumed_train"]
+    # the rerun resumed the first model, finished it, and its refit's rank 1 was killed in turn
+    returncode, resumed = pipeline["killed_refit"]
     done = pipeline["state_at_kill"]["completed_epochs"]
     assert f"resuming run rk after epoch {done}" in resumed
+    assert returncode != 0 and "refitting on training + validation" in resumed and "--run-id rk to resume" in resumed
+    refit_done = pipeline["refit_state_at_kill"]["completed_epochs"]
+    assert 1 <= refit_done < EPOCHS
+    assert f"resuming the refit of run rk after epoch {refit_done}" in pipeline["resumed_train"]
     metadata = json.loads((cluster.home / "models" / "clu" / "1" / "metadata.json").read_text())
     assert metadata["run_id"] == "rk" and metadata["num_proc"] == 2
-    history = {row["epoch"]: row for row in
-               json.loads((cluster.home / "runs" / "rk" / "state.json").read_text())["history"]}
-    assert sorted(history) == list(range(1, EPOCHS + 1))
-    # the epochs checkpointed before the kill were kept, not trained again
-    for before in pipeline["state_at_kill"]["history"]:
-        assert history[before["epoch"]]["finished_at"] == before["finished_at"]
+    assert registry_sha256(cluster.home / "models" / "clu" / "1" / "model.keras") == \
+        registry_sha256(cluster.home / "runs" / "rk" / "refit" / "last.keras")
+    for state, before in (("state.json", pipeline["state_at_kill"]),
+                          ("refit/state.json", pipeline["refit_state_at_kill"])):
+        history = {row["epoch"]: row for row in
+                   json.loads((cluster.home / "runs" / "rk" / state).read_text())["history"]}
+        assert sorted(history) == list(range(1, EPOCHS + 1)), state
+        # the epochs checkpointed before the kill were kept, not trained again
+        for epoch in before["history"]:
+            assert history[epoch["epoch"]]["finished_at"] == epoch["finished_at"], state
+
+
+def registry_sha256(path: Path) -> str:
+    import hashlib
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_training_split_on_the_cluster_equals_local_mode(pipeline, reference, cluster):

@@ -225,6 +225,10 @@ def test_the_registered_epoch_is_the_last_under_cosine_and_the_best_under_a_cons
     assert TrainRequest(keep="best").resolved_keep == "best"
     assert TrainRequest(schedule="constant", keep="last").resolved_keep == "last"
     assert TrainRequest().patience == 0                                  # no early stopping unless asked
+    # so the default refits on training + validation; validation that stops or chooses leaves no refit
+    assert TrainRequest().resolved_refit and TrainRequest(refit_with_validation=True).resolved_refit
+    assert not any(TrainRequest(**asked).resolved_refit for asked in (
+        dict(patience=5), dict(keep="best"), dict(schedule="constant"), dict(refit_with_validation=False)))
 
 
 def _intensity_classifier():

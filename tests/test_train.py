@@ -42,7 +42,7 @@ def test_requests_are_checked_before_anything_runs():
                        (dict(schedule="step"), "--schedule"),
                        (dict(label_smoothing=1.0), "--label-smoothing"), (dict(weight_decay=-1), "--weight-decay"),
                        (dict(class_weighting="inverse"), "--class-weights"), (dict(keep="first"), "--keep"),
-                       (dict(patience=-1), "--patience"), (dict(validation=0.0), "--validation-fraction"),
+                       (dict(patience=-1), "--patience"), (dict(validation=-0.1), "--validation-fraction"),
                        (dict(validation=0.5), "--validation-fraction"), (dict(mixup=-0.4), "--mixup"), (dict(batch_size=-1), "--batch-size"),
                        (dict(arch="alexnet", input_size=64), "at least 67 for alexnet"),
                        # a refit trains on the validation images: none is left to stop early on or choose by
@@ -166,6 +166,29 @@ def test_feature_extraction_keeps_the_earlier_models_backbone_and_fine_tuning_th
     assert result.model_version == "fe-ft/1"
 
 
+def test_a_two_phase_run_is_refitted_phase_by_phase(spark, learned):
+    """The refit (the default) of feature_extraction_then_fine_tuning runs both phases again from the
+    same start: its first phase (run/refit/feature_extraction.keras) keeps the earlier model's
+    backbone bit for bit, its second moves it, and the refit's last checkpoint is registered,
+    trained on the training and validation images."""
+    import numpy as np
+
+    result = run_training(spark, CONFIG, dataclasses.replace(
+        FAST, name="fe-ft-refit", mode="feature_extraction_then_fine_tuning", init=f"model:{learned.model_version}",
+        epochs=1, fine_tune_epochs=1, run_id="fe-ft-refit", patience=0))
+    run = registry.run_dir("fe-ft-refit")
+    split = json.loads((run / "split.json").read_text())
+    assert result.refit and result.train_images == len(split["train"]) + len(split["validation"])
+    assert [h["epoch"] for h in json.loads((run / "refit" / "state.json").read_text())["history"]] == [1, 2]
+    source = backbone_weights(registry.models_root() / "learn" / "1" / "model.keras")
+    for a, b in zip(source, backbone_weights(run / "refit" / "feature_extraction.keras")):
+        np.testing.assert_array_equal(a, b)
+    moved = [not (a == b).all() for a, b in zip(source, backbone_weights(run / "refit" / "last.keras"))]
+    assert sum(moved) > 0.5 * len(moved)
+    assert registry.file_sha256(registry.models_root() / "fe-ft-refit" / "1" / "model.keras") == \
+        registry.file_sha256(run / "refit" / "last.keras")
+
+
 def _logits_and_truth(model_path, ids, split, config=CONFIG):
     """A saved model's logits on these images, read from the stored dataset as inference-free Keras
     calls, with their labels from the run's split."""
@@ -189,21 +212,26 @@ def _logits_and_truth(model_path, ids, split, config=CONFIG):
 
 
 def test_a_refit_trains_on_validation_too_and_keeps_the_first_models_calibration(spark, catalog):
-    """--refit-with-validation: the first model (run/last.keras) is trained and calibrated on the
-    validation images, then the recipe trains again on training + validation (run/refit) and that
-    model is registered, with the temperature the first model's validation images choose (fitted
-    here again from the first checkpoint), and test figures that are its own (recomputed here from
-    the registered checkpoint and the split's test images)."""
+    """The default (--refit-with-validation): 0.2 of the images are held out for validation, the first
+    model (run/last.keras) is trained and calibrated on them, then the recipe trains again on training
+    + validation (run/refit) and that model is registered, with the temperature the first model's
+    validation images choose (fitted here again from the first checkpoint), and test figures that are
+    its own (recomputed here from the registered checkpoint and the split's test images)."""
     import hashlib
 
     import numpy as np
 
     from semspark.train.evaluation import expected_calibration_error, fit_temperature, softmax
 
-    result = run_training(spark, CONFIG, dataclasses.replace(FAST, name="refit", epochs=8, patience=0,
-                                                             refit_with_validation=True, run_id="refit-run"))
+    default = dataclasses.replace(FAST, name="refit", epochs=8, patience=0, run_id="refit-run")
+    assert default.refit_with_validation is None and default.validation == 0   # nothing asked: the defaults
+    result = run_training(spark, CONFIG, default)
     run = registry.run_dir("refit-run")
     split = json.loads((run / "split.json").read_text())
+    saved = json.loads((run / "request.json").read_text())
+    assert (saved["refit_with_validation"], saved["validation"]) == (True, 0.2)   # what the run did, resolved
+    held = sum(len(split[side]) for side in ("train", "validation", "test"))
+    assert 0.15 <= len(split["validation"]) / held <= 0.25
     folder = registry.models_root() / "refit" / "1"
     metadata = json.loads((folder / "metadata.json").read_text())
     trained_on = split["train"] + split["validation"]
@@ -240,6 +268,14 @@ def test_a_refit_trains_on_validation_too_and_keeps_the_first_models_calibration
     assert registry.file_sha256(registry.models_root() / "refit" / "2" / "model.keras") == registered
     assert json.loads((run / "refit" / "state.json").read_text())["history"] == refit_state["history"]
     assert again.calibration["temperature"] == pytest.approx(calibration["temperature"])
+
+    # a run saved before the refit existed (no such key in its request) resumes as it was trained:
+    # its first model registered, not refitted by today's default
+    (run / "request.json").write_text(json.dumps({k: v for k, v in saved.items() if k != "refit_with_validation"}))
+    older = run_training(spark, CONFIG, default)
+    assert not older.refit and older.train_images == len(split["train"])
+    assert registry.file_sha256(registry.models_root() / "refit" / "3" / "model.keras") == \
+        registry.file_sha256(run / "last.keras")
 
 
 # Why each odd image is out of distribution. The model's embedding alone places all three among
