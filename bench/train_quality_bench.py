@@ -311,8 +311,12 @@ def cli_alexnet(seed: int) -> dict:
     printed = subprocess.run(semspark + ["sql", query, "--format", "json"], env=env, check=True,
                              capture_output=True, text=True).stdout
     inferred = json.loads(printed.strip().splitlines()[-1])["accuracy"] if printed.strip() else None
+    refit = metadata.get("refit_with_validation") or {}   # semspark train's default: refitted
     return {"seed": seed, "train_seconds": round(seconds, 1), "recorded_test_accuracy": metadata["test_accuracy"],
-            "inference_test_accuracy": inferred, "home": str(home)}
+            "inference_test_accuracy": inferred, "train_images": metadata["train_images"],
+            "test_images": metadata["test_images"], "first_model_test_accuracy": refit.get("first_model_test_accuracy"),
+            "test_ece_before": round(metadata["calibration"]["test_ece_before"], 4),
+            "test_ece_after": round(metadata["calibration"]["test_ece_after"], 4), "home": str(home)}
 
 
 def accuracy_target(arch: str) -> float:
