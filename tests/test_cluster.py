@@ -31,6 +31,7 @@ from urllib.parse import urlparse
 import numpy as np
 import pytest
 
+from semspark.registry import file_sha256
 from semspark.synth.generate import generate
 
 from .conftest import free_port, register_copy
@@ -446,8 +447,8 @@ def test_a_killed_rank_fails_the_run_with_a_message_and_the_rerun_resumes(pipeli
     assert f"resuming the refit of run rk after epoch {refit_done}" in pipeline["resumed_train"]
     metadata = json.loads((cluster.home / "models" / "clu" / "1" / "metadata.json").read_text())
     assert metadata["run_id"] == "rk" and metadata["num_proc"] == 2
-    assert registry_sha256(cluster.home / "models" / "clu" / "1" / "model.keras") == \
-        registry_sha256(cluster.home / "runs" / "rk" / "refit" / "last.keras")
+    assert file_sha256(cluster.home / "models" / "clu" / "1" / "model.keras") == \
+        file_sha256(cluster.home / "runs" / "rk" / "refit" / "last.keras")
     for state, before in (("state.json", pipeline["state_at_kill"]),
                           ("refit/state.json", pipeline["refit_state_at_kill"])):
         history = {row["epoch"]: row for row in
@@ -457,10 +458,6 @@ def test_a_killed_rank_fails_the_run_with_a_message_and_the_rerun_resumes(pipeli
         for epoch in before["history"]:
             assert history[epoch["epoch"]]["finished_at"] == epoch["finished_at"], state
 
-
-def registry_sha256(path: Path) -> str:
-    import hashlib
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_training_split_on_the_cluster_equals_local_mode(pipeline, reference, cluster):
