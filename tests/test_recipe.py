@@ -229,6 +229,10 @@ def test_the_registered_epoch_is_the_last_under_cosine_and_the_best_under_a_cons
     assert TrainRequest().resolved_refit and TrainRequest(refit_with_validation=True).resolved_refit
     assert not any(TrainRequest(**asked).resolved_refit for asked in (
         dict(patience=5), dict(keep="best"), dict(schedule="constant"), dict(refit_with_validation=False)))
+    # but not EfficientNetV2-S unless asked: the first model's temperature does not fit its refit (README)
+    assert not TrainRequest(arch="efficientnetv2_s").resolved_refit
+    assert TrainRequest(arch="efficientnetv2_s", refit_with_validation=True).resolved_refit
+    assert all(TrainRequest(arch=arch).resolved_refit for arch in ("compact_cnn", "alexnet", "inception_v3", "inception_v4"))
 
 
 def _intensity_classifier():

@@ -25,8 +25,8 @@ from semspark.schema import IMAGES, MODELS, TRAIN_TABLES, TRAINING_HISTORY
 from semspark import registry
 from semspark.train.data import labelled_images, make_split
 from semspark.train.evaluation import WIDE_TEMPERATURE_INTERVAL
-from semspark.train.spec import (ARCHITECTURES, MIN_INPUT_SIZES, MODES, ModelError, batch_size_for,
-                                 input_size_for, learning_rate_for, parse_init, rate_for_batch)
+from semspark.train.spec import (ARCHITECTURES, MIN_INPUT_SIZES, MODES, NOT_REFITTED_BY_DEFAULT, ModelError,
+                                 batch_size_for, input_size_for, learning_rate_for, parse_init, rate_for_batch)
 
 log = logging.getLogger(__name__)
 
@@ -93,14 +93,18 @@ class TrainRequest:
     def resolved_refit(self) -> bool:
         """Whether the registered model is refitted on training + validation (resolved_validation:
         then 0.2 of the images are validation). On by default: on compact_cnn, AlexNet, Inception-v3
-        (three seeds each) and Inception-v4 it meets 0.03 expected calibration error on every seed
-        (EfficientNetV2-S does not: 0.032-0.039, README), and it is more accurate than holding 0.1 out (bench/train_quality_bench.py --validation-fraction 0.2
+        (three seeds each) and Inception-v4 it meets 0.03 expected calibration error on every seed,
+        and it is more accurate than holding 0.1 out (bench/train_quality_bench.py --validation-fraction 0.2
         --refit-with-validation: over nine models, 0.8 points on 1,000 new images, and Inception-v3's
         seed 1 at 0.014 where the default 0.1 left 0.038), at twice the training time. Off when
-        asked (--no-refit-with-validation), and when validation has to stop the run (--patience) or
-        choose its epoch (--keep best, --schedule constant): the refit has no validation images left."""
+        asked (--no-refit-with-validation); for the architectures of spec.NOT_REFITTED_BY_DEFAULT,
+        where the first model's temperature was measured not to fit the refit (EfficientNetV2-S);
+        and when validation has to stop the run (--patience) or choose its epoch (--keep best,
+        --schedule constant): the refit has no validation images left."""
         if self.refit_with_validation is not None:
             return self.refit_with_validation
+        if self.arch in NOT_REFITTED_BY_DEFAULT:
+            return False
         return not (self.patience or self.resolved_keep == "best")
 
     @property
@@ -226,6 +230,10 @@ class TrainResult:
 
 def run_training(spark, config: Config, request: TrainRequest) -> TrainResult:
     request.check()
+    if request.refit_with_validation is None and request.arch in NOT_REFITTED_BY_DEFAULT:
+        log.info("%s is not refitted on training + validation by default (the first model's temperature "
+                 "was measured not to fit its refit; README, Train): --refit-with-validation to refit it",
+                 request.arch)
     # the defaults resolved once, so that the run's saved request says what it does
     request = dataclasses.replace(request, validation=request.resolved_validation,
                                   refit_with_validation=request.resolved_refit)
