@@ -177,7 +177,7 @@ def add_analyze_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     from semspark.train.job import TrainRequest
-    from semspark.train.spec import ARCHITECTURES, DEFAULT_LEARNING_RATE, MODES, NOT_REFITTED_BY_DEFAULT
+    from semspark.train.spec import ARCHITECTURES, DEFAULT_LEARNING_RATE, MODES, REFITTED_BY_DEFAULT
 
     d = TrainRequest()
     p.add_argument("--arch", choices=ARCHITECTURES, default=d.arch)
@@ -234,9 +234,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                         "train again on the training and validation images together and register that model "
                         "with them: the calibration of a larger validation share without its cost in training "
                         "images, at twice the training time (default: on, unless --patience, --keep best or "
-                        "--schedule constant need the validation images, and except for "
-                        + ", ".join(sorted(NOT_REFITTED_BY_DEFAULT)) + ", whose refit the first model's "
-                        "temperature was measured not to fit; --no-refit-with-validation halves the "
+                        "--schedule constant need the validation images, for the architectures measured to gain from it: "
+                        + ", ".join(sorted(REFITTED_BY_DEFAULT)) + "; --no-refit-with-validation halves the "
                         "training time)")
     p.add_argument("--mixed-precision", action="store_true", help="float16 compute (GPU executors)")
 
