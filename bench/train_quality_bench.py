@@ -496,7 +496,12 @@ def main() -> None:
     overrides = {k: v for k, v in (("label_smoothing", args.label_smoothing), ("weight_decay", args.weight_decay),
                                    ("class_weighting", args.class_weights),
                                    ("learning_rate", args.learning_rate), ("mixup", args.mixup)) if v is not None}
-    runs = [run_one(arch, seed, args.images, overrides, args.check_images) for arch in args.archs.split(",") for seed in seeds]
+    runs = []
+    for arch in args.archs.split(","):
+        for seed in seeds:
+            runs.append(run_one(arch, seed, args.images, overrides, args.check_images))
+            # each finished model on stderr at once: a run of hours is read (or survives a cut) seed by seed
+            print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
     result = {"benchmark": "training quality", "machine": {"cpu": cpu_model(),
                                                            "cores": os.cpu_count(), "python": platform.python_version()},
               "images": args.images, "validation_fraction": VALIDATION, "recipe_overrides": overrides, "select": args.select, "ema": args.ema,
