@@ -236,7 +236,7 @@ def test_the_validation_fraction_reaches_the_split():
     assert (request.resolved_validation, request.resolved_refit) == (0.3, False)
     # EfficientNetV2-S (its refit misses the ECE target), ConvNeXt-Tiny and Inception-ResNet-v2 (not
     # measured refitted) are not refitted unless asked (README, Train)
-    for arch in ("efficientnetv2_s", "convnext_tiny", "inception_resnet_v2"):
+    for arch in ("efficientnetv2_s", "convnext_tiny", "inception_resnet_v2", "inception_v4"):
         request = request_of("--arch", arch)
         assert (request.resolved_refit, request.resolved_validation) == (False, 0.1), arch
     efficientnet = request_of("--arch", "efficientnetv2_s", "--refit-with-validation")

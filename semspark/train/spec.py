@@ -39,7 +39,9 @@ FINE_TUNING_RATE_FACTOR = 0.1
 # (job.TrainRequest.resolved_refit): those measured to meet both targets refitted (0.9 check
 # accuracy, ECE after calibration at most 0.03; bench/train_quality_bench.py --validation-fraction
 # 0.2 --refit-with-validation, 1,000 check images; README, "Refitted on training + validation"):
-# compact_cnn, AlexNet, Inception-v3 (three seeds each), Inception-v4 (seed 1). The others register
+# compact_cnn, AlexNet, Inception-v3 (three seeds each). Inception-v4 is not: seed 1 refitted met
+# both (0.931, ECE 0.0185), seed 0 did not (0.927, ECE 0.0309), where 0.1 without a refit met both
+# on three seeds (0.906-0.919, ECE 0.020-0.028). The others register
 # the first model at 0.1 validation, the configuration they were measured to meet both targets in.
 # The refit carries the first model's temperature, which fits it only while a fifth more images
 # changes the model little; EfficientNetV2-S at 64 px is one they change a lot (check accuracy
@@ -47,7 +49,7 @@ FINE_TUNING_RATE_FACTOR = 0.1
 # temperature left the check ECE after calibration at 0.032-0.039 on three seeds of three, where
 # 0.1 without a refit meets both targets on each (0.909-0.922, ECE 0.024-0.025; paired). ConvNeXt-Tiny
 # and Inception-ResNet-v2 are not measured refitted (about 95 and 40 minutes a seed on 2 cores).
-REFITTED_BY_DEFAULT = frozenset({"compact_cnn", "alexnet", "inception_v3", "inception_v4"})
+REFITTED_BY_DEFAULT = frozenset({"compact_cnn", "alexnet", "inception_v3"})
 
 
 # The batch of one rank the default rates are measured at, and what a small training set gets
