@@ -93,7 +93,7 @@ class TrainRequest:
     def resolved_refit(self) -> bool:
         """Whether the registered model is refitted on training + validation (resolved_validation:
         then 0.2 of the images are validation). On by default: on compact_cnn, AlexNet, Inception-v3
-        (three seeds each) and Inception-v4 it meets 0.03 expected calibration error on every seed,
+        (three seeds each) it meets 0.03 expected calibration error on every seed,
         and it is more accurate than holding 0.1 out (bench/train_quality_bench.py --validation-fraction 0.2
         --refit-with-validation: over nine models, 0.8 points on 1,000 new images, and Inception-v3's
         seed 1 at 0.014 where the default 0.1 left 0.038), at twice the training time. Off when
