@@ -233,10 +233,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="after the temperature and the uncertain threshold are fitted on the validation images, "
                         "train again on the training and validation images together and register that model "
                         "with them: the calibration of a larger validation share without its cost in training "
-                        "images, at twice the training time (default: on, unless --patience, --keep best or "
-                        "--schedule constant need the validation images, for the architectures measured to gain from it: "
-                        + ", ".join(sorted(REFITTED_BY_DEFAULT)) + "; --no-refit-with-validation halves the "
-                        "training time)")
+                        "images, at twice the training time (default: on for "
+                        + ", ".join(sorted(REFITTED_BY_DEFAULT)) + ", the architectures measured to meet the "
+                        "calibration target refitted, unless --patience, --keep best or --schedule constant need "
+                        "the validation images; --no-refit-with-validation halves the training time)")
     p.add_argument("--mixed-precision", action="store_true", help="float16 compute (GPU executors)")
 
 

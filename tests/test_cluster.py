@@ -459,7 +459,6 @@ def test_a_killed_rank_fails_the_run_with_a_message_and_the_rerun_resumes(pipeli
             assert history[epoch["epoch"]]["finished_at"] == epoch["finished_at"], state
 
 
-
 def test_training_split_on_the_cluster_equals_local_mode(pipeline, reference, cluster):
     split = json.loads((cluster.home / "runs" / "rk" / "split.json").read_text())
     for side in ("train", "validation", "test"):

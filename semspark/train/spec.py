@@ -41,8 +41,8 @@ FINE_TUNING_RATE_FACTOR = 0.1
 # 0.2 --refit-with-validation, 1,000 check images; README, "Refitted on training + validation"):
 # compact_cnn, AlexNet, Inception-v3 (three seeds each). Inception-v4 is not: seed 1 refitted met
 # both (0.931, ECE 0.0185), seed 0 did not (0.927, ECE 0.0309), where 0.1 without a refit met both
-# on three seeds (0.906-0.919, ECE 0.020-0.028). The others register
-# the first model at 0.1 validation, the configuration they were measured to meet both targets in.
+# on three seeds (0.906-0.919, ECE 0.020-0.028). The others register the first model at 0.1
+# validation, the configuration they were measured to meet both targets in.
 # The refit carries the first model's temperature, which fits it only while a fifth more images
 # changes the model little; EfficientNetV2-S at 64 px is one they change a lot (check accuracy
 # 0.851-0.865 at 384 training images, 0.873-0.928 refitted on 512), and there the carried
