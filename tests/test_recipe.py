@@ -235,6 +235,14 @@ def test_the_registered_epoch_is_the_last_under_cosine_and_the_best_under_a_cons
     assert not any(TrainRequest(arch=arch).resolved_refit
                    for arch in ("efficientnetv2_s", "inception_v4", "convnext_tiny", "inception_resnet_v2"))
     assert TrainRequest(arch="efficientnetv2_s", refit_with_validation=True).resolved_refit
+    # what run_training logs: said for an architecture left out by default, not when anything was asked
+    note = TrainRequest(arch="inception_v4").refit_off_for_architecture
+    assert "inception_v4 is not refitted" in note and "alexnet, compact_cnn, inception_v3" in note
+    assert "--refit-with-validation" in note
+    assert TrainRequest(arch="inception_v4", refit_with_validation=False).refit_off_for_architecture is None
+    assert TrainRequest(arch="alexnet").refit_off_for_architecture is None
+    # off for another reason (early stopping) is not the architecture's
+    assert TrainRequest(patience=5).refit_off_for_architecture is None
 
 
 def _intensity_classifier():
