@@ -443,6 +443,7 @@ def test_a_killed_rank_fails_the_run_with_a_message_and_the_rerun_resumes(pipeli
     # the rerun trained no epoch of the first model again and resumed the refit where it stopped
     resumed = pipeline["resumed_train"]
     assert f"resuming run rk after epoch {EPOCHS}" in resumed
+    assert "Training of run rk finished earlier: its evaluation is reused" in resumed   # no rank started for it
     assert f"resuming the refit of run rk after epoch {refit_done}" in resumed
     metadata = json.loads((cluster.home / "models" / "clu" / "1" / "metadata.json").read_text())
     assert metadata["run_id"] == "rk" and metadata["num_proc"] == 2

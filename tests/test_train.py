@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 
 import pytest
 
@@ -211,7 +212,7 @@ def _logits_and_truth(model_path, ids, split, config=CONFIG):
     return np.concatenate(logits), np.concatenate(truth)
 
 
-def test_a_refit_trains_on_validation_too_and_keeps_the_first_models_calibration(spark, catalog):
+def test_a_refit_trains_on_validation_too_and_keeps_the_first_models_calibration(spark, catalog, caplog):
     """The default (--refit-with-validation): 0.2 of the images are held out for validation, the first
     model (run/last.keras) is trained and calibrated on them, then the recipe trains again on training
     + validation (run/refit) and that model is registered, with the temperature the first model's
@@ -261,13 +262,22 @@ def test_a_refit_trains_on_validation_too_and_keeps_the_first_models_calibration
     row = spark.table("training.models").filter("model_version = 'refit/1'").collect()[0]
     assert row["train_images"] == len(trained_on) and row["temperature"] == pytest.approx(calibration["temperature"])
 
-    # a rerun of the finished run trains neither model again (each resumes after its last epoch)
-    # and registers the same checkpoint with the same carried temperature
-    again = run_training(spark, CONFIG, dataclasses.replace(FAST, name="refit", run_id="refit-run"))
+    # a rerun of the finished run trains neither model again and starts no rank: each training's
+    # outcome is read back (run/outcome.json, run/refit/outcome.json); it registers the same
+    # checkpoint with the figures the ranks computed for the first registration
+    written = [(run / side / "outcome.json").stat().st_mtime_ns for side in ("", "refit")]
+    with caplog.at_level(logging.INFO, logger="semspark.train.job"):
+        again = run_training(spark, CONFIG, dataclasses.replace(FAST, name="refit", run_id="refit-run"))
     assert again.model_version == "refit/2"
     assert registry.file_sha256(registry.models_root() / "refit" / "2" / "model.keras") == registered
     assert json.loads((run / "refit" / "state.json").read_text())["history"] == refit_state["history"]
-    assert again.calibration["temperature"] == pytest.approx(calibration["temperature"])
+    reused = [r.getMessage() for r in caplog.records if "its evaluation is reused" in r.getMessage()]
+    assert [m.split(" of run")[0] for m in reused] == ["Training", "Refitting on training + validation"], reused
+    assert [(run / side / "outcome.json").stat().st_mtime_ns for side in ("", "refit")] == written   # not rewritten
+    again_metadata = json.loads((registry.models_root() / "refit" / "2" / "metadata.json").read_text())
+    for figure in ("calibration", "test_scores", "out_of_distribution", "refit_with_validation", "test_accuracy",
+                   "best_epoch", "history"):
+        assert again_metadata.get(figure) == metadata.get(figure), figure
 
     # a run saved before the refit existed (no such key in its request) resumes as it was trained:
     # its first model registered, not refitted by today's default
@@ -276,6 +286,33 @@ def test_a_refit_trains_on_validation_too_and_keeps_the_first_models_calibration
     assert not older.refit and older.train_images == len(split["train"])
     assert registry.file_sha256(registry.models_root() / "refit" / "3" / "model.keras") == \
         registry.file_sha256(run / "last.keras")
+
+
+def test_a_finished_trainings_outcome_is_reused_only_while_what_it_was_computed_from_is_unchanged(tmp_path):
+    """run/outcome.json answers a rerun only for the same payload and train code, the same kept
+    checkpoint bytes and the same reference embeddings; anything else changed or missing means the
+    ranks evaluate again."""
+    from semspark.train.job import _finished_outcome, _outcome_key
+
+    payload = {"arch": "compact_cnn", "epochs": 3, "train_ids": ["a", "b"], "uncertain_target": 0.99}
+    (tmp_path / "last.keras").write_bytes(b"weights")
+    (tmp_path / "reference_embeddings.npy").write_bytes(b"reference")
+    outcome = {"kept_checkpoint": "last.keras", "best_epoch": 3, "calibration": {"temperature": 0.8}}
+    key = _outcome_key(payload)
+    registry.write_json(tmp_path / "outcome.json", {
+        "key": key, "checkpoint_sha256": registry.file_sha256(tmp_path / "last.keras"),
+        "reference_sha256": registry.file_sha256(tmp_path / "reference_embeddings.npy"), "outcome": outcome})
+    assert _finished_outcome(tmp_path, key) == outcome
+    assert _outcome_key(dict(payload)) == key                                   # the same payload, rebuilt
+    assert _outcome_key({**payload, "uncertain_target": 0.95}) != key          # anything the ranks are given
+    assert _finished_outcome(tmp_path, _outcome_key({**payload, "epochs": 4})) is None
+    (tmp_path / "last.keras").write_bytes(b"weights, trained on")
+    assert _finished_outcome(tmp_path, key) is None
+    (tmp_path / "last.keras").write_bytes(b"weights")
+    assert _finished_outcome(tmp_path, key) == outcome
+    (tmp_path / "reference_embeddings.npy").unlink()
+    assert _finished_outcome(tmp_path, key) is None
+    assert _finished_outcome(tmp_path / "never-trained", key) is None
 
 
 # Why each odd image is out of distribution. The model's embedding alone places all three among

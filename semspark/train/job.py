@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 import shutil
 import subprocess
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 
 from semspark.catalog import append_rows, ensure_tables, new_run_id, qualified, unknown_scale_bins, utc_now
 from semspark.config import PROJECT_ROOT, Config
@@ -368,7 +370,15 @@ def _refit_with_validation(spark, request: TrainRequest, run, run_id: str, split
 
 def _train_ranks(spark, payload: dict, num_proc: int, state_dir, run_id: str, what: str) -> dict:
     """Rank 0's outcome of one training on the Horovod ranks; a failure says how many epochs are
-    checkpointed in ``state_dir`` and how to resume."""
+    checkpointed in ``state_dir`` and how to resume. A training that finished earlier is not
+    started again: its outcome (state_dir/outcome.json) is reused while the kept checkpoint, the
+    reference embeddings and everything the ranks were given are unchanged."""
+    key = _outcome_key(payload)
+    earlier = _finished_outcome(state_dir, key)
+    if earlier is not None:
+        log.info("%s of run %s finished earlier: its evaluation is reused (%s)", what.split(" (")[0].capitalize(),
+                 run_id, state_dir / "outcome.json")
+        return earlier
     try:
         results = run_ranks(spark, _train, (payload,), num_proc)
     except Exception as exc:
@@ -376,7 +386,37 @@ def _train_ranks(spark, payload: dict, num_proc: int, state_dir, run_id: str, wh
         raise TrainRunFailed(f"{what} failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
                              f"{state.get('completed_epochs', 0)} epochs are checkpointed: rerun with "
                              f"--run-id {run_id} to resume") from exc
-    return next(r for r in results if r is not None)
+    outcome = next(r for r in results if r is not None)
+    registry.write_json(state_dir / "outcome.json", {
+        "key": key, "checkpoint_sha256": registry.file_sha256(state_dir / outcome["kept_checkpoint"]),
+        "reference_sha256": registry.file_sha256(state_dir / "reference_embeddings.npy"), "outcome": outcome})
+    return outcome
+
+
+def _outcome_key(payload: dict) -> str:
+    """What the ranks' outcome is a function of besides the checkpoint: everything they were given
+    (the run's saved request wins on a rerun, so a rerun gives the same) and the train stage's code
+    (a changed evaluation is not answered by the older one's figures)."""
+    code = hashlib.sha256()
+    for source in sorted(Path(__file__).parent.glob("*.py")):
+        code.update(source.read_bytes())
+    return hashlib.sha256(json.dumps({"payload": payload, "code": code.hexdigest()}, sort_keys=True,
+                                     default=str).encode()).hexdigest()
+
+
+def _finished_outcome(state_dir, key: str) -> dict | None:
+    """The outcome a finished training of this payload recorded, if its checkpoint and reference
+    embeddings are still the ones it was computed from; None means train (or resume) and evaluate."""
+    saved = registry.read_json(state_dir / "outcome.json")
+    if saved is None or saved.get("key") != key:
+        return None
+    checkpoint, reference = state_dir / saved["outcome"]["kept_checkpoint"], state_dir / "reference_embeddings.npy"
+    if not (checkpoint.exists() and reference.exists()):
+        return None
+    if registry.file_sha256(checkpoint) != saved["checkpoint_sha256"] or \
+            registry.file_sha256(reference) != saved["reference_sha256"]:
+        return None
+    return saved["outcome"]
 
 
 def run_ranks(spark, fn, args: tuple, num_proc: int) -> list:
