@@ -65,12 +65,12 @@ analysis:
 """
 # The demo's compact network: the cluster test is about distribution and faults, and AlexNet's 54
 # million weights made every checkpoint, broadcast and allreduce of it several times slower (every
-# architecture trains a step in tests/test_models.py). Six short epochs (about 2.5 s each here) leave
-# rank 1 time to be killed after the refit's first checkpoint and before its last (the refit is the
-# default: trained again on training + validation, 0.2 of the images held out for validation). One
-# kill, in the refit, covers both models' resume: the rerun must skip the finished first model and
-# resume the refit (the same rank-level resume trains either; a kill in the first model too cost a
-# third submit, about 50 s, for no other code).
+# architecture trains a step in tests/test_models.py). Six short epochs leave rank 1 time to be
+# killed after the refit's first checkpoint and before its last (the refit is the default: trained
+# again on training + validation, 0.2 of the images held out for validation). One kill, in the
+# refit, covers both models' resume: the rerun must skip the finished first model and resume the
+# refit (the same rank-level resume trains either; a kill in the first model too cost a third
+# training submit, 52 s on 2026-12-06, for no other code).
 EPOCHS = 6
 TRAIN = ["--arch", "compact_cnn", "--input-size", "64", "--epochs", str(EPOCHS), "--batch-size", "8", "--num-proc", "2",
          "--name", "clu", "--optimizer", "adam", "--learning-rate", "1e-4", "--run-id", "rk"]
