@@ -292,16 +292,14 @@ def test_a_finished_trainings_outcome_is_reused_only_while_what_it_was_computed_
     """run/outcome.json answers a rerun only for the same payload and train code, the same kept
     checkpoint bytes and the same reference embeddings; anything else changed or missing means the
     ranks evaluate again."""
-    from semspark.train.job import _finished_outcome, _outcome_key
+    from semspark.train.job import _finished_outcome, _outcome_key, _record_outcome
 
     payload = {"arch": "compact_cnn", "epochs": 3, "train_ids": ["a", "b"], "uncertain_target": 0.99}
     (tmp_path / "last.keras").write_bytes(b"weights")
     (tmp_path / "reference_embeddings.npy").write_bytes(b"reference")
     outcome = {"kept_checkpoint": "last.keras", "best_epoch": 3, "calibration": {"temperature": 0.8}}
     key = _outcome_key(payload)
-    registry.write_json(tmp_path / "outcome.json", {
-        "key": key, "checkpoint_sha256": registry.file_sha256(tmp_path / "last.keras"),
-        "reference_sha256": registry.file_sha256(tmp_path / "reference_embeddings.npy"), "outcome": outcome})
+    _record_outcome(tmp_path, key, outcome)                                     # what _train_ranks writes
     assert _finished_outcome(tmp_path, key) == outcome
     assert _outcome_key(dict(payload)) == key                                   # the same payload, rebuilt
     assert _outcome_key({**payload, "uncertain_target": 0.95}) != key          # anything the ranks are given

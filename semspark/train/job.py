@@ -357,7 +357,7 @@ def _refit_with_validation(spark, request: TrainRequest, run, run_id: str, split
              "validation images chose", request.arch, len(split["train"]), len(split["validation"]),
              carried["temperature"])
     refitted = _train_ranks(spark, refit_payload, request.num_proc, refit_dir, run_id,
-                            "refitting on training + validation (the first model is trained)")
+                            "refitting on training + validation", " (the first model is trained)")
     first_accuracy = first["test_scores"].get("accuracy", {}).get("value")
     return {**refitted, "kept_checkpoint": "refit/" + refitted["kept_checkpoint"],
             "refit": {"first_model_test_accuracy": first_accuracy,
@@ -368,29 +368,34 @@ def _refit_with_validation(spark, request: TrainRequest, run, run_id: str, split
                       "train_images": len(split["train"]) + len(split["validation"])}}
 
 
-def _train_ranks(spark, payload: dict, num_proc: int, state_dir, run_id: str, what: str) -> dict:
-    """Rank 0's outcome of one training on the Horovod ranks; a failure says how many epochs are
-    checkpointed in ``state_dir`` and how to resume. A training that finished earlier is not
-    started again: its outcome (state_dir/outcome.json) is reused while the kept checkpoint, the
+def _train_ranks(spark, payload: dict, num_proc: int, state_dir, run_id: str, what: str, context: str = "") -> dict:
+    """Rank 0's outcome of one training (``what``) on the Horovod ranks; a failure says how many
+    epochs are checkpointed in ``state_dir`` and how to resume. A training that finished earlier is
+    not started again: its outcome (state_dir/outcome.json) is reused while the kept checkpoint, the
     reference embeddings and everything the ranks were given are unchanged."""
     key = _outcome_key(payload)
     earlier = _finished_outcome(state_dir, key)
     if earlier is not None:
-        log.info("%s of run %s finished earlier: its evaluation is reused (%s)", what.split(" (")[0].capitalize(),
+        log.info("%s of run %s finished earlier: its evaluation is reused (%s)", what[0].upper() + what[1:],
                  run_id, state_dir / "outcome.json")
         return earlier
     try:
         results = run_ranks(spark, _train, (payload,), num_proc)
     except Exception as exc:
         state = registry.read_json(state_dir / "state.json") or {}
-        raise TrainRunFailed(f"{what} failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+        raise TrainRunFailed(f"{what}{context} failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
                              f"{state.get('completed_epochs', 0)} epochs are checkpointed: rerun with "
                              f"--run-id {run_id} to resume") from exc
     outcome = next(r for r in results if r is not None)
+    _record_outcome(state_dir, key, outcome)
+    return outcome
+
+
+def _record_outcome(state_dir, key: str, outcome: dict) -> None:
+    """state_dir/outcome.json: rank 0's outcome with what it was computed from (_finished_outcome)."""
     registry.write_json(state_dir / "outcome.json", {
         "key": key, "checkpoint_sha256": registry.file_sha256(state_dir / outcome["kept_checkpoint"]),
         "reference_sha256": registry.file_sha256(state_dir / "reference_embeddings.npy"), "outcome": outcome})
-    return outcome
 
 
 def _outcome_key(payload: dict) -> str:
